@@ -1,0 +1,55 @@
+"""microframe: a batteries-included, Django-style framework for gRPC microservices."""
+
+from microframe.core.exceptions import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    RpcError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+
+__version__ = "0.1.0"
+
+VERSION = tuple(int(part) for part in __version__.split("."))
+
+__all__ = [
+    "__version__",
+    "VERSION",
+    "RpcError",
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+]
+
+
+def setup() -> None:
+    """Configure logging from the settings; call once before serving (commands do)."""
+    from microframe.conf import settings
+    from microframe.utils.log import configure_logging
+
+    configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)

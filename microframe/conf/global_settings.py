@@ -1,0 +1,57 @@
+"""Default settings of every microframe service.
+
+A service overrides these in its own settings module (``MICROFRAME_SETTINGS_MODULE``), then the
+YAML files of ``conf/<MICROFRAME_ENV>/`` overlay that module. Library code reads them only
+through :data:`microframe.conf.settings`.
+"""
+
+DEBUG = False
+
+# Name the service registers and reports under.
+SERVICE_NAME = "microframe"
+
+# Dotted path of the module whose ``routes`` bind every RPC to its controller (genproto writes it).
+ROOT_ROUTER = None
+
+# Where the per-environment YAML overlays live; None means ``<service root>/conf``.
+CONF_DIR = None
+
+GRPC = {
+    "HOST": "127.0.0.1",
+    "PORT": 50051,
+    # {"CERT": path, "KEY": path, "CLIENT_CA": path or None} to serve TLS (mTLS with CLIENT_CA).
+    "TLS": None,
+    # Largest message accepted or sent; a bigger request is answered RESOURCE_EXHAUSTED.
+    "MAX_MESSAGE_BYTES": 4 << 20,
+    # Calls served at once per process; the ones past it are answered RESOURCE_EXHAUSTED.
+    "MAX_CONCURRENT_RPCS": 1000,
+    # Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    "GRACE": 10.0,
+    "HEALTH": True,
+    "REFLECTION": True,
+    # Threads running plain ``def`` controllers (None: min(32, cpu + 4)).
+    "THREADS": None,
+    # "auto" uses uvloop when it is installed; "asyncio" or "uvloop" force one.
+    "EVENT_LOOP": "auto",
+    # Extra grpc channel arguments for the server, as (key, value) pairs.
+    "OPTIONS": [],
+}
+
+METRICS = {
+    "ENABLED": True,
+    "HOST": "127.0.0.1",
+    "PORT": 9464,
+    # Constant labels added to every exported sample (env, cluster, idc...).
+    "LABELS": {},
+    "BUCKETS": (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+}
+
+MIDDLEWARE = [
+    "microframe.contrib.metrics.middleware.MetricsMiddleware",
+]
+
+# Check ids to silence, e.g. ["microframe.W001"].
+SILENCED_SYSTEM_CHECKS: list[str] = []
+
+LOGGING_CONFIG = "logging.config.dictConfig"
+LOGGING: dict = {}

@@ -1,0 +1,1 @@
+"""The request path: router, middleware chain, request context, server runtime, checks."""

@@ -1,0 +1,147 @@
+"""The request context handed to middleware and controllers as ``ctx``."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc.aio
+
+    from microframe.core.router import Route
+
+#: Metadata keys a trace id is taken from when the caller sent one (first match wins).
+TRACE_ID_KEYS = ("trace_id", "x-request-id")
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "microframe_request_context", default=None
+)
+
+request_logger = logging.getLogger("microframe.request")
+
+
+def current_context() -> RequestContext | None:
+    """Return the context of the request being served by this task, if any."""
+    return _current.get()
+
+
+def new_trace_id() -> str:
+    """Return a new random 128-bit trace id as 32 hex digits (the W3C/Jaeger width)."""
+    return os.urandom(16).hex()
+
+
+class RequestContext:
+    """What a handler knows about the call it serves.
+
+    Everything costly (metadata, peer, trace id, logger) is computed on first use, so a call
+    pays only for what its middleware and controller read.
+    """
+
+    __slots__ = (
+        "route",
+        "grpc",
+        "start",
+        "span",
+        "_metadata",
+        "_trace_id",
+        "_logger",
+        "_fields",
+        "__weakref__",
+    )
+
+    def __init__(self, route: Route, grpc_context: grpc.aio.ServicerContext) -> None:
+        self.route = route
+        #: The raw ``grpc.aio.ServicerContext`` (set trailers, read auth context...).
+        self.grpc = grpc_context
+        #: ``time.perf_counter()`` when the call reached the framework.
+        self.start = time.perf_counter()
+        #: The active tracing span (opentracing API) when tracing is on, else None.
+        self.span: Any = None
+        self._metadata: dict[str, str] | None = None
+        self._trace_id: str | None = None
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._fields: dict[str, Any] | None = None
+
+    @property
+    def service(self) -> str:
+        return self.route.service
+
+    @property
+    def method(self) -> str:
+        return self.route.method
+
+    @property
+    def full_method(self) -> str:
+        return self.route.full_method
+
+    @property
+    def peer(self) -> str:
+        """Return the caller's address as grpc reports it (``ipv4:127.0.0.1:5555``)."""
+        return self.grpc.peer()
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Return the incoming metadata as a dict (the last value of a repeated key wins)."""
+        if self._metadata is None:
+            self._metadata = {k: v for k, v in (self.grpc.invocation_metadata() or ())}
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        """Return the seconds left before the caller's deadline, or None without a deadline."""
+        return self.grpc.time_remaining()
+
+    @property
+    def deadline(self) -> float | None:
+        """Return the deadline as a ``time.monotonic()`` value, or None."""
+        remaining = self.grpc.time_remaining()
+        return None if remaining is None else time.monotonic() + remaining
+
+    @property
+    def trace_id(self) -> str:
+        """Return the trace id: the caller's (``trace_id``/``x-request-id``) or a new one."""
+        if self._trace_id is None:
+            md = self.metadata
+            for key in TRACE_ID_KEYS:
+                value = md.get(key)
+                if value:
+                    self._trace_id = value[:128]
+                    break
+            else:
+                self._trace_id = new_trace_id()
+        return self._trace_id
+
+    @trace_id.setter
+    def trace_id(self, value: str) -> None:
+        self._trace_id = value
+        self._logger = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """Return a logger whose records carry this call's trace id, service and method."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(
+                request_logger,
+                {"trace_id": self.trace_id, "service": self.service, "method": self.method},
+            )
+        return self._logger
+
+    def add_field(self, key: str, value: Any) -> None:
+        """Add a field to this call's access-log line."""
+        if self._fields is None:
+            self._fields = {}
+        self._fields[key] = value
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """Return the fields added with :meth:`add_field`."""
+        return self._fields if self._fields is not None else {}
+
+    def elapsed(self) -> float:
+        """Return seconds since the call reached the framework."""
+        return time.perf_counter() - self.start
+
+    def __repr__(self) -> str:
+        return f"<RequestContext {self.full_method}>"

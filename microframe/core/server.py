@@ -1,0 +1,261 @@
+"""The server runtime: a grpc.aio server with the routes, health, reflection and a graceful stop.
+
+Everything a call needs is built once in :meth:`Server.build`: one middleware chain per method,
+one grpc method handler per method, registered with grpc's per-method lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from microframe.core.exceptions import ImproperlyConfigured
+from microframe.core.handlers import controller_handler, grpc_method_handler
+from microframe.core.middleware import MiddlewareFactory, build_chain
+from microframe.core.router import Route
+from microframe.core.signals import server_started, server_stopping
+
+logger = logging.getLogger("microframe.server")
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+REFLECTION_SERVICES = (
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+
+
+@dataclass
+class ServerConfig:
+    """What the runtime needs from settings, resolved once (see :meth:`from_settings`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_message_bytes: int = 4 << 20
+    max_concurrent_rpcs: int | None = 1000
+    grace: float = 10.0
+    health: bool = True
+    reflection: bool = True
+    threads: int | None = None
+    tls: dict[str, Any] | None = None
+    reuse_port: bool = False
+    options: list[tuple[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> ServerConfig:
+        from microframe.conf import settings
+
+        g = settings.GRPC
+        config = cls(
+            host=g.get("HOST", "127.0.0.1"),
+            port=int(g.get("PORT", 50051)),
+            max_message_bytes=int(g.get("MAX_MESSAGE_BYTES", 4 << 20)),
+            max_concurrent_rpcs=g.get("MAX_CONCURRENT_RPCS"),
+            grace=float(g.get("GRACE", 10.0)),
+            health=bool(g.get("HEALTH", True)),
+            reflection=bool(g.get("REFLECTION", True)),
+            threads=g.get("THREADS"),
+            tls=g.get("TLS"),
+            options=[tuple(o) for o in g.get("OPTIONS", ())],  # type: ignore[misc]
+        )
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return config
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        """Return the grpc core arguments of the server.
+
+        grpc core keeps calls that arrived before the application asked for them in a pending
+        queue and cancels what overflows it (1,000 soft / 3,000 hard by default), which is how a
+        bare grpc.aio server silently CANCELs part of a burst. The queue is sized far above
+        MAX_CONCURRENT_RPCS instead, so every call of a burst reaches the application, which
+        serves it or refuses it with RESOURCE_EXHAUSTED.
+        """
+        pending = max(100_000, 10 * (self.max_concurrent_rpcs or 0))
+        base = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+            ("grpc.server.max_pending_requests", pending),
+            ("grpc.server.max_pending_requests_hard_limit", pending),
+            ("grpc.max_unrequested_time_in_server", 3600),
+        ]
+        overridden = {key for key, _ in self.options}
+        return [o for o in base if o[0] not in overridden] + list(self.options)
+
+
+def _server_credentials(tls: dict[str, Any]) -> grpc.ServerCredentials:
+    try:
+        with open(tls["CERT"], "rb") as f:
+            cert = f.read()
+        with open(tls["KEY"], "rb") as f:
+            key = f.read()
+        client_ca = None
+        if tls.get("CLIENT_CA"):
+            with open(tls["CLIENT_CA"], "rb") as f:
+                client_ca = f.read()
+    except (KeyError, OSError) as err:
+        raise ImproperlyConfigured(f'GRPC["TLS"] is unusable: {err}') from err
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+class Server:
+    """A grpc.aio server serving ``routes`` through ``middleware``.
+
+    ``start()`` binds and serves; ``stop()`` marks health NOT_SERVING, stops accepting and
+    lets in-flight calls finish for the grace period.
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        *,
+        middleware: Sequence[str | MiddlewareFactory] = (),
+        config: ServerConfig | None = None,
+    ) -> None:
+        self.routes = list(routes)
+        self.middleware = list(middleware)
+        self.config = config or ServerConfig()
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.config.threads, thread_name_prefix="microframe-controller"
+        )
+        self.chains: dict[str, Any] = {}
+        self.middleware_in_use: dict[str, list[str]] = {}
+        self.grpc_server: grpc.aio.Server | None = None
+        self.health: Any = None
+        self.port: int | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        host = self.config.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port if self.port is not None else self.config.port}"
+
+    @property
+    def service_names(self) -> list[str]:
+        return sorted({route.service for route in self.routes})
+
+    def build(self) -> grpc.aio.Server:
+        """Build the chains, the method handlers and the grpc server (once).
+
+        Call it with the event loop running: a grpc.aio server belongs to the loop it is
+        created on.
+        """
+        if self.grpc_server is not None:
+            return self.grpc_server
+        server = grpc.aio.server(
+            options=self.config.channel_options(),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for route in self.routes:
+            chain, used = build_chain(route, controller_handler(route, self.executor), self.middleware)
+            self.chains[route.full_method] = chain
+            self.middleware_in_use[route.full_method] = used
+            by_service.setdefault(route.service, {})[route.method] = grpc_method_handler(route, chain)
+        for service, handlers in by_service.items():
+            server.add_registered_method_handlers(service, handlers)
+        names = self.service_names
+        if self.config.health:
+            from grpc_health.v1 import _async as health_aio
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            self.health = health_aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            self._health_pb2 = health_pb2
+            names.append(HEALTH_SERVICE)
+        if self.config.reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            reflection.enable_server_reflection([*names, *REFLECTION_SERVICES], server)
+        self.grpc_server = server
+        return server
+
+    async def _set_health(self, serving: bool) -> None:
+        if self.health is None:
+            return
+        status = (
+            self._health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else self._health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def start(self) -> int:
+        """Bind, start serving, mark health SERVING; return the bound port."""
+        server = self.build()
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            if self.config.tls:
+                port = server.add_secure_port(address, _server_credentials(self.config.tls))
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise OSError(f"cannot listen on {address}: {err} (is the port in use?)") from err
+        self.port = port
+        self._stopping = asyncio.Event()
+        await server.start()
+        await self._set_health(True)
+        server_started.send(sender=self.__class__, server=self, address=self.address)
+        logger.info(
+            "serving %d methods of %s on %s (pid %d)",
+            len(self.routes),
+            ", ".join(self.service_names) or "no service",
+            self.address,
+            os.getpid(),
+        )
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully: NOT_SERVING, stop accepting, drain for ``grace`` seconds."""
+        if self._stopped or self.grpc_server is None:
+            return
+        self._stopped = True
+        grace = self.config.grace if grace is None else grace
+        logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
+        await self._set_health(False)
+        for _receiver, result in server_stopping.send(sender=self.__class__, server=self):
+            if asyncio.iscoroutine(result):
+                try:
+                    await result
+                except Exception:
+                    logger.exception("a server_stopping receiver failed")
+        await self.grpc_server.stop(grace)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._stopping is not None:
+            self._stopping.set()
+        logger.info("stopped")
+
+    async def serve_until_signal(
+        self,
+        signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
+        """Start, then serve until one of ``signals`` arrives; stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in signals:
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        if on_started is not None:
+            on_started()
+        try:
+            await stop_requested.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await self.stop()

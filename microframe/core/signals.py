@@ -1,0 +1,13 @@
+"""Signals the framework sends.
+
+- ``setting_changed(sender, setting, value, enter)``: sent by ``override_settings`` so that
+  batteries caching a setting reset themselves.
+- ``server_started(sender, server, address)`` / ``server_stopping(sender, server)``: the server
+  runtime's life cycle; the registry battery registers and deregisters on them.
+"""
+
+from microframe.utils.signals import Signal
+
+setting_changed = Signal("setting_changed")
+server_started = Signal("server_started")
+server_stopping = Signal("server_stopping")

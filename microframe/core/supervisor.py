@@ -1,0 +1,95 @@
+"""Run N worker processes sharing one port (SO_REUSEPORT) and keep them running.
+
+Workers are fresh interpreter processes started with the same command line (grpc's core does
+not survive ``fork``). A worker that exits without being asked is restarted, with a backoff
+when it keeps crashing. SIGTERM/SIGINT is passed on to every worker, which drains its calls;
+the supervisor waits for them up to the grace period (plus a margin), then kills what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+
+logger = logging.getLogger("microframe.server")
+
+WORKER_ID_ENV = "MICROFRAME_WORKER_ID"
+WORKERS_ENV = "MICROFRAME_WORKERS"
+
+
+class Supervisor:
+    """Start ``count`` copies of ``command`` and supervise them until a signal arrives."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        count: int,
+        *,
+        grace: float = 10.0,
+        env: dict[str, str] | None = None,
+        on_worker_exit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.count = count
+        self.grace = grace
+        self.env = dict(os.environ if env is None else env)
+        self.on_worker_exit = on_worker_exit
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts = 0
+        self._stopping = asyncio.Event()
+
+    async def _keep_running(self, worker_id: int) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            env = dict(self.env, **{WORKER_ID_ENV: str(worker_id), WORKERS_ENV: str(self.count)})
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(*self.command, env=env)
+            self.processes[worker_id] = proc
+            logger.info("worker %d started (pid %d)", worker_id, proc.pid)
+            code = await proc.wait()
+            if self.on_worker_exit is not None:
+                self.on_worker_exit(proc.pid)
+            if self._stopping.is_set():
+                logger.info("worker %d (pid %d) stopped with code %s", worker_id, proc.pid, code)
+                return
+            self.restarts += 1
+            if time.monotonic() - started > 10:
+                backoff = 0.5
+            logger.warning(
+                "worker %d (pid %d) exited with code %s; restarting in %.1f s",
+                worker_id, proc.pid, code, backoff,
+            )
+            try:
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+                return
+            except TimeoutError:
+                backoff = min(backoff * 2, 10.0)
+
+    def _signal_workers(self, sig: int) -> None:
+        for proc in self.processes.values():
+            if proc.returncode is None:
+                try:
+                    proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    async def run(self) -> int:
+        """Run the workers until SIGTERM/SIGINT; return 0 once all of them have stopped."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        tasks = [asyncio.create_task(self._keep_running(i)) for i in range(self.count)]
+        await self._stopping.wait()
+        logger.info("stopping %d workers", len(self.processes))
+        self._signal_workers(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), self.grace + 5)
+        except TimeoutError:
+            logger.error("workers still running after %.1f s: killing them", self.grace + 5)
+            self._signal_workers(signal.SIGKILL)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return 0

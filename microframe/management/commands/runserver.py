@@ -1,0 +1,234 @@
+"""``runserver``: serve the service's RPCs over gRPC, with health, reflection and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from microframe.core.supervisor import WORKER_ID_ENV, Supervisor
+from microframe.management.base import BaseCommand, CommandError, CommandParser
+
+RUN_MAIN_ENV = "MICROFRAME_RUN_MAIN"
+WORKER_ADDR_ENV = "MICROFRAME_WORKER_ADDR"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+ADDR_RE = re.compile(r"^(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:]+))?:?(?P<port>\d+)?$")
+
+
+def parse_addrport(value: str) -> tuple[str | None, int | None]:
+    """Parse ``HOST:PORT``, ``PORT``, ``HOST:`` or ``[::1]:PORT``."""
+    if value.isdigit():
+        return None, int(value)
+    match = ADDR_RE.match(value)
+    if not match or not (match["ipv6"] or match["host"] or match["port"]):
+        raise CommandError(f'"{value}" is not a valid HOST:PORT or PORT.')
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 0 <= port <= 65535:
+        raise CommandError(f"Port {port} is out of range (0-65535).")
+    return match["ipv6"] or match["host"], port
+
+
+def new_event_loop_factory(choice: str) -> Any:
+    """Return the loop factory: uvloop when asked for, or when "auto" and it is installed."""
+    if choice not in ("auto", "asyncio", "uvloop"):
+        raise CommandError(f'GRPC["EVENT_LOOP"] must be auto, asyncio or uvloop, not {choice!r}.')
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise CommandError('GRPC["EVENT_LOOP"] is "uvloop" but uvloop is not installed.') from None
+        return None
+    return uvloop.new_event_loop
+
+
+def _worker_command(argv: list[str]) -> list[str]:
+    """Return the command line of a worker: this one, without --workers, with --noreload."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return [*out, "--noreload", "--skip-checks"]
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the service's RPCs over gRPC (grpc.aio) with health, reflection and a Prometheus "
+        "endpoint. Reloads on code change when DEBUG is true."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "addrport", nargs="?", help='Address to serve on: "HOST:PORT" or "PORT" (default: GRPC HOST and PORT).'
+        )
+        parser.add_argument(
+            "--noreload", action="store_false", dest="use_reloader", help="Do not reload on code changes."
+        )
+        parser.add_argument(
+            "--workers", type=int, default=1, help="Worker processes sharing the port (default 1)."
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, help='Port of the /metrics endpoint (default: METRICS["PORT"]; 0 picks a free one).'
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        import microframe
+        from microframe.conf import settings
+
+        microframe.setup()
+        addrport = options["addrport"]
+        if os.environ.get(WORKER_ID_ENV) and os.environ.get(WORKER_ADDR_ENV):
+            addrport = os.environ[WORKER_ADDR_ENV]
+        host, port = parse_addrport(addrport) if addrport else (None, None)
+        host = host or settings.GRPC["HOST"]
+        port = settings.GRPC["PORT"] if port is None else port
+        workers = options["workers"]
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        metrics_port = options["metrics_port"]
+        if metrics_port is None:
+            metrics_port = settings.METRICS["PORT"]
+        if not 0 <= metrics_port <= 65535:
+            raise CommandError(f"Metrics port {metrics_port} is out of range (0-65535).")
+
+        if options["use_reloader"] and settings.DEBUG and not os.environ.get(RUN_MAIN_ENV) \
+                and not os.environ.get(WORKER_ID_ENV):
+            return self.run_with_reloader()
+        if workers > 1 and not os.environ.get(WORKER_ID_ENV):
+            return self.run_supervisor(host, port, workers, metrics_port)
+        return self.run_worker(host, port, metrics_port)
+
+    # -- one process serving -------------------------------------------------------------------
+
+    def run_worker(self, host: str, port: int, metrics_port: int) -> None:
+        from microframe.conf import settings
+        from microframe.core.router import load_routes
+        from microframe.core.server import Server, ServerConfig
+
+        in_pool = bool(os.environ.get(WORKER_ID_ENV))
+        routes = load_routes(settings.ROOT_ROUTER)
+        config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
+        server = Server(routes, middleware=settings.MIDDLEWARE, config=config)
+        metrics = None
+        if settings.METRICS["ENABLED"] and not in_pool:
+            metrics = self.start_metrics(settings.METRICS["HOST"], metrics_port)
+        loop_factory = new_event_loop_factory(settings.GRPC.get("EVENT_LOOP", "auto"))
+
+        def started() -> None:
+            where = f" (metrics on http://{metrics.host}:{metrics.port}/metrics)" if metrics else ""
+            worker = f" [worker {os.environ[WORKER_ID_ENV]}]" if in_pool else ""
+            self.stdout.write(
+                f"Serving gRPC on {server.address}{where}{worker}, pid {os.getpid()}. Quit with CONTROL-C."
+            )
+            self.stdout.flush()
+
+        async def serve() -> None:
+            await server.serve_until_signal(on_started=started)
+
+        try:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(serve())
+        except OSError as err:
+            raise CommandError(str(err)) from err
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+    def start_metrics(self, host: str, port: int, multiprocess_dir: str | None = None) -> Any:
+        from microframe.conf import settings
+        from microframe.contrib.metrics.exposition import start_http_server
+
+        try:
+            return start_http_server(
+                host, port, labels=settings.METRICS.get("LABELS") or {}, multiprocess_dir=multiprocess_dir
+            )
+        except OSError as err:
+            raise CommandError(f"Cannot serve metrics on {host}:{port}: {err}") from err
+
+    # -- N workers -----------------------------------------------------------------------------
+
+    def run_supervisor(self, host: str, port: int, workers: int, metrics_port: int) -> None:
+        from microframe.conf import settings
+
+        reserved = None
+        if port == 0:
+            # Every worker must bind the same port: pick it once and hold it (bound, not
+            # listening) so no other program takes it.
+            reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            reserved.bind((host, 0))
+            port = reserved.getsockname()[1]
+        multiproc_dir = tempfile.mkdtemp(prefix="microframe-metrics-")
+        os.environ[MULTIPROC_ENV] = multiproc_dir
+        argv = list(sys.orig_argv)
+        argv[0] = sys.executable
+        command = _worker_command(argv)
+        env = dict(os.environ)
+        # The address every worker serves on, whatever the command line said (port 0...).
+        env[WORKER_ADDR_ENV] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        metrics = None
+        try:
+            mark_dead = None
+            if settings.METRICS["ENABLED"]:
+                from microframe.contrib.metrics.exposition import mark_process_dead
+
+                metrics = self.start_metrics(settings.METRICS["HOST"], metrics_port, multiproc_dir)
+
+                def mark_dead(pid: int) -> None:
+                    mark_process_dead(pid, multiproc_dir)
+
+            supervisor = Supervisor(
+                command, workers, grace=float(settings.GRPC.get("GRACE", 10.0)), env=env, on_worker_exit=mark_dead
+            )
+            where = f" (metrics on http://{metrics.host}:{metrics.port}/metrics)" if metrics else ""
+            self.stdout.write(f"Serving gRPC on {host}:{port} with {workers} workers{where}, supervisor pid {os.getpid()}.")
+            self.stdout.flush()
+            asyncio.run(supervisor.run())
+        finally:
+            if metrics is not None:
+                metrics.close()
+            if reserved is not None:
+                reserved.close()
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+    # -- autoreload ----------------------------------------------------------------------------
+
+    def run_with_reloader(self) -> None:
+        import shlex
+
+        import watchfiles
+
+        from microframe.conf import settings
+
+        root = Path(settings.SERVICE_ROOT)
+        argv = list(sys.orig_argv)
+        argv[0] = sys.executable
+        os.environ[RUN_MAIN_ENV] = "true"
+        self.stdout.write(f"Watching {root} for changes (DEBUG is on; --noreload to stop this).")
+        self.stdout.flush()
+        watchfiles.run_process(
+            root,
+            target=shlex.join(argv),
+            target_type="command",
+            watch_filter=watchfiles.PythonFilter(extra_extensions=(".yaml", ".yml", ".proto")),
+            callback=lambda changes: self.stdout.write(
+                f"{len(changes)} file(s) changed ({sorted(p for _, p in changes)[0]}...), reloading."
+            ),
+            sigint_timeout=int(max(1, min(settings.GRPC.get("GRACE", 10.0), 30))),
+        )

@@ -1,0 +1,75 @@
+"""A minimal synchronous signal, in the style of Django's dispatcher.
+
+Written here rather than taken from a library: the framework needs only connect/disconnect/send
+with weak references, and pulling in a dispatcher package for that is not worth a dependency.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+
+class Signal:
+    """Call every connected receiver with ``sender`` and keyword arguments."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._receivers: list[tuple[Any, Any]] = []
+        self._lock = threading.Lock()
+
+    def connect(self, receiver: Callable[..., Any], *, weak: bool = True) -> Callable[..., Any]:
+        """Connect ``receiver``; usable as a decorator."""
+        key = _key(receiver)
+        if weak:
+            ref: Any = (
+                weakref.WeakMethod(receiver)  # type: ignore[arg-type]
+                if hasattr(receiver, "__self__") and hasattr(receiver, "__func__")
+                else weakref.ref(receiver)
+            )
+        else:
+            ref = _Strong(receiver)
+        with self._lock:
+            if not any(k == key for k, _ in self._receivers):
+                self._receivers.append((key, ref))
+        return receiver
+
+    def disconnect(self, receiver: Callable[..., Any]) -> bool:
+        """Disconnect ``receiver``; return whether it was connected."""
+        key = _key(receiver)
+        with self._lock:
+            before = len(self._receivers)
+            self._receivers = [(k, r) for k, r in self._receivers if k != key]
+            return len(self._receivers) != before
+
+    def send(self, sender: Any, **kwargs: Any) -> list[tuple[Callable[..., Any], Any]]:
+        """Call the live receivers in connection order and return their answers."""
+        with self._lock:
+            receivers = list(self._receivers)
+        answers = []
+        for _, ref in receivers:
+            receiver = ref()
+            if receiver is not None:
+                answers.append((receiver, receiver(sender=sender, **kwargs)))
+        return answers
+
+    def __repr__(self) -> str:
+        return f"<Signal {self.name}>"
+
+
+class _Strong:
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Any:
+        return self.obj
+
+
+def _key(receiver: Any) -> Any:
+    if hasattr(receiver, "__self__") and hasattr(receiver, "__func__"):
+        return (id(receiver.__self__), id(receiver.__func__))
+    return id(receiver)

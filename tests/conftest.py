@@ -1,0 +1,192 @@
+"""Fixtures that start real servers on free loopback ports and talk to them over real sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _configured_settings() -> None:
+    """Configure in-process settings once (tests change them with override_settings)."""
+    from microframe.conf import settings
+
+    if not settings.configured:
+        settings.configure()
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(name: str) -> str:
+    """Return the path of ``name``; fail under CI when it is missing, skip elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required under CI (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except AssertionError:
+            raise
+        except Exception as exc:  # the thing polled may not be up yet
+            last_exc = exc
+        else:
+            if value:
+                return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc!r})")
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
+    env.pop("MICROFRAME_SETTINGS_MODULE", None)
+    env.pop("MICROFRAME_ENV", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """A real ``manage.py runserver`` process on free loopback ports."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        settings: str | None = None,
+        workers: int = 1,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"server-{self.port}.log"
+        args = [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "runserver",
+            self.address,
+            "--noreload",
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
+        if settings:
+            args += ["--settings", settings]
+        if workers != 1:
+            args += ["--workers", str(workers)]
+        args += list(extra_args)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=base_env(**(env or {})), stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_serving(self, timeout: float = 20.0) -> ServerProcess:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output}")
+            with grpc.insecure_channel(self.address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        try:
+            wait_until(serving, timeout, f"{self.address} to serve")
+        except AssertionError:
+            self.kill()
+            raise AssertionError(f"server never served:\n{self.output}") from None
+        return self
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start real server processes; every one is stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(**kwargs: object) -> ServerProcess:
+        server = ServerProcess(tmp_path, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server.wait_serving()
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="module")
+def example_server(module_tmp: Path) -> Iterator[ServerProcess]:
+    """The example service, as ``python manage.py runserver`` serves it."""
+    server = ServerProcess(module_tmp).wait_serving()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def test_server(module_tmp: Path) -> Iterator[ServerProcess]:
+    """The test service (misbehaving controllers, small limits)."""
+    server = ServerProcess(module_tmp, settings="testservice.settings").wait_serving()
+    yield server
+    server.kill()

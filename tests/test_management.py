@@ -1,0 +1,78 @@
+"""Management commands: discovery, help, errors, call_command."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, base_env
+
+from microframe.management import call_command
+from microframe.management.base import CommandError
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=base_env(**(env or {})),
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_help_lists_framework_and_service_commands():
+    result = run("manage.py", "help", "--settings", "testservice.settings")
+    assert result.returncode == 0, result.stderr
+    assert "[microframe]" in result.stdout and "runserver" in result.stdout and "check" in result.stdout
+    assert "[testservice]" in result.stdout and "greet" in result.stdout
+
+
+def test_help_of_one_command():
+    result = run("manage.py", "help", "runserver")
+    assert result.returncode == 0
+    for flag in ("--noreload", "--workers", "--metrics-port", "--settings", "--pythonpath", "--traceback"):
+        assert flag in result.stdout
+
+
+def test_admin_script_and_module_entry_points():
+    result = run("-m", "microframe", "help", "--commands")
+    assert result.returncode == 0
+    assert {"check", "runserver", "diffsettings"} <= set(result.stdout.split())
+    result = run("-m", "microframe", "version")
+    assert result.stdout.strip() == __import__("microframe").__version__
+
+
+def test_command_from_service_package_with_pythonpath(tmp_path):
+    result = run("-m", "microframe", "greet", "Ann", "--settings", "testservice.settings",
+                 "--pythonpath", str(ROOT / "tests"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Hello, Ann from testservice"
+
+
+def test_command_error_has_no_traceback_unless_asked():
+    result = run("manage.py", "greet", "Ann", "--fail", "--settings", "testservice.settings")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "CommandError: cannot greet Ann"
+    result = run("manage.py", "greet", "Ann", "--fail", "--traceback", "--settings", "testservice.settings")
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_unknown_command_suggests():
+    result = run("manage.py", "runservr")
+    assert result.returncode == 1
+    assert "Unknown command: 'runservr'" in result.stderr and "runserver" in result.stderr
+
+
+def test_bad_address_is_a_command_error():
+    result = run("manage.py", "runserver", "not-an:address:x", "--noreload", "--skip-checks")
+    assert result.returncode == 1
+    assert "is not a valid HOST:PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_call_command_from_code():
+    out = io.StringIO()
+    assert call_command("diffsettings", stdout=out) is not None
+    with pytest.raises(CommandError, match="Unknown command"):
+        call_command("nosuchcommand")
+    with pytest.raises(TypeError, match="Unknown option"):
+        call_command("diffsettings", nosuchoption=True)

@@ -1,0 +1,254 @@
+"""The server runtime over real sockets: RPC kinds, health, reflection, errors, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import struct
+import subprocess
+
+import grpc
+import grpc.aio
+import pytest
+from conftest import require_binary, wait_until
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from example.generate import hello_pb2, hello_pb2_grpc
+
+Req = hello_pb2.HelloRequest
+
+
+def stub(address: str) -> tuple[grpc.Channel, hello_pb2_grpc.GreeterStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, hello_pb2_grpc.GreeterStub(channel)
+
+
+def test_every_rpc_kind(example_server):
+    channel, greeter = stub(example_server.address)
+    with channel:
+        assert greeter.SayHello(Req(name="Ada"), timeout=5).message == "Hello, Ada!"
+        replies = [r.message for r in greeter.LotsOfReplies(Req(name="Bo", count=4), timeout=5)]
+        assert replies == [f"Hello #{i}, Bo!" for i in range(1, 5)]
+        reply = greeter.LotsOfGreetings(iter([Req(name="a"), Req(name="b"), Req(name="c")]), timeout=5)
+        assert reply.message == "Hello, a, b, c!"
+        answers = [r.message for r in greeter.BidiHello(iter([Req(name="x"), Req(name="y")]), timeout=5)]
+        assert answers == ["Hello, x!", "Hello, y!"]
+
+
+def test_business_error_keeps_code_message_and_trailers(test_server):
+    channel, greeter = stub(test_server.address)
+    with channel, pytest.raises(grpc.RpcError) as info:
+        greeter.SayHello(Req(name="notfound"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "no such greeting"
+    assert ("x-reason", "missing") in info.value.trailing_metadata()
+
+
+def test_health_and_reflection(example_server):
+    with grpc.insecure_channel(example_server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "helloworld.Greeter"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            health.Check(health_pb2.HealthCheckRequest(service="nope.Nope"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="helloworld.Greeter"),
+        ]
+        listed, found = list(reflection.ServerReflectionInfo(iter(requests), timeout=5))
+        names = {s.name for s in listed.list_services_response.service}
+        assert {"helloworld.Greeter", "grpc.health.v1.Health"} <= names
+        from google.protobuf import descriptor_pb2
+
+        proto = descriptor_pb2.FileDescriptorProto.FromString(
+            found.file_descriptor_response.file_descriptor_proto[0]
+        )
+        assert proto.package == "helloworld"
+        assert [m.name for m in proto.service[0].method] == [
+            "SayHello", "LotsOfReplies", "LotsOfGreetings", "BidiHello"
+        ]
+
+
+def test_unknown_exception_is_internal_without_details(test_server):
+    channel, greeter = stub(test_server.address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            greeter.SayHello(Req(name="raise"), metadata=[("x-request-id", "req-raise-1")], timeout=5)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert info.value.details() == "internal error"
+        assert "secret" not in (info.value.debug_error_string() or "")
+        # The server logged the traceback with the caller's request id, and keeps serving.
+        wait_until(lambda: "req-raise-1" in test_server.output, 5, "the error log line")
+        line = next(line for line in test_server.output.splitlines() if "req-raise-1" in line)
+        assert "ERROR" in line and "ValueError" in line
+        assert "secret internal detail" in test_server.output
+        assert greeter.SayHello(Req(name="ok"), timeout=5).message == "Hello, ok!"
+
+
+def test_streaming_errors_are_internal(test_server):
+    channel, greeter = stub(test_server.address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            list(greeter.LotsOfReplies(Req(name="raise"), timeout=5))
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        with pytest.raises(grpc.RpcError) as info:
+            list(greeter.BidiHello(iter([Req(name="a"), Req(name="raise")]), timeout=5))
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+
+
+def test_wrong_reply_type_is_internal(test_server):
+    channel, greeter = stub(test_server.address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            greeter.SayHello(Req(name="wrongtype"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        received = []
+        with pytest.raises(grpc.RpcError) as info:
+            for reply in greeter.LotsOfReplies(Req(name="wrongtype", count=3), timeout=5):
+                received.append(reply.message)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert len(received) == 1
+        assert "expected helloworld.HelloReply" in test_server.output
+        assert greeter.SayHello(Req(name="still"), timeout=5).message == "Hello, still!"
+
+
+def test_sync_controllers_run_in_worker_threads(test_server):
+    channel, greeter = stub(test_server.address)
+    with channel:
+        replies = [r.message for r in greeter.LotsOfReplies(Req(name="t", count=3), timeout=5)]
+        assert [r.split(":")[0] for r in replies] == ["0", "1", "2"]
+        assert all(r.split(":")[1].startswith("microframe-controller") for r in replies)
+        names = [Req(name=str(i)) for i in range(50)]
+        assert greeter.LotsOfGreetings(iter(names), timeout=5).message == ",".join(map(str, range(50)))
+
+
+def test_trace_id_from_metadata_or_generated(test_server):
+    channel, greeter = stub(test_server.address)
+    with channel:
+        given = greeter.SayHello(Req(name="trace"), metadata=[("trace_id", "abc123")], timeout=5)
+        assert given.message == "abc123"
+        generated = greeter.SayHello(Req(name="trace"), timeout=5).message
+        assert re.fullmatch(r"[0-9a-f]{32}", generated)
+        wait_until(lambda: "abc123" in test_server.output, 5, "the request log line")
+        assert any("abc123" in line and "tracing this call" in line for line in test_server.output.splitlines())
+
+
+def test_garbage_message_is_invalid_argument(test_server):
+    with grpc.insecure_channel(test_server.address) as channel:
+        raw = channel.unary_unary("/helloworld.Greeter/SayHello")
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\xff\xff\xff\xff\xff", timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A truncated protobuf message (a length-delimited field cut short).
+        truncated = Req(name="abcdefgh").SerializeToString()[:-3]
+        with pytest.raises(grpc.RpcError) as info:
+            raw(truncated, timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        raw_stream = channel.stream_unary("/helloworld.Greeter/LotsOfGreetings")
+        with pytest.raises(grpc.RpcError) as info:
+            raw_stream(iter([Req(name="ok").SerializeToString(), b"\xff\xff"]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert hello_pb2_grpc.GreeterStub(channel).SayHello(Req(name="x"), timeout=5).message == "Hello, x!"
+    assert "malformed helloworld.HelloRequest" in test_server.output
+
+
+def _nghttp_grpc_status(address: str, body: bytes, tmp_path) -> tuple[str | None, str]:
+    nghttp = require_binary("nghttp")
+    data = tmp_path / "frame.bin"
+    data.write_bytes(body)
+    out = subprocess.run(
+        [nghttp, "-v", "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "-d", str(data), f"http://{address}/helloworld.Greeter/SayHello"],
+        capture_output=True, text=True, timeout=20,
+    )
+    match = re.search(r"grpc-status: (\d+)", out.stdout)
+    return (match.group(1) if match else None), out.stdout + out.stderr
+
+
+def test_truncated_and_garbage_frames_from_a_raw_http2_client(test_server, tmp_path):
+    # The gRPC length prefix announces 100 bytes; only 5 follow before the stream ends.
+    truncated_frame = b"\x00" + struct.pack(">I", 100) + b"\x0a\x03abc"
+    status, out = _nghttp_grpc_status(test_server.address, truncated_frame, tmp_path)
+    assert status is not None, out
+    assert grpc.StatusCode.UNKNOWN.value[0] != int(status), out
+    assert int(status) in (grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.INTERNAL.value[0]), out
+    # A well-framed message of garbage bytes.
+    garbage = b"\xde\xad\xbe\xef\xff\xff"
+    status, out = _nghttp_grpc_status(test_server.address, b"\x00" + struct.pack(">I", len(garbage)) + garbage, tmp_path)
+    assert status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), out
+    # Still serving.
+    valid = Req(name="after").SerializeToString()
+    status, out = _nghttp_grpc_status(test_server.address, b"\x00" + struct.pack(">I", len(valid)) + valid, tmp_path)
+    assert status == "0", out
+
+
+def test_oversized_message_is_resource_exhausted(test_server):
+    channel, greeter = stub(test_server.address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            greeter.SayHello(Req(name="x" * (70 * 1024)), timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert greeter.SayHello(Req(name="y" * 1024), timeout=5).message.startswith("Hello, yyy")
+
+
+def test_burst_on_one_connection_is_answered_never_cancelled(test_server):
+    """2,000 concurrent calls on one channel: served or refused RESOURCE_EXHAUSTED, none CANCELLED."""
+
+    async def burst() -> collections.Counter[str]:
+        async with grpc.aio.insecure_channel(test_server.address) as channel:
+            greeter = hello_pb2_grpc.GreeterStub(channel)
+
+            async def one() -> str:
+                try:
+                    await greeter.SayHello(Req(name="b", delay_ms=200), timeout=30)
+                    return "OK"
+                except grpc.aio.AioRpcError as err:
+                    return err.code().name
+
+            return collections.Counter(await asyncio.gather(*[one() for _ in range(2000)]))
+
+    counts = asyncio.run(burst())
+    assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED"}, counts
+    assert counts["OK"] >= 200, counts  # MAX_CONCURRENT_RPCS of the test service
+    assert counts["RESOURCE_EXHAUSTED"] > 0, counts
+    channel, greeter = stub(test_server.address)
+    with channel:
+        assert greeter.SayHello(Req(name="after"), timeout=5).message == "Hello, after!"
+
+
+def test_bare_grpc_aio_cancels_part_of_a_burst():
+    """The behaviour the runtime fixes: grpc core's pending-call queue overflows silently."""
+
+    async def run() -> collections.Counter[str]:
+        class Greeter(hello_pb2_grpc.GreeterServicer):
+            async def SayHello(self, request, context):
+                await asyncio.sleep(0.05)
+                return hello_pb2.HelloReply(message="hi")
+
+        server = grpc.aio.server()
+        hello_pb2_grpc.add_GreeterServicer_to_server(Greeter(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                greeter = hello_pb2_grpc.GreeterStub(channel)
+
+                async def one() -> str:
+                    try:
+                        await greeter.SayHello(Req(name="b"), timeout=30)
+                        return "OK"
+                    except grpc.aio.AioRpcError as err:
+                        return err.code().name
+
+                return collections.Counter(await asyncio.gather(*[one() for _ in range(4000)]))
+        finally:
+            await server.stop(0)
+
+    counts = asyncio.run(run())
+    assert counts["CANCELLED"] > 0, counts

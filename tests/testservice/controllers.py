@@ -1,0 +1,63 @@
+"""Controllers whose behaviour the request's name selects.
+
+``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
+business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
+the GREETING setting; anything else: a greeting. ``delay_ms`` makes the call take that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+from microframe import NotFound
+from microframe.conf import settings
+
+from example.generate.hello_pb2 import HelloReply, HelloRequest
+
+
+async def say_hello(ctx, request: HelloRequest):
+    if request.delay_ms:
+        await asyncio.sleep(request.delay_ms / 1000)
+    name = request.name
+    if name == "raise":
+        raise ValueError("secret internal detail")
+    if name == "wrongtype":
+        return "a string, not a HelloReply"
+    if name == "notfound":
+        raise NotFound("no such greeting", trailers={"x-reason": "missing"})
+    if name == "pid":
+        return HelloReply(message=str(os.getpid()))
+    if name == "trace":
+        ctx.logger.info("tracing this call")
+        return HelloReply(message=ctx.trace_id)
+    if name == "setting":
+        return HelloReply(message=str(settings.GREETING))
+    return HelloReply(message=f"{settings.GREETING}, {name}!")
+
+
+def lots_of_replies(ctx, request: HelloRequest):
+    """A plain generator: runs in the worker thread pool."""
+    if request.name == "raise":
+        raise RuntimeError("boom before the first reply")
+    for i in range(request.count or 3):
+        if request.delay_ms:
+            time.sleep(request.delay_ms / 1000)
+        if request.name == "wrongtype" and i == 1:
+            yield 42
+        yield HelloReply(message=f"{i}:{threading.current_thread().name}")
+
+
+def lots_of_greetings(ctx, requests):
+    """A plain function reading a client stream from a worker thread."""
+    names = [r.name for r in requests]
+    return HelloReply(message=",".join(names))
+
+
+async def bidi_hello(ctx, requests):
+    async for request in requests:
+        if request.name == "raise":
+            raise ValueError("bidi failure")
+        yield HelloReply(message=request.name.upper())
