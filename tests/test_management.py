@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, base_env
 
 from microframe.management import call_command
 from microframe.management.base import CommandError
+
+from conftest import ROOT, base_env
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,10 +11,10 @@ import subprocess
 import grpc
 import grpc.aio
 import pytest
-from conftest import require_binary, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from conftest import require_binary, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
 
 Req = hello_pb2.HelloRequest

@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, base_env
 
 from microframe.conf import LazySettings, Settings, settings
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.signals import setting_changed
 from microframe.test import override_settings
+
+from conftest import ROOT, base_env
 
 
 def manage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

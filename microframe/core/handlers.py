@@ -46,10 +46,11 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
 
 
 def _is_async(controller: Any) -> bool:
-    target = getattr(controller, "__call__", None) if not inspect.isfunction(controller) and not inspect.ismethod(controller) else controller
-    return inspect.iscoroutinefunction(controller) or inspect.isasyncgenfunction(controller) or (
-        target is not None and (inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target))
-    )
+    """Tell whether ``controller`` (a function, a method or a callable object) is async."""
+    if inspect.iscoroutinefunction(controller) or inspect.isasyncgenfunction(controller):
+        return True
+    call = None if inspect.isroutine(controller) else getattr(type(controller), "__call__", None)  # noqa: B004
+    return call is not None and (inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call))
 
 
 class _BlockingIterator:

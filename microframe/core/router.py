@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 from microframe.core.exceptions import ImproperlyConfigured
 
 
-class RpcKind(str, enum.Enum):
+class RpcKind(enum.StrEnum):
     """The four kinds of RPC, named as grpc names its method handlers."""
 
     UNARY_UNARY = "unary_unary"

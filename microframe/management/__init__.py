@@ -11,7 +11,12 @@ from importlib import import_module
 from typing import Any
 
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.management.base import BaseCommand, CommandError, CommandParser, handle_default_options
+from microframe.management.base import (
+    BaseCommand,
+    CommandError,
+    CommandParser,
+    handle_default_options,
+)
 
 __all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line", "get_commands"]
 

@@ -31,8 +31,10 @@ class override_settings:  # noqa: N801 - named like Django's
             setattr(override, key, new_value)
         self.wrapped = settings._wrapped
         settings._wrapped = override
-        for key, new_value in self.options.items():
-            setting_changed.send(sender=settings._wrapped.__class__, setting=key, value=getattr(override, key), enter=True)
+        for key in self.options:
+            setting_changed.send(
+                sender=settings._wrapped.__class__, setting=key, value=getattr(override, key), enter=True
+            )
 
     def disable(self) -> None:
         settings._wrapped = self.wrapped

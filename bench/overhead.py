@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Time the Python code a unary call runs in microframe, in process, without grpc or sockets.
+
+    python bench/overhead.py [-n 200000]
+
+Runs ``SayHello``'s path on the event loop with a stand-in for grpc's servicer context and
+prints microseconds per call for:
+
+- what a bare grpc.aio servicer's call costs in Python (parse the request, build the reply,
+  serialize it; grpc's core does the parsing and serializing for a bare servicer, in C);
+- microframe's method handler and controller wrapper, with ``MIDDLEWARE = []``;
+- the same with the example's ``MIDDLEWARE`` (the default stack: the metrics middleware);
+- each middleware of that stack alone (its cost over the empty chain).
+
+``--multiprocess`` records the metrics as the workers of ``runserver --workers N`` do
+(prometheus_client's multiprocess mode: every value in a memory-mapped file).
+
+Compare with the server CPU per call ``bench/run.py`` reports (everything grpc does besides)
+to see what share of a call the framework is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MICROFRAME_SETTINGS_MODULE", "example.settings")
+
+from microframe.conf import settings  # noqa: E402
+from microframe.core.handlers import controller_handler, grpc_method_handler  # noqa: E402
+from microframe.core.middleware import build_chain  # noqa: E402
+from microframe.core.router import load_routes  # noqa: E402
+
+from example.generate import hello_pb2  # noqa: E402
+
+Call = Callable[[bytes, Any], Awaitable[Any]]
+
+
+class StandInContext:
+    """What a successful unary call of the example touches of grpc's servicer context: nothing."""
+
+
+def variants() -> dict[str, Call]:
+    route = next(r for r in load_routes(settings.ROOT_ROUTER) if r.method == "SayHello")
+    executor = ThreadPoolExecutor(1)
+    request_class, reply_class = hello_pb2.HelloRequest, hello_pb2.HelloReply
+
+    async def bare(raw: bytes, context: Any) -> bytes:
+        request = request_class.FromString(raw)
+        return reply_class(message=f"Hello, {request.name or 'world'}!").SerializeToString()
+
+    def framework(middleware: list[Any]) -> Call:
+        chain, _ = build_chain(route, controller_handler(route, executor), middleware)
+        handler = grpc_method_handler(route, chain).unary_unary
+        assert handler is not None
+        return handler
+
+    out: dict[str, Call] = {
+        "bare servicer's Python work (parse, reply, serialize)": bare,
+        "microframe, MIDDLEWARE = []": framework([]),
+        "microframe, the example's MIDDLEWARE": framework(list(settings.MIDDLEWARE)),
+    }
+    if len(settings.MIDDLEWARE) > 1:
+        for entry in settings.MIDDLEWARE:
+            out[f"microframe, MIDDLEWARE = [{entry.rsplit('.', 1)[-1]}]"] = framework([entry])
+    return out
+
+
+async def time_call(call: Call, n: int) -> float:
+    raw = hello_pb2.HelloRequest(name="world").SerializeToString()
+    context = StandInContext()
+    for _ in range(min(n, 5000)):
+        await call(raw, context)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(n):
+            await call(raw, context)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best * 1e6
+
+
+async def run(n: int) -> None:
+    results = {name: await time_call(call, n) for name, call in variants().items()}
+    base = next(iter(results.values()))
+    print(f"µs per call (best of 3 x {n}), and over the bare servicer's Python work:")
+    for name, us in results.items():
+        print(f"{us:8.2f}  {us - base:+7.2f}  {name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=200_000, help="calls per measurement")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    parser.add_argument(
+        "--multiprocess",
+        action="store_true",
+        help="record the metrics as a --workers N worker does (prometheus_client multiprocess mode)",
+    )
+    args = parser.parse_args(argv)
+    if args.multiprocess:
+        if "prometheus_client" in sys.modules:
+            raise SystemExit("prometheus_client was imported too early for --multiprocess")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="microframe-overhead-")
+    loop_factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        try:
+            runner.run(run(args.n))
+        finally:
+            if args.multiprocess:
+                shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

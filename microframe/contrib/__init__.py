@@ -1,0 +1,1 @@
+"""Batteries: metrics, registry, rate limiting, tracing, logging and more, each a package."""

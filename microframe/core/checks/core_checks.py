@@ -1,0 +1,323 @@
+"""Checks of the core settings: types and ranges, ports, TLS.
+
+- ``microframe.E001``: a setting has the wrong type or an out-of-range value.
+- ``microframe.E006``: a port is not an int in 0..65535.
+- ``microframe.E007``: the gRPC server and the metrics endpoint would bind the same port.
+- ``microframe.E008``: ``GRPC["TLS"]`` does not name existing CERT and KEY files.
+- ``microframe.E009``: ``GRPC["EVENT_LOOP"]`` is ``"uvloop"`` but uvloop is not installed.
+
+``MIDDLEWARE`` and ``ROOT_ROUTER`` are checked with the middleware and the router.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import re
+import reprlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from microframe.conf import settings
+from microframe.core.checks.messages import CheckMessage, Error
+from microframe.core.checks.registry import Tags, register
+
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+
+_missing = object()
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+
+
+def short_repr(value: Any) -> str:
+    """Return ``repr(value)``, shortened when long."""
+    return _repr.repr(value)
+
+
+def settings_location() -> str:
+    """Return where the settings in force were read from, for hints."""
+    files = getattr(settings, "SETTINGS_FILES", None)
+    if isinstance(files, (list, tuple)) and files:
+        return " or ".join(str(f) for f in files)
+    module = getattr(settings, "SETTINGS_MODULE", None)
+    return module if isinstance(module, str) and module else "the settings"
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` names the loopback interface only."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def hosts_overlap(first: str, second: str) -> bool:
+    """Tell whether servers bound to ``first`` and ``second`` could claim the same socket."""
+    a, b = (h.strip().strip("[]").lower() for h in (first, second))
+    if a == b or a in WILDCARD_HOSTS or b in WILDCARD_HOSTS:
+        return True
+    if "localhost" in (a, b):
+        return is_loopback(a) and is_loopback(b)
+    return False
+
+
+# Messages. ------------------------------------------------------------------------------------
+
+
+def wrong_setting(setting: str, expected: str, value: Any, hint: str | None = None) -> Error:
+    """Return microframe.E001: ``setting`` holds ``value`` instead of ``expected``."""
+    return Error(
+        f"{setting} must be {expected}, not {short_repr(value)} ({type(value).__name__}).",
+        hint=hint or f"Set {setting} to {expected} in {settings_location()}.",
+        id="microframe.E001",
+    )
+
+
+def invalid_port(setting: str, value: Any) -> Error:
+    """Return microframe.E006: ``setting`` is not a port number."""
+    return Error(
+        f"{setting} must be an int in 0..65535, not {short_repr(value)} ({type(value).__name__}).",
+        hint=f"Set {setting} to a port number in {settings_location()}; 0 lets the system "
+        "pick a free port.",
+        id="microframe.E006",
+    )
+
+
+def port_clash(port: int, grpc_host: str, metrics_host: str) -> Error:
+    """Return microframe.E007: the gRPC server and the metrics endpoint share ``port``."""
+    return Error(
+        f'GRPC["PORT"] and METRICS["PORT"] are both {port} on hosts {grpc_host!r} and '
+        f"{metrics_host!r}: the server and the metrics endpoint cannot both bind it.",
+        hint='Give METRICS["PORT"] another port (e.g. 9464), bind the two to different '
+        'addresses, or set METRICS["ENABLED"] = False.',
+        id="microframe.E007",
+    )
+
+
+def unusable_tls(problem: str) -> Error:
+    """Return microframe.E008: ``GRPC["TLS"]`` cannot be used, because of ``problem``."""
+    return Error(
+        f'GRPC["TLS"] is unusable: {problem}',
+        hint='Set GRPC["TLS"] = {"CERT": "server.crt", "KEY": "server.key", "CLIENT_CA": None} '
+        "with PEM files that exist (relative paths are read from the working directory), "
+        "or None to serve plaintext.",
+        id="microframe.E008",
+    )
+
+
+E009 = Error(
+    'GRPC["EVENT_LOOP"] is "uvloop" but uvloop is not installed.',
+    hint='Install it (pip install uvloop) or set GRPC["EVENT_LOOP"] = "auto", which uses '
+    "uvloop only when it is installed.",
+    id="microframe.E009",
+)
+
+
+# Value tests: each returns whether the value is acceptable. ----------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _positive_int_or_none(value: Any) -> bool:
+    return value is None or _positive_int(value)
+
+
+def _non_empty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def _str_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _path_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, (str, os.PathLike))
+
+
+def _option_pairs(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(o, (list, tuple)) and len(o) == 2 and isinstance(o[0], str) for o in value
+    )
+
+
+def _labels(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and LABEL_NAME_RE.match(k) and not k.startswith("__") and isinstance(v, str)
+        for k, v in value.items()
+    )
+
+
+def _buckets(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(_is_number(b) for b in value)
+        and all(a < b for a, b in zip(value, value[1:], strict=False))
+    )
+
+
+Rule = tuple[str, Callable[[Any], bool], str, str | None]
+
+TOP_LEVEL_RULES: list[Rule] = [
+    ("DEBUG", lambda v: isinstance(v, bool), "a bool", "Set DEBUG = True or DEBUG = False."),
+    ("SERVICE_NAME", _non_empty_str, "a non-empty str", None),
+    ("SILENCED_SYSTEM_CHECKS", _str_list, "a list of check ids (str)",
+     'List the ids to silence, e.g. SILENCED_SYSTEM_CHECKS = ["microframe.W001"].'),
+    ("CONF_DIR", _path_or_none, "a directory path (str) or None", None),
+    ("LOGGING_CONFIG", _str_or_none, "a dotted path (str) or None", None),
+    ("LOGGING", lambda v: isinstance(v, dict), "a dict (logging.config.dictConfig format)", None),
+]
+
+GRPC_RULES: list[Rule] = [
+    ("HOST", _non_empty_str, "a host name or IP address (str)", None),
+    ("MAX_MESSAGE_BYTES", _positive_int, "a positive int", None),
+    ("MAX_CONCURRENT_RPCS", _positive_int_or_none, "a positive int or None", None),
+    ("GRACE", lambda v: _is_number(v) and v >= 0, "a non-negative number of seconds", None),
+    ("HEALTH", lambda v: isinstance(v, bool), "a bool", None),
+    ("REFLECTION", lambda v: isinstance(v, bool), "a bool", None),
+    ("THREADS", _positive_int_or_none, "a positive int or None", None),
+    ("EVENT_LOOP", lambda v: v in EVENT_LOOPS, '"auto", "asyncio" or "uvloop"', None),
+    ("OPTIONS", _option_pairs, "a list of (name, value) pairs", None),
+]
+
+METRICS_RULES: list[Rule] = [
+    ("ENABLED", lambda v: isinstance(v, bool), "a bool", None),
+    ("HOST", _non_empty_str, "a host name or IP address (str)", None),
+    ("LABELS", _labels, "a dict of Prometheus label names to str values",
+     'Use names like "env" or "idc" (letters, digits, underscores; not starting with a digit '
+     'or "__") and str values, e.g. {"env": "prod"}.'),
+    ("BUCKETS", _buckets, "a non-empty, increasing sequence of numbers", None),
+]
+
+
+def _apply_rules(prefix: str | None, values: dict[str, Any], rules: list[Rule]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for key, test, expected, hint in rules:
+        value = values.get(key, _missing)
+        if value is _missing:
+            continue
+        try:
+            ok = bool(test(value))
+        except TypeError:  # an unhashable value compared with a tuple, etc.
+            ok = False
+        if not ok:
+            name = key if prefix is None else f'{prefix}["{key}"]'
+            errors.append(wrong_setting(name, expected, value, hint))
+    return errors
+
+
+def _settings_dict(name: str) -> dict[str, Any] | None:
+    value = getattr(settings, name, None)
+    return value if isinstance(value, dict) else None
+
+
+def _check_port(setting: str, value: Any) -> list[CheckMessage]:
+    if _is_int(value) and 0 <= value <= 65535:
+        return []
+    return [invalid_port(setting, value)]
+
+
+# Checks. --------------------------------------------------------------------------------------
+
+
+@register(Tags.settings)
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    """Check the types of the top-level settings (microframe.E001)."""
+    values = {name: getattr(settings, name, _missing) for name, *_ in TOP_LEVEL_RULES}
+    return _apply_rules(None, values, TOP_LEVEL_RULES)
+
+
+@register(Tags.settings, Tags.server)
+def check_grpc_settings(**kwargs: Any) -> list[CheckMessage]:
+    """Check GRPC: its keys' types (microframe.E001), its port (microframe.E006), uvloop (E009)."""
+    grpc = getattr(settings, "GRPC", _missing)
+    if grpc is _missing:
+        return []
+    if not isinstance(grpc, dict):
+        return [wrong_setting("GRPC", "a dict", grpc)]
+    errors = _apply_rules("GRPC", grpc, GRPC_RULES)
+    if "PORT" in grpc:
+        errors.extend(_check_port('GRPC["PORT"]', grpc["PORT"]))
+    if grpc.get("EVENT_LOOP") == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        errors.append(E009)
+    return errors
+
+
+@register(Tags.settings, Tags.metrics)
+def check_metrics_settings(**kwargs: Any) -> list[CheckMessage]:
+    """Check METRICS: its keys' types (microframe.E001) and its port (microframe.E006)."""
+    metrics = getattr(settings, "METRICS", _missing)
+    if metrics is _missing:
+        return []
+    if not isinstance(metrics, dict):
+        return [wrong_setting("METRICS", "a dict", metrics)]
+    errors = _apply_rules("METRICS", metrics, METRICS_RULES)
+    if "PORT" in metrics:
+        errors.extend(_check_port('METRICS["PORT"]', metrics["PORT"]))
+    return errors
+
+
+@register(Tags.server, Tags.metrics)
+def check_ports(**kwargs: Any) -> list[CheckMessage]:
+    """Check that the server and the metrics endpoint bind different sockets (microframe.E007)."""
+    grpc, metrics = _settings_dict("GRPC"), _settings_dict("METRICS")
+    if grpc is None or metrics is None or not metrics.get("ENABLED", True):
+        return []
+    port, metrics_port = grpc.get("PORT"), metrics.get("PORT")
+    if not (isinstance(port, int) and _is_int(port) and _is_int(metrics_port)):
+        return []
+    if port == 0 or port != metrics_port:
+        return []
+    grpc_host, metrics_host = grpc.get("HOST", "127.0.0.1"), metrics.get("HOST", "127.0.0.1")
+    if not (isinstance(grpc_host, str) and isinstance(metrics_host, str)):
+        return []
+    if not hosts_overlap(grpc_host, metrics_host):
+        return []
+    return [port_clash(port, grpc_host, metrics_host)]
+
+
+@register(Tags.server)
+def check_tls(**kwargs: Any) -> list[CheckMessage]:
+    """Check that GRPC["TLS"], when set, names existing files (microframe.E008)."""
+    grpc = _settings_dict("GRPC")
+    if grpc is None or grpc.get("TLS") is None:
+        return []
+    tls = grpc["TLS"]
+    if not isinstance(tls, dict):
+        return [unusable_tls(f"it must be None or a dict with CERT and KEY, not {short_repr(tls)}.")]
+    errors: list[CheckMessage] = []
+    for key in ("CERT", "KEY", "CLIENT_CA"):
+        path = tls.get(key)
+        if path is None and key == "CLIENT_CA":
+            continue
+        if not path:
+            errors.append(unusable_tls(f"it has no {key} file."))
+        elif not isinstance(path, (str, os.PathLike)):
+            errors.append(unusable_tls(f"{key} must be a file path, not {short_repr(path)}."))
+        elif not Path(path).is_file():
+            errors.append(unusable_tls(f"the {key} file {str(path)!r} does not exist."))
+        elif not os.access(path, os.R_OK):
+            errors.append(unusable_tls(f"the {key} file {str(path)!r} cannot be read."))
+    return errors

@@ -1,0 +1,735 @@
+"""System checks: the framework, the built-in checks and the ``check`` command.
+
+The command runs as a user runs it, ``python -m microframe check --settings ...``, against
+small services written into a temporary directory; the checks' details run in-process with
+``override_settings``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microframe.conf import settings
+from microframe.core import checks
+from microframe.core.checks import (
+    CRITICAL,
+    DEBUG,
+    ERROR,
+    INFO,
+    WARNING,
+    CheckMessage,
+    CheckRegistry,
+    Critical,
+    Debug,
+    Error,
+    Info,
+    Tags,
+    Warning,
+    run_and_report,
+    run_checks,
+)
+from microframe.management.base import OutputWrapper, SystemCheckError
+from microframe.test import override_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "mfcheck_svc"  # unique: the in-process tests import its modules
+
+MIDDLEWARE_PY = '''
+from microframe.core.exceptions import MiddlewareNotUsed
+
+
+class Passthrough:
+    def __init__(self, next):
+        self.next = next
+
+    async def __call__(self, ctx, request):
+        return await self.next(ctx, request)
+
+
+def not_used(next):
+    raise MiddlewareNotUsed
+
+
+def fails_on_bidi(next, route):
+    if route.method == "BidiHello":
+        raise RuntimeError("cannot reach redis")
+    return next
+
+
+def always_fails(next):
+    raise ValueError("broken factory")
+
+
+def returns_none(next):
+    return None
+'''
+
+ROUTER_HEAD = '''
+from microframe.core.router import rpc
+from example.generate import hello_pb2
+
+Greeter = hello_pb2.DESCRIPTOR.services_by_name["Greeter"]
+
+
+def say_hello(request, context):
+    return hello_pb2.HelloReply(message="Hello, " + request.name)
+
+
+async def lots_of_replies(request, context):
+    yield hello_pb2.HelloReply(message=request.name)
+'''
+
+ROUTERS = {
+    "router": ROUTER_HEAD + '''
+routes = [
+    rpc(Greeter, "SayHello", say_hello),
+    rpc(Greeter, "LotsOfReplies", lots_of_replies),
+    rpc(Greeter, "BidiHello", say_hello),
+]
+''',
+    "bad_router": ROUTER_HEAD + '''
+routes = [
+    rpc(Greeter, "SayHello", say_hello),
+    rpc(Greeter, "SayHello", say_hello),
+    rpc(Greeter, "LotsOfReplies", "lots_of_replies"),
+    "not a route",
+]
+''',
+    "extras_router": ROUTER_HEAD + f'''
+routes = [
+    rpc(Greeter, "SayHello", say_hello, middleware=["{PACKAGE}.mw.returns_none"]),
+    rpc(Greeter, "BidiHello", say_hello, middleware=["{PACKAGE}.gone.Audit"]),
+]
+''',
+    "no_routes": ROUTER_HEAD,
+    "empty_router": ROUTER_HEAD + "\nroutes = []\n",
+    "dict_router": ROUTER_HEAD + "\nroutes = {'SayHello': say_hello}\n",
+    "raising_router": "raise RuntimeError('router exploded')\n",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _settings_configured() -> None:
+    if not settings.configured:
+        settings.configure()
+
+
+@pytest.fixture(scope="module")
+def service_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory holding the package PACKAGE: middleware, routers and settings modules."""
+    base = tmp_path_factory.mktemp("checks")
+    package = base / PACKAGE
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mw.py").write_text(MIDDLEWARE_PY)
+    for name, text in ROUTERS.items():
+        (package / f"{name}.py").write_text(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(base))
+        mp.syspath_prepend(str(ROOT))
+        yield base
+
+
+def write_settings(service_dir: Path, name: str, text: str) -> str:
+    """Write the settings module ``name`` of PACKAGE; return its dotted path."""
+    (service_dir / PACKAGE / f"{name}.py").write_text(textwrap.dedent(text))
+    return f"{PACKAGE}.{name}"
+
+
+def run_check(service_dir: Path, settings_module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m microframe check`` as a user would, from the service's directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "microframe", "check", "--settings", settings_module,
+         "--pythonpath", str(service_dir), *args],
+        cwd=service_dir, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def reported(output: str, check_id: str) -> list[str]:
+    """Return the messages of ``check_id`` in the command's output."""
+    return re.findall(rf"^\?: \({re.escape(check_id)}\) (.*)$", output, flags=re.MULTILINE)
+
+
+def all_ids(output: str) -> list[str]:
+    return re.findall(r"^\?: \(([\w.]+)\) ", output, flags=re.MULTILINE)
+
+
+CLEAN = f"""
+    SERVICE_NAME = "greeter"
+    ROOT_ROUTER = "{PACKAGE}.router"
+    MIDDLEWARE = ["{PACKAGE}.mw.Passthrough", "{PACKAGE}.mw.not_used"]
+    GRPC = {{"HOST": "127.0.0.1", "PORT": 50051}}
+    METRICS = {{"HOST": "127.0.0.1", "PORT": 9464, "LABELS": {{"env": "dev"}}}}
+"""
+
+
+# The command, as a subprocess. ----------------------------------------------------------------
+
+
+def test_clean_service_passes(service_dir):
+    result = run_check(service_dir, write_settings(service_dir, "clean", CLEAN))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+    assert result.stderr == ""
+
+
+def test_example_service_passes():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_")}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_wrong_types_are_reported_one_per_setting(service_dir):
+    module = write_settings(service_dir, "wrong_types", CLEAN + """
+    DEBUG = "yes"
+    SERVICE_NAME = ""
+    SILENCED_SYSTEM_CHECKS = "microframe.W001"
+    GRPC = {
+        "MAX_MESSAGE_BYTES": 0, "MAX_CONCURRENT_RPCS": -5, "GRACE": -1.0, "HEALTH": "yes",
+        "REFLECTION": 1, "EVENT_LOOP": "trio",
+    }
+    METRICS = {"LABELS": {"env": 1}, "ENABLED": "on"}
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("SystemCheckError: System check identified some issues:")
+    messages = reported(result.stderr, "microframe.E001")
+    named = sorted(m.split(" must be ")[0] for m in messages)
+    assert named == sorted([
+        "DEBUG", "SERVICE_NAME", "SILENCED_SYSTEM_CHECKS", 'GRPC["MAX_MESSAGE_BYTES"]',
+        'GRPC["MAX_CONCURRENT_RPCS"]', 'GRPC["GRACE"]', 'GRPC["HEALTH"]', 'GRPC["REFLECTION"]',
+        'GRPC["EVENT_LOOP"]', 'METRICS["LABELS"]', 'METRICS["ENABLED"]',
+    ])
+    assert "DEBUG must be a bool, not 'yes' (str)." in messages
+    assert result.stderr.count("\tHINT: ") == len(all_ids(result.stderr)) == len(messages)
+    assert "System check identified 11 issues (0 silenced)." in result.stderr
+
+
+def test_settings_of_the_wrong_shape(service_dir):
+    module = write_settings(service_dir, "wrong_shape", CLEAN + """
+    GRPC = ["127.0.0.1", 50051]
+    METRICS = None
+    MIDDLEWARE = "microframe.contrib.metrics.middleware.MetricsMiddleware"
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1
+    messages = reported(result.stderr, "microframe.E001")
+    assert len(messages) == 3
+    assert any(m.startswith("GRPC must be a dict") for m in messages)
+    assert any(m.startswith("METRICS must be a dict") for m in messages)
+    assert any(m.startswith("MIDDLEWARE must be a list of dotted paths") for m in messages)
+
+
+def test_middleware_that_cannot_be_imported_or_built(service_dir):
+    module = write_settings(service_dir, "bad_middleware", CLEAN + f"""
+    MIDDLEWARE = [
+        "{PACKAGE}.mw.Passthrough",
+        "{PACKAGE}.mw.not_used",
+        "{PACKAGE}.missing.Middleware",
+        "{PACKAGE}.mw.Missing",
+        "{PACKAGE}.mw.fails_on_bidi",
+        "{PACKAGE}.mw.returns_none",
+    ]
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    e002 = reported(result.stderr, "microframe.E002")
+    assert len(e002) == 2
+    assert any(f"'{PACKAGE}.missing.Middleware'" in m and "No module named" in m for m in e002)
+    assert any(f"'{PACKAGE}.mw.Missing'" in m and "does not define" in m for m in e002)
+    e003 = reported(result.stderr, "microframe.E003")
+    assert len(e003) == 2
+    assert any(
+        f"'{PACKAGE}.mw.fails_on_bidi'" in m and "/helloworld.Greeter/BidiHello" in m
+        and "RuntimeError: cannot reach redis" in m
+        for m in e003
+    )
+    assert any(f"'{PACKAGE}.mw.returns_none'" in m and "not a handler" in m for m in e003)
+    assert "Passthrough" not in result.stderr and "not_used" not in result.stderr
+    assert set(all_ids(result.stderr)) == {"microframe.E002", "microframe.E003"}
+
+
+def test_missing_router_still_builds_middleware(service_dir):
+    module = write_settings(service_dir, "missing_router", CLEAN + f"""
+    ROOT_ROUTER = "{PACKAGE}.no_such_router"
+    MIDDLEWARE = ["{PACKAGE}.mw.always_fails", "{PACKAGE}.mw.fails_on_bidi"]
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1
+    (e004,) = reported(result.stderr, "microframe.E004")
+    assert f"'{PACKAGE}.no_such_router'" in e004 and "cannot be imported" in e004
+    (e003,) = reported(result.stderr, "microframe.E003")
+    assert f"'{PACKAGE}.mw.always_fails'" in e003 and "ValueError: broken factory" in e003
+
+
+def test_broken_routes(service_dir):
+    module = write_settings(service_dir, "bad_routes", CLEAN + f"""
+    ROOT_ROUTER = "{PACKAGE}.bad_router"
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1
+    e005 = reported(result.stderr, "microframe.E005")
+    assert len(e005) == 3
+    assert any("/helloworld.Greeter/SayHello is routed twice" in m for m in e005)
+    assert any("controller of /helloworld.Greeter/LotsOfReplies is not callable" in m for m in e005)
+    assert any("'not a route' is not a Route" in m for m in e005)
+    assert "microframe.E004" not in result.stderr
+
+
+def test_bad_ports_and_port_clash(service_dir):
+    bad = write_settings(service_dir, "bad_ports", CLEAN + """
+    GRPC = {"PORT": 70000}
+    METRICS = {"PORT": "9464"}
+    """)
+    clash = write_settings(service_dir, "port_clash", CLEAN + """
+    GRPC = {"HOST": "0.0.0.0", "PORT": 7000}
+    METRICS = {"HOST": "127.0.0.1", "PORT": 7000}
+    """)
+    result = run_check(service_dir, bad)
+    assert result.returncode == 1
+    e006 = reported(result.stderr, "microframe.E006")
+    assert sorted(m.split(" must be ")[0] for m in e006) == ['GRPC["PORT"]', 'METRICS["PORT"]']
+    assert "not 70000 (int)" in e006[0] + e006[1] and "not '9464' (str)" in e006[0] + e006[1]
+    result = run_check(service_dir, clash)
+    assert result.returncode == 1
+    (e007,) = reported(result.stderr, "microframe.E007")
+    assert "both 7000" in e007
+
+
+def test_silenced_checks_do_not_fail(service_dir):
+    module = write_settings(service_dir, "silenced", CLEAN + """
+    DEBUG = "no"
+    GRPC = {"PORT": -1}
+    SILENCED_SYSTEM_CHECKS = ["microframe.E001", "microframe.E006"]
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "System check identified no issues (2 silenced)."
+
+
+def test_deploy_checks_and_fail_level(service_dir):
+    module = write_settings(service_dir, "exposed", CLEAN + """
+    DEBUG = True
+    GRPC = {"HOST": "0.0.0.0", "PORT": 50051}
+    METRICS = {"HOST": "0.0.0.0", "PORT": 9464}
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+    result = run_check(service_dir, module, "--deploy")
+    assert result.returncode == 0, result.stderr
+    assert sorted(all_ids(result.stderr)) == ["microframe.W001", "microframe.W002", "microframe.W003"]
+    assert result.stderr.startswith("System check identified some issues:\n\nWARNINGS:\n")
+    assert result.stderr.rstrip().endswith("System check identified 3 issues (0 silenced).")
+
+    result = run_check(service_dir, module, "--deploy", "--fail-level", "WARNING")
+    assert result.returncode == 1
+    assert result.stderr.startswith("SystemCheckError: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_tags_select_checks(service_dir):
+    module = write_settings(service_dir, "two_problems", CLEAN + """
+    ROOT_ROUTER = None
+    GRPC = {"PORT": 123456}
+    """)
+    result = run_check(service_dir, module, "--tag", "router")
+    assert result.returncode == 1
+    assert all_ids(result.stderr) == ["microframe.E004"]
+    assert "ROOT_ROUTER is not set" in result.stderr
+    result = run_check(service_dir, module, "-t", "server", "-t", "metrics")
+    assert all_ids(result.stderr) == ["microframe.E006"]
+    result = run_check(service_dir, module, "-t", "middleware")
+    assert result.returncode == 0, result.stderr
+
+
+def test_list_tags(service_dir):
+    module = write_settings(service_dir, "tags", CLEAN)
+    result = run_check(service_dir, module, "--list-tags")
+    assert result.returncode == 0
+    assert result.stdout.split() == ["metrics", "middleware", "router", "server", "settings"]
+    result = run_check(service_dir, module, "--list-tags", "--deploy")
+    assert result.stdout.split() == ["metrics", "middleware", "router", "security", "server", "settings"]
+
+
+def test_unknown_tag_is_a_clean_error(service_dir):
+    module = write_settings(service_dir, "unknown_tag", CLEAN)
+    result = run_check(service_dir, module, "--tag", "nope")
+    assert result.returncode == 1
+    assert result.stderr.strip() == 'CommandError: There is no system check with the "nope" tag.'
+    result = run_check(service_dir, module, "--tag", "security")
+    assert result.returncode == 1 and '"security" tag' in result.stderr
+    result = run_check(service_dir, module, "--tag", "security", "--deploy")
+    assert result.returncode == 0, result.stderr
+
+
+# The built-in checks, in-process. -------------------------------------------------------------
+
+
+@pytest.fixture
+def clean(service_dir) -> Iterator[None]:
+    """Settings of a sound service, to break one thing at a time."""
+    with override_settings(
+        SERVICE_NAME="greeter",
+        DEBUG=False,
+        ROOT_ROUTER=f"{PACKAGE}.router",
+        MIDDLEWARE=[f"{PACKAGE}.mw.Passthrough"],
+        SILENCED_SYSTEM_CHECKS=[],
+        GRPC={"HOST": "127.0.0.1", "PORT": 50051, "TLS": None, "MAX_MESSAGE_BYTES": 4 << 20,
+              "MAX_CONCURRENT_RPCS": 1000, "GRACE": 10.0, "HEALTH": True, "REFLECTION": True,
+              "THREADS": None, "EVENT_LOOP": "auto", "OPTIONS": []},
+        METRICS={"ENABLED": True, "HOST": "127.0.0.1", "PORT": 9464, "LABELS": {},
+                 "BUCKETS": (0.01, 0.1, 1.0)},
+    ):
+        yield
+
+
+def issues(tags: list[str] | None = None, deploy: bool = False, **overrides: Any) -> list[CheckMessage]:
+    with override_settings(merge=True, **overrides):
+        return run_checks(tags=tags, include_deployment_checks=deploy)
+
+
+def ids(**kwargs: Any) -> list[str | None]:
+    return [issue.id for issue in issues(**kwargs)]
+
+
+def test_clean_settings_have_no_issues(clean):
+    assert issues(deploy=True) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"DEBUG": 1}, "DEBUG"),
+        ({"SERVICE_NAME": None}, "SERVICE_NAME"),
+        ({"SERVICE_NAME": "  "}, "SERVICE_NAME"),
+        ({"MIDDLEWARE": [42]}, "MIDDLEWARE"),
+        ({"MIDDLEWARE": {"a": "b"}}, "MIDDLEWARE"),
+        ({"SILENCED_SYSTEM_CHECKS": [1]}, "SILENCED_SYSTEM_CHECKS"),
+        ({"LOGGING": []}, "LOGGING"),
+        ({"ROOT_ROUTER": 3}, "ROOT_ROUTER"),
+        ({"GRPC": {"HOST": 127}}, 'GRPC["HOST"]'),
+        ({"GRPC": {"MAX_MESSAGE_BYTES": True}}, 'GRPC["MAX_MESSAGE_BYTES"]'),
+        ({"GRPC": {"MAX_MESSAGE_BYTES": "4MB"}}, 'GRPC["MAX_MESSAGE_BYTES"]'),
+        ({"GRPC": {"MAX_CONCURRENT_RPCS": 0}}, 'GRPC["MAX_CONCURRENT_RPCS"]'),
+        ({"GRPC": {"GRACE": "10"}}, 'GRPC["GRACE"]'),
+        ({"GRPC": {"THREADS": 0}}, 'GRPC["THREADS"]'),
+        ({"GRPC": {"EVENT_LOOP": ["uvloop"]}}, 'GRPC["EVENT_LOOP"]'),
+        ({"GRPC": {"OPTIONS": [("grpc.x",)]}}, 'GRPC["OPTIONS"]'),
+        ({"METRICS": {"LABELS": {"bad-name": "x"}}}, 'METRICS["LABELS"]'),
+        ({"METRICS": {"LABELS": {"__reserved": "x"}}}, 'METRICS["LABELS"]'),
+        ({"METRICS": {"LABELS": ["env"]}}, 'METRICS["LABELS"]'),
+        ({"METRICS": {"HOST": ""}}, 'METRICS["HOST"]'),
+        ({"METRICS": {"BUCKETS": []}}, 'METRICS["BUCKETS"]'),
+        ({"METRICS": {"BUCKETS": (1.0, 0.5)}}, 'METRICS["BUCKETS"]'),
+    ],
+)
+def test_wrong_setting(clean, overrides, setting):
+    (issue,) = issues(**overrides)
+    assert issue.id == "microframe.E001" and issue.level == ERROR
+    assert issue.msg.startswith(f"{setting} must be ")
+    assert issue.hint
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"GRPC": {"MAX_CONCURRENT_RPCS": None, "GRACE": 0, "THREADS": 4, "EVENT_LOOP": "asyncio"}},
+        {"GRPC": {"OPTIONS": [("grpc.keepalive_time_ms", 10000)], "HOST": "::"}},
+        {"METRICS": {"LABELS": {"env": "prod", "idc": "sh"}, "BUCKETS": [1, 2.5]}},
+        {"MIDDLEWARE": ()},
+        {"SILENCED_SYSTEM_CHECKS": ("microframe.W001",), "CONF_DIR": "/etc/svc"},
+    ],
+)
+def test_accepted_settings(clean, overrides):
+    assert issues(**overrides) == []
+
+
+@pytest.mark.parametrize("port", [-1, 65536, "50051", 1.5, True, None])
+def test_invalid_port(clean, port):
+    assert ids(GRPC={"PORT": port}) == ["microframe.E006"]
+    assert ids(METRICS={"PORT": port}) == ["microframe.E006"]
+
+
+@pytest.mark.parametrize("port", [0, 1, 65535])
+def test_valid_port(clean, port):
+    assert ids(GRPC={"PORT": port}) == ids(METRICS={"PORT": port}) == []
+
+
+@pytest.mark.parametrize(
+    ("grpc_host", "metrics_host", "port", "enabled", "clash"),
+    [
+        ("127.0.0.1", "127.0.0.1", 7000, True, True),
+        ("0.0.0.0", "10.1.2.3", 7000, True, True),
+        ("10.1.2.3", "::", 7000, True, True),
+        ("localhost", "127.0.0.1", 7000, True, True),
+        ("127.0.0.1", "10.1.2.3", 7000, True, False),
+        ("127.0.0.1", "127.0.0.1", 7000, False, False),
+        ("127.0.0.1", "127.0.0.1", 0, True, False),
+    ],
+)
+def test_port_clash(clean, grpc_host, metrics_host, port, enabled, clash):
+    found = ids(
+        tags=[Tags.server, Tags.metrics],
+        GRPC={"HOST": grpc_host, "PORT": port},
+        METRICS={"HOST": metrics_host, "PORT": port, "ENABLED": enabled},
+    )
+    assert found == (["microframe.E007"] if clash else [])
+
+
+def test_tls(clean, tmp_path):
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    assert ids(GRPC={"TLS": {"CERT": str(cert), "KEY": key, "CLIENT_CA": None}}) == []
+    assert ids(GRPC={"TLS": {"CERT": str(cert), "KEY": str(key), "CLIENT_CA": str(cert)}}) == []
+    assert ids(GRPC={"TLS": "yes"}) == ["microframe.E008"]
+    assert ids(GRPC={"TLS": {}}) == ["microframe.E008", "microframe.E008"]
+    (missing,) = issues(GRPC={"TLS": {"CERT": str(cert), "KEY": str(tmp_path / "nope.key")}})
+    assert missing.id == "microframe.E008" and "nope.key" in missing.msg
+    (missing_ca,) = issues(GRPC={"TLS": {"CERT": str(cert), "KEY": str(key), "CLIENT_CA": "ca.pem"}})
+    assert "CLIENT_CA" in missing_ca.msg
+
+
+@pytest.mark.parametrize(
+    ("router", "expected"),
+    [
+        (None, "ROOT_ROUTER is not set"),
+        ("", "ROOT_ROUTER is not set"),
+        (f"{PACKAGE}.nowhere", "cannot be imported"),
+        (f"{PACKAGE}.no_routes", "has no `routes`"),
+        (f"{PACKAGE}.dict_router", "must be a list"),
+        (f"{PACKAGE}.raising_router", "RuntimeError: router exploded"),
+    ],
+)
+def test_unusable_router(clean, router, expected):
+    (issue,) = issues(tags=[Tags.router], ROOT_ROUTER=router)
+    assert issue.id == "microframe.E004" and expected in issue.msg
+
+
+def test_empty_router_is_a_warning(clean):
+    (issue,) = issues(ROOT_ROUTER=f"{PACKAGE}.empty_router")
+    assert issue.id == "microframe.W004" and issue.level == WARNING
+
+
+def test_routes_own_middleware(clean):
+    found = issues(tags=[Tags.middleware], ROOT_ROUTER=f"{PACKAGE}.extras_router")
+    assert sorted(i.id for i in found) == ["microframe.E002", "microframe.E003"]
+    by_id = {i.id: i.msg for i in found}
+    assert "route /helloworld.Greeter/BidiHello" in by_id["microframe.E002"]
+    assert "route /helloworld.Greeter/SayHello" in by_id["microframe.E003"]
+
+
+def test_middleware_given_as_factories(clean):
+    from microframe.core.exceptions import MiddlewareNotUsed
+
+    def unused(next):
+        raise MiddlewareNotUsed
+
+    def broken(next):
+        raise KeyError("x")
+
+    assert ids(MIDDLEWARE=[unused]) == []
+    (issue,) = issues(MIDDLEWARE=[broken])
+    assert issue.id == "microframe.E003" and "broken" in issue.msg and "KeyError" in issue.msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"DEBUG": True}, ["microframe.W001"]),
+        ({"GRPC": {"HOST": "0.0.0.0"}}, ["microframe.W002"]),
+        ({"GRPC": {"HOST": "svc.internal"}}, ["microframe.W002"]),
+        ({"GRPC": {"HOST": "localhost"}}, []),
+        ({"GRPC": {"HOST": "::1"}}, []),
+        ({"GRPC": {"HOST": "[::1]"}}, []),
+        ({"GRPC": {"HOST": "127.0.0.2"}}, []),
+        ({"METRICS": {"HOST": "0.0.0.0"}}, ["microframe.W003"]),
+        ({"METRICS": {"HOST": "0.0.0.0", "ENABLED": False}}, []),
+    ],
+)
+def test_deployment_checks(clean, overrides, expected):
+    assert ids(**overrides) == []
+    assert ids(deploy=True, **overrides) == expected
+
+
+def test_tls_silences_plaintext_warning(clean, tmp_path):
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("pem")
+    tls = {"CERT": str(tmp_path / "c.pem"), "KEY": str(tmp_path / "k.pem")}
+    assert ids(deploy=True, GRPC={"HOST": "0.0.0.0", "TLS": tls}) == []
+
+
+def test_silenced_messages(clean):
+    issue = Error("x", id="microframe.E006")
+    assert not issue.is_silenced()
+    with override_settings(SILENCED_SYSTEM_CHECKS=["microframe.E006"]):
+        assert issue.is_silenced()
+        assert not Error("x", id="microframe.E001").is_silenced()
+    with override_settings(SILENCED_SYSTEM_CHECKS="microframe.E006"):  # malformed: ignored
+        assert not issue.is_silenced()
+
+
+# Reporting. -----------------------------------------------------------------------------------
+
+
+class Reporter:
+    """What run_and_report writes to: a command's two streams."""
+
+    def __init__(self) -> None:
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.stdout, self.stderr = OutputWrapper(self.out), OutputWrapper(self.err)
+
+
+def test_run_and_report_clean(clean):
+    command = Reporter()
+    run_and_report(command, display_num_errors=True)
+    assert command.out.getvalue() == "System check identified no issues (0 silenced).\n"
+    assert command.err.getvalue() == ""
+    run_and_report(command)
+    assert command.out.getvalue().count("\n") == 1
+
+
+def test_run_and_report_errors(clean):
+    command = Reporter()
+    with override_settings(merge=True, GRPC={"PORT": 70000}, DEBUG=True):
+        with pytest.raises(SystemCheckError) as info:
+            run_and_report(command, display_num_errors=True, include_deployment_checks=True)
+    assert str(info.value) == (
+        "SystemCheckError: System check identified some issues:\n"
+        "\n"
+        "ERRORS:\n"
+        '?: (microframe.E006) GRPC["PORT"] must be an int in 0..65535, not 70000 (int).\n'
+        f'\tHINT: Set GRPC["PORT"] to a port number in {checks.core_checks.settings_location()}; '
+        "0 lets the system pick a free port.\n"
+        "\n"
+        "WARNINGS:\n"
+        "?: (microframe.W001) DEBUG is True in deployment.\n"
+        f"\tHINT: {checks.security_checks.W001.hint}\n"
+        "\n"
+        "System check identified 2 issues (0 silenced)."
+    )
+    assert command.out.getvalue() == command.err.getvalue() == ""
+
+
+def test_run_and_report_fail_level(clean):
+    command = Reporter()
+    with override_settings(DEBUG=True):
+        run_and_report(command, include_deployment_checks=True)
+        assert command.err.getvalue().startswith("System check identified some issues:\n\nWARNINGS:\n")
+        with pytest.raises(SystemCheckError):
+            run_and_report(command, include_deployment_checks=True, fail_level=WARNING)
+        run_and_report(command, include_deployment_checks=True, fail_level=CRITICAL)
+        with override_settings(SILENCED_SYSTEM_CHECKS=["microframe.W001"]):
+            run_and_report(command, include_deployment_checks=True, fail_level=DEBUG)
+
+
+# The framework. -------------------------------------------------------------------------------
+
+
+def test_levels_and_messages():
+    assert (DEBUG, INFO, WARNING, ERROR, CRITICAL) == (10, 20, 30, 40, 50)
+    levels = [cls("m").level for cls in (Debug, Info, Warning, Error, Critical)]
+    assert levels == [DEBUG, INFO, WARNING, ERROR, CRITICAL]
+    message = Error("Broken.", hint="Fix it.", id="app.E001")
+    assert str(message) == "?: (app.E001) Broken.\n\tHINT: Fix it."
+    assert str(Warning("Odd.", obj="/pkg.Svc/M")) == "/pkg.Svc/M: Odd."
+    assert message == Error("Broken.", hint="Fix it.", id="app.E001")
+    assert message != Warning("Broken.", hint="Fix it.", id="app.E001")
+    assert message.is_serious() and not Warning("w").is_serious()
+    assert Warning("w").is_serious(WARNING)
+    with pytest.raises(TypeError):
+        CheckMessage("40", "not a level")  # type: ignore[arg-type]
+
+
+def test_registry_forms_and_tags():
+    registry = CheckRegistry()
+    calls: list[str] = []
+
+    @registry.register
+    def plain(**kwargs):
+        calls.append("plain")
+        return [Info("plain", id="t.I001")]
+
+    @registry.register("alpha", "beta")
+    def tagged(**kwargs):
+        calls.append("tagged")
+        return []
+
+    @registry.register(Tags.server, deploy=True)
+    def deploy_only(**kwargs):
+        calls.append("deploy")
+        return [Warning("deploy", id="t.W001")]
+
+    def direct(**kwargs):
+        calls.append("direct")
+        return ()
+
+    assert registry.register(direct, "gamma") is direct
+    assert tagged.tags == ("alpha", "beta") and plain.tags == () and deploy_only.tags == ("server",)
+
+    assert [m.id for m in registry.run_checks()] == ["t.I001"]
+    assert calls == ["plain", "tagged", "direct"]
+    assert [m.id for m in registry.run_checks(include_deployment_checks=True)] == ["t.I001", "t.W001"]
+    calls.clear()
+    assert registry.run_checks(tags=["beta"]) == [] and calls == ["tagged"]
+    assert registry.tags_available() == {"alpha", "beta", "gamma"}
+    assert registry.tags_available(deployment_checks=True) == {"alpha", "beta", "gamma", "server"}
+    assert registry.tag_exists("alpha") and not registry.tag_exists("server")
+    assert registry.tag_exists("server", include_deployment_checks=True)
+
+
+def test_registry_refuses_bad_checks():
+    registry = CheckRegistry()
+    with pytest.raises(TypeError, match="keyword arguments"):
+        registry.register(lambda: [])
+
+    @registry.register
+    def returns_none(**kwargs):
+        return None
+
+    with pytest.raises(TypeError, match="did not return a list"):
+        registry.run_checks()
+
+
+def test_builtin_checks_are_registered():
+    assert checks.registry.tags_available() >= {"settings", "middleware", "router", "server", "metrics"}
+    assert checks.tag_exists("security", include_deployment_checks=True)
+    assert not checks.tag_exists("security")
+
+
+def test_commands_run_the_checks_first(service_dir):
+    """A command requiring the checks stops before doing anything when they fail."""
+    module = write_settings(service_dir, "unservable", CLEAN + f"""
+    ROOT_ROUTER = "{PACKAGE}.bad_router"
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(service_dir)]))
+    result = subprocess.run(
+        [sys.executable, "-m", "microframe", "runserver", "127.0.0.1:0", "--noreload",
+         "--settings", module],
+        cwd=service_dir, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("SystemCheckError: ")
+    assert "microframe.E005" in result.stderr and "Traceback" not in result.stderr
+    assert "serving" not in (result.stdout + result.stderr).lower()

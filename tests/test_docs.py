@@ -1,0 +1,108 @@
+"""The documentation site builds cleanly, and the README's quick start matches its home page."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def _require_mkdocs() -> None:
+    try:
+        import mkdocs  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("mkdocs is required under CI (the dev extra installs it)")
+        pytest.skip("mkdocs is not installed (pip install -e '.[dev]')")
+
+
+def _nav_files() -> list[str]:
+    """Return the pages named in mkdocs.yml's nav (``Title: path.md`` entries)."""
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = text[text.index("\nnav:") :]
+    return re.findall(r":\s*([\w./-]+\.md)\s*$", nav, re.M)
+
+
+def test_nav_pages_exist():
+    pages = _nav_files()
+    assert "index.md" in pages and "intro/tutorial.md" in pages, pages
+    missing = [page for page in pages if not (DOCS / page).is_file()]
+    assert not missing, f"pages in mkdocs.yml's nav but not in docs/: {missing}"
+
+
+def test_mkdocs_build_is_clean(tmp_path):
+    _require_mkdocs()
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for page in _nav_files():
+        built = (
+            tmp_path
+            / "site"
+            / ("index.html" if page == "index.md" else page[: -len(".md")] + "/index.html")
+        )
+        assert built.is_file(), f"{page} was not built ({built})"
+
+
+def _code_blocks(markdown: str, lang: str = "sh") -> list[list[str]]:
+    """Return the ```lang blocks of ``markdown``, each as its non-empty, non-comment lines."""
+    blocks = re.findall(rf"^```{lang}[ \t]*\n(.*?)^```[ \t]*$", markdown, re.S | re.M)
+    return [
+        [
+            line.strip()
+            for line in block.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+        for block in blocks
+    ]
+
+
+def _section(markdown: str, title: str) -> str | None:
+    match = re.search(
+        rf"^##[ \t]+{re.escape(title)}[ \t]*\n(.*?)(?=^##[ \t]|\Z)", markdown, re.S | re.M
+    )
+    return match.group(1) if match else None
+
+
+def test_readme_quick_start_matches_docs_home():
+    readme = (
+        (ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else ""
+    )
+    section = _section(readme, "Quick start")
+    blocks = _code_blocks(section) if section is not None else []
+    if len(blocks) != 1:
+        message = (
+            f"README.md needs a '## Quick start' section with one ```sh block (found {len(blocks)})"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    commands = blocks[0]
+    assert len(commands) == 2, (
+        f"the README's quick start must hold exactly two commands: {commands}"
+    )
+    assert commands[0].startswith("pip install -e . ") and "manage.py runserver" in commands[0], (
+        commands
+    )
+    assert "python -m pytest" in commands[1], commands
+
+    home = (DOCS / "index.md").read_text(encoding="utf-8")
+    home_section = _section(home, "Quick start")
+    assert home_section is not None, "docs/index.md has no '## Quick start' section"
+    home_blocks = _code_blocks(home_section)
+    assert home_blocks, "docs/index.md's quick start has no ```sh block"
+    assert home_blocks[0] == commands, (
+        f"docs/index.md's quick start {home_blocks[0]} differs from the README's {commands}"
+    )
