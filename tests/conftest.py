@@ -109,7 +109,8 @@ class ServerProcess:
         args += list(extra_args)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=base_env(**(env or {})), stdout=self._log, stderr=subprocess.STDOUT
+            args, cwd=ROOT, env=base_env(**(env or {})), stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() takes its workers too
         )
 
     @property
@@ -150,9 +151,11 @@ class ServerProcess:
             self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
         self._log.close()
 
 

@@ -70,6 +70,19 @@ def test_bad_address_is_a_command_error():
     assert "is not a valid HOST:PORT" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_help_with_a_dangling_settings_option_still_helps():
+    result = run("manage.py", "help", "--settings")
+    assert result.returncode == 0, result.stderr
+    assert "runserver" in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("address", ["99999", "127.0.0.1:70000"])
+def test_out_of_range_port_is_a_command_error(address):
+    result = run("manage.py", "runserver", address, "--noreload", "--skip-checks")
+    assert result.returncode == 1
+    assert "out of range" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_call_command_from_code():
     out = io.StringIO()
     assert call_command("diffsettings", stdout=out) is not None

@@ -73,6 +73,21 @@ def test_health_and_reflection(example_server):
         assert [m.name for m in proto.service[0].method] == [
             "SayHello", "LotsOfReplies", "LotsOfGreetings", "BidiHello"
         ]
+        # Every service reflection lists is really served (answers something other than
+        # UNIMPLEMENTED to a call on it), and its descriptor can be fetched.
+        for name in sorted(names):
+            lookup = reflection_pb2.ServerReflectionRequest(file_containing_symbol=name)
+            (reply,) = reflection.ServerReflectionInfo(iter([lookup]), timeout=5)
+            assert reply.HasField("file_descriptor_response"), (name, reply)
+            method = descriptor_pb2.FileDescriptorProto.FromString(
+                reply.file_descriptor_response.file_descriptor_proto[0]
+            )
+            service = next(s for s in method.service if f"{method.package}.{s.name}" == name)
+            call = channel.unary_unary(f"/{name}/{service.method[0].name}")
+            try:
+                call(b"", timeout=5)
+            except grpc.RpcError as err:
+                assert err.code() != grpc.StatusCode.UNIMPLEMENTED, name
 
 
 def test_unknown_exception_is_internal_without_details(test_server):
@@ -163,7 +178,7 @@ def _nghttp_grpc_status(address: str, body: bytes, tmp_path) -> tuple[str | None
     data = tmp_path / "frame.bin"
     data.write_bytes(body)
     out = subprocess.run(
-        [nghttp, "-v", "-H", "content-type: application/grpc", "-H", "te: trailers",
+        [nghttp, "-v", "-t", "10", "-H", "content-type: application/grpc", "-H", "te: trailers",
          "-d", str(data), f"http://{address}/helloworld.Greeter/SayHello"],
         capture_output=True, text=True, timeout=20,
     )
@@ -178,6 +193,10 @@ def test_truncated_and_garbage_frames_from_a_raw_http2_client(test_server, tmp_p
     assert status is not None, out
     assert grpc.StatusCode.UNKNOWN.value[0] != int(status), out
     assert int(status) in (grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.INTERNAL.value[0]), out
+    wait_until(lambda: "ended before one complete message arrived" in test_server.output, 5, "the log line")
+    # No message at all on a unary method: the same answer, at once.
+    status, out = _nghttp_grpc_status(test_server.address, b"", tmp_path)
+    assert status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), out
     # A well-framed message of garbage bytes.
     garbage = b"\xde\xad\xbe\xef\xff\xff"
     status, out = _nghttp_grpc_status(test_server.address, b"\x00" + struct.pack(">I", len(garbage)) + garbage, tmp_path)

@@ -105,14 +105,16 @@ class Settings:
         self.ENV = os.environ.get(ENV_VARIABLE) or None
         self.SETTINGS_FILES: list[str] = [module_file] if module_file else []
         if self.ENV:
-            conf_dir = Path(self.CONF_DIR) if getattr(self, "CONF_DIR", None) else Path(self.SERVICE_ROOT) / "conf"
+            conf_dir_setting = getattr(self, "CONF_DIR", None)
+            conf_dir = Path(conf_dir_setting) if conf_dir_setting else Path(self.SERVICE_ROOT) / "conf"
             for path, overlay in load_yaml_overlays(conf_dir, self.ENV):
                 for key, value in overlay.items():
                     setattr(self, key, deep_merge(getattr(self, key, None), value) if hasattr(self, key) else value)
                     self._explicit_settings.add(key)
                 self.SETTINGS_FILES.append(str(path))
-        if getattr(self, "TIME_ZONE", None) and hasattr(time, "tzset"):
-            os.environ["TZ"] = self.TIME_ZONE
+        time_zone = getattr(self, "TIME_ZONE", None)
+        if time_zone and hasattr(time, "tzset"):
+            os.environ["TZ"] = time_zone
             time.tzset()
 
     def is_overridden(self, setting: str) -> bool:
@@ -221,6 +223,10 @@ class LazySettings:
             if isinstance(default, dict) and isinstance(value, dict):
                 value = deep_merge(default, value)
             setattr(holder, name, value)
+        # What a settings module would have given: the service root is the working directory.
+        for name, value in (("SERVICE_ROOT", os.getcwd()), ("ENV", None), ("SETTINGS_FILES", [])):
+            if name not in options:
+                setattr(holder, name, value)
         self._wrapped = holder
 
     @property

@@ -27,6 +27,9 @@ GRPC = {
     "MAX_CONCURRENT_RPCS": 1000,
     # Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     "GRACE": 10.0,
+    # Seconds to keep serving after SIGTERM (health NOT_SERVING, deregistered) before the port
+    # closes, so that clients following health checks or the registry move away first.
+    "SHUTDOWN_DELAY": 0.0,
     "HEALTH": True,
     "REFLECTION": True,
     # Threads running plain ``def`` controllers (None: min(32, cpu + 4)).

@@ -28,6 +28,20 @@ logger = logging.getLogger("microframe.server")
 INTERNAL_MESSAGE = "internal error"
 
 
+class CallTracker:
+    """How many calls the application accepted, and how many are still running.
+
+    Updated by the method handlers on the event loop thread only (two integer operations per
+    call, no lock). The graceful stop reads it to say whether every accepted call completed.
+    """
+
+    __slots__ = ("accepted", "active")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.active = 0
+
+
 class ResponseTypeError(TypeError):
     """A controller returned something other than the method's response message."""
 
@@ -200,6 +214,15 @@ async def _bad_request(ctx: RequestContext, exc: Exception) -> None:
     )
 
 
+async def _no_request(ctx: RequestContext) -> None:
+    ctx.logger.warning(
+        "%s: the request from %s ended before one complete message arrived", ctx.full_method, ctx.peer
+    )
+    await ctx.grpc.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, "malformed request: missing or truncated request message"
+    )
+
+
 async def _parse_stream(
     ctx: RequestContext, raw_stream: AsyncIterator[bytes], parse: Any
 ) -> AsyncIterator[Any]:
@@ -213,45 +236,69 @@ async def _parse_stream(
         yield message
 
 
-def grpc_method_handler(route: Route, chain: Handler) -> grpc.RpcMethodHandler:
-    """Return the grpc method handler serving ``route`` through ``chain``."""
+def grpc_method_handler(
+    route: Route, chain: Handler, tracker: CallTracker | None = None
+) -> grpc.RpcMethodHandler:
+    """Return the grpc method handler serving ``route`` through ``chain``.
+
+    Methods with one request message are registered with grpc as request-*streaming* and read
+    their one message themselves: grpc's own unary path takes a request stream that ends before
+    a complete message (a truncated frame, or no message at all) for a cancelled call and never
+    answers it, leaving the client waiting for its deadline. Here that call is answered
+    INVALID_ARGUMENT at once, at the cost of one async-generator step per call.
+    """
     parse = route.request_class.FromString
     kind = route.kind
     AbortError = grpc.aio.AbortError
+    calls = tracker if tracker is not None else CallTracker()
 
     if kind is RpcKind.UNARY_UNARY:
 
-        async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
-            ctx = RequestContext(route, context)
-            _current.set(ctx)
+        async def unary_unary(
+            raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> bytes | None:
+            calls.accepted += 1
+            calls.active += 1
             try:
-                request = parse(raw)
-            except Exception as exc:
-                await _bad_request(ctx, exc)
-            try:
-                response = await chain(ctx, request)
-            except AbortError:
-                raise
-            except Exception as exc:
-                await _abort(ctx, exc)
-            return response.SerializeToString()
+                ctx = RequestContext(route, context)
+                _current.set(ctx)
+                try:
+                    request = parse(await raw_stream.__anext__())
+                except StopAsyncIteration:
+                    await _no_request(ctx)
+                except Exception as exc:
+                    await _bad_request(ctx, exc)
+                try:
+                    response = await chain(ctx, request)
+                except AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(ctx, exc)
+                return response.SerializeToString()
+            finally:
+                calls.active -= 1
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary)
+        return grpc.stream_unary_rpc_method_handler(unary_unary)
 
     if kind is RpcKind.STREAM_UNARY:
 
         async def stream_unary(
             raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         ) -> bytes | None:
-            ctx = RequestContext(route, context)
-            _current.set(ctx)
+            calls.accepted += 1
+            calls.active += 1
             try:
-                response = await chain(ctx, _parse_stream(ctx, raw_stream, parse))
-            except AbortError:
-                raise
-            except Exception as exc:
-                await _abort(ctx, exc)
-            return response.SerializeToString()
+                ctx = RequestContext(route, context)
+                _current.set(ctx)
+                try:
+                    response = await chain(ctx, _parse_stream(ctx, raw_stream, parse))
+                except AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(ctx, exc)
+                return response.SerializeToString()
+            finally:
+                calls.active -= 1
 
         return grpc.stream_unary_rpc_method_handler(stream_unary)
 
@@ -264,26 +311,36 @@ def grpc_method_handler(route: Route, chain: Handler) -> grpc.RpcMethodHandler:
             raise
         except Exception as exc:
             await _abort(ctx, exc)
+        finally:
+            calls.active -= 1
 
     if kind is RpcKind.UNARY_STREAM:
 
-        async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async def unary_stream(
+            raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
             ctx = RequestContext(route, context)
             _current.set(ctx)
             try:
-                request = parse(raw)
+                request = parse(await raw_stream.__anext__())
+            except StopAsyncIteration:
+                await _no_request(ctx)
             except Exception as exc:
                 await _bad_request(ctx, exc)
+            calls.accepted += 1
+            calls.active += 1
             async for data in stream_out(ctx, request):
                 yield data
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream)
+        return grpc.stream_stream_rpc_method_handler(unary_stream)
 
     async def stream_stream(
         raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         ctx = RequestContext(route, context)
         _current.set(ctx)
+        calls.accepted += 1
+        calls.active += 1
         async for data in stream_out(ctx, _parse_stream(ctx, raw_stream, parse)):
             yield data
 

@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.core.handlers import controller_handler, grpc_method_handler
+from microframe.core.handlers import CallTracker, controller_handler, grpc_method_handler
 from microframe.core.middleware import MiddlewareFactory, build_chain
 from microframe.core.router import Route
 from microframe.core.signals import server_started, server_stopping
@@ -27,10 +27,8 @@ from microframe.core.signals import server_started, server_stopping
 logger = logging.getLogger("microframe.server")
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
-REFLECTION_SERVICES = (
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-)
+# grpcio-reflection serves the v1alpha protocol, which grpcurl, grpcui and Postman speak.
+REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection",)
 
 
 @dataclass
@@ -42,6 +40,7 @@ class ServerConfig:
     max_message_bytes: int = 4 << 20
     max_concurrent_rpcs: int | None = 1000
     grace: float = 10.0
+    shutdown_delay: float = 0.0
     health: bool = True
     reflection: bool = True
     threads: int | None = None
@@ -60,6 +59,7 @@ class ServerConfig:
             max_message_bytes=int(g.get("MAX_MESSAGE_BYTES", 4 << 20)),
             max_concurrent_rpcs=g.get("MAX_CONCURRENT_RPCS"),
             grace=float(g.get("GRACE", 10.0)),
+            shutdown_delay=float(g.get("SHUTDOWN_DELAY", 0.0)),
             health=bool(g.get("HEALTH", True)),
             reflection=bool(g.get("REFLECTION", True)),
             threads=g.get("THREADS"),
@@ -134,6 +134,7 @@ class Server:
         self.grpc_server: grpc.aio.Server | None = None
         self.health: Any = None
         self.port: int | None = None
+        self.calls = CallTracker()
         self._stopping: asyncio.Event | None = None
         self._stopped = False
 
@@ -165,7 +166,7 @@ class Server:
             chain, used = build_chain(route, controller_handler(route, self.executor), self.middleware)
             self.chains[route.full_method] = chain
             self.middleware_in_use[route.full_method] = used
-            by_service.setdefault(route.service, {})[route.method] = grpc_method_handler(route, chain)
+            by_service.setdefault(route.service, {})[route.method] = grpc_method_handler(route, chain, self.calls)
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
         names = self.service_names
@@ -198,7 +199,10 @@ class Server:
     async def start(self) -> int:
         """Bind, start serving, mark health SERVING; return the bound port."""
         server = self.build()
-        address = f"{self.config.host}:{self.config.port}"
+        host = self.config.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        address = f"{host}:{self.config.port}"
         try:
             if self.config.tls:
                 port = server.add_secure_port(address, _server_credentials(self.config.tls))
@@ -221,7 +225,15 @@ class Server:
         return port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop gracefully: NOT_SERVING, stop accepting, drain for ``grace`` seconds."""
+        """Stop gracefully.
+
+        1. health NOT_SERVING and the ``server_stopping`` signal (the registry deregisters);
+        2. keep serving for ``GRPC["SHUTDOWN_DELAY"]`` seconds, so that clients that follow
+           health or the registry move away before the port closes;
+        3. stop accepting (GOAWAY, listening socket closed) and let the calls in flight finish
+           for up to ``grace`` seconds, then cancel what is left;
+        4. log how many accepted calls completed.
+        """
         if self._stopped or self.grpc_server is None:
             return
         self._stopped = True
@@ -234,11 +246,28 @@ class Server:
                     await result
                 except Exception:
                     logger.exception("a server_stopping receiver failed")
+        if self.config.shutdown_delay > 0:
+            logger.info(
+                "still serving for %.1f s (SHUTDOWN_DELAY) while clients move away",
+                self.config.shutdown_delay,
+            )
+            await asyncio.sleep(self.config.shutdown_delay)
+        running = self.calls.active
         await self.grpc_server.stop(grace)
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._stopping is not None:
             self._stopping.set()
-        logger.info("stopped")
+        left = self.calls.active
+        if left:
+            logger.warning(
+                "stopped: %d call(s) still running after the %.1f s grace period were cancelled "
+                "(%d accepted in all)", left, grace, self.calls.accepted,
+            )
+        else:
+            logger.info(
+                "stopped: %d call(s) accepted, all completed (%d were in flight at the stop)",
+                self.calls.accepted, running,
+            )
 
     async def serve_until_signal(
         self,

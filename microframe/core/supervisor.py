@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,34 @@ logger = logging.getLogger("microframe.server")
 
 WORKER_ID_ENV = "MICROFRAME_WORKER_ID"
 WORKERS_ENV = "MICROFRAME_WORKERS"
+PARENT_PID_ENV = "MICROFRAME_PARENT_PID"
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux).
+
+    Workers and the reloader's child call it, so that a supervisor killed with SIGKILL (which
+    it cannot pass on) does not leave workers holding the port: they get SIGTERM and drain.
+    ``prctl(PR_SET_PDEATHSIG)`` through ctypes: the standard library has no binding for it and
+    the call is one line. When the parent is already gone (it died before the call), the signal
+    is sent at once. Elsewhere than Linux this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            logger.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+            return
+    except (OSError, AttributeError) as err:
+        logger.warning("cannot ask to be stopped with the parent process: %s", err)
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
 
 
 class Supervisor:
@@ -45,7 +74,10 @@ class Supervisor:
     async def _keep_running(self, worker_id: int) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
-            env = dict(self.env, **{WORKER_ID_ENV: str(worker_id), WORKERS_ENV: str(self.count)})
+            env = dict(
+                self.env,
+                **{WORKER_ID_ENV: str(worker_id), WORKERS_ENV: str(self.count), PARENT_PID_ENV: str(os.getpid())},
+            )
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(*self.command, env=env)
             self.processes[worker_id] = proc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import pkgutil
@@ -173,7 +174,8 @@ class ManagementUtility:
             options, _ = parser.parse_known_args(self.argv[2:])
             handle_default_options(options)
         except CommandError:
-            pass
+            # A malformed --settings/--pythonpath: the command's own parser reports it.
+            options = argparse.Namespace(settings=None, pythonpath=None, args=[])
         if subcommand == "help":
             if "--commands" in self.argv:
                 sys.stdout.write("\n".join(sorted(get_commands())) + "\n")

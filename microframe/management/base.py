@@ -140,8 +140,8 @@ class BaseCommand:
         if options.get("stderr"):
             self.stderr = OutputWrapper(options["stderr"])
         if self.requires_system_checks and not options.get("skip_checks"):
-            tags = None if self.requires_system_checks == "__all__" else self.requires_system_checks
-            self.check(tags=tags)
+            required = self.requires_system_checks
+            self.check(tags=None if isinstance(required, str) else list(required))
         output = self.handle(*args, **options)
         if output:
             self.stdout.write(output)

@@ -48,9 +48,33 @@ DEFAULT_LOGGING: dict[str, Any] = {
 }
 
 
+def merged_logging_config(logging_settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The service's ``LOGGING`` merged deeply over :data:`DEFAULT_LOGGING`.
+
+    A service that only says ``{"loggers": {"microframe": {"level": "DEBUG"}}}`` keeps the
+    default console handler and formatter; a logger that should lose them says
+    ``"handlers": []`` explicitly. An ``incremental`` configuration is passed through as is.
+    """
+    from microframe.conf import deep_merge
+
+    if not logging_settings:
+        return DEFAULT_LOGGING
+    if logging_settings.get("incremental"):
+        return logging_settings
+    merged: dict[str, Any] = deep_merge(DEFAULT_LOGGING, logging_settings)
+    return merged
+
+
 def configure_logging(logging_config: str | None, logging_settings: dict[str, Any] | None) -> None:
-    """Apply the default configuration, then the service's ``LOGGING`` through ``LOGGING_CONFIG``."""
-    logging.config.dictConfig(DEFAULT_LOGGING)
-    if logging_config and logging_settings:
-        configure = import_string(logging_config)
-        configure(logging_settings)
+    """Apply ``LOGGING`` (merged over the default) through the ``LOGGING_CONFIG`` callable.
+
+    With ``LOGGING_CONFIG = None`` only the default configuration is applied and the service
+    configures logging itself, as in Django.
+    """
+    if not logging_config:
+        logging.config.dictConfig(DEFAULT_LOGGING)
+        return
+    configure = import_string(logging_config)
+    if logging_settings and logging_settings.get("incremental"):
+        logging.config.dictConfig(DEFAULT_LOGGING)
+    configure(merged_logging_config(logging_settings))

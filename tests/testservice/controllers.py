@@ -20,6 +20,7 @@ from example.generate.hello_pb2 import HelloReply, HelloRequest
 
 async def say_hello(ctx, request: HelloRequest):
     if request.delay_ms:
+        ctx.logger.info("sleeping %d ms", request.delay_ms)
         await asyncio.sleep(request.delay_ms / 1000)
     name = request.name
     if name == "raise":

@@ -195,6 +195,7 @@ GRPC_RULES: list[Rule] = [
     ("MAX_MESSAGE_BYTES", _positive_int, "a positive int", None),
     ("MAX_CONCURRENT_RPCS", _positive_int_or_none, "a positive int or None", None),
     ("GRACE", lambda v: _is_number(v) and v >= 0, "a non-negative number of seconds", None),
+    ("SHUTDOWN_DELAY", lambda v: _is_number(v) and v >= 0, "a non-negative number of seconds", None),
     ("HEALTH", lambda v: isinstance(v, bool), "a bool", None),
     ("REFLECTION", lambda v: isinstance(v, bool), "a bool", None),
     ("THREADS", _positive_int_or_none, "a positive int or None", None),

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from microframe.core.supervisor import WORKER_ID_ENV, Supervisor
+from microframe.core.supervisor import PARENT_PID_ENV, WORKER_ID_ENV, Supervisor, die_with_parent
 from microframe.management.base import BaseCommand, CommandError, CommandParser
 
 RUN_MAIN_ENV = "MICROFRAME_RUN_MAIN"
@@ -25,7 +25,7 @@ ADDR_RE = re.compile(r"^(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:]+))?:?(?P<port>\d+)
 def parse_addrport(value: str) -> tuple[str | None, int | None]:
     """Parse ``HOST:PORT``, ``PORT``, ``HOST:`` or ``[::1]:PORT``."""
     if value.isdigit():
-        return None, int(value)
+        value = f":{value}"
     match = ADDR_RE.match(value)
     if not match or not (match["ipv6"] or match["host"] or match["port"]):
         raise CommandError(f'"{value}" is not a valid HOST:PORT or PORT.')
@@ -122,6 +122,11 @@ class Command(BaseCommand):
         from microframe.core.server import Server, ServerConfig
 
         in_pool = bool(os.environ.get(WORKER_ID_ENV))
+        if in_pool:
+            parent = os.environ.get(PARENT_PID_ENV)
+            die_with_parent(int(parent) if parent and parent.isdigit() else None)
+        elif os.environ.get(RUN_MAIN_ENV):
+            die_with_parent(os.getppid())  # the reloader's child
         routes = load_routes(settings.ROOT_ROUTER)
         config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
         server = Server(routes, middleware=settings.MIDDLEWARE, config=config)
@@ -230,5 +235,8 @@ class Command(BaseCommand):
             callback=lambda changes: self.stdout.write(
                 f"{len(changes)} file(s) changed ({sorted(p for _, p in changes)[0]}...), reloading."
             ),
-            sigint_timeout=int(max(1, min(settings.GRPC.get("GRACE", 10.0), 30))),
+            # The server drains on SIGINT like on SIGTERM: give it the whole stop sequence.
+            sigint_timeout=int(
+                settings.GRPC.get("SHUTDOWN_DELAY", 0.0) + settings.GRPC.get("GRACE", 10.0) + 5
+            ),
         )
