@@ -97,6 +97,8 @@ def test_readme_quick_start_matches_docs_home():
         commands
     )
     assert "python -m pytest" in commands[1], commands
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert commands[1] in ci_lines, f".ci/run must run the README's test command: {commands[1]}"
 
     home = (DOCS / "index.md").read_text(encoding="utf-8")
     home_section = _section(home, "Quick start")
