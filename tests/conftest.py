@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,12 +68,17 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc!r})")
 
 
+_SESSION_REGISTRY_DIR = tempfile.mkdtemp(prefix="microframe-test-registry-")
+
+
 def base_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     env.pop("MICROFRAME_SETTINGS_MODULE", None)
     env.pop("MICROFRAME_ENV", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # Servers started by tests register in the session's own file registry.
+    env.setdefault("MICROFRAME_REGISTRY_DIR", _SESSION_REGISTRY_DIR)
     env.update(extra)
     return env
 

@@ -79,6 +79,31 @@ def test_sigterm_under_load_loses_no_accepted_call(start_server):
     assert results["CANCELLED"] <= callers, results
 
 
+def test_a_second_signal_does_not_cut_the_drain(start_server):
+    """CONTROL-C reaches every process of the group, and a supervisor forwards SIGTERM too."""
+    server = start_server(settings="testservice.settings")
+    answers: list[str] = []
+
+    def slow_call() -> None:
+        with grpc.insecure_channel(server.address) as channel:
+            try:
+                answers.append(hello_pb2_grpc.GreeterStub(channel).SayHello(
+                    Req(name="slow", delay_ms=1000), timeout=10).message)
+            except grpc.RpcError as err:
+                answers.append(err.code().name)
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    wait_until(lambda: "sleeping 1000 ms" in server.output, 10, "the slow call to reach its controller")
+    server.proc.send_signal(signal.SIGINT)
+    wait_until(lambda: "stopping: draining" in server.output, 10, "the drain to begin")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(20) == 0, server.output
+    caller.join(10)
+    assert answers == ["Hello, slow!"], (answers, server.output)
+    assert "SIGTERM received while stopping" in server.output
+
+
 def test_two_workers_serve_aggregate_metrics_and_restart(start_server):
     server = start_server(settings="testservice.settings", workers=2)
 

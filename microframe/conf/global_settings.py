@@ -49,6 +49,27 @@ METRICS = {
     "BUCKETS": (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 }
 
+REGISTRY = {
+    # The backend (a dotted path) and its keyword arguments. The default needs no server:
+    # services on one machine find each other through a shared directory.
+    "BACKEND": "microframe.contrib.registry.file.FileRegistry",
+    "OPTIONS": {},
+    # Register the instance when runserver serves (and deregister it when it stops).
+    "REGISTER": True,
+    # "host:port" clients should dial; None: GRPC["HOST"] and the port served, or this host's
+    # primary address when GRPC["HOST"] is a wildcard (0.0.0.0, ::).
+    "ADVERTISE": None,
+    # None: "<advertised host>:<port>".
+    "INSTANCE_ID": None,
+    "WEIGHT": 100,
+    # String pairs published with the instance: zone, idc, env...
+    "METADATA": {},
+    "VERSION": "",
+    # Where clients keep the last known instances of every service, for registry outages.
+    # None: "microframe-discovery" in the temporary directory.
+    "CACHE_DIR": None,
+}
+
 MIDDLEWARE = [
     "microframe.contrib.metrics.middleware.MetricsMiddleware",
 ]

@@ -109,6 +109,16 @@ def _server_credentials(tls: dict[str, Any]) -> grpc.ServerCredentials:
     )
 
 
+async def _send_and_await(signal: Any, **kwargs: Any) -> None:
+    """Send ``signal``; await the receivers that are coroutines; log (not raise) their errors."""
+    for receiver, result in signal.send(**kwargs):
+        if asyncio.iscoroutine(result):
+            try:
+                await result
+            except Exception:
+                logger.exception("a %s receiver (%r) failed", signal.name, receiver)
+
+
 class Server:
     """A grpc.aio server serving ``routes`` through ``middleware``.
 
@@ -214,7 +224,7 @@ class Server:
         self._stopping = asyncio.Event()
         await server.start()
         await self._set_health(True)
-        server_started.send(sender=self.__class__, server=self, address=self.address)
+        await _send_and_await(server_started, sender=self.__class__, server=self, address=self.address)
         logger.info(
             "serving %d methods of %s on %s (pid %d)",
             len(self.routes),
@@ -240,12 +250,7 @@ class Server:
         grace = self.config.grace if grace is None else grace
         logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
         await self._set_health(False)
-        for _receiver, result in server_stopping.send(sender=self.__class__, server=self):
-            if asyncio.iscoroutine(result):
-                try:
-                    await result
-                except Exception:
-                    logger.exception("a server_stopping receiver failed")
+        await _send_and_await(server_stopping, sender=self.__class__, server=self)
         if self.config.shutdown_delay > 0:
             logger.info(
                 "still serving for %.1f s (SHUTDOWN_DELAY) while clients move away",
@@ -274,17 +279,30 @@ class Server:
         signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
         on_started: Callable[[], None] | None = None,
     ) -> None:
-        """Start, then serve until one of ``signals`` arrives; stop gracefully."""
+        """Start, then serve until one of ``signals`` arrives; stop gracefully.
+
+        A signal arriving while the server stops (CONTROL-C reaches every process of the
+        terminal's group, a supervisor forwards SIGTERM too) is noted and ignored: the drain
+        goes on. The handlers are removed once the server has stopped.
+        """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
+
+        def on_signal(sig: int) -> None:
+            if stop_requested.is_set():
+                logger.info("%s received while stopping: the drain goes on", signal.Signals(sig).name)
+            stop_requested.set()
+
         for sig in signals:
-            loop.add_signal_handler(sig, stop_requested.set)
-        await self.start()
-        if on_started is not None:
-            on_started()
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
-            await stop_requested.wait()
+            await self.start()
+            if on_started is not None:
+                on_started()
+            try:
+                await stop_requested.wait()
+            finally:
+                await self.stop()
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            await self.stop()

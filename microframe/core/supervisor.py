@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 logger = logging.getLogger("microframe.server")
 
@@ -61,12 +62,16 @@ class Supervisor:
         grace: float = 10.0,
         env: dict[str, str] | None = None,
         on_worker_exit: Callable[[int], None] | None = None,
+        after_start: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        before_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.command = list(command)
         self.count = count
         self.grace = grace
         self.env = dict(os.environ if env is None else env)
         self.on_worker_exit = on_worker_exit
+        self.after_start = after_start
+        self.before_stop = before_stop
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = 0
         self._stopping = asyncio.Event()
@@ -115,7 +120,18 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         tasks = [asyncio.create_task(self._keep_running(i)) for i in range(self.count)]
+        hook: asyncio.Task[None] | None = None
+        if self.after_start is not None:
+            hook = asyncio.create_task(self.after_start())
         await self._stopping.wait()
+        if hook is not None and not hook.done():
+            hook.cancel()
+        if self.before_stop is not None:
+            # Deregistration and the like come first, while every worker still serves.
+            try:
+                await asyncio.wait_for(self.before_stop(), self.grace + 5)
+            except Exception:
+                logger.exception("stopping: the supervisor's before_stop hook failed")
         logger.info("stopping %d workers", len(self.processes))
         self._signal_workers(signal.SIGTERM)
         try:

@@ -143,12 +143,19 @@ class Command(BaseCommand):
             )
             self.stdout.flush()
 
+        registration = None
+        if settings.REGISTRY.get("REGISTER", True) and not in_pool:
+            from microframe.contrib.registry.registration import ServerRegistration
+
+            registration = ServerRegistration(server)
+
         async def serve() -> None:
             await server.serve_until_signal(on_started=started)
 
         try:
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 runner.run(serve())
+            del registration
         except OSError as err:
             raise CommandError(str(err)) from err
         finally:
@@ -198,8 +205,15 @@ class Command(BaseCommand):
                 def mark_dead(pid: int) -> None:
                     mark_process_dead(pid, multiproc_dir)
 
+            after_start, before_stop = self.pool_registration(host, port)
             supervisor = Supervisor(
-                command, workers, grace=float(settings.GRPC.get("GRACE", 10.0)), env=env, on_worker_exit=mark_dead
+                command,
+                workers,
+                grace=float(settings.GRPC.get("SHUTDOWN_DELAY", 0.0)) + float(settings.GRPC.get("GRACE", 10.0)),
+                env=env,
+                on_worker_exit=mark_dead,
+                after_start=after_start,
+                before_stop=before_stop,
             )
             where = f" (metrics on http://{metrics.host}:{metrics.port}/metrics)" if metrics else ""
             self.stdout.write(f"Serving gRPC on {host}:{port} with {workers} workers{where}, supervisor pid {os.getpid()}.")
@@ -211,6 +225,40 @@ class Command(BaseCommand):
             if reserved is not None:
                 reserved.close()
             shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+    def pool_registration(self, host: str, port: int) -> tuple[Any, Any]:
+        """Return the supervisor's hooks registering the pool once, or ``(None, None)``."""
+        from microframe.conf import settings
+
+        if not settings.REGISTRY.get("REGISTER", True):
+            return None, None
+        from microframe.contrib.registry import build_registry
+        from microframe.contrib.registry.instance import format_address
+        from microframe.contrib.registry.registration import (
+            WILDCARDS,
+            Registration,
+            instance_from_settings,
+            wait_until_serving,
+        )
+
+        instance = instance_from_settings(host, port)
+        local = format_address("127.0.0.1" if host.strip("[]") in WILDCARDS else host, port)
+        health = bool(settings.GRPC.get("HEALTH", True)) and not settings.GRPC.get("TLS")
+        state: dict[str, Registration] = {}
+
+        async def after_start() -> None:
+            while not await wait_until_serving(local, 30, health=health):
+                self.stderr.write(f"Workers are not serving on {local} yet; registration waits.")
+            registration = Registration(instance, build_registry())
+            state["registration"] = registration
+            await registration.start()
+
+        async def before_stop() -> None:
+            registration = state.pop("registration", None)
+            if registration is not None:
+                await registration.stop()
+
+        return after_start, before_stop
 
     # -- autoreload ----------------------------------------------------------------------------
 

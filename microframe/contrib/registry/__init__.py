@@ -1,0 +1,83 @@
+"""Service registration and discovery.
+
+A service registers itself (``runserver`` does it once the server is serving) and finds the
+instances of the services it calls through a :class:`Registry` backend chosen by
+``REGISTRY["BACKEND"]`` and built with ``REGISTRY["OPTIONS"]``:
+
+- :class:`microframe.contrib.registry.file.FileRegistry` (the default): services on one machine
+  find each other through a shared directory; nothing to install;
+- :class:`microframe.contrib.registry.etcd.EtcdRegistry`: etcd v3 (the ``etcd`` extra);
+- :class:`microframe.contrib.registry.static.StaticRegistry`: fixed addresses from settings.
+
+Clients read instances through :class:`microframe.contrib.registry.cache.DiscoveryCache`, which
+keeps the last known instances in memory and on disk, so that a registry outage does not stop
+calls between services that already know each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from microframe.contrib.registry.base import Registry, RegistryError, RegistryUnavailable
+from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance
+from microframe.core.exceptions import ImproperlyConfigured
+from microframe.core.signals import setting_changed
+from microframe.utils.module_loading import import_string
+
+__all__ = [
+    "InvalidInstance",
+    "Registry",
+    "RegistryError",
+    "RegistryUnavailable",
+    "ServiceInstance",
+    "build_registry",
+    "get_registry",
+]
+
+_registries: dict[asyncio.AbstractEventLoop, Registry] = {}
+
+
+def build_registry(backend: str | None = None, options: dict[str, Any] | None = None) -> Registry:
+    """Return a new registry: ``backend`` (a dotted path) built with ``options``.
+
+    Both default to ``REGISTRY["BACKEND"]`` and ``REGISTRY["OPTIONS"]``.
+    """
+    from microframe.conf import settings
+
+    config = settings.REGISTRY
+    path = backend or config.get("BACKEND")
+    if not path or not isinstance(path, str):
+        raise ImproperlyConfigured('REGISTRY["BACKEND"] must be the dotted path of a registry class.')
+    try:
+        cls = import_string(path)
+    except ImportError as err:
+        raise ImproperlyConfigured(f'REGISTRY["BACKEND"] {path!r} cannot be imported: {err}') from err
+    kwargs = dict(config.get("OPTIONS") or {}) if options is None else dict(options)
+    try:
+        return cls(**kwargs)  # type: ignore[no-any-return]
+    except TypeError as err:
+        raise ImproperlyConfigured(f'REGISTRY["OPTIONS"] do not suit {path}: {err}') from err
+
+
+def get_registry() -> Registry:
+    """Return this event loop's registry, built from settings on first use.
+
+    A registry holds connections and tasks bound to one event loop, so each loop gets its own
+    (the entries of closed loops are dropped).
+    """
+    loop = asyncio.get_running_loop()
+    registry = _registries.get(loop)
+    if registry is None:
+        for old in [old for old in _registries if old.is_closed()]:
+            del _registries[old]
+        registry = _registries[loop] = build_registry()
+    return registry
+
+
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == "REGISTRY":
+        _registries.clear()
+
+
+setting_changed.connect(_reset)
