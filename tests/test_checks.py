@@ -337,9 +337,11 @@ def test_deploy_checks_and_fail_level(service_dir):
 
     result = run_check(service_dir, module, "--deploy")
     assert result.returncode == 0, result.stderr
-    assert sorted(all_ids(result.stderr)) == ["microframe.W001", "microframe.W002", "microframe.W003"]
+    assert sorted(all_ids(result.stderr)) == [
+        "microframe.W001", "microframe.W002", "microframe.W003", "registry.I001"
+    ]
     assert result.stderr.startswith("System check identified some issues:\n\nWARNINGS:\n")
-    assert result.stderr.rstrip().endswith("System check identified 3 issues (0 silenced).")
+    assert result.stderr.rstrip().endswith("System check identified 4 issues (0 silenced).")
 
     result = run_check(service_dir, module, "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 1
@@ -366,9 +368,11 @@ def test_list_tags(service_dir):
     module = write_settings(service_dir, "tags", CLEAN)
     result = run_check(service_dir, module, "--list-tags")
     assert result.returncode == 0
-    assert result.stdout.split() == ["metrics", "middleware", "router", "server", "settings"]
+    assert result.stdout.split() == ["metrics", "middleware", "registry", "router", "server", "settings"]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
-    assert result.stdout.split() == ["metrics", "middleware", "router", "security", "server", "settings"]
+    assert result.stdout.split() == [
+        "metrics", "middleware", "registry", "router", "security", "server", "settings"
+    ]
 
 
 def test_unknown_tag_is_a_clean_error(service_dir):
@@ -399,13 +403,17 @@ def clean(service_dir) -> Iterator[None]:
               "THREADS": None, "EVENT_LOOP": "auto", "OPTIONS": []},
         METRICS={"ENABLED": True, "HOST": "127.0.0.1", "PORT": 9464, "LABELS": {},
                  "BUCKETS": (0.01, 0.1, 1.0)},
+        REGISTRY={"BACKEND": "microframe.contrib.registry.static.StaticRegistry", "OPTIONS": {},
+                  "REGISTER": False},
     ):
         yield
 
 
 def issues(tags: list[str] | None = None, deploy: bool = False, **overrides: Any) -> list[CheckMessage]:
+    """The core checks' messages (the registry battery's are tested in test_registry.py)."""
     with override_settings(merge=True, **overrides):
-        return run_checks(tags=tags, include_deployment_checks=deploy)
+        found = run_checks(tags=tags, include_deployment_checks=deploy)
+    return [m for m in found if not (m.id or "").startswith("registry.")]
 
 
 def ids(**kwargs: Any) -> list[str | None]:
@@ -626,7 +634,10 @@ def test_run_and_report_errors(clean):
         "?: (microframe.W001) DEBUG is True in deployment.\n"
         f"\tHINT: {checks.security_checks.W001.hint}\n"
         "\n"
-        "System check identified 2 issues (0 silenced)."
+        "INFOS:\n"
+        "?: (registry.I001) The registry holds no service.\n"
+        "\n"
+        "System check identified 3 issues (0 silenced)."
     )
     assert command.out.getvalue() == command.err.getvalue() == ""
 
@@ -639,7 +650,7 @@ def test_run_and_report_fail_level(clean):
         with pytest.raises(SystemCheckError):
             run_and_report(command, include_deployment_checks=True, fail_level=WARNING)
         run_and_report(command, include_deployment_checks=True, fail_level=CRITICAL)
-        with override_settings(SILENCED_SYSTEM_CHECKS=["microframe.W001"]):
+        with override_settings(SILENCED_SYSTEM_CHECKS=["microframe.W001", "registry.I001"]):
             run_and_report(command, include_deployment_checks=True, fail_level=DEBUG)
 
 

@@ -1,5 +1,6 @@
 """Controllers whose behaviour the request's name selects.
 
+``discover:<service>``: the addresses of that service's instances, found through the registry;
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
 the GREETING setting; anything else: a greeting. ``delay_ms`` makes the call take that long.
@@ -31,6 +32,12 @@ async def say_hello(ctx, request: HelloRequest):
         raise NotFound("no such greeting", trailers={"x-reason": "missing"})
     if name == "pid":
         return HelloReply(message=str(os.getpid()))
+    if name.startswith("discover:"):
+        # Find another service through the registry, from inside a serving process.
+        from microframe.contrib.registry.cache import get_discovery_cache
+
+        found = await get_discovery_cache().instances(name.split(":", 1)[1])
+        return HelloReply(message=",".join(sorted(i.address for i in found)))
     if name == "trace":
         ctx.logger.info("tracing this call")
         return HelloReply(message=ctx.trace_id)

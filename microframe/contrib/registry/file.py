@@ -192,36 +192,51 @@ class FileRegistry:
         return self._read(service)
 
     async def watch(self, service: str) -> AsyncIterator[list[ServiceInstance]]:
-        import watchfiles
-
         folder = self._service_dir(service)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RegistryUnavailable(f"cannot create the registry directory {folder}: {err}") from err
-        current = self._read(service)
-        yield current
-        stop = asyncio.Event()
+        changed = asyncio.Event()
+        failure: list[BaseException] = []
+        pump = asyncio.create_task(self._pump_file_events(folder, changed, failure))
         try:
-            async for _changes in watchfiles.awatch(  # noqa: B007
-                folder,
-                stop_event=stop,
-                debounce=20,
-                step=10,
-                rust_timeout=int(self.heartbeat * 1000),
-                yield_on_timeout=True,
-                recursive=False,
-            ):
+            current = self._read(service)
+            yield current
+            # The file watcher starts in a thread: a change made before it listens is caught
+            # by the quick re-reads of the first second, later ones by the events; the
+            # heartbeat-period re-read expires the entries that stopped beating.
+            started = asyncio.get_running_loop().time()
+            while True:
+                young = asyncio.get_running_loop().time() - started < 1.0
+                try:
+                    await asyncio.wait_for(changed.wait(), 0.1 if young else self.heartbeat)
+                except TimeoutError:
+                    pass
+                changed.clear()
+                if failure:
+                    raise RegistryUnavailable(f"watching {folder} failed: {failure[0]}")
                 if not folder.is_dir():
                     raise RegistryUnavailable(f"the registry directory {folder} was removed")
                 now = self._read(service)
                 if now != current:
                     current = now
                     yield current
-        except (OSError, RuntimeError) as err:  # the watcher itself failed
-            raise RegistryUnavailable(f"watching {folder} failed: {err}") from err
         finally:
-            stop.set()
+            pump.cancel()
+
+    @staticmethod
+    async def _pump_file_events(folder: Path, changed: asyncio.Event, failure: list[BaseException]) -> None:
+        import watchfiles
+
+        try:
+            async for _changes in watchfiles.awatch(folder, debounce=20, step=10, recursive=False):  # noqa: B007
+                changed.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the watcher itself failed (directory removed...)
+            failure.append(err)
+            changed.set()
 
     async def services(self) -> list[str]:
         try:

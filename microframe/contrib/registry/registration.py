@@ -59,8 +59,11 @@ def advertised_address(host: str, port: int) -> tuple[str, int]:
     return bare, port
 
 
-def instance_from_settings(host: str, port: int) -> ServiceInstance:
-    """Return the instance this process advertises when it serves on ``host:port``."""
+def instance_from_settings(host: str, port: int, name: str | None = None) -> ServiceInstance:
+    """Return the instance this process advertises when it serves on ``host:port``.
+
+    ``name`` defaults to ``SERVICE_NAME``.
+    """
     from microframe.conf import settings
 
     config = settings.REGISTRY
@@ -69,7 +72,7 @@ def instance_from_settings(host: str, port: int) -> ServiceInstance:
     try:
         return ServiceInstance(
             id=str(instance_id),
-            name=settings.SERVICE_NAME,
+            name=name or settings.SERVICE_NAME,
             host=adv_host,
             port=adv_port,
             weight=int(config.get("WEIGHT", 100)),

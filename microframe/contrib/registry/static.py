@@ -55,6 +55,7 @@ class StaticRegistry:
                 ) from None
             self._instances[name] = {i.id: i for i in found}
         self._changed: dict[str, asyncio.Condition] = {}
+        self._versions: dict[str, int] = {}
 
     def _condition(self, service: str) -> asyncio.Condition:
         condition = self._changed.get(service)
@@ -63,6 +64,7 @@ class StaticRegistry:
         return condition
 
     async def _notify(self, service: str) -> None:
+        self._versions[service] = self._versions.get(service, 0) + 1
         condition = self._condition(service)
         async with condition:
             condition.notify_all()
@@ -80,11 +82,14 @@ class StaticRegistry:
 
     async def watch(self, service: str) -> AsyncIterator[list[ServiceInstance]]:
         condition = self._condition(service)
+        seen = self._versions.get(service, 0)
         current = await self.instances(service)
         yield current
         while True:
             async with condition:
-                await condition.wait()
+                while self._versions.get(service, 0) == seen:
+                    await condition.wait()
+                seen = self._versions.get(service, 0)
             now = await self.instances(service)
             if now != current:
                 current = now

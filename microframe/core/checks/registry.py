@@ -18,6 +18,7 @@ class Tags:
     server = "server"
     metrics = "metrics"
     security = "security"
+    registry = "registry"
 
 
 F = TypeVar("F", bound=Callable[..., Iterable[CheckMessage]])
