@@ -1,0 +1,802 @@
+"""The etcd v3 registry backend (``microframe.contrib.registry.etcd.EtcdRegistry``), on aetcd.
+
+Layout (DESIGN §6): an instance is the key ``<prefix>/<service name>/<instance id>`` whose value
+is :meth:`ServiceInstance.to_json`, attached to a lease of its own (TTL ``ttl``) kept alive every
+``ttl / 3`` seconds. When etcd loses the lease (etcd restarted on an empty data directory, the
+lease expired during a network cut, someone revoked it), the next keep-alive says so and the
+instance is registered again under a new lease, by itself.
+
+Discovery reads ``<prefix>/<service>/`` (with the trailing slash, so ``foo`` never matches
+``foobar``), then watches the range from the next revision and yields the whole set after each
+change. A broken watch raises :class:`RegistryUnavailable`; the consumer watches again, which
+reads the current set anew.
+
+Settings::
+
+    REGISTRY = {
+        "BACKEND": "microframe.contrib.registry.etcd.EtcdRegistry",
+        "OPTIONS": {"endpoints": ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"], "ttl": 10},
+    }
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+try:
+    import aetcd
+    import aetcd.watcher
+    from aetcd import rpc as etcdrpc
+    from aetcd.utils import prefix_range_end
+except ImportError as err:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the etcd registry needs the aetcd package ({err}): pip install 'microframe[etcd]'"
+    ) from err
+
+from microframe.contrib.registry.base import RegistryError, RegistryUnavailable
+from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance, split_address
+from microframe.contrib.registry.metrics import registry_metrics
+from microframe.core.exceptions import ImproperlyConfigured
+
+__all__ = ["EtcdRegistry", "EtcdStatus"]
+
+logger = logging.getLogger("microframe.registry")
+
+BACKEND = "etcd"
+DEFAULT_ENDPOINTS = ("127.0.0.1:2379",)
+DEFAULT_PREFIX = "/microframe/services"
+RETRY_INTERVAL = 0.5  # seconds between attempts while etcd is unreachable (at most ttl / 3)
+KEEPALIVE_PING_MS = 10_000  # HTTP/2 pings on idle-looking connections; etcd refuses < 5 s
+MAX_MESSAGE_BYTES = 64 << 20
+
+T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
+
+
+class _AuthenticationFailed(Exception):
+    """etcd refused the user name or password."""
+
+
+class _LeaseNotFound(RegistryError):
+    """etcd no longer knows the lease (expired, revoked, data lost)."""
+
+
+class _WatchBroken(Exception):
+    """etcd cancelled or ended a watch stream."""
+
+
+@dataclass(frozen=True)
+class EtcdStatus:
+    """What :meth:`EtcdRegistry.status` found: the member answering, and the cluster's state."""
+
+    member_id: int
+    member_name: str
+    client_urls: tuple[str, ...]
+    leader_id: int
+    version: str
+    revision: int
+    members: int
+
+
+class _EtcdClient(aetcd.Client):  # type: ignore[misc]
+    """An aetcd client that dials every etcd member, over TLS when configured.
+
+    aetcd 1.0's ``Client.connect()`` opens an insecure channel to one ``host:port``: it can
+    neither fail over to another member when that one dies nor speak TLS. This subclass builds
+    the channel itself and leaves every request to aetcd:
+
+    - the target lists every member (``ipv4:10.0.0.1:2379,10.0.0.2:2379``) with the
+      ``pick_first`` policy, so gRPC moves to the next member when the current one goes away.
+      Host names are resolved here, at each connection, because gRPC's DNS resolver takes a
+      single name; reconnection backoff is capped at 1 s so that the client is back within a
+      second or so of etcd's return, rather than gRPC's default of up to two minutes;
+    - with TLS options the channel uses ``grpc.ssl_channel_credentials`` (CA, client
+      certificate and key) and checks every member's certificate against one ``server_name``;
+    - connecting is bounded by ``dial_timeout`` and proves that a member answers: it
+      authenticates (user and password) or asks for the member's status, so an unreachable
+      cluster or bad credentials fail there with etcd's own reason.
+
+    It also opens watch streams itself (:meth:`open_watch`): aetcd's shared ``Watcher`` ignores
+    a watch that etcd cancels (permission denied, member without a leader) and a stream that
+    ends, which would leave a watcher waiting forever, and hands out events one at a time,
+    losing the boundaries of etcd's revisions. Every call carries the auth token, the watch
+    streams and the lease keep-alives included.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[tuple[str, int]],
+        *,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+        dial_timeout: float,
+        credentials: grpc.ChannelCredentials | None,
+        server_name: str | None,
+    ) -> None:
+        options: dict[str, Any] = {
+            "grpc.lb_policy_name": "pick_first",
+            "grpc.initial_reconnect_backoff_ms": 200,
+            "grpc.max_reconnect_backoff_ms": 1000,
+            # Despite its name, gRPC's bound on one connection attempt (default 20 s).
+            "grpc.min_reconnect_backoff_ms": int(dial_timeout * 1000),
+            "grpc.keepalive_time_ms": KEEPALIVE_PING_MS,
+            "grpc.keepalive_timeout_ms": max(1000, int(timeout * 1000)),
+            "grpc.http2.max_pings_without_data": 0,
+            "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+        }
+        if credentials is not None and server_name:
+            options["grpc.ssl_target_name_override"] = server_name
+        host, port = addresses[0]
+        super().__init__(
+            host=host, port=port, username=username, password=password,
+            timeout=timeout, options=options,
+        )
+        self._addresses = list(addresses)
+        self._dial_timeout = dial_timeout
+        self._credentials = credentials
+        self._connect_lock = asyncio.Lock()
+        self.watchstub: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._connected.is_set())
+
+    async def connect(self) -> None:
+        """Open the channel and check that a member answers, within ``dial_timeout``."""
+        async with self._connect_lock:
+            if self._connected.is_set():
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._dial_timeout
+            target = await self._target(deadline)
+            options = list(self._options.items())
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(target, self._credentials, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            try:
+                remaining = max(0.01, deadline - loop.time())
+                if self._username is not None:
+                    self.metadata = await self._authenticate(channel, remaining)
+                else:
+                    self.metadata = None
+                    await etcdrpc.MaintenanceStub(channel).Status(
+                        etcdrpc.StatusRequest(), timeout=remaining
+                    )
+            except BaseException:
+                await channel.close()
+                raise
+            self.channel = channel
+            self.auth_stub = etcdrpc.AuthStub(channel)
+            self.kvstub = etcdrpc.KVStub(channel)
+            self.clusterstub = etcdrpc.ClusterStub(channel)
+            self.leasestub = etcdrpc.LeaseStub(channel)
+            self.maintenancestub = etcdrpc.MaintenanceStub(channel)
+            self.watchstub = etcdrpc.WatchStub(channel)
+            self._watcher = aetcd.watcher.Watcher(
+                self.watchstub, timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+
+    async def reauthenticate(self, stale: Metadata | None) -> None:
+        """Get a new token when etcd forgot ``stale`` (it keeps simple tokens in memory)."""
+        async with self._connect_lock:
+            if self.channel is None or self.metadata != stale:
+                return  # closed, or another task already got a new token
+            self.metadata = await self._authenticate(self.channel, self._timeout)
+            old, self._watcher = self._watcher, aetcd.watcher.Watcher(
+                self.watchstub, timeout=self._timeout, metadata=self.metadata
+            )
+            if old is not None:
+                await old.shutdown()
+
+    async def _authenticate(self, channel: grpc.aio.Channel, timeout: float) -> Metadata | None:
+        request = etcdrpc.AuthenticateRequest(name=self._username, password=self._password)
+        try:
+            reply = await etcdrpc.AuthStub(channel).Authenticate(request, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            details = err.details() or ""
+            if "authentication is not enabled" in details:
+                return None  # etcd without auth: send no token, as etcd's own client does
+            if "authentication failed" in details:
+                raise _AuthenticationFailed(details) from err
+            raise
+        return (("token", reply.token),)
+
+    async def _target(self, deadline: float) -> str:
+        """Return a gRPC target listing the addresses of every endpoint."""
+        loop = asyncio.get_running_loop()
+        found: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = []
+        failures: list[str] = []
+        for host, port in self._addresses:
+            try:
+                found.append((ipaddress.ip_address(host), port))
+                continue
+            except ValueError:
+                pass
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                    max(0.01, deadline - loop.time()),
+                )
+            except (TimeoutError, OSError) as err:
+                failures.append(f"{host}: {err or 'no answer from DNS'}")
+                continue
+            for info in infos:
+                found.append((ipaddress.ip_address(str(info[4][0]).split("%")[0]), port))
+        unique = list(dict.fromkeys(found))
+        if not unique:
+            raise OSError(f"cannot resolve {'; '.join(failures)}")
+        if failures:
+            logger.warning("etcd endpoints not resolved, skipped: %s", "; ".join(failures))
+        v4 = [f"{ip}:{port}" for ip, port in unique if ip.version == 4]
+        v6 = [f"[{ip}]:{port}" for ip, port in unique if ip.version == 6]
+        # One gRPC target holds one address family; IPv4 wins when endpoints mix them.
+        return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
+
+    async def open_watch(self, key: bytes, range_end: bytes, start_revision: int) -> _WatchStream:
+        """Open a watch stream of ``[key, range_end)`` from ``start_revision``."""
+        await self.connect()
+        stream = _WatchStream(self.watchstub, self.metadata, self._timeout)
+        await stream.open(key, range_end, start_revision)
+        return stream
+
+
+class _WatchStream:
+    """One etcd watch on a stream of its own; :meth:`read` returns a response's events."""
+
+    def __init__(self, stub: Any, metadata: Metadata | None, timeout: float) -> None:
+        # "hasleader": etcd ends the stream when its member loses the cluster's leader, rather
+        # than keeping a watch that no longer sees anything.
+        self._call = stub.Watch(metadata=(*(metadata or ()), ("hasleader", "true")))
+        self._timeout = timeout
+
+    async def open(self, key: bytes, range_end: bytes, start_revision: int) -> None:
+        request = etcdrpc.WatchCreateRequest(
+            key=key, range_end=range_end, start_revision=start_revision
+        )
+        try:
+            await asyncio.wait_for(
+                self._call.write(etcdrpc.WatchRequest(create_request=request)), self._timeout
+            )
+            while True:
+                reply = await asyncio.wait_for(self._call.read(), self._timeout)
+                self._check(reply)
+                if reply.created:
+                    return
+        except TimeoutError:
+            self.cancel()
+            raise _WatchBroken(f"etcd did not create the watch within {self._timeout} s") from None
+        except BaseException:
+            self.cancel()
+            raise
+
+    async def read(self) -> list[Any]:
+        """Return the events of the next response that has some; raise when the watch ends."""
+        while True:
+            reply = await self._call.read()
+            self._check(reply)
+            if reply.events:
+                return list(reply.events)
+
+    @staticmethod
+    def _check(reply: Any) -> None:
+        if reply is grpc.aio.EOF:
+            raise _WatchBroken("etcd ended the watch stream")
+        if reply.compact_revision:
+            raise _WatchBroken(f"revisions compacted up to {reply.compact_revision}")
+        if reply.canceled:
+            raise _WatchBroken(f"etcd cancelled the watch: {reply.cancel_reason or 'no reason'}")
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+@dataclass(eq=False)
+class _Registration:
+    """An instance registered through this registry, and its lease."""
+
+    instance: ServiceInstance
+    key: bytes
+    lease_id: int | None = None
+    task: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    failing: bool = False
+
+
+class EtcdRegistry:
+    """Register and find instances in etcd v3 (see the module docstring for the layout).
+
+    Options (``REGISTRY["OPTIONS"]``):
+
+    - ``endpoints``: ``"host:port"`` of the members (a list, or one comma-separated string;
+      ``http://`` or ``https://`` prefixes are accepted, ``https`` turning TLS on); default
+      ``["127.0.0.1:2379"]``. The client talks to one member and moves to another when it
+      goes away;
+    - ``ttl``: seconds an instance outlives its process (its lease), default 10; kept alive
+      every ``ttl / 3`` seconds;
+    - ``prefix``: key prefix, default ``/microframe/services``;
+    - ``user``, ``password``: etcd authentication (both or neither);
+    - ``ca_cert``, ``cert``, ``key``: PEM files for TLS: the CA that signed the members'
+      certificates, and this client's certificate and key (for ``--client-cert-auth``). Any of
+      them turns TLS on; without ``ca_cert`` the system's CAs are trusted;
+    - ``server_name``: the name checked in the members' certificates, default the host of the
+      first endpoint; every member's certificate must be valid for it;
+    - ``timeout``: seconds a request may take, default 5;
+    - ``dial_timeout``: seconds to connect (and authenticate), default 2.
+
+    Every method is bounded by these timeouts and raises :class:`RegistryUnavailable`, naming
+    the endpoints, when etcd cannot be reached or refuses the credentials.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = DEFAULT_ENDPOINTS,
+        ttl: int = 10,
+        prefix: str = DEFAULT_PREFIX,
+        user: str | None = None,
+        password: str | None = None,
+        ca_cert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        timeout: float = 5.0,
+        dial_timeout: float = 2.0,
+        server_name: str | None = None,
+    ) -> None:
+        self.endpoints, self._addresses, https = _parse_endpoints(endpoints)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+            raise ImproperlyConfigured(f"etcd registry: ttl must be a whole number of seconds >= 1, not {ttl!r}")
+        for name, value in (("timeout", timeout), ("dial_timeout", dial_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ImproperlyConfigured(f"etcd registry: {name} must be a number of seconds > 0, not {value!r}")
+        if (user is None) != (password is None):
+            raise ImproperlyConfigured("etcd registry: give both user and password, or neither")
+        if (cert is None) != (key is None):
+            raise ImproperlyConfigured("etcd registry: give both cert and key, or neither")
+        self.ttl = ttl
+        self.prefix = prefix.rstrip("/")
+        self.user = user
+        self.timeout = float(timeout)
+        self.dial_timeout = float(dial_timeout)
+        self._password = password
+        self._credentials: grpc.ChannelCredentials | None = None
+        if https or ca_cert or cert:
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(ca_cert, "ca_cert"),
+                private_key=_read(key, "key"),
+                certificate_chain=_read(cert, "cert"),
+            )
+        self.server_name = server_name or self._addresses[0][0]
+        self._client: _EtcdClient | None = None
+        self._registrations: dict[tuple[str, str], _Registration] = {}
+        self._broken_watches: set[str] = set()
+        self._closing = False  # close() called: no new work
+        self._closed = False  # close() done: connection gone
+        self._metrics = registry_metrics()
+
+    def __repr__(self) -> str:
+        return f"<EtcdRegistry {','.join(self.endpoints)} {self.prefix}>"
+
+    # Registration -------------------------------------------------------------------------
+
+    async def register(self, instance: ServiceInstance) -> None:
+        """Put ``instance`` under a new lease and keep it alive (see :class:`Registry`)."""
+        self._check_open()
+        reg = self._registrations.get((instance.name, instance.id))
+        if reg is None:
+            reg = _Registration(instance, self._key(instance.name, instance.id))
+            self._registrations[(instance.name, instance.id)] = reg
+        else:
+            reg.instance = instance
+        try:
+            async with reg.lock:
+                await self._put(reg)
+        finally:
+            if reg.task is None and self._registrations.get((instance.name, instance.id)) is reg:
+                reg.task = asyncio.create_task(
+                    self._keep_alive(reg), name=f"etcd keep-alive {instance.name}/{instance.id}"
+                )
+
+    async def deregister(self, instance: ServiceInstance) -> None:
+        """Revoke the lease of ``instance`` (its key goes with it) and stop keeping it alive.
+
+        An instance this registry did not register has its key deleted.
+        """
+        self._check_open()
+        reg = self._registrations.pop((instance.name, instance.id), None)
+        if reg is None:
+            key = self._key(instance.name, instance.id)
+            await self._rpc("deregister", lambda c: c.delete(key))
+        else:
+            await self._withdraw(reg)
+        logger.info("deregistered %s/%s from etcd", instance.name, instance.id)
+
+    async def _withdraw(self, reg: _Registration) -> None:
+        """Stop keeping ``reg`` alive and remove it: revoke its lease, or delete its key."""
+        await _cancel(reg.task)
+        async with reg.lock:  # a register() under way finishes first, so its lease is known
+            lease_id = reg.lease_id
+            if lease_id is None:
+                await self._rpc("deregister", lambda c: c.delete(reg.key))
+                return
+            with contextlib.suppress(_LeaseNotFound):
+                await self._rpc("deregister", lambda c: c.revoke_lease(lease_id))
+            reg.lease_id = None
+
+    async def _put(self, reg: _Registration) -> None:
+        """Write the key of ``reg`` under its lease, granting one when it has none."""
+        value = reg.instance.to_json().encode()
+        if reg.lease_id is not None:
+            lease_id = reg.lease_id
+            try:
+                await self._rpc("register", lambda c: c.put(reg.key, value, lease=lease_id))
+                return
+            except _LeaseNotFound:
+                self._lost(reg)
+        lease = await self._rpc("register", lambda c: c.lease(self.ttl))
+        reg.lease_id = lease.id
+        try:
+            await self._rpc("register", lambda c: c.put(reg.key, value, lease=lease.id))
+        except _LeaseNotFound as err:
+            reg.lease_id = None
+            raise RegistryUnavailable(f"{self._where()}: lease {lease.id:x} vanished at once") from err
+        self._metrics.registrations.labels(BACKEND, reg.instance.name).inc()
+        logger.info(
+            "registered %s/%s (%s) in etcd, lease %x, TTL %d s",
+            reg.instance.name, reg.instance.id, reg.instance.address, lease.id, self.ttl,
+        )
+
+    def _lost(self, reg: _Registration) -> None:
+        logger.warning(
+            "etcd lost the lease of %s/%s; registering it again", reg.instance.name, reg.instance.id
+        )
+        self._metrics.lease_losses.labels(BACKEND, reg.instance.name).inc()
+        reg.lease_id = None
+
+    async def _keep_alive(self, reg: _Registration) -> None:
+        """Refresh the lease every ``ttl / 3`` s; register again when etcd lost it."""
+        interval = self.ttl / 3
+        delay = interval if reg.lease_id is not None else min(interval, RETRY_INTERVAL)
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                async with reg.lock:
+                    if reg.lease_id is not None:
+                        ttl = await self._refresh(reg.lease_id)
+                        if ttl <= 0:
+                            self._lost(reg)
+                    if reg.lease_id is None:
+                        await self._put(reg)
+            except RegistryError as err:
+                log = logger.debug if reg.failing else logger.warning
+                log("cannot keep %s/%s registered, retrying: %s", reg.instance.name, reg.instance.id, err)
+                reg.failing = True
+                delay = min(interval, RETRY_INTERVAL)
+                continue
+            if reg.failing:
+                logger.info("%s/%s is registered in etcd again", reg.instance.name, reg.instance.id)
+                reg.failing = False
+            delay = interval
+
+    async def _refresh(self, lease_id: int) -> int:
+        """Keep ``lease_id`` alive once; return its new TTL (0: etcd no longer knows it)."""
+        reply = await self._rpc("keepalive", lambda c: c.refresh_lease(lease_id))
+        return int(reply.TTL) if reply is not None else 0
+
+    # Discovery ----------------------------------------------------------------------------
+
+    async def instances(self, service: str) -> list[ServiceInstance]:
+        """Return the instances of ``service`` (one linearizable read)."""
+        prefix = self._service_prefix(service)
+        reply = await self._rpc("instances", lambda c: c.get_prefix(prefix))
+        return sorted(self._parse(reply.kvs, prefix).values(), key=lambda i: i.id)
+
+    async def watch(self, service: str) -> AsyncIterator[list[ServiceInstance]]:
+        """Yield the instances of ``service``: the current set, then the set after each change."""
+        prefix = self._service_prefix(service)
+        reply = await self._rpc("watch", lambda c: c.get_prefix(prefix))
+        current = self._parse(reply.kvs, prefix)
+        revision = reply.header.revision
+        stream = await self._rpc(
+            "watch", lambda c: c.open_watch(prefix, prefix_range_end(prefix), revision + 1)
+        )
+        if service in self._broken_watches:
+            self._broken_watches.discard(service)
+            self._metrics.watch_restarts.labels(BACKEND, service).inc()
+        try:
+            yield sorted(current.values(), key=lambda i: i.id)
+            while True:
+                try:
+                    events = await stream.read()
+                except (Exception, asyncio.CancelledError) as err:
+                    if isinstance(err, asyncio.CancelledError) and _being_cancelled():
+                        raise  # our consumer is cancelled (closing the channel cancels its calls)
+                    if self._closed:
+                        return
+                    self._broken_watches.add(service)
+                    self._metrics.errors.labels(BACKEND, "watch").inc()
+                    raise self._unavailable("watch", err) from err
+                changed = False
+                for event in events:
+                    key = bytes(event.kv.key)
+                    instance = None
+                    if event.type == etcdrpc.Event.EventType.PUT:
+                        instance = self._parse_one(key, event.kv.value, prefix)
+                    if instance is None:  # deleted, expired, or overwritten with garbage
+                        changed = current.pop(key, None) is not None or changed
+                    elif current.get(key) != instance:
+                        current[key] = instance
+                        changed = True
+                if changed:
+                    yield sorted(current.values(), key=lambda i: i.id)
+        finally:
+            stream.cancel()
+
+    async def services(self) -> list[str]:
+        """Return the names of the services with at least one instance."""
+        root = self.prefix.encode() + b"/"
+        reply = await self._rpc("services", lambda c: c.get_prefix(root, keys_only=True))
+        names = set()
+        for kv in reply.kvs:
+            name, sep, rest = bytes(kv.key)[len(root):].partition(b"/")
+            if name and sep and rest and b"/" not in rest:
+                names.add(name.decode(errors="replace"))
+        return sorted(names)
+
+    async def status(self) -> EtcdStatus:
+        """Return the status of the member this registry talks to (``check --deploy``)."""
+        reply = await self._rpc(
+            "status",
+            lambda c: c.maintenancestub.Status(
+                etcdrpc.StatusRequest(), timeout=self.timeout, metadata=c.metadata
+            ),
+        )
+        members = await self._rpc(
+            "status",
+            lambda c: c.clusterstub.MemberList(
+                etcdrpc.MemberListRequest(), timeout=self.timeout, metadata=c.metadata
+            ),
+        )
+        me = next((m for m in members.members if m.ID == reply.header.member_id), None)
+        return EtcdStatus(
+            member_id=reply.header.member_id,
+            member_name=me.name if me is not None else "",
+            client_urls=tuple(me.clientURLs) if me is not None else (),
+            leader_id=reply.leader,
+            version=reply.version,
+            revision=reply.header.revision,
+            members=len(members.members),
+        )
+
+    # Life cycle ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Revoke the leases of the instances registered here (best effort), then disconnect."""
+        if self._closing:
+            return
+        self._closing = True
+        registrations = list(self._registrations.values())
+        self._registrations.clear()
+        client = self._client
+        if client is not None and client.connected and registrations:
+            results = await asyncio.gather(
+                *(asyncio.wait_for(self._withdraw(reg), self.timeout) for reg in registrations),
+                return_exceptions=True,
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                logger.warning(
+                    "%d of %d instance(s) not deregistered from etcd, they expire within %d s: %s",
+                    len(failed), len(registrations), self.ttl, failed[0],
+                )
+        else:
+            await asyncio.gather(*(_cancel(reg.task) for reg in registrations))
+        self._closed = True
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), self.timeout)
+
+    # Helpers ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RegistryError(f"{self!r} is closed")
+
+    def _key(self, service: str, instance_id: str) -> bytes:
+        return f"{self.prefix}/{service}/{instance_id}".encode()
+
+    def _service_prefix(self, service: str) -> bytes:
+        if not service or "/" in service:
+            raise ValueError(f"service name {service!r} must be non-empty and contain no '/'")
+        return f"{self.prefix}/{service}/".encode()
+
+    def _parse(self, kvs: Iterable[Any], prefix: bytes) -> dict[bytes, ServiceInstance]:
+        found = {}
+        for kv in kvs:
+            key = bytes(kv.key)
+            instance = self._parse_one(key, kv.value, prefix)
+            if instance is not None:
+                found[key] = instance
+        return found
+
+    @staticmethod
+    def _parse_one(key: bytes, value: bytes, prefix: bytes) -> ServiceInstance | None:
+        if b"/" in key[len(prefix):]:
+            return None  # deeper than <prefix>/<service>/<id>: not an instance
+        try:
+            return ServiceInstance.from_json(value)
+        except InvalidInstance as err:
+            logger.warning("ignoring etcd key %s: %s", key.decode(errors="replace"), err)
+            return None
+
+    def _where(self) -> str:
+        return f"etcd at {', '.join(self.endpoints)}"
+
+    async def _connect(self) -> _EtcdClient:
+        if self._closed:
+            raise RegistryError(f"{self!r} is closed")
+        if self._client is None:
+            self._client = _EtcdClient(
+                self._addresses,
+                username=self.user,
+                password=self._password,
+                timeout=self.timeout,
+                dial_timeout=self.dial_timeout,
+                credentials=self._credentials,
+                server_name=self.server_name if self._credentials is not None else None,
+            )
+        client = self._client
+        if client.connected:
+            return client
+        try:
+            await asyncio.wait_for(client.connect(), self.dial_timeout + 1)
+        except asyncio.CancelledError:
+            raise
+        except _AuthenticationFailed as err:
+            self._metrics.errors.labels(BACKEND, "connect").inc()
+            raise RegistryUnavailable(
+                f"{self._where()}: authentication failed for user {self.user!r} ({err})"
+            ) from None
+        except Exception as err:
+            self._metrics.errors.labels(BACKEND, "connect").inc()
+            if isinstance(err, TimeoutError) or _status(err)[0] == grpc.StatusCode.DEADLINE_EXCEEDED:
+                reason = f"no answer within {self.dial_timeout:g} s"
+            else:
+                reason = _describe(err)
+            raise RegistryUnavailable(f"cannot connect to {self._where()}: {reason}") from None
+        return client
+
+    async def _rpc(self, operation: str, call: Callable[[_EtcdClient], Awaitable[T]]) -> T:
+        """Run ``call`` on the connected client, bounded by ``timeout``, with etcd errors mapped.
+
+        An UNAVAILABLE answer is tried once more (gRPC moves to another member meanwhile), and
+        an auth token etcd forgot (it keeps them in memory) is renewed once.
+        """
+        retried = reauthenticated = False
+        while True:
+            client = await self._connect()
+            metadata = client.metadata
+            try:
+                return await asyncio.wait_for(call(client), self.timeout + 1)
+            except asyncio.CancelledError:
+                if _being_cancelled() or not self._closed:
+                    raise
+                raise RegistryError(f"{self!r} was closed during {operation}") from None
+            except Exception as err:
+                code, details = _status(err)
+                if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+                    raise _LeaseNotFound(details) from err
+                if (
+                    code == grpc.StatusCode.UNAUTHENTICATED
+                    and "invalid auth token" in details
+                    and self.user is not None
+                    and not reauthenticated
+                ):
+                    reauthenticated = True
+                    try:
+                        await asyncio.wait_for(client.reauthenticate(metadata), self.timeout + 1)
+                    except _AuthenticationFailed as auth_err:
+                        self._metrics.errors.labels(BACKEND, operation).inc()
+                        raise RegistryUnavailable(
+                            f"{self._where()}: authentication failed for user {self.user!r} "
+                            f"({auth_err})"
+                        ) from None
+                    except Exception as auth_err:
+                        err = auth_err
+                    else:
+                        logger.info("etcd forgot the auth token of %r; authenticated again", self.user)
+                        continue
+                if code == grpc.StatusCode.UNAVAILABLE and not retried:
+                    retried = True
+                    continue
+                self._metrics.errors.labels(BACKEND, operation).inc()
+                raise self._unavailable(operation, err) from err
+
+    def _unavailable(self, operation: str, err: BaseException) -> RegistryUnavailable:
+        code, details = _status(err)
+        if isinstance(err, TimeoutError) or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return RegistryUnavailable(
+                f"{self._where()}: {operation} got no answer within {self.timeout:g} s"
+            )
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+            "user name is empty" in details or "permission denied" in details
+        ):
+            return RegistryUnavailable(f"{self._where()} refused {operation}: {details}")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return RegistryUnavailable(f"{self._where()} is unavailable ({operation}: {details})")
+        return RegistryUnavailable(f"{self._where()}: {operation} failed: {details}")
+
+
+def _parse_endpoints(endpoints: Sequence[str] | str) -> tuple[list[str], list[tuple[str, int]], bool]:
+    """Return the endpoints as given, their ``(host, port)``, and whether one said https."""
+    if isinstance(endpoints, str):
+        endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if not endpoints or not all(isinstance(e, str) for e in endpoints):
+        raise ImproperlyConfigured(
+            f'etcd registry: endpoints must be a non-empty list of "host:port", not {endpoints!r}'
+        )
+    addresses = []
+    https = False
+    for endpoint in endpoints:
+        bare = endpoint
+        for scheme in ("http://", "https://"):
+            if bare.startswith(scheme):
+                https = https or scheme == "https://"
+                bare = bare[len(scheme):]
+        try:
+            addresses.append(split_address(bare.rstrip("/")))
+        except InvalidInstance as err:
+            raise ImproperlyConfigured(f"etcd registry: bad endpoint {endpoint!r}: {err}") from None
+    return list(endpoints), addresses, https
+
+
+def _read(path: str | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ImproperlyConfigured(f"etcd registry: cannot read {option} {path!r}: {err}") from None
+
+
+def _status(err: BaseException) -> tuple[grpc.StatusCode | None, str]:
+    """Return the gRPC status code and details behind ``err`` (aetcd wraps them)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, grpc.aio.AioRpcError):
+            return seen.code(), seen.details() or ""
+        if isinstance(seen, _WatchBroken) and "invalid auth token" in str(seen):
+            return grpc.StatusCode.UNAUTHENTICATED, str(seen)  # a watch refused at creation
+        seen = seen.__cause__
+    return None, str(err) or type(err).__name__
+
+
+def _describe(err: BaseException) -> str:
+    code, details = _status(err)
+    return f"{code.name}: {details}" if code is not None else details
+
+
+def _being_cancelled() -> bool:
+    """Return whether the current task itself has been asked to stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,125 @@
+"""Real services registered in real etcd: an etcd outage longer than the TTL, a client started
+during it, SIGTERM and kill -9 of a service. `manage.py runserver` processes, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import ROOT, base_env, wait_until
+from etcd_cluster import EtcdCluster
+from example.generate import hello_pb2, hello_pb2_grpc
+
+if not os.environ.get("CI"):  # under CI a missing etcd extra fails the import below
+    pytest.importorskip("aetcd")
+import aetcd  # noqa: E402, F401
+
+pytestmark = pytest.mark.timeout(90)
+
+TTL = 2
+
+
+def _settings(tmp_path: Path, name: str, endpoints: list[str], prefix: str) -> str:
+    package = tmp_path / f"etcdsvc_{name}"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "settings.py").write_text(
+        "from testservice.settings import *\n"
+        f"SERVICE_NAME = {name!r}\n"
+        "REGISTRY = {\n"
+        "    'BACKEND': 'microframe.contrib.registry.etcd.EtcdRegistry',\n"
+        f"    'OPTIONS': {{'endpoints': {endpoints!r}, 'ttl': {TTL}, 'prefix': {prefix!r}, 'timeout': 1}},\n"
+        f"    'CACHE_DIR': {str(tmp_path / ('cache-' + name))!r},\n"
+        "    'METADATA': {'zone': 'a'},\n"
+        "}\n"
+    )
+    return f"etcdsvc_{name}.settings"
+
+
+def _greet(address: str, name: str) -> str:
+    with grpc.insecure_channel(address) as channel:
+        return hello_pb2_grpc.GreeterStub(channel).SayHello(hello_pb2.HelloRequest(name=name), timeout=10).message
+
+
+def _keys(cluster: EtcdCluster, prefix: str, service: str) -> dict[str, dict]:
+    found = cluster.get_prefix(f"{prefix}/{service}/")
+    return {key: json.loads(kv.value) for key, kv in found.items()}
+
+
+def _resolve_in_new_process(tmp_path: Path, settings: str, service: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import asyncio, microframe\n"
+        "from microframe.contrib.registry.cache import get_discovery_cache\n"
+        "microframe.setup()\n"
+        "async def main():\n"
+        f"    found = await get_discovery_cache().instances({service!r})\n"
+        "    print(','.join(i.address for i in found))\n"
+        "asyncio.run(main())\n"
+    )
+    env = base_env(
+        MICROFRAME_SETTINGS_MODULE=settings,
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_services_ride_out_an_etcd_outage_and_leave_cleanly(start_server, tmp_path):
+    prefix = f"/test/{uuid.uuid4().hex[:8]}"
+    with EtcdCluster(size=1) as cluster:
+        cluster.start()
+        env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+        alpha_settings = _settings(tmp_path, "alpha", cluster.endpoints, prefix)
+        beta_settings = _settings(tmp_path, "beta", cluster.endpoints, prefix)
+        alpha = start_server(settings=alpha_settings, env=env)
+        beta = start_server(settings=beta_settings, env=env)
+
+        # Registered, with the value of DESIGN §6, under the configured prefix.
+        key = f"{prefix}/alpha/{alpha.address}"
+        value = wait_until(lambda: _keys(cluster, prefix, "alpha").get(key), 5, "alpha's key")
+        assert value["address"] == alpha.address and value["metadata"] == {"zone": "a"}
+        assert _greet(beta.address, "discover:alpha") == alpha.address
+
+        # etcd goes away for longer than the TTL.
+        member = cluster.members[0]
+        member.stop()
+        down_since = time.monotonic()
+        while time.monotonic() - down_since < TTL + 1.5:
+            # Both services keep serving, and beta keeps resolving alpha from its cache.
+            assert _greet(alpha.address, "still") == "Hello, still!"
+            assert _greet(beta.address, "discover:alpha") == alpha.address
+            time.sleep(0.2)
+        # A client process started now resolves from the snapshot beta's cache left on disk.
+        fresh = _resolve_in_new_process(tmp_path, beta_settings, "alpha")
+        assert fresh.returncode == 0, fresh.stderr
+        assert fresh.stdout.strip() == alpha.address
+        assert "stale" in fresh.stderr or "snapshot" in fresh.stderr
+
+        # etcd is back (same data dir; the leases expired meanwhile): both re-register by themselves.
+        member.restart()
+        back_since = time.monotonic()
+        wait_until(lambda: _keys(cluster, prefix, "alpha").get(key), 8, "alpha to register again")
+        wait_until(lambda: _keys(cluster, prefix, "beta"), 8, "beta to register again")
+        assert time.monotonic() - back_since < 8
+        assert alpha.proc.poll() is None and beta.proc.poll() is None  # never restarted
+
+        # SIGTERM: the key is gone within a second (deregistered before the drain).
+        stopped_at = time.monotonic()
+        alpha.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: key not in _keys(cluster, prefix, "alpha"), 1.0, "alpha's key to go")
+        assert time.monotonic() - stopped_at < 1.0
+        assert alpha.proc.wait(10) == 0
+
+        # kill -9: the key expires with its lease, within TTL + 1 s.
+        beta.proc.kill()
+        killed_at = time.monotonic()
+        wait_until(lambda: not _keys(cluster, prefix, "beta"), TTL + 1, "beta's key to expire")
+        assert time.monotonic() - killed_at <= TTL + 1
