@@ -38,8 +38,10 @@ from typing import Any
 
 from conftest import free_port, require_binary
 
-HEARTBEAT_MS = 50
-ELECTION_MS = 500
+# Fast enough for tests, slow enough that a CPU-starved member on a busy 2-core machine does
+# not keep calling elections (50/500 ms made a 3-member cluster flap under load).
+HEARTBEAT_MS = 100
+ELECTION_MS = 1000
 
 _live: set[subprocess.Popen[bytes]] = set()
 

@@ -52,6 +52,7 @@ pytestmark = pytest.mark.timeout(60)
 
 T = TypeVar("T")
 TTL = 2  # short leases, so that expiry is seen within the test's time
+FAILOVER = 5  # seconds a killed member may disturb operations
 
 
 # Fixtures and helpers -------------------------------------------------------------------------
@@ -344,7 +345,7 @@ async def test_cluster_member_killed_under_load_then_restarted(make_cluster, reg
         watched = await watcher.status()
         killed = time.monotonic()
         await asyncio.to_thread(member.kill)
-        await poll(lambda: _true(ok_since(killed) >= 10), 15, "operations to go on after the kill")
+        await poll(lambda: _true(ok_since(killed) >= 10), 30, "operations to go on after the kill")
         assert (await registry.status()).member_name != member.name  # failed over
         if watched.member_id == status.member_id:
             assert follower.errors, "the watch on the killed member should have broken"
@@ -359,8 +360,9 @@ async def test_cluster_member_killed_under_load_then_restarted(make_cluster, reg
         # The steady instance outlives its TTL: kept alive through another member, same lease.
         await asyncio.sleep(max(0.0, killed + TTL + 1 - time.monotonic()))
         assert f"{prefix}/orders/steady" in await keys(cluster, prefix)
-        # Failures are confined to the fail-over itself.
-        late_failures = [s for s, ok in ops if not ok and s > killed + 3]
+        # Failures are confined to the fail-over itself (an election, then grpc moving to a live
+        # member: a few seconds at most on a loaded 2-core machine).
+        late_failures = [s for s, ok in ops if not ok and s > killed + FAILOVER]
         assert not late_failures, (len(late_failures), len(ops))
 
         # Restart it on its data directory; it rejoins, and carries the cluster when the
@@ -371,7 +373,7 @@ async def test_cluster_member_killed_under_load_then_restarted(make_cluster, reg
         assert second is not first
         await registry.register(instance("after-second-kill"))
         await follower.sees(["after-kill", "after-second-kill", "steady"])
-        assert not [s for s, ok in ops if not ok and s > killed + 3]
+        assert not [s for s, ok in ops if not ok and s > killed + FAILOVER]
         assert metric("lease_losses", backend="etcd", service="orders") == losses
     finally:
         loader.cancel()

@@ -43,9 +43,11 @@ def build_registry(backend: str | None = None, options: dict[str, Any] | None = 
 
     Both default to ``REGISTRY["BACKEND"]`` and ``REGISTRY["OPTIONS"]``.
     """
-    from microframe.conf import settings
+    config: dict[str, Any] = {}
+    if backend is None or options is None:
+        from microframe.conf import settings
 
-    config = settings.REGISTRY
+        config = settings.REGISTRY
     path = backend or config.get("BACKEND")
     if not path or not isinstance(path, str):
         raise ImproperlyConfigured('REGISTRY["BACKEND"] must be the dotted path of a registry class.')

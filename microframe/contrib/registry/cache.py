@@ -235,9 +235,8 @@ class DiscoveryCache:
         tasks = [e.task for e in self._entries.values() if e.task is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks)
 
 
 _caches: dict[asyncio.AbstractEventLoop, DiscoveryCache] = {}

@@ -795,8 +795,12 @@ def _being_cancelled() -> bool:
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait until it has finished.
+
+    ``asyncio.wait`` does not raise the task's own CancelledError, while a cancellation of the
+    caller still propagates (suppressing CancelledError around ``await task`` would swallow it).
+    """
     if task is None or task.done():
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait({task})
