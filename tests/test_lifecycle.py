@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -124,6 +126,11 @@ def test_two_workers_serve_aggregate_metrics_and_restart(start_server):
 
     pids = wait_until(both_pids, 30, "both workers to answer")
     assert str(server.proc.pid) not in pids
+    # The pool is registered once, by the supervisor.
+    registry_dir = Path(base_env()["MICROFRAME_REGISTRY_DIR"]) / "testservice"
+    entries = wait_until(lambda: list(registry_dir.glob(f"*:{server.port}.json")), 10, "the registration")
+    assert len(entries) == 1
+    assert json.loads(entries[0].read_text())["pid"] == server.proc.pid
 
     text = server.metrics_text()
     handled = sum(
