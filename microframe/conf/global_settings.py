@@ -74,6 +74,19 @@ MIDDLEWARE = [
     "microframe.contrib.metrics.middleware.MetricsMiddleware",
 ]
 
+# The client chain, outermost first (see microframe.client.middleware).
+CLIENT_MIDDLEWARE = [
+    "microframe.client.middleware.PrepareMiddleware",
+    "microframe.client.middleware.MetricsMiddleware",
+    "microframe.client.middleware.DiscoveryMiddleware",
+    "microframe.client.middleware.BalancerMiddleware",
+    "microframe.client.middleware.RetryMiddleware",
+]
+
+# Options of the clients of each service, by registered name: {"orders": {"TIMEOUT": 0.5}}.
+# Keys and defaults: microframe.client.options.DEFAULTS.
+CLIENTS: dict = {}
+
 # Check ids to silence, e.g. ["microframe.W001"].
 SILENCED_SYSTEM_CHECKS: list[str] = []
 

@@ -65,3 +65,21 @@ Internal = _error("Internal", grpc.StatusCode.INTERNAL, "internal error")
 Unavailable = _error("Unavailable", grpc.StatusCode.UNAVAILABLE, "unavailable")
 DataLoss = _error("DataLoss", grpc.StatusCode.DATA_LOSS, "data loss")
 Unauthenticated = _error("Unauthenticated", grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
+
+_BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
+    cls.code: cls
+    for cls in (
+        Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
+        PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
+        Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated,
+    )
+}
+
+
+def error_for(
+    code: grpc.StatusCode,
+    message: str | None = None,
+    trailers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+) -> RpcError:
+    """Return the :class:`RpcError` subclass instance of ``code`` (``Unavailable`` for UNAVAILABLE...)."""
+    return _BY_CODE.get(code, Unknown)(message, trailers=trailers)

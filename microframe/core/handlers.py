@@ -26,6 +26,7 @@ from microframe.core.router import Route, RpcKind
 logger = logging.getLogger("microframe.server")
 
 INTERNAL_MESSAGE = "internal error"
+HANDLED_TRAILER = ("x-microframe-handled", "1")
 
 
 class CallTracker:
@@ -193,8 +194,9 @@ def controller_handler(route: Route, executor: Executor) -> Handler:
 async def _abort(ctx: RequestContext, exc: BaseException) -> None:
     context = ctx.grpc
     if isinstance(exc, RpcError):
-        if exc.trailers:
-            context.set_trailing_metadata(exc.trailers)
+        # The mark tells clients the call reached a handler (an UNAVAILABLE answered here is
+        # not retried as one that never got in would be).
+        context.set_trailing_metadata((*exc.trailers, HANDLED_TRAILER))
         await context.abort(exc.code, exc.message)
     ctx.logger.error(
         "%s failed: %s: %s",

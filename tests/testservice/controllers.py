@@ -1,5 +1,7 @@
 """Controllers whose behaviour the request's name selects.
 
+``remaining``: the seconds left before the call's deadline; ``peer``: the process id and the
+caller's address; ``relay:<svc>,<svc>...``: call the next service with the client library;
 ``discover:<service>``: the addresses of that service's instances, found through the registry;
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
@@ -32,6 +34,19 @@ async def say_hello(ctx, request: HelloRequest):
         raise NotFound("no such greeting", trailers={"x-reason": "missing"})
     if name == "pid":
         return HelloReply(message=str(os.getpid()))
+    if name == "remaining":
+        return HelloReply(message=f"{ctx.time_remaining():.3f}")
+    if name == "peer":
+        return HelloReply(message=f"{os.getpid()} {ctx.peer}")
+    if name.startswith("relay:"):
+        # relay:<service>[,<service>...]: call the first service with the rest of the list
+        # (ending with "remaining"), through the client library; answer what it answered.
+        from example.generate.hello_client import GreeterClient
+
+        first, _, rest = name[len("relay:"):].partition(",")
+        onward = f"relay:{rest}" if rest else "remaining"
+        reply = await GreeterClient(first).SayHello(HelloRequest(name=onward))
+        return HelloReply(message=reply.message)
     if name.startswith("discover:"):
         # Find another service through the registry, from inside a serving process.
         from microframe.contrib.registry.cache import get_discovery_cache

@@ -1,0 +1,107 @@
+"""One grpc.aio channel per instance address, shared by every client of the event loop.
+
+A channel multiplexes every call to its instance over one HTTP/2 connection (no connection per
+call); it is closed when no service known to a client lists its address any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from microframe.core.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger("microframe.client")
+
+#: Channel arguments every client channel gets (the client's CHANNEL_OPTIONS come on top).
+BASE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # microframe retries itself, on another instance, within a budget.
+    ("grpc.enable_retries", 0),
+    # Reconnect quickly after an instance restarts.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+
+
+def _credentials(tls: dict[str, Any]) -> tuple[grpc.ChannelCredentials, str | None]:
+    def read(key: str) -> bytes | None:
+        path = tls.get(key)
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as err:
+            raise ImproperlyConfigured(f'client TLS["{key}"] cannot be read: {err}') from err
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("CA"), private_key=read("KEY"), certificate_chain=read("CERT")
+    )
+    return credentials, tls.get("SERVER_NAME")
+
+
+class ChannelPool:
+    """Channels by (address, TLS settings), and which services use each address."""
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._users: dict[str, dict[str, set[str]]] = {}  # address -> service -> client keys
+        self.opened = 0
+
+    def get(self, address: str, options: tuple[tuple[str, Any], ...] = (), tls: dict[str, Any] | None = None) -> grpc.aio.Channel:
+        key = (address, repr(sorted(tls.items())) if tls else "")
+        channel = self._channels.get(key)
+        if channel is None:
+            args = list(BASE_OPTIONS) + list(options)
+            if tls:
+                credentials, server_name = _credentials(tls)
+                if server_name:
+                    args.append(("grpc.ssl_target_name_override", server_name))
+                channel = grpc.aio.secure_channel(address, credentials, options=args)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=args)
+            self._channels[key] = channel
+            self.opened += 1
+        return channel
+
+    def retain(self, service: str, addresses: set[str]) -> None:
+        """``service`` now lists ``addresses``: close the channels nobody lists any more."""
+        for address, services in list(self._users.items()):
+            if address not in addresses:
+                services.pop(service, None)
+        for address in addresses:
+            self._users.setdefault(address, {})[service] = {service}
+        unused = {address for address, services in self._users.items() if not services}
+        for address in unused:
+            del self._users[address]
+        for key in [k for k in self._channels if k[0] in unused]:
+            channel = self._channels.pop(key)
+            logger.info("client: closing the channel to %s (no longer in discovery)", key[0])
+            asyncio.get_running_loop().create_task(channel.close(grace=5))
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        self._users.clear()
+        for channel in channels:
+            await channel.close()
+
+
+_pools: dict[asyncio.AbstractEventLoop, ChannelPool] = {}
+
+
+def get_channel_pool() -> ChannelPool:
+    """Return the channel pool of the running event loop."""
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        for old in [old for old in _pools if old.is_closed()]:
+            del _pools[old]
+        pool = _pools[loop] = ChannelPool()
+    return pool

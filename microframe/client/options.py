@@ -1,0 +1,123 @@
+"""A client's options: keyword arguments, then ``CLIENTS[service]``, then the defaults below.
+
+Keyword arguments use the lower-case names (``timeout=0.5``, ``balancer="round_robin"``),
+settings the upper-case ones::
+
+    CLIENTS = {
+        "orders": {"TIMEOUT": 0.5, "BALANCER": "round_robin", "RETRY": {"MAX_ATTEMPTS": 2}},
+    }
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from microframe.core.exceptions import ImproperlyConfigured
+
+#: What a client uses when neither its arguments nor ``CLIENTS`` say otherwise.
+DEFAULTS: dict[str, Any] = {
+    # Seconds a call may take (its deadline), unless the call says otherwise; a call made while
+    # serving a request never outlives that request's own deadline.
+    "TIMEOUT": 2.0,
+    # random | round_robin | weighted_random | p2c_ewma, or a dotted path.
+    "BALANCER": "p2c_ewma",
+    "RETRY": {
+        # Attempts in all, the first included (1: no retry).
+        "MAX_ATTEMPTS": 3,
+        # Status codes retried besides UNAVAILABLE from a connection that never reached a handler.
+        "CODES": [],
+        # Backoff before attempt n: BACKOFF * 2**(n-2), at most BACKOFF_MAX, with full jitter.
+        "BACKOFF": 0.02,
+        "BACKOFF_MAX": 0.5,
+        # Retries allowed as a share of the calls of the last 10 s (plus MIN_PER_SECOND).
+        "BUDGET_RATIO": 0.1,
+        "BUDGET_MIN_PER_SECOND": 10,
+    },
+    # Seconds to wait for a connection to an instance before trying another.
+    "CONNECT_TIMEOUT": 1.0,
+    # {"CA": path, "CERT": path, "KEY": path, "SERVER_NAME": str}: TLS (mTLS with CERT/KEY).
+    "TLS": None,
+    # Metadata sent with every call of this client, as (key, value) pairs.
+    "METADATA": [],
+    # grpc channel arguments, as (name, value) pairs.
+    "CHANNEL_OPTIONS": [],
+}
+
+_RETRY_KEYS = set(DEFAULTS["RETRY"])
+
+
+@dataclass(frozen=True)
+class RetryOptions:
+    max_attempts: int = 3
+    codes: frozenset[grpc.StatusCode] = frozenset()
+    backoff: float = 0.02
+    backoff_max: float = 0.5
+    budget_ratio: float = 0.1
+    budget_min_per_second: float = 10
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """The resolved options of one client (see :data:`DEFAULTS`)."""
+
+    timeout: float = 2.0
+    balancer: str = "p2c_ewma"
+    retry: RetryOptions = field(default_factory=RetryOptions)
+    connect_timeout: float = 1.0
+    tls: dict[str, Any] | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    channel_options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def resolve(cls, service: str, **kwargs: Any) -> ClientOptions:
+        """Merge ``kwargs`` over ``CLIENTS[service]`` over :data:`DEFAULTS`."""
+        from microframe.conf import settings
+
+        merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+        configured: dict[str, Any] = {}
+        try:
+            configured = (getattr(settings, "CLIENTS", None) or {}).get(service) or {}
+        except ImproperlyConfigured:
+            pass  # a script without settings: defaults and arguments only
+        for source in (configured, {k.upper(): v for k, v in kwargs.items()}):
+            for key, value in source.items():
+                if key not in DEFAULTS:
+                    raise ImproperlyConfigured(
+                        f"Unknown client option {key!r} for {service!r}; known: {', '.join(sorted(DEFAULTS))}."
+                    )
+                if key == "RETRY" and isinstance(value, dict):
+                    unknown = set(value) - _RETRY_KEYS
+                    if unknown:
+                        raise ImproperlyConfigured(f"Unknown RETRY option(s) {sorted(unknown)} for {service!r}.")
+                    merged["RETRY"] = {**merged["RETRY"], **value}
+                else:
+                    merged[key] = value
+        retry = merged["RETRY"]
+        try:
+            codes = frozenset(
+                c if isinstance(c, grpc.StatusCode) else grpc.StatusCode[str(c).upper()] for c in retry["CODES"]
+            )
+            options = cls(
+                timeout=float(merged["TIMEOUT"]),
+                balancer=str(merged["BALANCER"]),
+                retry=RetryOptions(
+                    max_attempts=max(1, int(retry["MAX_ATTEMPTS"])),
+                    codes=codes,
+                    backoff=float(retry["BACKOFF"]),
+                    backoff_max=float(retry["BACKOFF_MAX"]),
+                    budget_ratio=float(retry["BUDGET_RATIO"]),
+                    budget_min_per_second=float(retry["BUDGET_MIN_PER_SECOND"]),
+                ),
+                connect_timeout=float(merged["CONNECT_TIMEOUT"]),
+                tls=merged["TLS"],
+                metadata=tuple((str(k), str(v)) for k, v in merged["METADATA"]),
+                channel_options=tuple(tuple(o) for o in merged["CHANNEL_OPTIONS"]),  # type: ignore[misc]
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ImproperlyConfigured(f"Invalid client options for {service!r}: {err}") from err
+        if options.timeout <= 0:
+            raise ImproperlyConfigured(f"The TIMEOUT of the client of {service!r} must be positive.")
+        return options

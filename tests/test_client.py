@@ -1,0 +1,268 @@
+"""The client library against real service processes behind the file registry."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from microframe.client import Client
+from microframe.client.balancers import P2CEwmaBalancer, RoundRobinBalancer
+from microframe.client.middleware import RetryBudget, is_retryable
+from microframe.contrib.registry import ServiceInstance
+from microframe.contrib.registry.cache import DiscoveryCache
+from microframe.contrib.registry.file import FileRegistry
+from microframe.core.exceptions import DeadlineExceeded, NotFound, Unavailable
+
+from conftest import ROOT, ServerProcess
+from example.generate import hello_pb2
+from example.generate.hello_client import GreeterClient
+
+Req = hello_pb2.HelloRequest
+
+
+def _settings(tmp_path: Path, module: str, name: str, registry_dir: Path, **extra: object) -> str:
+    package = tmp_path / module
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    lines = [
+        "from testservice.settings import *",
+        f"SERVICE_NAME = {name!r}",
+        "REGISTRY = {",
+        "    'BACKEND': 'microframe.contrib.registry.file.FileRegistry',",
+        f"    'OPTIONS': {{'directory': {str(registry_dir)!r}, 'ttl': 1.5}},",
+        f"    'CACHE_DIR': {str(tmp_path / ('cache-' + module))!r},",
+        f"    'WEIGHT': {extra.pop('weight', 100)!r},",
+        "}",
+    ]
+    lines += [f"{key} = {value!r}" for key, value in extra.items()]
+    (package / "settings.py").write_text("\n".join(lines) + "\n")
+    return f"{module}.settings"
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Start service processes registered in the test's own file registry."""
+    registry_dir = tmp_path / "registry"
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    started: list[ServerProcess] = []
+
+    def start(name: str, count: int = 1, weight: int = 100) -> list[ServerProcess]:
+        servers = []
+        for _ in range(count):
+            module = f"svc_{name}_{len(started)}"
+            settings = _settings(tmp_path, module, name, registry_dir, weight=weight)
+            server = ServerProcess(tmp_path, settings=settings, env=env)
+            started.append(server)
+            servers.append(server)
+        for server in servers:
+            server.wait_serving()
+        return servers
+
+    start.registry_dir = registry_dir  # type: ignore[attr-defined]
+    yield start
+    for server in started:
+        server.kill()
+
+
+def _cache(fleet) -> DiscoveryCache:
+    return DiscoveryCache(FileRegistry(fleet.registry_dir, ttl=1.5), fleet.registry_dir.parent / "client-cache")
+
+
+async def _wait_instances(cache: DiscoveryCache, service: str, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(await cache.instances(service)) != count:
+        assert asyncio.get_running_loop().time() < deadline, await cache.instances(service)
+        await asyncio.sleep(0.05)
+
+
+async def test_balancers_spread_calls_over_real_instances(fleet):
+    servers = fleet("greeter", 3)
+    pids = {str(s.proc.pid) for s in servers}
+    cache = _cache(fleet)
+    await _wait_instances(cache, "greeter", 3)
+    for balancer in ("round_robin", "random", "p2c_ewma"):
+        client = GreeterClient("greeter", balancer=balancer, discovery=cache)
+        seen = collections.Counter(
+            [(await client.SayHello(Req(name="pid"))).message for _ in range(300)]
+        )
+        assert set(seen) == pids, (balancer, seen)
+        if balancer == "round_robin":
+            assert set(seen.values()) == {100}, seen
+        elif balancer == "random":
+            assert min(seen.values()) > 50, (balancer, seen)
+    await cache.close()
+
+
+async def test_weighted_random_follows_weights(fleet):
+    heavy = fleet("weighted", 1, weight=300)[0]
+    light = fleet("weighted", 2)
+    cache = _cache(fleet)
+    await _wait_instances(cache, "weighted", 3)
+    client = GreeterClient("weighted", balancer="weighted_random", discovery=cache)
+    seen = collections.Counter([(await client.SayHello(Req(name="pid"))).message for _ in range(1000)])
+    share = seen[str(heavy.proc.pid)] / 1000
+    assert 0.5 < share < 0.7, seen  # 300 / (300 + 100 + 100) = 0.6
+    assert all(seen[str(s.proc.pid)] > 100 for s in light), seen
+    await cache.close()
+
+
+async def test_killed_instance_under_load_costs_no_call(fleet):
+    servers = fleet("steady", 3)
+    cache = _cache(fleet)
+    await _wait_instances(cache, "steady", 3)
+    client = GreeterClient("steady", balancer="round_robin", discovery=cache)
+    results: collections.Counter[str] = collections.Counter()
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            try:
+                await client.SayHello(Req(name="load"), timeout=2)
+                results["OK"] += 1
+            except Exception as err:  # noqa: BLE001 - counted, and the test fails on them
+                results[type(err).__name__] += 1
+
+    tasks = [asyncio.create_task(loop()) for _ in range(8)]
+    await asyncio.sleep(0.5)
+    servers[0].proc.kill()
+    await asyncio.sleep(2.5)  # the killed instance leaves discovery meanwhile
+    stop.set()
+    await asyncio.gather(*tasks)
+    total = sum(results.values())
+    assert total > 500 and results["OK"] / total >= 0.999, results
+    assert [i.port for i in await cache.instances("steady")] == sorted(s.port for s in servers[1:])
+    await cache.close()
+
+
+async def test_deadline_propagates_down_a_chain(fleet):
+    fleet("alpha")
+    fleet("beta")
+    fleet("gamma")
+    cache = _cache(fleet)
+    for name in ("alpha", "beta", "gamma"):
+        await _wait_instances(cache, name, 1)
+    client = GreeterClient("alpha", discovery=cache)
+    # alpha -> beta -> gamma: gamma sees what is left of the deadline the test gave alpha.
+    reply = await client.SayHello(Req(name="relay:beta,gamma"), timeout=1.5)
+    assert 0.5 < float(reply.message) < 1.5
+    # alpha spends its whole deadline before calling on: the chain stops there.
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await client.SayHello(Req(name="relay:beta,gamma", delay_ms=600), timeout=0.5)
+    assert time.monotonic() - started < 1.0
+    await cache.close()
+
+
+async def test_one_connection_per_instance_and_errors_keep_their_code(fleet):
+    servers = fleet("pooled", 2)
+    cache = _cache(fleet)
+    await _wait_instances(cache, "pooled", 2)
+    clients = [GreeterClient("pooled", balancer="round_robin", discovery=cache) for _ in range(3)]
+    peers = collections.defaultdict(set)
+    replies = await asyncio.gather(*[c.SayHello(Req(name="peer")) for c in clients for _ in range(50)])
+    for reply in replies:
+        pid, peer = reply.message.split(" ", 1)
+        peers[pid].add(peer)
+    # Every client of the loop shares one connection per instance.
+    assert {pid: len(p) for pid, p in peers.items()} == {str(s.proc.pid): 1 for s in servers}
+    with pytest.raises(NotFound) as info:
+        await clients[0].SayHello(Req(name="notfound"))
+    assert ("x-reason", "missing") in info.value.trailers
+    with pytest.raises(Unavailable, match="nobody"):
+        await Client("nobody", discovery=cache, timeout=0.5).unary(
+            "/helloworld.Greeter/SayHello", Req(name="x"), hello_pb2.HelloReply
+        )
+    await cache.close()
+
+
+async def test_streaming_methods(fleet):
+    fleet("streams")
+    cache = _cache(fleet)
+    await _wait_instances(cache, "streams", 1)
+    client = GreeterClient("streams", discovery=cache)
+    replies = [r.message async for r in client.LotsOfReplies(Req(name="s", count=3))]
+    assert len(replies) == 3
+    total = await client.LotsOfGreetings([Req(name="a"), Req(name="b")])
+    assert "a" in total.message and "b" in total.message
+    echoed = [r.message async for r in client.BidiHello([Req(name="x"), Req(name="y")])]
+    assert len(echoed) == 2
+    await cache.close()
+
+
+# -- pieces, against a controllable clock ------------------------------------------------------
+
+
+def test_retry_budget_caps_retries():
+    now = [0.0]
+    budget = RetryBudget(ratio=0.1, min_per_second=0, window=10, clock=lambda: now[0])
+    for _ in range(100):
+        budget.record_call()
+    assert sum(budget.try_retry() for _ in range(50)) == 10
+    now[0] = 11  # the window moved on: no recent calls, no retries
+    assert not budget.try_retry()
+
+
+def test_retryable_only_when_no_handler_answered():
+    import grpc
+
+    assert is_retryable(Unavailable("connection refused"), frozenset())
+    assert not is_retryable(Unavailable("busy", trailers={"x-microframe-handled": "1"}), frozenset())
+    assert not is_retryable(NotFound("x"), frozenset())
+    assert is_retryable(NotFound("x"), frozenset({grpc.StatusCode.NOT_FOUND}))
+
+
+def test_p2c_prefers_the_fast_instance_and_still_probes_the_slow_one():
+    now = [0.0]
+    balancer = P2CEwmaBalancer(clock=lambda: now[0], force_pick=1.0)
+    fast = ServiceInstance(id="fast", name="s", host="h", port=1)
+    slow = ServiceInstance(id="slow", name="s", host="h", port=2)
+    picks = collections.Counter()
+    for _ in range(2000):
+        chosen = balancer.pick([fast, slow])
+        assert chosen is not None
+        picks[chosen.id] += 1
+        token = balancer.start(chosen)
+        now[0] += 0.05 if chosen is slow else 0.002
+        balancer.done(chosen, token, ok=True)
+    assert picks["fast"] > 4 * picks["slow"] > 0, picks
+    # A retry avoids the instance that failed this call.
+    assert RoundRobinBalancer().pick([fast, slow], frozenset({"fast"})) is slow
+
+
+def test_sigterm_under_client_load_costs_no_call(fleet):
+    """A stopping instance deregisters first: clients move away before it closes its port."""
+    servers = fleet("rolling", 2)
+
+    async def run() -> collections.Counter[str]:
+        cache = _cache(fleet)
+        await _wait_instances(cache, "rolling", 2)
+        client = GreeterClient("rolling", discovery=cache)
+        results: collections.Counter[str] = collections.Counter()
+        stop = asyncio.Event()
+
+        async def loop() -> None:
+            while not stop.is_set():
+                try:
+                    await client.SayHello(Req(name="load"), timeout=2)
+                    results["OK"] += 1
+                except Exception as err:  # noqa: BLE001
+                    results[type(err).__name__] += 1
+
+        tasks = [asyncio.create_task(loop()) for _ in range(4)]
+        await asyncio.sleep(0.3)
+        servers[0].proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*tasks)
+        await cache.close()
+        return results
+
+    results = asyncio.run(run())
+    assert set(results) == {"OK"}, results
+    assert servers[0].proc.wait(10) == 0
