@@ -266,3 +266,112 @@ def test_sigterm_under_client_load_costs_no_call(fleet):
     results = asyncio.run(run())
     assert set(results) == {"OK"}, results
     assert servers[0].proc.wait(10) == 0
+
+
+# -- the circuit breaker -----------------------------------------------------------------------
+
+
+def _breaker(mode: str = "hystrix", **options: object):
+    from microframe.client.breaker import CircuitBreaker, breaker_options
+
+    now = [0.0]
+    config = breaker_options({"MODE": mode, "WINDOW": 10, "BUCKETS": 10, "REQUEST_VOLUME_THRESHOLD": 20,
+                              "ERROR_PERCENT_THRESHOLD": 50, "SLEEP_WINDOW": 5, "HALF_OPEN_PROBES": 3, **options})
+    import random as _random
+
+    breaker = CircuitBreaker((f"svc-{mode}-{id(now)}", "/x.Y/Z"), config, clock=lambda: now[0], rng=_random.Random(7))
+    return breaker, now
+
+
+def _calls(breaker, outcomes) -> list[bool]:
+    allowed = []
+    for ok in outcomes:
+        if breaker.allow():
+            breaker.done(ok)
+            allowed.append(True)
+        else:
+            allowed.append(False)
+    return allowed
+
+
+def test_hystrix_breaker_opens_half_opens_and_closes():
+    from microframe.client.breaker import CLOSED, HALF_OPEN, OPEN
+
+    breaker, now = _breaker()
+    assert all(_calls(breaker, [False] * 19))  # under the volume threshold: stays closed
+    assert breaker.state == CLOSED
+    assert _calls(breaker, [False]) == [True] and breaker.state == OPEN
+    assert _calls(breaker, [True] * 5) == [False] * 5  # fails fast
+    now[0] += 5.1  # the sleep window passed: one probe at a time
+    assert breaker.allow() and breaker.state == HALF_OPEN
+    assert not breaker.allow()  # a second call while the probe is in flight
+    breaker.done(False)  # the probe failed: open for another window
+    assert breaker.state == OPEN and not breaker.allow()
+    now[0] += 5.1
+    assert _calls(breaker, [True, True, True]) == [True] * 3
+    assert breaker.state == CLOSED
+    assert all(_calls(breaker, [True] * 10))
+
+
+def test_sre_breaker_sheds_a_share_and_recovers():
+    breaker, now = _breaker("sre")
+    outcome = _calls(breaker, [False] * 400)
+    refused = outcome.count(False)
+    assert 100 < refused < 400, refused  # sheds a growing share, still lets some through
+    now[0] += 11  # the failures left the window
+    assert all(_calls(breaker, [True] * 50))
+
+
+async def test_breaker_trips_on_an_unhealthy_backend_never_on_business_errors(fleet):
+    servers = fleet("fragile")
+    cache = _cache(fleet)
+    await _wait_instances(cache, "fragile", 1)
+    options = {"REQUEST_VOLUME_THRESHOLD": 10, "ERROR_PERCENT_THRESHOLD": 50, "SLEEP_WINDOW": 0.5,
+               "HALF_OPEN_PROBES": 2, "WINDOW": 5}
+    client = GreeterClient("fragile", discovery=cache, breaker=options)
+    from prometheus_client import REGISTRY
+
+    def state() -> float | None:
+        return REGISTRY.get_sample_value(
+            "microframe_client_circuit_state", {"service": "fragile", "method": "/helloworld.Greeter/SayHello"}
+        )
+
+    for _ in range(30):  # business errors: a healthy backend's answers
+        with pytest.raises(NotFound):
+            await client.SayHello(Req(name="notfound"))
+    assert state() == 0
+    opened_after = None
+    for n in range(60):  # an unhealthy backend: opens once half of the window failed
+        with pytest.raises(Unavailable) as info:
+            await client.SayHello(Req(name="unavailable"))
+        if "circuit open" in info.value.message:
+            opened_after = n
+            break
+    assert opened_after == 30, opened_after  # 30 failures of 60 calls: 50 %
+    assert state() == 1
+    # Open: the next calls fail at once, without reaching the server.
+    before = servers[0].metrics_text().count("\n")
+    started = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(Unavailable, match="circuit open"):
+            await client.SayHello(Req(name="fine"))
+    assert time.monotonic() - started < 0.2
+    handled = _handled(servers[0].metrics_text(), "OK")
+    await asyncio.sleep(0.6)  # the sleep window: probes go through and close the circuit
+    assert (await client.SayHello(Req(name="fine"))).message == "Hello, fine!"
+    assert (await client.SayHello(Req(name="fine"))).message == "Hello, fine!"
+    assert all([(await client.SayHello(Req(name="x"))).message for _ in range(5)])
+    assert _handled(servers[0].metrics_text(), "OK") == handled + 7
+    assert before > 0
+    await cache.close()
+
+
+def _handled(text: str, code: str) -> float:
+    import re
+
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(
+            rf'^grpc_server_handled_total{{[^}}]*grpc_code="{code}"[^}}]*grpc_method="SayHello"[^}}]*}} (\S+)$', text, re.M
+        )
+    )

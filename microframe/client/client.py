@@ -33,6 +33,7 @@ from microframe.utils.module_loading import import_string
 DEFAULT_CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.PrepareMiddleware",
     "microframe.client.middleware.MetricsMiddleware",
+    "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",
     "microframe.client.middleware.BalancerMiddleware",
     "microframe.client.middleware.RetryMiddleware",

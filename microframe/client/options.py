@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from microframe.client.breaker import breaker_options
 from microframe.core.exceptions import ImproperlyConfigured
 
 #: What a client uses when neither its arguments nor ``CLIENTS`` say otherwise.
@@ -36,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
         "BUDGET_RATIO": 0.1,
         "BUDGET_MIN_PER_SECOND": 10,
     },
+    # The circuit breaker of each method: keys and defaults in microframe.client.breaker.DEFAULTS.
+    "BREAKER": {},
     # Seconds to wait for a connection to an instance before trying another.
     "CONNECT_TIMEOUT": 1.0,
     # {"CA": path, "CERT": path, "KEY": path, "SERVER_NAME": str}: TLS (mTLS with CERT/KEY).
@@ -66,6 +69,7 @@ class ClientOptions:
     timeout: float = 2.0
     balancer: str = "p2c_ewma"
     retry: RetryOptions = field(default_factory=RetryOptions)
+    breaker: dict[str, Any] = field(default_factory=dict)
     connect_timeout: float = 1.0
     tls: dict[str, Any] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
@@ -88,7 +92,9 @@ class ClientOptions:
                     raise ImproperlyConfigured(
                         f"Unknown client option {key!r} for {service!r}; known: {', '.join(sorted(DEFAULTS))}."
                     )
-                if key == "RETRY" and isinstance(value, dict):
+                if key == "BREAKER" and isinstance(value, dict):
+                    merged["BREAKER"] = {**merged["BREAKER"], **value}
+                elif key == "RETRY" and isinstance(value, dict):
                     unknown = set(value) - _RETRY_KEYS
                     if unknown:
                         raise ImproperlyConfigured(f"Unknown RETRY option(s) {sorted(unknown)} for {service!r}.")
@@ -111,6 +117,7 @@ class ClientOptions:
                     budget_ratio=float(retry["BUDGET_RATIO"]),
                     budget_min_per_second=float(retry["BUDGET_MIN_PER_SECOND"]),
                 ),
+                breaker=breaker_options(merged["BREAKER"]),
                 connect_timeout=float(merged["CONNECT_TIMEOUT"]),
                 tls=merged["TLS"],
                 metadata=tuple((str(k), str(v)) for k, v in merged["METADATA"]),

@@ -78,6 +78,7 @@ MIDDLEWARE = [
 CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.PrepareMiddleware",
     "microframe.client.middleware.MetricsMiddleware",
+    "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",
     "microframe.client.middleware.BalancerMiddleware",
     "microframe.client.middleware.RetryMiddleware",

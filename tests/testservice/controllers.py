@@ -30,6 +30,10 @@ async def say_hello(ctx, request: HelloRequest):
         raise ValueError("secret internal detail")
     if name == "wrongtype":
         return "a string, not a HelloReply"
+    if name == "unavailable":
+        from microframe.core.exceptions import Unavailable
+
+        raise Unavailable("down for the test")
     if name == "notfound":
         raise NotFound("no such greeting", trailers={"x-reason": "missing"})
     if name == "pid":
