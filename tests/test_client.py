@@ -375,3 +375,50 @@ def _handled(text: str, code: str) -> float:
             rf'^grpc_server_handled_total{{[^}}]*grpc_code="{code}"[^}}]*grpc_method="SayHello"[^}}]*}} (\S+)$', text, re.M
         )
     )
+
+
+def test_blocking_facade_from_many_threads(fleet):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from microframe.client.blocking import blocking
+
+    fleet("sync", 2)
+    cache = _cache(fleet)
+    sync_cache = blocking(cache)
+    deadline = time.monotonic() + 10
+    while len(sync_cache.instances("sync")) != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    greeter = blocking(GreeterClient("sync", discovery=cache, balancer="round_robin"))
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: greeter.SayHello(Req(name=f"t{i}")).message, range(200)))
+    assert replies == [f"Hello, t{i}!" for i in range(200)]
+    assert len(list(greeter.LotsOfReplies(Req(name="s", count=3)))) == 3
+    with pytest.raises(NotFound):
+        greeter.SayHello(Req(name="notfound"))
+    sync_cache.close()
+
+
+async def test_access_log_line_names_the_instance_and_the_tries(fleet, caplog):
+    import logging
+
+    servers = fleet("logged", 1)
+    cache = _cache(fleet)
+    await _wait_instances(cache, "logged", 1)
+    client = GreeterClient("logged", discovery=cache)
+    logger = logging.getLogger("microframe.client.access")
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO, logger="microframe.client.access"):
+            await client.SayHello(Req(name="a"))
+            with pytest.raises(NotFound):
+                await client.SayHello(Req(name="notfound"))
+    finally:
+        logger.setLevel(old)
+    lines = [r.getMessage() for r in caplog.records if r.name == "microframe.client.access"]
+    address = f"127.0.0.1:{servers[0].port}"
+    assert lines[0].startswith("logged/helloworld.Greeter/SayHello OK ") and f"instance={address}" in lines[0]
+    assert f"tried=127.0.0.1:{servers[0].port}" in lines[0] and "attempts=1" in lines[0]
+    assert " NOT_FOUND " in lines[1]
+    await cache.close()

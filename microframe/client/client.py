@@ -32,6 +32,7 @@ from microframe.utils.module_loading import import_string
 #: The chain when ``CLIENT_MIDDLEWARE`` is not in the settings.
 DEFAULT_CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.PrepareMiddleware",
+    "microframe.client.middleware.AccessLogMiddleware",
     "microframe.client.middleware.MetricsMiddleware",
     "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",

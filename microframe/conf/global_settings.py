@@ -77,6 +77,7 @@ MIDDLEWARE = [
 # The client chain, outermost first (see microframe.client.middleware).
 CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.PrepareMiddleware",
+    "microframe.client.middleware.AccessLogMiddleware",
     "microframe.client.middleware.MetricsMiddleware",
     "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",

@@ -44,6 +44,8 @@ DEFAULT_LOGGING: dict[str, Any] = {
     },
     "loggers": {
         "microframe": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # A line per outgoing call: set to INFO in LOGGING to see them.
+        "microframe.client.access": {"level": "WARNING"},
     },
 }
 
