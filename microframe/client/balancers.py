@@ -145,7 +145,10 @@ class P2CEwmaBalancer:
             return None
         if len(candidates) == 1:
             return candidates[0]
-        a, b = self._rng.sample(list(candidates), 2)
+        n = len(candidates)
+        i = self._rng.randrange(n)
+        j = self._rng.randrange(n - 1)
+        a, b = candidates[i], candidates[j + 1 if j >= i else j]
         sa, sb = self._get(a), self._get(b)
         if self._load(sa) > self._load(sb):
             a, sa, b, sb = b, sb, a, sa

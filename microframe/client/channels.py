@@ -47,6 +47,11 @@ def _credentials(tls: dict[str, Any]) -> tuple[grpc.ChannelCredentials, str | No
     return credentials, tls.get("SERVER_NAME")
 
 
+def tls_key(tls: dict[str, Any] | None) -> str:
+    """The part of a channel's identity that its TLS settings make."""
+    return repr(sorted(tls.items())) if tls else ""
+
+
 class ChannelPool:
     """Channels by (address, TLS settings), and which services use each address."""
 
@@ -56,7 +61,7 @@ class ChannelPool:
         self.opened = 0
 
     def get(self, address: str, options: tuple[tuple[str, Any], ...] = (), tls: dict[str, Any] | None = None) -> grpc.aio.Channel:
-        key = (address, repr(sorted(tls.items())) if tls else "")
+        key = (address, tls_key(tls))
         channel = self._channels.get(key)
         if channel is None:
             args = list(BASE_OPTIONS) + list(options)

@@ -331,16 +331,28 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
     serializer = _serialize
     balancer = client.balancer
 
+    factory_name = {
+        "unary": "unary_unary",
+        "server_stream": "unary_stream",
+        "client_stream": "stream_unary",
+        "bidi_stream": "stream_stream",
+    }[kind.grpc_type]
+    # One multicallable per channel, built on first use (building one per call costs more than
+    # the rest of the chain); a channel closed by the pool is replaced, and so is its callable.
+    callables: dict[str, tuple[Any, Any]] = {}
+
     def stub(call: ClientCall) -> Any:
         assert call.instance is not None
-        channel = client.channel(call.instance.address)
-        factory = {
-            "unary": channel.unary_unary,
-            "server_stream": channel.unary_stream,
-            "client_stream": channel.stream_unary,
-            "bidi_stream": channel.stream_stream,
-        }[kind.grpc_type]
-        return factory(method, request_serializer=serializer, response_deserializer=call.response_class.FromString)
+        address = call.instance.address
+        channel = client.channel(address)
+        cached = callables.get(address)
+        if cached is not None and cached[0] is channel:
+            return cached[1]
+        multicallable = getattr(channel, factory_name)(
+            method, request_serializer=serializer, response_deserializer=call.response_class.FromString
+        )
+        callables[address] = (channel, multicallable)
+        return multicallable
 
     def timeout_of(call: ClientCall) -> float | None:
         remaining = call.remaining()

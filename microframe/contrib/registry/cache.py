@@ -92,7 +92,8 @@ class DiscoveryCache:
                 f"the instances of {service!r} are unknown: the registry did not answer and no "
                 f"snapshot exists in {self.cache_dir}"
             )
-        self._update_stale_seconds(service, entry)
+        if entry.stale_since is not None:
+            self._update_stale_seconds(service, entry)
         return entry.instances
 
     def known(self, service: str) -> list[ServiceInstance] | None:
