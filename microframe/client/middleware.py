@@ -86,6 +86,7 @@ class MetricsMiddleware:
         self._sent = metrics.msg_sent.labels(*self._labels)
         self._received = metrics.msg_received.labels(*self._labels)
         self._streaming = kind.server_streaming
+        self._by_code: dict[grpc.StatusCode, Any] = {}
 
     async def __call__(self, call: ClientCall) -> Any:
         self._started.inc()
@@ -108,7 +109,10 @@ class MetricsMiddleware:
 
     def _finish(self, code: grpc.StatusCode, start: float) -> None:
         self._seconds.observe(time.perf_counter() - start)
-        self._handled.labels(*self._labels, code.name).inc()
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._handled.labels(*self._labels, code.name)
+        child.inc()
 
     async def _count(self, stream: AsyncIterator[Any], start: float) -> AsyncIterator[Any]:
         code = grpc.StatusCode.OK
