@@ -422,3 +422,73 @@ async def test_access_log_line_names_the_instance_and_the_tries(fleet, caplog):
     assert f"tried=127.0.0.1:{servers[0].port}" in lines[0] and "attempts=1" in lines[0]
     assert " NOT_FOUND " in lines[1]
     await cache.close()
+
+
+async def test_retry_budget_caps_retries_when_every_instance_fails():
+    from prometheus_client import REGISTRY
+
+    from microframe.contrib.registry.static import StaticRegistry
+
+    from conftest import free_port
+
+    # Three registered instances whose ports refuse connections: every attempt fails before a
+    # handler, so every failure is retryable; only the budget holds retries back.
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    cache = DiscoveryCache(StaticRegistry(services={"gone": dead}), None)
+    client = GreeterClient("gone", discovery=cache, retry={"BUDGET_RATIO": 0.1, "BUDGET_MIN_PER_SECOND": 0,
+                                                           "BACKOFF": 0.0, "MAX_ATTEMPTS": 3},
+                           breaker={"ENABLED": False})
+    labels = {"service": "gone", "method": "/helloworld.Greeter/SayHello"}
+    for _ in range(300):
+        with pytest.raises(Unavailable):
+            await client.SayHello(Req(name="x"), timeout=1)
+    retries = REGISTRY.get_sample_value("microframe_client_retries_total", labels)
+    refused = REGISTRY.get_sample_value("microframe_client_retries_refused_total", labels)
+    assert retries == 30, (retries, refused)  # 10 % of 300 calls
+    assert refused is not None and refused >= 270  # every other call failed without a retry
+    await cache.close()
+
+
+async def test_channels_close_when_instances_leave_discovery(fleet):
+    from microframe.client.channels import get_channel_pool
+
+    servers = fleet("leaving", 2)
+    cache = _cache(fleet)
+    await _wait_instances(cache, "leaving", 2)
+    client = GreeterClient("leaving", balancer="round_robin", discovery=cache)
+    for _ in range(4):
+        await client.SayHello(Req(name="x"))
+    pool = get_channel_pool()
+    addresses = {key[0] for key in pool._channels}
+    assert {f"127.0.0.1:{s.port}" for s in servers} <= addresses
+    servers[0].proc.send_signal(signal.SIGTERM)
+    await _wait_instances(cache, "leaving", 1)
+    await asyncio.sleep(0.05)
+    assert f"127.0.0.1:{servers[0].port}" not in {key[0] for key in pool._channels}
+    assert (await client.SayHello(Req(name="y"))).message == "Hello, y!"
+    await cache.close()
+
+
+async def test_a_hung_instance_trips_the_breaker(fleet):
+    from microframe.core.exceptions import DeadlineExceeded
+
+    server = fleet("hung", 1)[0]
+    cache = _cache(fleet)
+    await _wait_instances(cache, "hung", 1)
+    client = GreeterClient("hung", discovery=cache, breaker={"REQUEST_VOLUME_THRESHOLD": 5, "SLEEP_WINDOW": 30})
+    await client.SayHello(Req(name="x"))
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        outcomes = []
+        for _ in range(8):
+            try:
+                await client.SayHello(Req(name="x"), timeout=0.2)
+            except DeadlineExceeded:
+                outcomes.append("deadline")
+            except Unavailable as err:
+                outcomes.append("open" if "circuit open" in err.message else "unavailable")
+        # 1 success + 4 deadlines reach the volume (5) at 80 % failed: open from then on.
+        assert outcomes[:4] == ["deadline"] * 4 and set(outcomes[4:]) == {"open"}, outcomes
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    await cache.close()

@@ -266,3 +266,23 @@ class CircuitBreakerMiddleware:
             raise
         finally:
             breaker.done(ok)
+
+
+_retry_counters: dict[bool, Any] = {}
+
+
+def retry_counter(refused: bool = False) -> Any:
+    """``microframe_client_retries_total`` (retries made) or, with ``refused``,
+    ``microframe_client_retries_refused_total`` (retries the budget did not allow)."""
+    with _metric_lock:
+        counter = _retry_counters.get(refused)
+        if counter is None:
+            from prometheus_client import REGISTRY, Counter
+
+            name, text = (
+                ("microframe_client_retries_refused", "Retries the retry budget did not allow.")
+                if refused
+                else ("microframe_client_retries", "Calls retried on another attempt.")
+            )
+            counter = _retry_counters[refused] = Counter(name, text, ("service", "method"), registry=REGISTRY)
+    return counter

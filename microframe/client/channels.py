@@ -53,14 +53,20 @@ def tls_key(tls: dict[str, Any] | None) -> str:
 
 
 class ChannelPool:
-    """Channels by (address, TLS settings), and which services use each address."""
+    """Channels by (address, TLS settings), and the services each address serves."""
 
     def __init__(self) -> None:
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
-        self._users: dict[str, dict[str, set[str]]] = {}  # address -> service -> client keys
+        self._owners: dict[str, set[str]] = {}  # address -> services that listed it
         self.opened = 0
 
-    def get(self, address: str, options: tuple[tuple[str, Any], ...] = (), tls: dict[str, Any] | None = None) -> grpc.aio.Channel:
+    def get(
+        self,
+        address: str,
+        options: tuple[tuple[str, Any], ...] = (),
+        tls: dict[str, Any] | None = None,
+        service: str | None = None,
+    ) -> grpc.aio.Channel:
         key = (address, tls_key(tls))
         channel = self._channels.get(key)
         if channel is None:
@@ -74,26 +80,28 @@ class ChannelPool:
                 channel = grpc.aio.insecure_channel(address, options=args)
             self._channels[key] = channel
             self.opened += 1
+            if service is not None:
+                self._owners.setdefault(address, set()).add(service)
         return channel
 
     def retain(self, service: str, addresses: set[str]) -> None:
-        """``service`` now lists ``addresses``: close the channels nobody lists any more."""
-        for address, services in list(self._users.items()):
-            if address not in addresses:
-                services.pop(service, None)
+        """``service`` now lists ``addresses``: close the channels no service lists any more."""
+        for address, owners in list(self._owners.items()):
+            if service in owners and address not in addresses:
+                owners.discard(service)
+                if not owners:
+                    del self._owners[address]
+                    for key in [k for k in self._channels if k[0] == address]:
+                        channel = self._channels.pop(key)
+                        logger.info("client: closing the channel to %s (no longer in discovery)", address)
+                        asyncio.get_running_loop().create_task(channel.close(grace=5))
         for address in addresses:
-            self._users.setdefault(address, {})[service] = {service}
-        unused = {address for address, services in self._users.items() if not services}
-        for address in unused:
-            del self._users[address]
-        for key in [k for k in self._channels if k[0] in unused]:
-            channel = self._channels.pop(key)
-            logger.info("client: closing the channel to %s (no longer in discovery)", key[0])
-            asyncio.get_running_loop().create_task(channel.close(grace=5))
+            if address in self._owners:
+                self._owners[address].add(service)
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
-        self._users.clear()
+        self._owners.clear()
         for channel in channels:
             await channel.close()
 

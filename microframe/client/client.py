@@ -96,7 +96,7 @@ class Client:
                     forget({i.id for i in instances})
 
             cache.subscribe(self.service, changed)
-        return pool.get(address, self.options.channel_options, self.options.tls)
+        return pool.get(address, self.options.channel_options, self.options.tls, self.service)
 
     def chain(self, method: str, kind: RpcKind) -> ClientHandler:
         """The handler of ``method``, built once (middleware outermost first)."""

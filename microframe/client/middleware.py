@@ -296,7 +296,7 @@ class RetryMiddleware:
     and a server stream only before its first message.
     """
 
-    def __init__(self, next: ClientHandler, *, client: Any, kind: Any, **kwargs: Any) -> None:
+    def __init__(self, next: ClientHandler, *, client: Any, method: str, kind: Any, **kwargs: Any) -> None:
         from microframe.core.exceptions import MiddlewareNotUsed
 
         options = client.options.retry
@@ -305,6 +305,10 @@ class RetryMiddleware:
         self.next = next
         self.options = options
         self.budget = client.retry_budget
+        from microframe.client.breaker import retry_counter
+
+        self._retries = retry_counter().labels(client.service, method)
+        self._refused = retry_counter(refused=True).labels(client.service, method)
 
     async def __call__(self, call: ClientCall) -> Any:
         options = self.options
@@ -316,8 +320,12 @@ class RetryMiddleware:
                 if call.attempt >= options.max_attempts or not is_retryable(err, options.codes):
                     raise
                 pause = random.uniform(0, min(options.backoff_max, options.backoff * 2 ** (call.attempt - 1)))
-                if call.remaining() <= pause or not self.budget.try_retry():
+                if call.remaining() <= pause:
                     raise
+                if not self.budget.try_retry():
+                    self._refused.inc()
+                    raise
+                self._retries.inc()
                 if pause:
                     await asyncio.sleep(pause)
                 call.attempt += 1
