@@ -368,10 +368,10 @@ def test_list_tags(service_dir):
     module = write_settings(service_dir, "tags", CLEAN)
     result = run_check(service_dir, module, "--list-tags")
     assert result.returncode == 0
-    assert result.stdout.split() == ["metrics", "middleware", "registry", "router", "server", "settings"]
+    assert result.stdout.split() == ["client", "metrics", "middleware", "registry", "router", "server", "settings"]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
     assert result.stdout.split() == [
-        "metrics", "middleware", "registry", "router", "security", "server", "settings"
+        "client", "metrics", "middleware", "registry", "router", "security", "server", "settings"
     ]
 
 

@@ -492,3 +492,26 @@ async def test_a_hung_instance_trips_the_breaker(fleet):
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
     await cache.close()
+
+
+@pytest.mark.parametrize(
+    ("clients", "middleware", "check_id", "text"),
+    [
+        ({"orders": {"TIMEUOT": 1}}, None, "client.E001", "TIMEUOT"),
+        ({"orders": {"BALANCER": "fastest"}}, None, "client.E001", "fastest"),
+        ({"orders": {"BREAKER": {"MODE": "netflix"}}}, None, "client.E001", "netflix"),
+        ({"orders": {"TIMEOUT": 0}}, None, "client.E001", "positive"),
+        ({"orders": "fast"}, None, "client.E001", "dict"),
+        ({}, ["microframe.client.middleware.Nope"], "client.E002", "Nope"),
+    ],
+)
+def test_client_checks(clients, middleware, check_id, text):
+    from microframe.core.checks import run_checks
+    from microframe.test.utils import override_settings
+
+    overrides = {"CLIENTS": clients}
+    if middleware is not None:
+        overrides["CLIENT_MIDDLEWARE"] = middleware
+    with override_settings(**overrides):
+        messages = [m for m in run_checks(tags=["client"]) if m.id == check_id]
+    assert messages and text in messages[0].msg, messages

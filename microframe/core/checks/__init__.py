@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import microframe.client.checks  # noqa: F401 - the client library's checks
 import microframe.contrib.registry.checks  # noqa: F401 - the registry battery's checks
 import microframe.core.checks.core_checks  # noqa: F401 - registers the built-in checks
 import microframe.core.checks.middleware_checks  # noqa: F401

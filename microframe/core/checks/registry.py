@@ -19,6 +19,7 @@ class Tags:
     metrics = "metrics"
     security = "security"
     registry = "registry"
+    client = "client"
 
 
 F = TypeVar("F", bound=Callable[..., Iterable[CheckMessage]])
