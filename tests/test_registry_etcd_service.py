@@ -123,3 +123,60 @@ def test_services_ride_out_an_etcd_outage_and_leave_cleanly(start_server, tmp_pa
         killed_at = time.monotonic()
         wait_until(lambda: not _keys(cluster, prefix, "beta"), TTL + 1, "beta's key to expire")
         assert time.monotonic() - killed_at <= TTL + 1
+
+
+async def test_client_balances_over_etcd_and_rides_out_a_killed_instance(start_server, tmp_path):
+    import asyncio
+    import collections
+
+    from microframe.contrib.registry.cache import DiscoveryCache
+    from microframe.contrib.registry.etcd import EtcdRegistry
+    from microframe.core.exceptions import RpcError
+
+    from example.generate.hello_client import GreeterClient
+
+    prefix = f"/test/{uuid.uuid4().hex[:8]}"
+    with EtcdCluster(size=1) as cluster:
+        cluster.start()
+        env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+        servers = []
+        for n in range(3):
+            package = f"trio{n}"
+            settings = _settings(tmp_path, package, cluster.endpoints, prefix)
+            # Three instances of one service ("trio"): rename the service in each settings module.
+            path = tmp_path / f"etcdsvc_{package}" / "settings.py"
+            path.write_text(path.read_text().replace(f"SERVICE_NAME = {package!r}", "SERVICE_NAME = 'trio'"))
+            servers.append(start_server(settings=settings, env=env))
+        registry = EtcdRegistry(endpoints=cluster.endpoints, prefix=prefix, ttl=TTL)
+        cache = DiscoveryCache(registry, tmp_path / "client-cache")
+        deadline = time.monotonic() + 10
+        while len(await cache.instances("trio")) != 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        client = GreeterClient("trio", balancer="round_robin", discovery=cache)
+        seen = collections.Counter([(await client.SayHello(hello_pb2.HelloRequest(name="pid"))).message for _ in range(90)])
+        assert sorted(seen.values()) == [30, 30, 30]
+        assert set(seen) == {str(s.proc.pid) for s in servers}
+
+        results: collections.Counter[str] = collections.Counter()
+        stop = asyncio.Event()
+
+        async def loop() -> None:
+            while not stop.is_set():
+                try:
+                    await client.SayHello(hello_pb2.HelloRequest(name="load"), timeout=2)
+                    results["OK"] += 1
+                except RpcError as err:
+                    results[err.code.name] += 1
+
+        tasks = [asyncio.create_task(loop()) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        servers[0].proc.kill()
+        await asyncio.sleep(TTL + 1.5)  # its lease expires: etcd and the watch drop it
+        stop.set()
+        await asyncio.gather(*tasks)
+        total = sum(results.values())
+        assert total > 300 and results["OK"] / total >= 0.999, results
+        assert len(await cache.instances("trio")) == 2
+        await cache.close()
+        await registry.close()
