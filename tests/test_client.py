@@ -519,3 +519,26 @@ def test_client_checks(clients, middleware, check_id, text):
     with override_settings(**overrides):
         messages = [m for m in run_checks(tags=["client"]) if m.id == check_id]
     assert messages and text in messages[0].msg, messages
+
+
+async def test_connect_timeout_moves_on_from_an_unreachable_instance(fleet):
+    import socket as socketlib
+
+    from microframe.contrib.registry.static import StaticRegistry
+
+    good = fleet("reach", 1)[0]
+    # A port that completes TCP handshakes (the kernel's backlog) but never speaks HTTP/2.
+    silent = socketlib.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        addresses = [f"127.0.0.1:{silent.getsockname()[1]}", good.address]
+        cache = DiscoveryCache(StaticRegistry(services={"reach": addresses}), None)
+        client = GreeterClient("reach", discovery=cache, balancer="round_robin", connect_timeout=0.3)
+        for n in range(4):
+            started = time.monotonic()
+            assert (await client.SayHello(Req(name=f"n{n}"), timeout=5)).message == f"Hello, n{n}!"
+            assert time.monotonic() - started < 1.5
+        await cache.close()
+    finally:
+        silent.close()

@@ -366,6 +366,41 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
         callables[address] = (channel, multicallable)
         return multicallable
 
+    connect_timeout = client.options.connect_timeout
+    ready = grpc.ChannelConnectivity.READY
+    failed = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    up: dict[str, Any] = {}  # address -> the channel that answered its last call
+
+    async def connected(call: ClientCall) -> None:
+        """Make sure the instance's connection is up (a no-op once it is): while it is being
+        set up, wait up to ``CONNECT_TIMEOUT``; when the last attempt failed (refused, reset),
+        give up at once. Either way an unreachable instance costs little, and the call is
+        retried on another, instead of spending its whole deadline on one connection."""
+        assert call.instance is not None
+        address = call.instance.address
+        channel = client.channel(address)
+        if up.get(address) is channel:
+            return  # it answered the last call: no need to ask grpc (a costly call)
+        state = channel.get_state(try_to_connect=True)
+        if state is ready:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(connect_timeout, call.remaining())
+        while state is not ready:
+            if state is failed:
+                raise Unavailable(f"cannot connect to {call.service} at {call.instance.address}")
+            left = until - loop.time()
+            if left <= 0:
+                raise Unavailable(
+                    f"cannot connect to {call.service} at {call.instance.address} within "
+                    f"{connect_timeout:g} s"
+                )
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), left)
+            except TimeoutError:
+                continue
+            state = channel.get_state(try_to_connect=True)
+
     def timeout_of(call: ClientCall) -> float | None:
         remaining = call.remaining()
         if remaining <= 0:
@@ -382,13 +417,21 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
             token = balancer.start(instance)
             ok = False
             try:
-                response = await stub(call)(call.request, timeout=timeout_of(call), metadata=call.metadata)
+                multicallable = stub(call)
+                await connected(call)
+                response = await multicallable(call.request, timeout=timeout_of(call), metadata=call.metadata)
                 ok = True
+                up[instance.address] = callables[instance.address][0]
                 return response
+            except Unavailable:
+                up.pop(instance.address, None)
+                client.ejections.eject(instance.id)
+                raise
             except grpc.aio.AioRpcError as err:
                 ok = err.code() not in _UNHEALTHY
                 error = _from_aio(err)
                 if is_retryable(error, frozenset()):
+                    up.pop(instance.address, None)
                     client.ejections.eject(instance.id)
                 raise error from None
             finally:
