@@ -19,7 +19,7 @@ from microframe.contrib.registry.cache import DiscoveryCache
 from microframe.contrib.registry.file import FileRegistry
 from microframe.core.exceptions import DeadlineExceeded, NotFound, Unavailable
 
-from conftest import ROOT, ServerProcess
+from conftest import ROOT, ServerProcess, wait_until
 from example.generate import hello_pb2
 from example.generate.hello_client import GreeterClient
 
@@ -41,7 +41,8 @@ def _settings(tmp_path: Path, module: str, name: str, registry_dir: Path, **extr
         "}",
     ]
     shutdown_delay = extra.pop("shutdown_delay", 0.0)
-    lines.append(f"GRPC = {{**GRPC, 'SHUTDOWN_DELAY': {shutdown_delay!r}}}")
+    tls = extra.pop("tls", None)
+    lines.append(f"GRPC = {{**GRPC, 'SHUTDOWN_DELAY': {shutdown_delay!r}, 'TLS': {tls!r}}}")
     lines += [f"{key} = {value!r}" for key, value in extra.items()]
     (package / "settings.py").write_text("\n".join(lines) + "\n")
     return f"{module}.settings"
@@ -54,16 +55,23 @@ def fleet(tmp_path):
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     started: list[ServerProcess] = []
 
-    def start(name: str, count: int = 1, weight: int = 100, shutdown_delay: float = 0.0) -> list[ServerProcess]:
+    def start(
+        name: str, count: int = 1, weight: int = 100, shutdown_delay: float = 0.0, tls: dict | None = None
+    ) -> list[ServerProcess]:
         servers = []
         for _ in range(count):
             module = f"svc_{name}_{len(started)}"
-            settings = _settings(tmp_path, module, name, registry_dir, weight=weight, shutdown_delay=shutdown_delay)
+            settings = _settings(
+                tmp_path, module, name, registry_dir, weight=weight, shutdown_delay=shutdown_delay, tls=tls
+            )
             server = ServerProcess(tmp_path, settings=settings, env=env)
             started.append(server)
             servers.append(server)
         for server in servers:
-            server.wait_serving()
+            if tls is None:
+                server.wait_serving()
+            else:  # the health check of wait_serving speaks plaintext
+                wait_until(lambda s=server: "Serving gRPC on" in s.output, 20, "the TLS server to serve")
         return servers
 
     start.registry_dir = registry_dir  # type: ignore[attr-defined]
@@ -542,3 +550,28 @@ async def test_connect_timeout_moves_on_from_an_unreachable_instance(fleet):
         await cache.close()
     finally:
         silent.close()
+
+
+async def test_tls_and_mutual_tls(fleet, tmp_path):
+    if not os.environ.get("CI"):  # under CI the dev extra installs it: a failed import fails
+        pytest.importorskip("cryptography")
+    from etcd_cluster import generate_tls
+
+    pki = generate_tls(tmp_path / "pki")
+    fleet("secure", 1, tls={"CERT": str(pki.server_cert), "KEY": str(pki.server_key), "CLIENT_CA": str(pki.ca)})
+    cache = _cache(fleet)
+    await _wait_instances(cache, "secure", 1)
+    good = {"CA": str(pki.ca), "CERT": str(pki.client_cert), "KEY": str(pki.client_key)}
+    client = GreeterClient("secure", discovery=cache, tls=good)
+    assert (await client.SayHello(Req(name="tls"))).message == "Hello, tls!"
+    refused = [
+        None,  # plaintext to a TLS port
+        {"CA": str(pki.ca)},  # no client certificate under mTLS
+        {"CA": str(pki.other_ca), "CERT": str(pki.client_cert), "KEY": str(pki.client_key)},  # wrong CA
+    ]
+    for tls in refused:
+        other = GreeterClient("secure", discovery=cache, tls=tls, retry={"MAX_ATTEMPTS": 1},
+                              breaker={"ENABLED": False}, connect_timeout=0.5)
+        with pytest.raises(Unavailable):
+            await other.SayHello(Req(name="x"), timeout=2)
+    await cache.close()
