@@ -392,7 +392,7 @@ def _handled(text: str, code: str) -> float:
 def test_blocking_facade_from_many_threads(fleet):
     from concurrent.futures import ThreadPoolExecutor
 
-    from microframe.client.blocking import blocking
+    from microframe.client.blocking import blocking, shutdown
 
     fleet("sync", 2)
     cache = _cache(fleet)
@@ -409,6 +409,7 @@ def test_blocking_facade_from_many_threads(fleet):
     with pytest.raises(NotFound):
         greeter.SayHello(Req(name="notfound"))
     sync_cache.close()
+    shutdown()  # no event loop of this test outlives it
 
 
 async def test_access_log_line_names_the_instance_and_the_tries(fleet, caplog):

@@ -46,6 +46,28 @@ def background_loop() -> asyncio.AbstractEventLoop:
     return _loop
 
 
+def shutdown(timeout: float = 10.0) -> None:
+    """Close the background loop's channels and stop it (at exit, or between tests).
+
+    The next blocking call starts a new loop.
+    """
+    global _loop
+    with _lock:
+        loop, _loop = _loop, None
+    if loop is None or loop.is_closed():
+        return
+
+    async def close_channels() -> None:
+        from microframe.client.channels import get_channel_pool
+
+        await get_channel_pool().close()
+
+    try:
+        asyncio.run_coroutine_threadsafe(close_channels(), loop).result(timeout)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+
+
 def _iterate(stream: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     async def step() -> Any:
         return await stream.__anext__()
