@@ -306,6 +306,7 @@ async def test_built_from_settings_options(etcd, prefix):
 # A 3-member cluster ---------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(120)  # two fail-overs, a restart and their bounded waits
 async def test_cluster_member_killed_under_load_then_restarted(make_cluster, registries, prefix):
     cluster = make_cluster(size=3)
     registry = registries(endpoints=cluster.endpoints, prefix=prefix, timeout=2)
