@@ -7,7 +7,6 @@ import collections
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,33 +18,11 @@ from microframe.contrib.registry.cache import DiscoveryCache
 from microframe.contrib.registry.file import FileRegistry
 from microframe.core.exceptions import DeadlineExceeded, NotFound, Unavailable
 
-from conftest import ROOT, ServerProcess, wait_until
+from conftest import ROOT, ServerProcess, service_settings, wait_until
 from example.generate import hello_pb2
 from example.generate.hello_client import GreeterClient
 
 Req = hello_pb2.HelloRequest
-
-
-def _settings(tmp_path: Path, module: str, name: str, registry_dir: Path, **extra: object) -> str:
-    package = tmp_path / module
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    lines = [
-        "from testservice.settings import *",
-        f"SERVICE_NAME = {name!r}",
-        "REGISTRY = {",
-        "    'BACKEND': 'microframe.contrib.registry.file.FileRegistry',",
-        f"    'OPTIONS': {{'directory': {str(registry_dir)!r}, 'ttl': 1.5}},",
-        f"    'CACHE_DIR': {str(tmp_path / ('cache-' + module))!r},",
-        f"    'WEIGHT': {extra.pop('weight', 100)!r},",
-        "}",
-    ]
-    shutdown_delay = extra.pop("shutdown_delay", 0.0)
-    tls = extra.pop("tls", None)
-    lines.append(f"GRPC = {{**GRPC, 'SHUTDOWN_DELAY': {shutdown_delay!r}, 'TLS': {tls!r}}}")
-    lines += [f"{key} = {value!r}" for key, value in extra.items()]
-    (package / "settings.py").write_text("\n".join(lines) + "\n")
-    return f"{module}.settings"
 
 
 @pytest.fixture
@@ -61,9 +38,12 @@ def fleet(tmp_path):
         servers = []
         for _ in range(count):
             module = f"svc_{name}_{len(started)}"
-            settings = _settings(
-                tmp_path, module, name, registry_dir, weight=weight, shutdown_delay=shutdown_delay, tls=tls
-            )
+            settings = service_settings(tmp_path, module, name, {
+                "BACKEND": "microframe.contrib.registry.file.FileRegistry",
+                "OPTIONS": {"directory": str(registry_dir), "ttl": 1.5},
+                "CACHE_DIR": str(tmp_path / f"cache-{module}"),
+                "WEIGHT": weight,
+            }, grpc={"SHUTDOWN_DELAY": shutdown_delay, "TLS": tls})
             server = ServerProcess(tmp_path, settings=settings, env=env)
             started.append(server)
             servers.append(server)
@@ -89,6 +69,16 @@ async def _wait_instances(cache: DiscoveryCache, service: str, count: int) -> No
     while len(await cache.instances(service)) != count:
         assert asyncio.get_running_loop().time() < deadline, await cache.instances(service)
         await asyncio.sleep(0.05)
+
+
+async def _call_loop(client: GreeterClient, results: collections.Counter[str], stop: asyncio.Event) -> None:
+    """Call until ``stop``; count the answers by outcome ("OK" or the exception's class)."""
+    while not stop.is_set():
+        try:
+            await client.SayHello(Req(name="load"), timeout=2)
+            results["OK"] += 1
+        except Exception as err:  # noqa: BLE001 - counted, and the tests fail on them
+            results[type(err).__name__] += 1
 
 
 async def test_balancers_spread_calls_over_real_instances(fleet):
@@ -129,16 +119,7 @@ async def test_killed_instance_under_load_costs_no_call(fleet):
     client = GreeterClient("steady", balancer="round_robin", discovery=cache)
     results: collections.Counter[str] = collections.Counter()
     stop = asyncio.Event()
-
-    async def loop() -> None:
-        while not stop.is_set():
-            try:
-                await client.SayHello(Req(name="load"), timeout=2)
-                results["OK"] += 1
-            except Exception as err:  # noqa: BLE001 - counted, and the test fails on them
-                results[type(err).__name__] += 1
-
-    tasks = [asyncio.create_task(loop()) for _ in range(8)]
+    tasks = [asyncio.create_task(_call_loop(client, results, stop)) for _ in range(8)]
     await asyncio.sleep(0.5)
     servers[0].proc.kill()
     await asyncio.sleep(2.5)  # the killed instance leaves discovery meanwhile
@@ -257,16 +238,7 @@ def test_sigterm_under_client_load_costs_no_call(fleet):
         client = GreeterClient("rolling", discovery=cache)
         results: collections.Counter[str] = collections.Counter()
         stop = asyncio.Event()
-
-        async def loop() -> None:
-            while not stop.is_set():
-                try:
-                    await client.SayHello(Req(name="load"), timeout=2)
-                    results["OK"] += 1
-                except Exception as err:  # noqa: BLE001
-                    results[type(err).__name__] += 1
-
-        tasks = [asyncio.create_task(loop()) for _ in range(4)]
+        tasks = [asyncio.create_task(_call_loop(client, results, stop)) for _ in range(4)]
         await asyncio.sleep(0.3)
         servers[0].proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(1.2)

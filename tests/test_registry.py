@@ -25,7 +25,7 @@ from microframe.contrib.registry.static import StaticRegistry
 from microframe.core.checks import run_checks
 from microframe.test.utils import override_settings
 
-from conftest import ROOT, base_env, free_port, wait_until
+from conftest import ROOT, base_env, free_port, service_settings, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
 
 Req = hello_pb2.HelloRequest
@@ -241,20 +241,12 @@ async def test_cache_survives_an_unreachable_registry_from_its_snapshot(tmp_path
 
 
 def _service_settings(tmp_path: Path, name: str, registry_dir: Path) -> str:
-    package = tmp_path / f"svc_{name}"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "settings.py").write_text(
-        "from testservice.settings import *\n"
-        f"SERVICE_NAME = {name!r}\n"
-        "REGISTRY = {\n"
-        "    'BACKEND': 'microframe.contrib.registry.file.FileRegistry',\n"
-        f"    'OPTIONS': {{'directory': {str(registry_dir)!r}, 'ttl': 2}},\n"
-        f"    'CACHE_DIR': {str(tmp_path / ('cache-' + name))!r},\n"
-        "    'METADATA': {'zone': 'a'},\n"
-        "}\n"
-    )
-    return f"svc_{name}.settings"
+    return service_settings(tmp_path, f"svc_{name}", name, {
+        "BACKEND": "microframe.contrib.registry.file.FileRegistry",
+        "OPTIONS": {"directory": str(registry_dir), "ttl": 2},
+        "CACHE_DIR": str(tmp_path / f"cache-{name}"),
+        "METADATA": {"zone": "a"},
+    })
 
 
 def _greet(address: str, name: str) -> str:

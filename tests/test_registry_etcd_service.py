@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import ROOT, base_env, wait_until
+from conftest import ROOT, base_env, service_settings, wait_until
 from etcd_cluster import EtcdCluster
 from example.generate import hello_pb2, hello_pb2_grpc
 
@@ -28,21 +28,13 @@ pytestmark = pytest.mark.timeout(90)
 TTL = 2
 
 
-def _settings(tmp_path: Path, name: str, endpoints: list[str], prefix: str) -> str:
-    package = tmp_path / f"etcdsvc_{name}"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "settings.py").write_text(
-        "from testservice.settings import *\n"
-        f"SERVICE_NAME = {name!r}\n"
-        "REGISTRY = {\n"
-        "    'BACKEND': 'microframe.contrib.registry.etcd.EtcdRegistry',\n"
-        f"    'OPTIONS': {{'endpoints': {endpoints!r}, 'ttl': {TTL}, 'prefix': {prefix!r}, 'timeout': 1}},\n"
-        f"    'CACHE_DIR': {str(tmp_path / ('cache-' + name))!r},\n"
-        "    'METADATA': {'zone': 'a'},\n"
-        "}\n"
-    )
-    return f"etcdsvc_{name}.settings"
+def _settings(tmp_path: Path, name: str, endpoints: list[str], prefix: str, service: str | None = None) -> str:
+    return service_settings(tmp_path, f"etcdsvc_{name}", service or name, {
+        "BACKEND": "microframe.contrib.registry.etcd.EtcdRegistry",
+        "OPTIONS": {"endpoints": endpoints, "ttl": TTL, "prefix": prefix, "timeout": 1},
+        "CACHE_DIR": str(tmp_path / f"cache-{name}"),
+        "METADATA": {"zone": "a"},
+    })
 
 
 def _greet(address: str, name: str) -> str:
@@ -141,11 +133,7 @@ async def test_client_balances_over_etcd_and_rides_out_a_killed_instance(start_s
         env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
         servers = []
         for n in range(3):
-            package = f"trio{n}"
-            settings = _settings(tmp_path, package, cluster.endpoints, prefix)
-            # Three instances of one service ("trio"): rename the service in each settings module.
-            path = tmp_path / f"etcdsvc_{package}" / "settings.py"
-            path.write_text(path.read_text().replace(f"SERVICE_NAME = {package!r}", "SERVICE_NAME = 'trio'"))
+            settings = _settings(tmp_path, f"trio{n}", cluster.endpoints, prefix, service="trio")
             servers.append(start_server(settings=settings, env=env))
         registry = EtcdRegistry(endpoints=cluster.endpoints, prefix=prefix, ttl=TTL)
         cache = DiscoveryCache(registry, tmp_path / "client-cache")

@@ -34,7 +34,6 @@ class ClientCall:
         "instance",
         "tried",
         "attempt",
-        "repick",
     )
 
     def __init__(
@@ -59,12 +58,20 @@ class ClientCall:
         self.instance: ServiceInstance | None = None
         self.tried: list[str] = []
         self.attempt = 1
-        self.repick: Any = None
 
     @property
     def service(self) -> str:
         """The name of the service called (as registered)."""
         return self.client.service
+
+    def repick(self) -> None:
+        """Choose the instance of the next attempt with the client's balancer: never one that
+        failed this call, nor one the client keeps away from, while another is available."""
+        client = self.client
+        avoid = set(self.tried)
+        if client.ejections:
+            avoid.update(client.ejections.current())
+        self.instance = client.balancer.pick(self.instances, frozenset(avoid))
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative; infinite without one)."""

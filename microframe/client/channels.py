@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.utils.loops import PerLoop
 
 logger = logging.getLogger("microframe.client")
 
@@ -106,15 +107,9 @@ class ChannelPool:
             await channel.close()
 
 
-_pools: dict[asyncio.AbstractEventLoop, ChannelPool] = {}
+_pools: PerLoop[ChannelPool] = PerLoop(ChannelPool)
 
 
 def get_channel_pool() -> ChannelPool:
     """Return the channel pool of the running event loop."""
-    loop = asyncio.get_running_loop()
-    pool = _pools.get(loop)
-    if pool is None:
-        for old in [old for old in _pools if old.is_closed()]:
-            del _pools[old]
-        pool = _pools[loop] = ChannelPool()
-    return pool
+    return _pools.get()

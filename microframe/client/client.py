@@ -25,20 +25,13 @@ from microframe.client.balancers import Balancer, make_balancer
 from microframe.client.call import ClientCall
 from microframe.client.middleware import ClientHandler, Ejections, RetryBudget, connection_handler
 from microframe.client.options import ClientOptions
+from microframe.conf import global_settings
 from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from microframe.core.router import RpcKind
 from microframe.utils.module_loading import import_string
 
-#: The chain when ``CLIENT_MIDDLEWARE`` is not in the settings.
-DEFAULT_CLIENT_MIDDLEWARE = [
-    "microframe.client.middleware.PrepareMiddleware",
-    "microframe.client.middleware.AccessLogMiddleware",
-    "microframe.client.middleware.MetricsMiddleware",
-    "microframe.client.breaker.CircuitBreakerMiddleware",
-    "microframe.client.middleware.DiscoveryMiddleware",
-    "microframe.client.middleware.BalancerMiddleware",
-    "microframe.client.middleware.RetryMiddleware",
-]
+#: The chain when the settings are not configured: the default of ``CLIENT_MIDDLEWARE``.
+DEFAULT_CLIENT_MIDDLEWARE = global_settings.CLIENT_MIDDLEWARE
 
 
 def _middleware_setting() -> list[Any]:
@@ -65,11 +58,6 @@ class Client:
         self._watching = False
 
     # -- what the chain uses -------------------------------------------------------------------
-
-    @property
-    def ejected(self) -> bool:
-        """Whether some instance is kept away from (see :class:`~microframe.client.middleware.Ejections`)."""
-        return bool(self.ejections)
 
     def discovery(self) -> Any:
         """The discovery cache (the event loop's, unless one was given)."""

@@ -192,25 +192,14 @@ class DiscoveryMiddleware:
 class BalancerMiddleware:
     """Choose the instance of each attempt with the client's balancer (``BALANCER``).
 
-    A retry (see :class:`RetryMiddleware`) calls ``call.repick()``, which never chooses an
-    instance that already failed this call while another is available.
+    A retry (see :class:`RetryMiddleware`) chooses again with ``call.repick()``.
     """
 
     def __init__(self, next: ClientHandler, **kwargs: Any) -> None:
         self.next = next
 
     async def __call__(self, call: ClientCall) -> Any:
-        client = call.client
-        balancer = client.balancer
-
-        def repick() -> None:
-            avoid = set(call.tried)
-            if client.ejected:
-                avoid.update(client.ejections.current())
-            call.instance = balancer.pick(call.instances, frozenset(avoid))
-
-        call.repick = repick
-        repick()
+        call.repick()
         return await self.next(call)
 
 
@@ -329,8 +318,7 @@ class RetryMiddleware:
                 if pause:
                     await asyncio.sleep(pause)
                 call.attempt += 1
-                if call.repick is not None:
-                    call.repick()
+                call.repick()
 
 
 def _from_aio(err: grpc.aio.AioRpcError) -> RpcError:
@@ -436,7 +424,7 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
                 raise error from None
             finally:
                 balancer.done(instance, token, ok)
-                if ok and client.ejected:
+                if ok and client.ejections:
                     client.ejections.clear(instance.id)
 
         return unary_response

@@ -78,8 +78,6 @@ class GrpcMetrics(NamedTuple):
 
 
 _lock = threading.Lock()
-_server: GrpcMetrics | None = None
-_client: GrpcMetrics | None = None
 
 _SERVER_HELP = {
     "started": "Total number of RPCs started on the server.",
@@ -152,20 +150,27 @@ def _build(side: str, help_texts: dict[str, str], buckets: tuple[float, ...]) ->
     )
 
 
+_HELP = {"server": _SERVER_HELP, "client": _CLIENT_HELP}
+_built: dict[str, GrpcMetrics] = {}
+
+
+def _side(side: str, buckets: Iterable[float] | None) -> GrpcMetrics:
+    metrics = _built.get(side)
+    if metrics is None:
+        with _lock:
+            metrics = _built.get(side)
+            if metrics is None:
+                chosen = _validated_buckets(buckets) if buckets is not None else configured_buckets()
+                metrics = _built[side] = _build(side, _HELP[side], chosen)
+    return metrics
+
+
 def server_metrics(buckets: Iterable[float] | None = None) -> GrpcMetrics:
     """Return the ``grpc_server_*`` metrics, creating them on the first call.
 
     ``buckets`` (default: ``METRICS["BUCKETS"]``) is used only by the call that creates them.
     """
-    global _server
-    if _server is None:
-        with _lock:
-            if _server is None:
-                chosen = (
-                    _validated_buckets(buckets) if buckets is not None else configured_buckets()
-                )
-                _server = _build("server", _SERVER_HELP, chosen)
-    return _server
+    return _side("server", buckets)
 
 
 def client_metrics(buckets: Iterable[float] | None = None) -> GrpcMetrics:
@@ -173,15 +178,7 @@ def client_metrics(buckets: Iterable[float] | None = None) -> GrpcMetrics:
 
     ``buckets`` (default: ``METRICS["BUCKETS"]``) is used only by the call that creates them.
     """
-    global _client
-    if _client is None:
-        with _lock:
-            if _client is None:
-                chosen = (
-                    _validated_buckets(buckets) if buckets is not None else configured_buckets()
-                )
-                _client = _build("client", _CLIENT_HELP, chosen)
-    return _client
+    return _side("client", buckets)
 
 
 _ATTRIBUTES = {

@@ -16,13 +16,13 @@ calls between services that already know each other.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from microframe.contrib.registry.base import Registry, RegistryError, RegistryUnavailable
 from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.signals import setting_changed
+from microframe.utils.loops import PerLoop
 from microframe.utils.module_loading import import_string
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "get_registry",
 ]
 
-_registries: dict[asyncio.AbstractEventLoop, Registry] = {}
+_registries: PerLoop[Registry] = PerLoop(lambda: build_registry())
 
 
 def build_registry(backend: str | None = None, options: dict[str, Any] | None = None) -> Registry:
@@ -65,16 +65,9 @@ def build_registry(backend: str | None = None, options: dict[str, Any] | None = 
 def get_registry() -> Registry:
     """Return this event loop's registry, built from settings on first use.
 
-    A registry holds connections and tasks bound to one event loop, so each loop gets its own
-    (the entries of closed loops are dropped).
+    A registry holds connections and tasks bound to one event loop, so each loop gets its own.
     """
-    loop = asyncio.get_running_loop()
-    registry = _registries.get(loop)
-    if registry is None:
-        for old in [old for old in _registries if old.is_closed()]:
-            del _registries[old]
-        registry = _registries[loop] = build_registry()
-    return registry
+    return _registries.get()
 
 
 def _reset(*, setting: str, **kwargs: Any) -> None:

@@ -33,6 +33,7 @@ from microframe.contrib.registry.instance import InvalidInstance, ServiceInstanc
 from microframe.contrib.registry.metrics import registry_metrics
 from microframe.core.signals import setting_changed
 from microframe.utils.files import atomic_write_text
+from microframe.utils.loops import PerLoop
 
 logger = logging.getLogger("microframe.registry")
 
@@ -240,22 +241,20 @@ class DiscoveryCache:
             await asyncio.wait(tasks)
 
 
-_caches: dict[asyncio.AbstractEventLoop, DiscoveryCache] = {}
+def _new_cache() -> DiscoveryCache:
+    from microframe.conf import settings
+    from microframe.contrib.registry import get_registry
+
+    return DiscoveryCache(get_registry(), settings.REGISTRY.get("CACHE_DIR"))
+
+
+_caches: PerLoop[DiscoveryCache] = PerLoop(_new_cache)
 
 
 def get_discovery_cache() -> DiscoveryCache:
     """Return this event loop's discovery cache, on :func:`~microframe.contrib.registry.get_registry`
     and ``REGISTRY["CACHE_DIR"]``."""
-    from microframe.conf import settings
-    from microframe.contrib.registry import get_registry
-
-    loop = asyncio.get_running_loop()
-    cache = _caches.get(loop)
-    if cache is None:
-        for old in [old for old in _caches if old.is_closed()]:
-            del _caches[old]
-        cache = _caches[loop] = DiscoveryCache(get_registry(), settings.REGISTRY.get("CACHE_DIR"))
-    return cache
+    return _caches.get()
 
 
 def _reset(*, setting: str, **kwargs: object) -> None:
