@@ -146,8 +146,9 @@ class P2CEwmaBalancer:
         if len(candidates) == 1:
             return candidates[0]
         n = len(candidates)
-        i = self._rng.randrange(n)
-        j = self._rng.randrange(n - 1)
+        draw = self._rng.random
+        i = int(draw() * n)  # randrange(n), at a third of its cost
+        j = int(draw() * (n - 1))
         a, b = candidates[i], candidates[j + 1 if j >= i else j]
         sa, sb = self._get(a), self._get(b)
         if self._load(sa) > self._load(sb):

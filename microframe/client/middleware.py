@@ -19,6 +19,8 @@ import grpc
 import grpc.aio
 
 from microframe.client.call import ClientCall
+from microframe.contrib.registry.base import RegistryError
+from microframe.core.context import current_context
 from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
 from microframe.core.handlers import HANDLED_TRAILER
 
@@ -44,8 +46,6 @@ class PrepareMiddleware:
         self.next = next
 
     async def __call__(self, call: ClientCall) -> Any:
-        from microframe.core.context import current_context
-
         now = time.monotonic()
         timeout = call.timeout if call.timeout is not None else call.client.options.timeout
         deadline = now + timeout
@@ -176,8 +176,6 @@ class DiscoveryMiddleware:
         self.next = next
 
     async def __call__(self, call: ClientCall) -> Any:
-        from microframe.contrib.registry.base import RegistryError
-
         client = call.client
         try:
             instances = await client.discovery().instances(call.service)
@@ -337,38 +335,34 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
         "client_stream": "stream_unary",
         "bidi_stream": "stream_stream",
     }[kind.grpc_type]
-    # One multicallable per channel, built on first use (building one per call costs more than
-    # the rest of the chain); a channel closed by the pool is replaced, and so is its callable.
-    callables: dict[str, tuple[Any, Any]] = {}
+    # Per address: [the channel, its multicallable, whether it answered the last call], built on
+    # first use (building a multicallable per call costs more than the rest of the chain). A
+    # channel the pool closed and replaced is noticed, and its entry made anew.
+    entries: dict[str, list[Any]] = {}
 
-    def stub(call: ClientCall) -> Any:
+    def entry_for(call: ClientCall) -> list[Any]:
         assert call.instance is not None
         address = call.instance.address
         channel = client.channel(address)
-        cached = callables.get(address)
-        if cached is not None and cached[0] is channel:
-            return cached[1]
-        multicallable = getattr(channel, factory_name)(
-            method, request_serializer=serializer, response_deserializer=call.response_class.FromString
-        )
-        callables[address] = (channel, multicallable)
-        return multicallable
+        entry = entries.get(address)
+        if entry is None or entry[0] is not channel:
+            multicallable = getattr(channel, factory_name)(
+                method, request_serializer=serializer, response_deserializer=call.response_class.FromString
+            )
+            entry = entries[address] = [channel, multicallable, False]
+        return entry
 
     connect_timeout = client.options.connect_timeout
     ready = grpc.ChannelConnectivity.READY
     failed = grpc.ChannelConnectivity.TRANSIENT_FAILURE
-    up: dict[str, Any] = {}  # address -> the channel that answered its last call
 
-    async def connected(call: ClientCall) -> None:
-        """Make sure the instance's connection is up (a no-op once it is): while it is being
-        set up, wait up to ``CONNECT_TIMEOUT``; when the last attempt failed (refused, reset),
-        give up at once. Either way an unreachable instance costs little, and the call is
-        retried on another, instead of spending its whole deadline on one connection."""
+    async def connect(call: ClientCall, channel: Any) -> None:
+        """Make sure the instance's connection is up (called unless the channel answered the
+        last call: asking grpc costs more than the rest of the chain): while it is being set
+        up, wait up to ``CONNECT_TIMEOUT``; when the last attempt failed (refused, reset), give
+        up at once. Either way an unreachable instance costs little, and the call is retried on
+        another, instead of spending its whole deadline on one connection."""
         assert call.instance is not None
-        address = call.instance.address
-        channel = client.channel(address)
-        if up.get(address) is channel:
-            return  # it answered the last call: no need to ask grpc (a costly call)
         state = channel.get_state(try_to_connect=True)
         if state is ready:
             return
@@ -402,24 +396,24 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
             if instance is None:
                 raise Unavailable(f"no instance of {call.service!r} to call")
             call.tried.append(instance.id)
+            entry = entry_for(call)
             token = balancer.start(instance)
             ok = False
             try:
-                multicallable = stub(call)
-                await connected(call)
-                response = await multicallable(call.request, timeout=timeout_of(call), metadata=call.metadata)
-                ok = True
-                up[instance.address] = callables[instance.address][0]
+                if not entry[2]:
+                    await connect(call, entry[0])
+                response = await entry[1](call.request, timeout=timeout_of(call), metadata=call.metadata)
+                ok = entry[2] = True
                 return response
             except Unavailable:
-                up.pop(instance.address, None)
+                entry[2] = False
                 client.ejections.eject(instance.id)
                 raise
             except grpc.aio.AioRpcError as err:
                 ok = err.code() not in _UNHEALTHY
                 error = _from_aio(err)
                 if is_retryable(error, frozenset()):
-                    up.pop(instance.address, None)
+                    entry[2] = False
                     client.ejections.eject(instance.id)
                 raise error from None
             finally:
@@ -434,8 +428,9 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
         if instance is None:
             raise Unavailable(f"no instance of {call.service!r} to call")
         call.tried.append(instance.id)
+        multicallable, timeout = entry_for(call)[1], timeout_of(call)
         token = balancer.start(instance)
-        responses = stub(call)(call.request, timeout=timeout_of(call), metadata=call.metadata)
+        responses = multicallable(call.request, timeout=timeout, metadata=call.metadata)
 
         async def messages() -> AsyncIterator[Any]:
             ok = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 DEFAULT_WEIGHT = 100
@@ -63,9 +64,10 @@ class ServiceInstance:
         if not isinstance(self.weight, int) or self.weight < 0:
             raise InvalidInstance(f"weight {self.weight!r} of {self.id!r} must be an int >= 0")
 
-    @property
+    @cached_property
     def address(self) -> str:
-        """``host:port`` (``[v6]:port`` for an IPv6 host), what a gRPC channel dials."""
+        """``host:port`` (``[v6]:port`` for an IPv6 host), what a gRPC channel dials (made once:
+        the client reads it several times per call)."""
         return format_address(self.host, self.port)
 
     def to_dict(self) -> dict[str, Any]:
