@@ -49,7 +49,6 @@ __all__ = [
 
 def setup() -> None:
     """Configure logging from the settings; call once before serving (commands do)."""
-    from microframe.conf import settings
-    from microframe.utils.log import configure_logging
+    from microframe.contrib.logging.config import configure_from_settings
 
-    configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
+    configure_from_settings()

@@ -84,17 +84,23 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def service_settings(
-    tmp_path: Path, module: str, service: str, registry: dict[str, object], grpc: dict[str, object] | None = None
+    tmp_path: Path,
+    module: str,
+    service: str,
+    registry: dict[str, object],
+    grpc: dict[str, object] | None = None,
+    **extra: object,
 ) -> str:
     """Write a settings package ``module`` in ``tmp_path`` for a test service named ``service``
-    (the test service's settings, with ``registry`` as REGISTRY and ``grpc`` over GRPC);
-    return its dotted path. ``tmp_path`` must be on the server's PYTHONPATH."""
+    (the test service's settings, with ``registry`` as REGISTRY, ``grpc`` over GRPC and every
+    ``extra`` setting); return its dotted path. ``tmp_path`` must be on the server's PYTHONPATH."""
     package = tmp_path / module
     package.mkdir()
     (package / "__init__.py").write_text("")
     lines = ["from testservice.settings import *", f"SERVICE_NAME = {service!r}", f"REGISTRY = {registry!r}"]
     if grpc:
         lines.append(f"GRPC = {{**GRPC, **{grpc!r}}}")
+    lines += [f"{name} = {value!r}" for name, value in extra.items()]
     (package / "settings.py").write_text("\n".join(lines) + "\n")
     return f"{module}.settings"
 

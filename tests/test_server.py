@@ -99,9 +99,12 @@ def test_unknown_exception_is_internal_without_details(test_server):
         assert info.value.details() == "internal error"
         assert "secret" not in (info.value.debug_error_string() or "")
         # The server logged the traceback with the caller's request id, and keeps serving.
-        wait_until(lambda: "req-raise-1" in test_server.output, 5, "the error log line")
-        line = next(line for line in test_server.output.splitlines() if "req-raise-1" in line)
-        assert "ERROR" in line and "ValueError" in line
+        def error_line() -> str | None:
+            lines = test_server.output.splitlines()
+            return next((line for line in lines if "req-raise-1" in line and " ERROR " in line), None)
+
+        line = wait_until(error_line, 5, "the error log line")
+        assert "ValueError" in line
         assert "secret internal detail" in test_server.output
         assert greeter.SayHello(Req(name="ok"), timeout=5).message == "Hello, ok!"
 

@@ -28,7 +28,11 @@ def test_module_over_defaults(monkeypatch):
     assert s.SERVICE_NAME == "testservice"
     assert s.GRPC["MAX_MESSAGE_BYTES"] == 64 * 1024
     assert s.GRPC["HEALTH"] is True  # dict settings merge over the defaults
-    assert s.MIDDLEWARE == ["microframe.contrib.metrics.middleware.MetricsMiddleware"]
+    assert s.MIDDLEWARE == [
+        "microframe.contrib.metrics.middleware.MetricsMiddleware",
+        "microframe.contrib.tracing.middleware.TracingMiddleware",
+        "microframe.contrib.logging.middleware.AccessLogMiddleware",
+    ]
     assert s.is_overridden("GRPC") and not s.is_overridden("MIDDLEWARE")
 
 

@@ -72,12 +72,38 @@ REGISTRY = {
 
 MIDDLEWARE = [
     "microframe.contrib.metrics.middleware.MetricsMiddleware",
+    "microframe.contrib.tracing.middleware.TracingMiddleware",
+    "microframe.contrib.logging.middleware.AccessLogMiddleware",
 ]
+
+# Distributed tracing (microframe.contrib.tracing; needs the "tracing" extra): a server span per
+# RPC, a client span per outgoing call, the context carried in gRPC metadata (uber-trace-id for
+# jaeger, W3C traceparent for otlp and log).
+TRACING = {
+    "ENABLED": False,
+    # "jaeger" (jaeger-client, UDP to the agent), "otlp" (OpenTelemetry SDK, OTLP/gRPC to a
+    # collector), "log" (spans written to the "microframe.tracing.spans" logger).
+    "BACKEND": "jaeger",
+    # The service name spans are reported under; None: SERVICE_NAME.
+    "SERVICE_NAME": None,
+    # type: "const" (param 1: every trace, 0: none), "probabilistic" (param: the share of new
+    # traces, 0-1) or "ratelimiting" (param: new traces per second). A call whose caller's
+    # trace is sampled is sampled.
+    "SAMPLER": {"type": "const", "param": 1},
+    # jaeger: the agent's UDP address; every backend: how often spans are sent and how many may
+    # wait (more are dropped, never blocking a request).
+    "REPORTER": {"LOCAL_AGENT_HOST_PORT": "127.0.0.1:6831", "FLUSH_INTERVAL": 1.0, "QUEUE_SIZE": 2048},
+    # otlp: the collector's OTLP/gRPC address, extra headers (auth), plaintext or TLS (CA file).
+    "OTLP": {"ENDPOINT": "127.0.0.1:4317", "HEADERS": {}, "INSECURE": True, "CA": None, "TIMEOUT": 10.0},
+    # Tags of every span of the process (jaeger process tags, OpenTelemetry resource attributes).
+    "TAGS": {},
+}
 
 # The client chain, outermost first (see microframe.client.middleware).
 CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.PrepareMiddleware",
     "microframe.client.middleware.AccessLogMiddleware",
+    "microframe.contrib.tracing.middleware.ClientTracingMiddleware",
     "microframe.client.middleware.MetricsMiddleware",
     "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",
@@ -92,5 +118,32 @@ CLIENTS: dict = {}
 # Check ids to silence, e.g. ["microframe.W001"].
 SILENCED_SYSTEM_CHECKS: list[str] = []
 
+# What the default LOGGING is built from (microframe.contrib.logging.config): the level of the
+# root and microframe loggers ("TRACE" is one, between DEBUG and INFO), the line format ("text"
+# or "json"), the directory of the log file (relative to the service root; None: console only),
+# its rotation (by size, or by time with ROTATE_WHEN such as "midnight") and the old files
+# kept, and the records the writer thread may fall behind by before new ones are dropped.
+LOG = {
+    "LEVEL": "INFO",
+    "FORMAT": "text",
+    "DIR": "logs",
+    "ROTATE_BYTES": 100 * 1024 * 1024,
+    "ROTATE_WHEN": None,
+    "BACKUPS": 7,
+    "QUEUE_SIZE": 10000,
+}
+
+# logging.config.dictConfig settings merged deeply over the default built from LOG.
 LOGGING_CONFIG = "logging.config.dictConfig"
 LOGGING: dict = {}
+
+# The access log (microframe.contrib.logging.middleware.AccessLogMiddleware): a line per call
+# on the "microframe.access" logger, with the status code, duration, peer, sizes, the fields
+# controllers add with ctx.add_field() and the request's metadata. METADATA: True logs every
+# key, False none, a list only those; the values of the REDACTED keys (and of any key ending in
+# "-bin") are never written.
+ACCESS_LOG = {
+    "ENABLED": True,
+    "METADATA": True,
+    "REDACTED": ["authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key", "x-auth-token"],
+}

@@ -22,7 +22,7 @@ from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.handlers import CallTracker, controller_handler, grpc_method_handler
 from microframe.core.middleware import MiddlewareFactory, build_chain
 from microframe.core.router import Route
-from microframe.core.signals import server_started, server_stopping
+from microframe.core.signals import server_started, server_stopped, server_stopping
 
 logger = logging.getLogger("microframe.server")
 
@@ -273,6 +273,7 @@ class Server:
                 "stopped: %d call(s) accepted, all completed (%d were in flight at the stop)",
                 self.calls.accepted, running,
             )
+        await _send_and_await(server_stopped, sender=self.__class__, server=self)
 
     async def serve_until_signal(
         self,

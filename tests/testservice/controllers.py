@@ -5,7 +5,7 @@ caller's address; ``relay:<svc>,<svc>...``: call the next service with the clien
 ``discover:<service>``: the addresses of that service's instances, found through the registry;
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
-the GREETING setting; anything else: a greeting. ``delay_ms`` makes the call take that long.
+the GREETING setting; ``fields``: two access-log fields added, the trace id answered; anything else: a greeting. ``delay_ms`` makes the call take that long.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ async def say_hello(ctx, request: HelloRequest):
         return HelloReply(message=",".join(sorted(i.address for i in found)))
     if name == "trace":
         ctx.logger.info("tracing this call")
+        return HelloReply(message=ctx.trace_id)
+    if name == "fields":
+        ctx.add_field("user_id", 42)
+        ctx.add_field("cache", "hit")
         return HelloReply(message=ctx.trace_id)
     if name == "setting":
         return HelloReply(message=str(settings.GREETING))

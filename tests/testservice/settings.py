@@ -21,3 +21,6 @@ LOGGING = {
 
 GREETING = "Hello"
 LIMITS = {"a": 1, "nested": {"x": 1, "y": 2}}
+
+# Console only (the tests read the server's output); tests of the log file set their own DIR.
+LOG = {"DIR": None}

@@ -19,9 +19,7 @@ because the caller went away), not when the controller returns the stream.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -31,39 +29,14 @@ from microframe.conf import settings
 from microframe.contrib.metrics.metrics import server_metrics
 from microframe.core.context import RequestContext
 from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
-from microframe.core.handlers import status_of
 from microframe.core.middleware import Handler
 from microframe.core.router import Route
+from microframe.core.streams import CountedRequests, ObservedResponses, status_code_of
 
 _perf_counter = time.perf_counter
-_get_running_loop = asyncio.get_running_loop
-_AbortError = grpc.aio.AbortError
 _OK = grpc.StatusCode.OK
-_CANCELLED = grpc.StatusCode.CANCELLED
-_UNKNOWN = grpc.StatusCode.UNKNOWN
-_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
-
-def status_code_of(exc: BaseException, grpc_context: Any = None) -> grpc.StatusCode:
-    """Return the status code a call failing with ``exc`` is answered with.
-
-    A ``grpc.aio.AbortError`` (raised by ``context.abort()``) carries no code: it is read from
-    ``grpc_context`` (the ``grpc.aio.ServicerContext``) when given, else UNKNOWN. Anything
-    else is mapped by :func:`microframe.core.handlers.status_of`.
-    """
-    if isinstance(exc, _AbortError):
-        if grpc_context is None:
-            return _UNKNOWN
-        try:
-            code = grpc_context.code()
-        except Exception:
-            return _UNKNOWN
-        if isinstance(code, grpc.StatusCode):
-            return code
-        if isinstance(code, int):
-            return _CODES_BY_VALUE.get(code, _UNKNOWN)
-        return _UNKNOWN
-    return status_of(exc)
+__all__ = ["MetricsMiddleware", "status_code_of"]
 
 
 class MetricsMiddleware:
@@ -128,7 +101,7 @@ class MetricsMiddleware:
     async def __call__(self, ctx: RequestContext, request: Any) -> Any:
         self._started.inc()
         if self._client_streaming:
-            request = _CountedRequests(request, self._received)
+            request = CountedRequests(request, self._count_received)
         else:
             self._received.inc()
         start = _perf_counter()
@@ -138,94 +111,16 @@ class MetricsMiddleware:
             self.record(status_code_of(exc, ctx.grpc), start)
             raise
         if self._server_streaming:
-            return _CountedResponses(self, response, ctx, start)
+            return ObservedResponses(
+                response, ctx.grpc, lambda code, exc: self.record(code, start), self._count_sent
+            )
         self._seconds.observe(_perf_counter() - start)
         self._handled_ok.inc()
         self._sent.inc()
         return response
 
-
-class _CountedRequests:
-    """The request stream of a client-streaming call, counting every message received."""
-
-    __slots__ = ("_stream", "_received")
-
-    def __init__(self, stream: Any, received: Any) -> None:
-        self._stream = stream.__aiter__()
-        self._received = received
-
-    def __aiter__(self) -> _CountedRequests:
-        return self
-
-    async def __anext__(self) -> Any:
-        message = await self._stream.__anext__()
+    def _count_received(self, message: Any) -> None:
         self._received.inc()
-        return message
 
-    async def aclose(self) -> None:
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-class _CountedResponses:
-    """The response stream of a server-streaming call.
-
-    Count every message sent, and record the call as handled when the stream ends: OK when
-    it is exhausted, the exception's code when it fails, CANCELLED when it is closed or
-    dropped before its end (the caller went away).
-    """
-
-    __slots__ = ("_stream", "_middleware", "_ctx", "_start", "_sent", "_done", "_loop")
-
-    def __init__(
-        self, middleware: MetricsMiddleware, stream: Any, ctx: RequestContext, start: float
-    ) -> None:
-        self._middleware = middleware
-        self._ctx = ctx
-        self._start = start
-        self._sent = middleware._sent
-        self._done = False
-        self._loop = _get_running_loop()
-        try:
-            self._stream: AsyncIterator[Any] = stream.__aiter__()
-        except BaseException as exc:
-            self._finish(status_code_of(exc, ctx.grpc))
-            raise
-
-    def _finish(self, code: grpc.StatusCode) -> None:
-        if not self._done:
-            self._done = True
-            self._middleware.record(code, self._start)
-
-    def __aiter__(self) -> _CountedResponses:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            message = await self._stream.__anext__()
-        except StopAsyncIteration:
-            self._finish(_OK)
-            raise
-        except BaseException as exc:
-            self._finish(status_code_of(exc, self._ctx.grpc))
-            raise
+    def _count_sent(self, message: Any) -> None:
         self._sent.inc()
-        return message
-
-    async def aclose(self) -> None:
-        self._finish(_CANCELLED)
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    def __del__(self) -> None:
-        # Dropped before its end. The garbage collector may run this while a metric's lock is
-        # held by the same thread, so the recording is left to the event loop (as asyncio
-        # does to finalize async generators).
-        if not self._done:
-            self._done = True
-            try:
-                self._loop.call_soon_threadsafe(self._middleware.record, _CANCELLED, self._start)
-            except Exception:  # the loop is closed: nothing is left to record into
-                pass

@@ -20,6 +20,8 @@ class Tags:
     security = "security"
     registry = "registry"
     client = "client"
+    tracing = "tracing"
+    logging = "logging"
 
 
 F = TypeVar("F", bound=Callable[..., Iterable[CheckMessage]])
