@@ -150,7 +150,7 @@ def test_two_workers_serve_aggregate_metrics_and_restart(start_server):
         return len(seen) == 2 and str(victim) not in seen
 
     wait_until(replaced, 30, "a replacement worker")
-    assert "restarting" in server.output
+    wait_until(lambda: "restarting" in server.output, 5, "the supervisor's log line")
     assert server.terminate() == 0, server.output
     for pid in pids - {str(victim)}:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

@@ -18,7 +18,7 @@ from microframe.contrib.logging.config import configure_logging, default_logging
 from microframe.contrib.logging.formatters import JsonFormatter
 from microframe.contrib.logging.handlers import QueueHandler, dropped_counter
 
-from conftest import ROOT, ServerProcess, service_settings, wait_until
+from conftest import ROOT, ServerProcess, service_settings
 from example.generate import hello_pb2, hello_pb2_grpc
 
 METHOD = "/helloworld.Greeter/SayHello"
@@ -138,7 +138,7 @@ def test_size_rotation_keeps_the_configured_backups(tmp_path):
 def test_time_rotation_is_a_setting(tmp_path):
     config = default_logging({"DIR": str(tmp_path), "ROTATE_WHEN": "midnight", "BACKUPS": 3}, "daily", str(tmp_path))
     file = config["handlers"]["file"]
-    assert file["class"] == "logging.handlers.TimedRotatingFileHandler"
+    assert file["class"] == "microframe.contrib.logging.handlers.TimedRotatingFileHandler"
     assert file["when"] == "midnight" and file["backupCount"] == 3
     assert file["filename"] == str(tmp_path / "daily.log")
 
@@ -158,7 +158,7 @@ def logged(tmp_path):
             "BACKEND": "microframe.contrib.registry.file.FileRegistry",
             "OPTIONS": {"directory": str(tmp_path / "registry")},
             "CACHE_DIR": str(tmp_path / "cache"),
-        }, LOG={"DIR": str(tmp_path / f"logs-{module}"), **log}, **extra)
+        }, LOG={"DIR": str(tmp_path / f"logs-{module}"), **log}, **{"ACCESS_LOG": {"ENABLED": True}, **extra})
         server = ServerProcess(tmp_path, settings=settings, env=env, workers=workers)
         started.append(server)
         server.log_file = tmp_path / f"logs-{module}" / "logged.log"  # type: ignore[attr-defined]
@@ -177,7 +177,7 @@ def call(server: ServerProcess, name: str, metadata: tuple = ()) -> str:
 
 
 def test_access_line_with_fields_sizes_and_redacted_metadata(logged):
-    server = logged({}, ACCESS_LOG={"REDACTED": ["authorization", "cookie", "x-tenant-secret"]})
+    server = logged({}, ACCESS_LOG={"ENABLED": True, "METADATA": True, "REDACTED": ["authorization", "cookie", "x-tenant-secret"]})
     secrets = (("authorization", "Bearer s3cr3t-token"), ("cookie", "session=c00kie"),
                ("x-tenant-secret", "hush"), ("x-api-key", "defaults-still-apply"), ("x-user", "ada"))
     trace_id = call(server, "fields", metadata=secrets)
@@ -195,7 +195,7 @@ def test_access_line_with_fields_sizes_and_redacted_metadata(logged):
 
 
 def test_json_log_file_every_line_parses(logged):
-    server = logged({"FORMAT": "json"})
+    server = logged({"FORMAT": "json"}, ACCESS_LOG={"ENABLED": True, "METADATA": ["authorization", "x-user"]})
     trace_id = call(server, "fields", metadata=(("authorization", "Bearer s3cr3t"),))
     with pytest.raises(grpc.RpcError):
         call(server, "raise")

@@ -265,7 +265,7 @@ def test_two_services_find_each_other_and_leave_the_registry(start_server, tmp_p
     entry = json.loads((registry_dir / "alpha" / f"{alpha.address}.json").read_text())
     assert entry["address"] == alpha.address and entry["metadata"] == {"zone": "a"}
     assert entry["pid"] == alpha.proc.pid
-    assert "registry: registered" in alpha.output
+    wait_until(lambda: "registry: registered" in alpha.output, 5, "the registration log line")
     # SIGTERM: deregistered at once (before the drain).
     started = time.monotonic()
     alpha.proc.send_signal(signal.SIGTERM)

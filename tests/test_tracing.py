@@ -40,6 +40,7 @@ def traced(tmp_path):
     def start(name: str, tracing: dict, **extra: object) -> ServerProcess:
         module = f"svc_{name}_{len(started)}"
         extra.setdefault("LOG", {"DIR": str(tmp_path / f"logs-{module}")})
+        extra.setdefault("ACCESS_LOG", {"ENABLED": True})
         settings = service_settings(tmp_path, module, name, {
             "BACKEND": "microframe.contrib.registry.file.FileRegistry",
             "OPTIONS": {"directory": str(registry_dir), "ttl": 1.5},

@@ -56,8 +56,6 @@ def log_file_path(log: dict[str, Any] | None, service_name: str, service_root: s
 
 def default_logging(log: dict[str, Any] | None = None, service_name: str = "microframe", service_root: str = ".") -> dict[str, Any]:
     """The default ``dictConfig`` dictionary (see the module's documentation)."""
-    from microframe.contrib.logging.formatters import TEXT_FORMAT
-
     options = log_options(log)
     fmt = options["FORMAT"]
     if fmt not in FORMATS:
@@ -66,7 +64,7 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
         raise ImproperlyConfigured(f'LOG["FORMAT"] must be "text" or "json", not {fmt!r}.')
     formatter = "microframe.json" if fmt == "json" else "microframe.text"
     handlers: dict[str, Any] = {
-        "console": {"class": "logging.StreamHandler", "formatter": formatter},
+        "console": {"class": "microframe.contrib.logging.handlers.ConsoleHandler", "formatter": formatter},
     }
     targets = ["console"]
     path = log_file_path(options, service_name, service_root)
@@ -74,7 +72,7 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
         path.parent.mkdir(parents=True, exist_ok=True)
         if options["ROTATE_WHEN"]:
             handlers["file"] = {
-                "class": "logging.handlers.TimedRotatingFileHandler",
+                "class": "microframe.contrib.logging.handlers.TimedRotatingFileHandler",
                 "filename": str(path),
                 "when": options["ROTATE_WHEN"],
                 "backupCount": options["BACKUPS"],
@@ -84,7 +82,7 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
             }
         else:
             handlers["file"] = {
-                "class": "logging.handlers.RotatingFileHandler",
+                "class": "microframe.contrib.logging.handlers.RotatingFileHandler",
                 "filename": str(path),
                 "maxBytes": options["ROTATE_BYTES"],
                 "backupCount": options["BACKUPS"],
@@ -105,7 +103,7 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
         "disable_existing_loggers": False,
         "filters": {"request_fields": {"()": "microframe.contrib.logging.filters.RequestFieldsFilter"}},
         "formatters": {
-            "microframe.text": {"format": TEXT_FORMAT},
+            "microframe.text": {"()": "microframe.contrib.logging.formatters.TextFormatter"},
             "microframe.json": {"()": "microframe.contrib.logging.formatters.JsonFormatter"},
         },
         "handlers": handlers,

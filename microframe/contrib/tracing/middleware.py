@@ -56,11 +56,10 @@ def finish_span(tracing: Any, span: Any, code: grpc.StatusCode, exc: BaseExcepti
 class TracingMiddleware:
     """A server span per RPC, child of the caller's span; ``ctx.span`` and ``ctx.trace_id``."""
 
-    __slots__ = ("next", "tracing", "tracer", "operation", "tags", "server_streaming")
+    __slots__ = ("next", "tracing", "operation", "tags", "server_streaming")
 
     def __init__(self, next: Handler, route: Route | None = None) -> None:
         self.tracing = _tracing()
-        self.tracer = self.tracing.tracer
         self.next = next
         self.operation = route.full_method if route is not None else "grpc"
         self.tags = {"span.kind": "server", "component": "grpc"}
@@ -70,15 +69,14 @@ class TracingMiddleware:
 
     async def __call__(self, ctx: RequestContext, request: Any) -> Any:
         tracing = self.tracing
-        span = self.tracer.start_span(
-            self.operation, child_of=tracing.extract(ctx.metadata), tags=self.tags
-        )
+        span = tracing.start_span(self.operation, tracing.extract(ctx.metadata), self.tags)
         ctx.span = span
         ctx.trace_id = tracing.trace_id(span)
-        try:
-            span.set_tag("peer.address", ctx.peer)
-        except Exception:
-            pass
+        if tracing.is_recording(span):
+            try:
+                span.set_tag("peer.address", ctx.peer)
+            except Exception:
+                pass
         try:
             response = await self.next(ctx, request)
         except BaseException as exc:
@@ -100,7 +98,6 @@ class ClientTracingMiddleware:
 
     def __init__(self, next: Any, *, client: Any, method: str, kind: Any, **kwargs: Any) -> None:
         self.tracing = _tracing()
-        self.tracer = self.tracing.tracer
         self.next = next
         self.operation = method
         service, _, name = method.lstrip("/").rpartition("/")
@@ -116,7 +113,7 @@ class ClientTracingMiddleware:
     async def __call__(self, call: Any) -> Any:
         ctx = current_context()
         parent = ctx.span if ctx is not None else None
-        span = self.tracer.start_span(self.operation, child_of=parent, tags=self.tags)
+        span = self.tracing.start_span(self.operation, parent.context if parent is not None else None, self.tags)
         self.tracing.inject(span, call.metadata)
         try:
             response = await self.next(call)
@@ -139,7 +136,7 @@ class ClientTracingMiddleware:
         finish_span(self.tracing, span, code, exc, code is not _OK)
 
     async def _stream(self, span: Any, call: Any, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        code, error = _OK, None
+        code, error = _OK, None  # type: grpc.StatusCode, BaseException | None
         try:
             async for message in stream:
                 yield message

@@ -58,6 +58,14 @@ class Tracing:
         self.tracer.inject(span.context, self._format, carrier)
         metadata.extend((key.lower(), value) for key, value in carrier.items())
 
+    def start_span(self, operation: str, parent: Any, tags: Mapping[str, Any]) -> Any:
+        """Start a span of ``operation``, child of the span context ``parent`` (or a root)."""
+        return self.tracer.start_span(operation, child_of=parent, tags=dict(tags))
+
+    def is_recording(self, span: Any) -> bool:
+        """Whether ``span`` is sampled (its tags are kept and it will be reported)."""
+        return True
+
     def trace_id(self, span: Any) -> str:  # pragma: no cover - every backend overrides it
         raise NotImplementedError
 
@@ -70,7 +78,54 @@ class Tracing:
 
 
 class JaegerTracing(Tracing):
+    """jaeger-client's tracer, with a fast path for spans that are not sampled.
+
+    jaeger-client builds a full span (tags, logs, a lock) even when the sampler says no, which
+    costs as much as the rest of a call's middleware. A span that is not sampled is made here
+    as a plain ``opentracing.Span``: it keeps nothing and reports nothing, and its context
+    (trace id, span id, flags 0, baggage) still travels to the services called, so a trace
+    keeps one id across services whether or not it is sampled. The sampler is asked exactly as
+    jaeger-client asks it (once per new trace); sampled spans are jaeger-client's own.
+    """
+
     backend = "jaeger"
+
+    def __init__(self, tracer: Any) -> None:
+        super().__init__(tracer)
+        import opentracing
+        from jaeger_client import Span, SpanContext
+        from jaeger_client.constants import DEBUG_FLAG, SAMPLED_FLAG
+
+        self._noop_span = opentracing.Span
+        self._span = Span
+        self._context = SpanContext
+        self._sampled_flag = SAMPLED_FLAG
+        self._traced_flags = SAMPLED_FLAG | DEBUG_FLAG
+        self._random = tracer.random.getrandbits
+        self._trace_bits = tracer.max_trace_id_bits
+
+    def start_span(self, operation: str, parent: Any, tags: Mapping[str, Any]) -> Any:
+        if parent is None:
+            trace_id = self._random(self._trace_bits)
+            sampled, sampler_tags = self.tracer.sampler.is_sampled(trace_id, operation)
+            context = self._context(
+                trace_id=trace_id, span_id=self._random(64), parent_id=None,
+                flags=self._sampled_flag if sampled else 0,
+            )
+            if not sampled:
+                return self._noop_span(self.tracer, context)
+            return self._span(context=context, tracer=self.tracer, operation_name=operation,
+                              tags={**tags, **sampler_tags})
+        if not parent.flags & self._traced_flags and not parent.debug_id:
+            context = self._context(
+                trace_id=parent.trace_id, span_id=self._random(64), parent_id=parent.span_id,
+                flags=parent.flags, baggage=parent.baggage,
+            )
+            return self._noop_span(self.tracer, context)
+        return self.tracer.start_span(operation, child_of=parent, tags=dict(tags))
+
+    def is_recording(self, span: Any) -> bool:
+        return isinstance(span, self._span) and bool(span.is_sampled())
 
     def extract(self, metadata: Mapping[str, str]) -> Any:
         if "uber-trace-id" not in metadata:
@@ -119,6 +174,9 @@ class OpenTelemetryTracing(Tracing):
 
     def trace_id(self, span: Any) -> str:
         return f"{span.unwrap().get_span_context().trace_id:032x}"
+
+    def is_recording(self, span: Any) -> bool:
+        return bool(span.unwrap().is_recording())
 
     def record_error(self, span: Any, exc: BaseException) -> None:
         # OpenTelemetry's own exception event (an exception object is not an attribute value).
@@ -229,9 +287,15 @@ class RateLimitingSampler:
 
 
 def _otel_sampler(sampler: Any) -> Any:
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+        TraceIdRatioBased,
+    )
 
     kind, param = check_sampler(sampler)
+    root: Any
     if kind == "const":
         root = ALWAYS_ON if param else ALWAYS_OFF
     elif kind == "probabilistic":
