@@ -368,10 +368,13 @@ def test_list_tags(service_dir):
     module = write_settings(service_dir, "tags", CLEAN)
     result = run_check(service_dir, module, "--list-tags")
     assert result.returncode == 0
-    assert result.stdout.split() == ["client", "metrics", "middleware", "registry", "router", "server", "settings"]
+    assert result.stdout.split() == [
+        "client", "logging", "metrics", "middleware", "registry", "router", "server", "settings", "tracing"
+    ]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
     assert result.stdout.split() == [
-        "client", "metrics", "middleware", "registry", "router", "security", "server", "settings"
+        "client", "logging", "metrics", "middleware", "registry", "router", "security", "server",
+        "settings", "tracing",
     ]
 
 
@@ -744,3 +747,49 @@ def test_commands_run_the_checks_first(service_dir):
     assert result.stderr.startswith("SystemCheckError: ")
     assert "microframe.E005" in result.stderr and "Traceback" not in result.stderr
     assert "serving" not in (result.stdout + result.stderr).lower()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check_id"),
+    [
+        ({"TRACING": []}, "tracing.E001"),
+        ({"TRACING": {"BACKEND": "zipkin"}}, "tracing.E001"),
+        ({"TRACING": {"SAMPLE": 1}}, "tracing.E001"),
+        ({"TRACING": {"SAMPLER": {"type": "probabilistic", "param": 2}}}, "tracing.E003"),
+        ({"TRACING": {"SAMPLER": {"type": "const", "param": 0.5}}}, "tracing.E003"),
+        ({"TRACING": {"SAMPLER": {"type": "adaptive"}}}, "tracing.E003"),
+        ({"TRACING": {"REPORTER": {"LOCAL_AGENT_HOST_PORT": "localhost"}}}, "tracing.E004"),
+        ({"TRACING": {"BACKEND": "otlp", "OTLP": {"ENDPOINT": "http://collector"}}}, "tracing.E004"),
+        ({"LOG": "INFO"}, "logging.E001"),
+        ({"LOG": {"LEVEL": "LOUD"}}, "logging.E001"),
+        ({"LOG": {"FORMAT": "xml"}}, "logging.E001"),
+        ({"LOG": {"QUEUE_SIZE": 0}}, "logging.E001"),
+        ({"LOG": {"ROTATE_WHEN": "weekly"}}, "logging.E001"),
+        ({"LOG": {"COLOR": True}}, "logging.E001"),
+        ({"LOG": {"DIR": f"{__file__}/logs"}}, "logging.W001"),  # under a file
+        ({"ACCESS_LOG": {"METADATA": "all"}}, "logging.E002"),
+        ({"ACCESS_LOG": {"REDACT": ["x"]}}, "logging.E002"),
+    ],
+)
+def test_tracing_and_logging_settings(clean, overrides, check_id):
+    (issue,) = issues(**overrides)
+    assert issue.id == check_id, issue
+    assert issue.msg
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"TRACING": {"ENABLED": True, "BACKEND": "otlp", "SAMPLER": {"type": "ratelimiting", "param": 5}}},
+        {"TRACING": {"ENABLED": True, "BACKEND": "log", "SAMPLER": {"type": "const", "param": 0}}},
+        {"LOG": {"LEVEL": "TRACE", "FORMAT": "json", "ROTATE_WHEN": "midnight", "DIR": None}},
+        {"ACCESS_LOG": {"ENABLED": True, "METADATA": ["user-agent"], "REDACTED": ["x-token"]}},
+    ],
+)
+def test_accepted_tracing_and_logging_settings(clean, overrides):
+    assert issues(**overrides) == []
+
+
+def test_deploy_warns_when_every_request_is_traced(clean):
+    assert "tracing.W001" in ids(deploy=True, TRACING={"ENABLED": True, "SAMPLER": {"type": "const", "param": 1}})
+    assert "tracing.W001" not in ids(deploy=True, TRACING={"ENABLED": True, "SAMPLER": {"type": "probabilistic", "param": 0.01}})

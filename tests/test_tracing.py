@@ -221,3 +221,25 @@ def test_a_tracing_backend_that_is_down_costs_requests_nothing(traced, tmp_path)
     start = time.monotonic()
     assert server.terminate() == 0
     assert time.monotonic() - start < 15
+
+
+def test_log_backend_writes_spans_as_lines(traced):
+    server = traced("tracedlog", {"ENABLED": True, "BACKEND": "log", "REPORTER": {"FLUSH_INTERVAL": 0.05}})
+    trace_id = call(server, "trace")
+    wait_until(lambda: f"span {METHOD} trace={trace_id}" in server.output, 10, "the span's log line")
+    line = next(line for line in server.output.splitlines() if f"trace={trace_id}" in line and " span " in line)
+    assert "microframe.tracing.spans" in line and "grpc.status_code=OK" in line and "parent=-" in line
+
+
+def test_ratelimiting_sampler_keeps_at_most_the_rate():
+    from microframe.contrib.tracing.tracers import otel_tracing
+
+    tracing = otel_tracing("ratelimited", {
+        "SAMPLER": {"type": "ratelimiting", "param": 5}, "REPORTER": {}, "TAGS": {},
+    }, log=True)
+    spans = [tracing.start_span("op", None, {}) for _ in range(200)]
+    kept = sum(tracing.is_recording(span) for span in spans)
+    assert 1 <= kept <= 6, kept  # a bucket of one second's worth, taken in well under a second
+    for span in spans:
+        span.finish()
+    tracing.provider.shutdown()

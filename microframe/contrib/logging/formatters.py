@@ -58,7 +58,10 @@ class _CachingFormatter(logging.Formatter):
 class TextFormatter(_CachingFormatter):
     """``logging.Formatter`` with :data:`TEXT_FORMAT` by default (``2026-11-25 10:00:00,123``)."""
 
-    def __init__(self, fmt: str | None = None, datefmt: str | None = None, style: Any = "%", **kwargs: Any) -> None:
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None, style: Any = "%",
+                 format: str | None = None, **kwargs: Any) -> None:  # noqa: A002
+        # ``format`` as in a LOGGING formatter entry: {"()": ..., "format": "..."}
+        fmt = fmt or format
         super().__init__(fmt or TEXT_FORMAT, datefmt, style, **kwargs)
         # The default format is written as an f-string: the same line at a third of the cost.
         self._default = (fmt or TEXT_FORMAT) == TEXT_FORMAT and style == "%" and datefmt is None

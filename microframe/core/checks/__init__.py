@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import microframe.client.checks  # noqa: F401 - the client library's checks
+import microframe.contrib.logging.checks  # noqa: F401 - the logging battery's checks
 import microframe.contrib.registry.checks  # noqa: F401 - the registry battery's checks
+import microframe.contrib.tracing.checks  # noqa: F401 - the tracing battery's checks
 import microframe.core.checks.core_checks  # noqa: F401 - registers the built-in checks
 import microframe.core.checks.middleware_checks  # noqa: F401
 import microframe.core.checks.router_checks  # noqa: F401
