@@ -100,6 +100,9 @@ def test_jaeger_server_span_on_the_wire(traced, jaeger_agent):
     assert span.tags["rpc.method"] == "SayHello"
     assert span.tags["grpc.status_code"] == "OK"
     assert span.tags["peer.address"].startswith("ipv4:127.0.0.1:")
+    # What the controller did with ctx.span.
+    assert span.tags["greeting.kind"] == "trace"
+    assert {"event": "greeted", "name": "trace"} in span.logs
     # The request's log line carries the tracing trace id.
     wait_until(lambda: f"[{trace_id} helloworld.Greeter SayHello] tracing this call" in server.output, 10, "the log line")
 
@@ -145,6 +148,8 @@ def test_otlp_server_span_on_the_wire(traced, otlp_collector):
     assert span.name == METHOD
     assert span.tags["rpc.method"] == "SayHello"
     assert span.tags["grpc.status_code"] == "OK"
+    assert span.tags["greeting.kind"] == "trace"
+    assert any(log["event"] == "greeted" for log in span.logs), span.logs
     assert otlp_collector.metadata[0].get("x-tenant") == "lab"
     # W3C traceparent from a caller.
     parent_trace, parent_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -243,3 +248,19 @@ def test_ratelimiting_sampler_keeps_at_most_the_rate():
     for span in spans:
         span.finish()
     tracing.provider.shutdown()
+
+
+def test_otlp_over_tls(traced, tmp_path):
+    from etcd_cluster import generate_tls
+
+    pki = generate_tls(tmp_path / "pki")
+    collector = OtlpCollector(tls=(pki.server_cert.read_bytes(), pki.server_key.read_bytes()))
+    try:
+        server = traced("tracedtls", {
+            "ENABLED": True, "BACKEND": "otlp", "REPORTER": {"FLUSH_INTERVAL": 0.1},
+            "OTLP": {"ENDPOINT": collector.address, "INSECURE": False, "CA": str(pki.ca)},
+        })
+        trace_id = call(server, "trace")
+        collector.wait_for(lambda s: any(x.trace_id == trace_id for x in s), what="the span, over TLS")
+    finally:
+        collector.close()

@@ -140,7 +140,8 @@ def _any_value(value: Any) -> Any:
 class OtlpCollector(_Receiver):
     """Serve OTLP/gRPC ``TraceService.Export`` on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[bytes, bytes] | None = None) -> None:
+        """``tls``: (certificate chain, private key) PEM to serve TLS instead of plaintext."""
         super().__init__()
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -155,7 +156,11 @@ class OtlpCollector(_Receiver):
         self.metadata: list[dict[str, str]] = []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.address = f"127.0.0.1:{self.port}"
         self.server.start()
 

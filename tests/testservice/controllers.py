@@ -59,6 +59,9 @@ async def say_hello(ctx, request: HelloRequest):
         return HelloReply(message=",".join(sorted(i.address for i in found)))
     if name == "trace":
         ctx.logger.info("tracing this call")
+        if ctx.span is not None:  # the opentracing API, whatever the backend
+            ctx.span.set_tag("greeting.kind", "trace")
+            ctx.span.log_kv({"event": "greeted", "name": name})
         return HelloReply(message=ctx.trace_id)
     if name == "fields":
         ctx.add_field("user_id", 42)
