@@ -32,6 +32,7 @@ def test_module_over_defaults(monkeypatch):
         "microframe.contrib.metrics.middleware.MetricsMiddleware",
         "microframe.contrib.tracing.middleware.TracingMiddleware",
         "microframe.contrib.logging.middleware.AccessLogMiddleware",
+        "microframe.contrib.limiter.middleware.RateLimitMiddleware",
     ]
     assert s.is_overridden("GRPC") and not s.is_overridden("MIDDLEWARE")
 

@@ -47,6 +47,12 @@ DEFAULTS: dict[str, Any] = {
     "METADATA": [],
     # grpc channel arguments, as (name, value) pairs.
     "CHANNEL_OPTIONS": [],
+    # At most this many calls per second from this process to the service (None: no limit), in
+    # bursts of up to LIMIT_BURST (None: one second's worth); a call over it waits up to
+    # LIMIT_WAIT seconds for its turn (0: fails at once with RESOURCE_EXHAUSTED).
+    "LIMIT_QPS": None,
+    "LIMIT_BURST": None,
+    "LIMIT_WAIT": 0.0,
 }
 
 _RETRY_KEYS = set(DEFAULTS["RETRY"])
@@ -74,6 +80,9 @@ class ClientOptions:
     tls: dict[str, Any] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     channel_options: tuple[tuple[str, Any], ...] = ()
+    limit_qps: float | None = None
+    limit_burst: float | None = None
+    limit_wait: float = 0.0
 
     @classmethod
     def resolve(cls, service: str, **kwargs: Any) -> ClientOptions:
@@ -122,9 +131,18 @@ class ClientOptions:
                 tls=merged["TLS"],
                 metadata=tuple((str(k), str(v)) for k, v in merged["METADATA"]),
                 channel_options=tuple(tuple(o) for o in merged["CHANNEL_OPTIONS"]),  # type: ignore[misc]
+                limit_qps=float(merged["LIMIT_QPS"]) if merged["LIMIT_QPS"] is not None else None,
+                limit_burst=float(merged["LIMIT_BURST"]) if merged["LIMIT_BURST"] is not None else None,
+                limit_wait=float(merged["LIMIT_WAIT"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ImproperlyConfigured(f"Invalid client options for {service!r}: {err}") from err
         if options.timeout <= 0:
             raise ImproperlyConfigured(f"The TIMEOUT of the client of {service!r} must be positive.")
+        if options.limit_qps is not None and options.limit_qps <= 0:
+            raise ImproperlyConfigured(f"The LIMIT_QPS of the client of {service!r} must be positive (or None).")
+        if options.limit_burst is not None and options.limit_burst < 1:
+            raise ImproperlyConfigured(f"The LIMIT_BURST of the client of {service!r} must be at least 1.")
+        if options.limit_wait < 0:
+            raise ImproperlyConfigured(f"The LIMIT_WAIT of the client of {service!r} must be >= 0.")
         return options

@@ -74,7 +74,23 @@ MIDDLEWARE = [
     "microframe.contrib.metrics.middleware.MetricsMiddleware",
     "microframe.contrib.tracing.middleware.TracingMiddleware",
     "microframe.contrib.logging.middleware.AccessLogMiddleware",
+    "microframe.contrib.limiter.middleware.RateLimitMiddleware",
 ]
+
+# Rate limiting of the calls served (microframe.contrib.limiter): a backend and its options, what
+# happens over the limit ("reject": RESOURCE_EXHAUSTED with a retry-after; "wait": queue up to
+# MAX_WAIT seconds, never past the call's deadline), what a limit counts ("service", "method",
+# "peer", "metadata:<key>"), and per-method overrides ({"/pkg.Svc/Method": {...}} or None to
+# exempt a method). The default is koala's: a limit no fresh service reaches.
+LIMITER = {
+    "ENABLED": True,
+    "BACKEND": "microframe.contrib.limiter.backends.TokenBucket",
+    "OPTIONS": {"rate": 50000, "burst": 50000},
+    "MODE": "reject",
+    "MAX_WAIT": 1.0,
+    "KEY": "service",
+    "METHODS": {},
+}
 
 # Distributed tracing (microframe.contrib.tracing; needs the "tracing" extra): a server span per
 # RPC, a client span per outgoing call, the context carried in gRPC metadata (uber-trace-id for
@@ -105,6 +121,7 @@ CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.AccessLogMiddleware",
     "microframe.contrib.tracing.middleware.ClientTracingMiddleware",
     "microframe.client.middleware.MetricsMiddleware",
+    "microframe.contrib.limiter.middleware.ClientRateLimitMiddleware",
     "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",
     "microframe.client.middleware.BalancerMiddleware",
