@@ -369,12 +369,13 @@ def test_list_tags(service_dir):
     result = run_check(service_dir, module, "--list-tags")
     assert result.returncode == 0
     assert result.stdout.split() == [
-        "client", "logging", "metrics", "middleware", "registry", "router", "server", "settings", "tracing"
+        "client", "limiter", "logging", "metrics", "middleware", "registry", "router", "server", "settings",
+        "tracing",
     ]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
     assert result.stdout.split() == [
-        "client", "logging", "metrics", "middleware", "registry", "router", "security", "server",
-        "settings", "tracing",
+        "client", "limiter", "logging", "metrics", "middleware", "registry", "router", "security",
+        "server", "settings", "tracing",
     ]
 
 
@@ -769,6 +770,18 @@ def test_commands_run_the_checks_first(service_dir):
         ({"LOG": {"DIR": f"{__file__}/logs"}}, "logging.W001"),  # under a file
         ({"ACCESS_LOG": {"METADATA": "all"}}, "logging.E002"),
         ({"ACCESS_LOG": {"REDACT": ["x"]}}, "logging.E002"),
+        ({"LIMITER": []}, "limiter.E001"),
+        ({"LIMITER": {"RATE": 5}}, "limiter.E001"),
+        ({"LIMITER": {"MODE": "queue"}}, "limiter.E001"),
+        ({"LIMITER": {"MAX_WAIT": -1}}, "limiter.E001"),
+        ({"LIMITER": {"KEY": "user"}}, "limiter.E001"),
+        ({"LIMITER": {"METHODS": {"SayHello": None}}}, "limiter.E001"),
+        ({"LIMITER": {"METHODS": {"/a.B/C": {"MODE": "x"}}}}, "limiter.E001"),
+        ({"LIMITER": {"OPTIONS": {"rate": -5, "burst": 1}}}, "limiter.E002"),
+        ({"LIMITER": {"OPTIONS": {"rate": 5, "speed": 1}}}, "limiter.E002"),
+        ({"LIMITER": {"BACKEND": "no.such.Limiter"}}, "limiter.E002"),
+        ({"LIMITER": {"METHODS": {"/a.B/C": {"OPTIONS": {"rate": 0}}}}}, "limiter.E002"),
+        ({"LIMITER": {"BACKEND": "microframe.contrib.limiter.redis.RedisLimiter", "OPTIONS": {"rate": 5}}}, "limiter.E003"),
     ],
 )
 def test_tracing_and_logging_settings(clean, overrides, check_id):
@@ -784,6 +797,11 @@ def test_tracing_and_logging_settings(clean, overrides, check_id):
         {"TRACING": {"ENABLED": True, "BACKEND": "log", "SAMPLER": {"type": "const", "param": 0}}},
         {"LOG": {"LEVEL": "TRACE", "FORMAT": "json", "ROTATE_WHEN": "midnight", "DIR": None}},
         {"ACCESS_LOG": {"ENABLED": True, "METADATA": ["user-agent"], "REDACTED": ["x-token"]}},
+        {"LIMITER": {"BACKEND": "microframe.contrib.limiter.backends.LeakyBucket",
+                     "OPTIONS": {"rate": 10, "capacity": 20}, "MODE": "wait", "KEY": "metadata:x-tenant",
+                     "METHODS": {"/a.B/C": None, "/a.B/D": {"OPTIONS": {"rate": 1, "capacity": 1}}}}},
+        {"LIMITER": {"BACKEND": "microframe.contrib.limiter.redis.RedisLimiter",
+                     "OPTIONS": {"rate": 5, "url": "redis://127.0.0.1:1/0"}}},
     ],
 )
 def test_accepted_tracing_and_logging_settings(clean, overrides):

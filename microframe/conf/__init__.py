@@ -24,12 +24,19 @@ ENV_VARIABLE = "MICROFRAME_ENV"
 empty = object()
 
 
+#: Keys whose dict value is replaced whole, not merged: the keyword arguments of a backend are
+#: a unit (``LIMITER = {"BACKEND": "...LeakyBucket", "OPTIONS": {"rate": 10, "capacity": 5}}``
+#: must not inherit the default TokenBucket's ``burst``).
+ATOMIC_KEYS = frozenset({"OPTIONS"})
+
+
 def deep_merge(base: Any, overlay: Any) -> Any:
-    """Return ``overlay`` merged into ``base``: dicts recursively, anything else replaced."""
+    """Return ``overlay`` merged into ``base``: dicts recursively (except the values of
+    :data:`ATOMIC_KEYS`), anything else replaced."""
     if isinstance(base, dict) and isinstance(overlay, dict):
         merged = dict(base)
         for key, value in overlay.items():
-            merged[key] = deep_merge(base[key], value) if key in base else value
+            merged[key] = deep_merge(base[key], value) if key in base and key not in ATOMIC_KEYS else value
         return merged
     return overlay
 

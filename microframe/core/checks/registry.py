@@ -21,6 +21,7 @@ class Tags:
     registry = "registry"
     client = "client"
     tracing = "tracing"
+    limiter = "limiter"
     logging = "logging"
 
 
