@@ -141,6 +141,8 @@ class RateLimitMiddleware:
             self._is_async = bool(self._per_key.get("-").is_async)
         self._wait_mode = config.mode == "wait"
         self._max_wait = config.max_wait
+        self._fast = self._limiter is not None and not self._is_async and not self._wait_mode
+        self._try_acquire = self._limiter.try_acquire if self._fast else None
 
     def limiter_for(self, ctx: RequestContext) -> Any:
         if self._limiter is not None:
@@ -148,7 +150,19 @@ class RateLimitMiddleware:
         assert self._per_key is not None and self._key_of is not None
         return self._per_key.get(self._key_of(ctx))
 
-    async def __call__(self, ctx: RequestContext, request: Any) -> Any:
+    def __call__(self, ctx: RequestContext, request: Any) -> Any:
+        # The common case (a local limiter, reject mode, one limit for the method) decides here
+        # and hands back the next handler's coroutine: no coroutine frame of its own per call.
+        if self._fast:
+            wait = self._try_acquire(1)
+            if wait:
+                self._rejected.inc()
+                raise _rejection(self.what, wait)
+            self._allowed.inc()
+            return self.next(ctx, request)
+        return self._call(ctx, request)
+
+    async def _call(self, ctx: RequestContext, request: Any) -> Any:
         limiter = self._limiter if self._limiter is not None else self.limiter_for(ctx)
         if self._wait_mode:
             budget = self._max_wait
