@@ -92,7 +92,7 @@ def svg() -> str:
     points = " ".join(point(i, v) for i, v in enumerate(offered))
     parts.append(f'<polyline points="{points}" fill="none" stroke="#999" stroke-dasharray="4 3" stroke-width="1.5"/>')
     legend = [("offered", "#999", "4 3")] + [(name, color, "") for name, _, color in series]
-    for name, (_, admitted), color in series:
+    for _, (_, admitted), color in series:
         points = " ".join(point(i, v) for i, v in enumerate(admitted))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
     for n, (name, color, dash) in enumerate(legend):

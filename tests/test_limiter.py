@@ -311,3 +311,74 @@ def test_redis_shared_limit_outage_and_recovery(limited, tmp_path):
             assert sample(server.metrics_text(), "microframe_limiter_redis_up") == 1
     finally:
         redis.stop()
+
+
+# -- adaptive shedding -----------------------------------------------------------------------------
+
+
+def test_bbr_rule_on_a_driven_clock(tmp_path):
+    from microframe.contrib.limiter.shedding import BBR, cgroup_cores
+
+    clock, cpu = Clock(), [0.9]
+    bbr = BBR(window=1.0, buckets=10, cpu_threshold=0.8, cool_off=1.0, cpu=lambda: cpu[0], clock=clock)
+    # 20 calls per 100 ms bucket, 10 ms each: the service holds 20 * 0.01 * 10 = 2 calls at once.
+    for _ in range(10):
+        for _ in range(20):
+            bbr.record(0.010)
+        clock.advance(0.1)
+    assert bbr.max_inflight() == pytest.approx(2.0)
+    bbr.inflight = 2
+    assert not bbr.should_drop()
+    bbr.inflight = 3
+    assert bbr.should_drop()  # CPU high and more in flight than it holds
+    cpu[0] = 0.5
+    assert bbr.should_drop()  # within the cool-off after a drop
+    clock.advance(1.1)
+    assert not bbr.should_drop()  # CPU low, cool-off over: nothing is shed
+    # The cgroup quota, v2 and v1.
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cores(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cores(tmp_path) is None
+
+
+def shed_run(address: str, in_flight: int, seconds: float, settle: float = 0.0) -> tuple[int, int, float]:
+    """``in_flight`` callers of burn:3 for ``seconds``: (OK, shed, p99 seconds of the OK ones
+    started after the first ``settle`` seconds)."""
+    latencies: list[float] = []
+    shed = 0
+    lock = threading.Lock()
+    begin = time.monotonic()
+    deadline = begin + seconds
+    with grpc.insecure_channel(address) as channel:
+        stub = hello_pb2_grpc.GreeterStub(channel)
+
+        def worker() -> None:
+            nonlocal shed
+            while time.monotonic() < deadline:
+                start = time.monotonic()
+                try:
+                    stub.SayHello(hello_pb2.HelloRequest(name="burn:3"), timeout=10)
+                    if start - begin >= settle:
+                        with lock:
+                            latencies.append(time.monotonic() - start)
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+                    assert "overloaded" in (err.details() or "")
+                    with lock:
+                        shed += 1
+                    time.sleep(0.05)  # a shed caller backs off, as clients do
+
+        with futures.ThreadPoolExecutor(in_flight) as pool:
+            for f in [pool.submit(worker) for _ in range(in_flight)]:
+                f.result()
+    latencies.sort()
+    return len(latencies), shed, latencies[int(len(latencies) * 0.99)] if latencies else 0.0
+
+
+def test_shedding_sheds_nothing_without_overload(limited):
+    shedding = {"ENABLED": True, "WINDOW": 2.0, "BUCKETS": 20, "CPU_INTERVAL": 0.1, "CPU_DECAY": 0.5}
+    server = limited({"ENABLED": False}, SHEDDING=shedding)
+    ok, shed, _ = shed_run(server.address, in_flight=1, seconds=2.0)
+    assert ok > 100 and shed == 0
+    assert sample(server.metrics_text(), "microframe_limiter_shed_total", 'grpc_method="SayHello"') == 0

@@ -33,6 +33,7 @@ def test_module_over_defaults(monkeypatch):
         "microframe.contrib.tracing.middleware.TracingMiddleware",
         "microframe.contrib.logging.middleware.AccessLogMiddleware",
         "microframe.contrib.limiter.middleware.RateLimitMiddleware",
+        "microframe.contrib.limiter.shedding.SheddingMiddleware",
     ]
     assert s.is_overridden("GRPC") and not s.is_overridden("MIDDLEWARE")
 

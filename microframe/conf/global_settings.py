@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "microframe.contrib.tracing.middleware.TracingMiddleware",
     "microframe.contrib.logging.middleware.AccessLogMiddleware",
     "microframe.contrib.limiter.middleware.RateLimitMiddleware",
+    "microframe.contrib.limiter.shedding.SheddingMiddleware",
 ]
 
 # Rate limiting of the calls served (microframe.contrib.limiter): a backend and its options, what
@@ -113,6 +114,23 @@ TRACING = {
     "OTLP": {"ENDPOINT": "127.0.0.1:4317", "HEADERS": {}, "INSECURE": True, "CA": None, "TIMEOUT": 10.0},
     # Tags of every span of the process (jaeger process tags, OpenTelemetry resource attributes).
     "TAGS": {},
+}
+
+# Adaptive load shedding (microframe.contrib.limiter.shedding, Kratos' BBR): while the process's
+# CPU use (of the cores its cgroup quota allows, at most one per worker) is at or above
+# CPU_THRESHOLD, calls finding more in flight than the last WINDOW seconds show the service can
+# hold are answered RESOURCE_EXHAUSTED; COOL_OFF seconds after a shed the test still applies.
+# CPU use is sampled every CPU_INTERVAL seconds and smoothed (EWMA, CPU_DECAY); CORES overrides
+# the cores it is measured against.
+SHEDDING = {
+    "ENABLED": False,
+    "CPU_THRESHOLD": 0.8,
+    "WINDOW": 10.0,
+    "BUCKETS": 100,
+    "COOL_OFF": 1.0,
+    "CPU_INTERVAL": 0.25,
+    "CPU_DECAY": 0.95,
+    "CORES": None,
 }
 
 # The client chain, outermost first (see microframe.client.middleware).

@@ -5,7 +5,7 @@ caller's address; ``relay:<svc>,<svc>...``: call the next service with the clien
 ``discover:<service>``: the addresses of that service's instances, found through the registry;
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
-the GREETING setting; ``fields``: two access-log fields added, the trace id answered; anything else: a greeting. ``delay_ms`` makes the call take that long.
+the GREETING setting; ``fields``: two access-log fields added, the trace id answered; ``burn:<ms>``: that much CPU work, in 1 ms slices with 2 ms waits between; anything else: a greeting. ``delay_ms`` makes the call take that long.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ async def say_hello(ctx, request: HelloRequest):
             ctx.span.set_tag("greeting.kind", "trace")
             ctx.span.log_kv({"event": "greeted", "name": name})
         return HelloReply(message=ctx.trace_id)
+    if name.startswith("burn:"):
+        # burn:<ms>: that much CPU work in 1 ms slices, each followed by 2 ms of waiting (as a
+        # handler computing between database calls does): concurrent calls share the CPU.
+        for _ in range(int(name[5:])):
+            until = time.perf_counter() + 0.001
+            while time.perf_counter() < until:
+                pass
+            await asyncio.sleep(0.002)
+        return HelloReply(message="burnt")
     if name == "fields":
         ctx.add_field("user_id", 42)
         ctx.add_field("cache", "hit")

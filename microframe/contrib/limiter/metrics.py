@@ -6,6 +6,7 @@
   deadline);
 - ``microframe_limiter_wait_seconds{grpc_service,grpc_method}``: how long admitted calls waited
   for their turn (``wait`` mode; 0 for the calls admitted at once);
+- ``microframe_limiter_shed_total{grpc_service,grpc_method}``: calls the load shedder refused;
 - ``microframe_limiter_redis_fallbacks_total``: decisions taken by the local bucket because Redis
   could not be reached;
 - ``microframe_limiter_redis_up``: 1 while Redis answers, 0 while the limiter falls back.
@@ -26,6 +27,7 @@ class LimiterMetrics(NamedTuple):
     allowed: Counter
     rejected: Counter
     wait_seconds: Histogram
+    shed: Counter
     redis_fallbacks: Counter
     redis_up: Gauge
 
@@ -48,6 +50,8 @@ def limiter_metrics() -> LimiterMetrics:
                     wait_seconds=Histogram("microframe_limiter_wait_seconds",
                                            "Seconds admitted calls waited for their turn.", LABELS,
                                            buckets=WAIT_BUCKETS, registry=REGISTRY),
+                    shed=Counter("microframe_limiter_shed", "Calls the load shedder refused (overload).",
+                                 LABELS, registry=REGISTRY),
                     redis_fallbacks=Counter("microframe_limiter_redis_fallbacks",
                                             "Limiter decisions taken locally because Redis could not be reached.",
                                             registry=REGISTRY),

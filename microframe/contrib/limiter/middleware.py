@@ -142,7 +142,7 @@ class RateLimitMiddleware:
         self._wait_mode = config.mode == "wait"
         self._max_wait = config.max_wait
         self._fast = self._limiter is not None and not self._is_async and not self._wait_mode
-        self._try_acquire = self._limiter.try_acquire if self._fast else None
+        self._try_acquire: Any = self._limiter.try_acquire if self._fast else None
 
     def limiter_for(self, ctx: RequestContext) -> Any:
         if self._limiter is not None:
