@@ -59,5 +59,4 @@ def limiter_metrics() -> LimiterMetrics:
                                    "1 while the Redis of the limiter answers, 0 while it falls back.",
                                    registry=REGISTRY, multiprocess_mode="min"),
                 )
-                _metrics.redis_up.set(1)
     return _metrics

@@ -99,6 +99,7 @@ class RedisLimiter:
         self._down = False
         self._clients: PerLoop[Any] = PerLoop(self._connect)
         self._metrics = limiter_metrics()
+        self._metrics.redis_up.set(1)
 
     def _connect(self) -> Any:
         try:
