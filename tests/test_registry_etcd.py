@@ -163,7 +163,8 @@ class Follower:
 
     async def stop(self) -> None:
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        done, _ = await asyncio.wait({self._task}, timeout=10)
+        assert done, "the watch task did not stop when cancelled"
 
 
 # One member -----------------------------------------------------------------------------------
@@ -318,9 +319,11 @@ async def test_cluster_member_killed_under_load_then_restarted(make_cluster, reg
     ops: list[tuple[float, bool]] = []  # (start time, succeeded) of each register+lookup+deregister
     losses = metric("lease_losses", backend="etcd", service="orders")
 
+    stop = asyncio.Event()
+
     async def load() -> None:
         n = 0
-        while True:
+        while not stop.is_set():
             n += 1
             inst = instance(f"load-{n}", port=8000 + n % 1000)
             started = time.monotonic()
@@ -377,8 +380,10 @@ async def test_cluster_member_killed_under_load_then_restarted(make_cluster, reg
         assert not [s for s, ok in ops if not ok and s > killed + FAILOVER]
         assert metric("lease_losses", backend="etcd", service="orders") == losses
     finally:
-        loader.cancel()
-        await asyncio.gather(loader, return_exceptions=True)
+        stop.set()  # the loader ends after its current operation (each is bounded)
+        done, _ = await asyncio.wait({loader}, timeout=30)
+        assert done, "the load task did not stop"
+        loader.result()  # an error of the load itself fails the test
         await follower.stop()
 
 

@@ -23,6 +23,7 @@ from microframe.contrib.registry.base import RegistryError
 from microframe.core.context import current_context
 from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
 from microframe.core.handlers import HANDLED_TRAILER
+from microframe.utils.timeouts import with_timeout
 
 ClientHandler = Callable[[ClientCall], Awaitable[Any]]
 
@@ -378,7 +379,7 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
                     f"{connect_timeout:g} s"
                 )
             try:
-                await asyncio.wait_for(channel.wait_for_state_change(state), left)
+                await with_timeout(channel.wait_for_state_change(state), left)
             except TimeoutError:
                 continue
             state = channel.get_state(try_to_connect=True)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from microframe.utils.timeouts import with_timeout
+
 logger = logging.getLogger("microframe.server")
 
 WORKER_ID_ENV = "MICROFRAME_WORKER_ID"
@@ -101,7 +103,7 @@ class Supervisor:
                 worker_id, proc.pid, code, backoff,
             )
             try:
-                await asyncio.wait_for(self._stopping.wait(), backoff)
+                await with_timeout(self._stopping.wait(), backoff)
                 return
             except TimeoutError:
                 backoff = min(backoff * 2, 10.0)
@@ -129,13 +131,13 @@ class Supervisor:
         if self.before_stop is not None:
             # Deregistration and the like come first, while every worker still serves.
             try:
-                await asyncio.wait_for(self.before_stop(), self.grace + 5)
+                await with_timeout(self.before_stop(), self.grace + 5)
             except Exception:
                 logger.exception("stopping: the supervisor's before_stop hook failed")
         logger.info("stopping %d workers", len(self.processes))
         self._signal_workers(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.gather(*tasks), self.grace + 5)
+            await with_timeout(asyncio.gather(*tasks), self.grace + 5)
         except TimeoutError:
             logger.error("workers still running after %.1f s: killing them", self.grace + 5)
             self._signal_workers(signal.SIGKILL)

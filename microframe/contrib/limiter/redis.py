@@ -31,6 +31,7 @@ from typing import Any
 from microframe.contrib.limiter.backends import TokenBucket, _positive
 from microframe.contrib.limiter.metrics import limiter_metrics
 from microframe.utils.loops import PerLoop
+from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.limiter")
 
@@ -130,7 +131,7 @@ class RedisLimiter:
             return None
         client, script = self._clients.get()
         try:
-            wait_us, taken = await asyncio.wait_for(
+            wait_us, taken = await with_timeout(
                 script(keys=[self.key], args=[self.rate, self.burst, count, min(max_wait, 3600.0)]),
                 self.timeout * 2,
             )

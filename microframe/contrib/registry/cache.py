@@ -34,6 +34,7 @@ from microframe.contrib.registry.metrics import registry_metrics
 from microframe.core.signals import setting_changed
 from microframe.utils.files import atomic_write_text
 from microframe.utils.loops import PerLoop
+from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.registry")
 
@@ -87,7 +88,7 @@ class DiscoveryCache:
         entry = self._entry(service)
         if not entry.ready.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(entry.ready.wait(), self.first_read_timeout)
+                await with_timeout(entry.ready.wait(), self.first_read_timeout)
         if not entry.known:
             raise RegistryUnavailable(
                 f"the instances of {service!r} are unknown: the registry did not answer and no "

@@ -20,6 +20,7 @@ from microframe.conf import settings
 from microframe.core.checks.messages import CheckMessage, Error, Info, Warning
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.utils.timeouts import with_timeout
 
 KNOWN_KEYS = {
     "BACKEND", "OPTIONS", "REGISTER", "ADVERTISE", "INSTANCE_ID", "WEIGHT", "METADATA",
@@ -143,7 +144,7 @@ def check_registry_deployment(**kwargs: Any) -> list[CheckMessage]:
                 pass
 
     try:
-        found = asyncio.run(asyncio.wait_for(look(), DEPLOY_TIMEOUT))
+        found = asyncio.run(with_timeout(look(), DEPLOY_TIMEOUT))
     except Exception as err:
         messages.append(Warning(
             f"The registry ({config.get('BACKEND')}) cannot be reached: {err or 'timed out'}",

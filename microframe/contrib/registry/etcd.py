@@ -47,6 +47,7 @@ from microframe.contrib.registry.base import RegistryError, RegistryUnavailable
 from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance, split_address
 from microframe.contrib.registry.metrics import registry_metrics
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.utils.timeouts import with_timeout
 
 __all__ = ["EtcdRegistry", "EtcdStatus"]
 
@@ -227,7 +228,7 @@ class _EtcdClient(aetcd.Client):  # type: ignore[misc]
             except ValueError:
                 pass
             try:
-                infos = await asyncio.wait_for(
+                infos = await with_timeout(
                     loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
                     max(0.01, deadline - loop.time()),
                 )
@@ -268,11 +269,11 @@ class _WatchStream:
             key=key, range_end=range_end, start_revision=start_revision
         )
         try:
-            await asyncio.wait_for(
+            await with_timeout(
                 self._call.write(etcdrpc.WatchRequest(create_request=request)), self._timeout
             )
             while True:
-                reply = await asyncio.wait_for(self._call.read(), self._timeout)
+                reply = await with_timeout(self._call.read(), self._timeout)
                 self._check(reply)
                 if reply.created:
                     return
@@ -592,7 +593,7 @@ class EtcdRegistry:
         client = self._client
         if client is not None and client.connected and registrations:
             results = await asyncio.gather(
-                *(asyncio.wait_for(self._withdraw(reg), self.timeout) for reg in registrations),
+                *(with_timeout(self._withdraw(reg), self.timeout) for reg in registrations),
                 return_exceptions=True,
             )
             failed = [r for r in results if isinstance(r, BaseException)]
@@ -606,7 +607,7 @@ class EtcdRegistry:
         self._closed = True
         if client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), self.timeout)
+                await with_timeout(client.close(), self.timeout)
 
     # Helpers ------------------------------------------------------------------------------
 
@@ -661,7 +662,7 @@ class EtcdRegistry:
         if client.connected:
             return client
         try:
-            await asyncio.wait_for(client.connect(), self.dial_timeout + 1)
+            await with_timeout(client.connect(), self.dial_timeout + 1)
         except asyncio.CancelledError:
             raise
         except _AuthenticationFailed as err:
@@ -689,7 +690,7 @@ class EtcdRegistry:
             client = await self._connect()
             metadata = client.metadata
             try:
-                return await asyncio.wait_for(call(client), self.timeout + 1)
+                return await with_timeout(call(client), self.timeout + 1)
             except asyncio.CancelledError:
                 if _being_cancelled() or not self._closed:
                     raise
@@ -706,7 +707,7 @@ class EtcdRegistry:
                 ):
                     reauthenticated = True
                     try:
-                        await asyncio.wait_for(client.reauthenticate(metadata), self.timeout + 1)
+                        await with_timeout(client.reauthenticate(metadata), self.timeout + 1)
                     except _AuthenticationFailed as auth_err:
                         self._metrics.errors.labels(BACKEND, operation).inc()
                         raise RegistryUnavailable(

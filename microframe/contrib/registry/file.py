@@ -40,6 +40,7 @@ from microframe.contrib.registry.base import RegistryUnavailable
 from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance
 from microframe.contrib.registry.metrics import registry_metrics
 from microframe.utils.files import atomic_write_text
+from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.registry")
 
@@ -210,7 +211,7 @@ class FileRegistry:
             while True:
                 young = asyncio.get_running_loop().time() - started < 1.0
                 try:
-                    await asyncio.wait_for(changed.wait(), 0.1 if young else self.heartbeat)
+                    await with_timeout(changed.wait(), 0.1 if young else self.heartbeat)
                 except TimeoutError:
                     pass
                 changed.clear()

@@ -19,6 +19,7 @@ from microframe.contrib.registry.base import Registry, RegistryError
 from microframe.contrib.registry.instance import ServiceInstance, split_address
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.signals import server_started, server_stopping
+from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.registry")
 
@@ -107,7 +108,7 @@ class Registration:
         """Register; when the registry is unreachable, log it and let the backend keep trying."""
         instance = self.instance
         try:
-            await asyncio.wait_for(self.registry.register(instance), self.timeout)
+            await with_timeout(self.registry.register(instance), self.timeout)
         except (RegistryError, TimeoutError) as err:
             logger.warning(
                 "registry: %s not registered yet in %s (%s); serving anyway, retrying in the background",
@@ -123,7 +124,7 @@ class Registration:
     async def stop(self) -> None:
         """Deregister at once (bounded by the timeout), then close the registry."""
         try:
-            await asyncio.wait_for(self.registry.deregister(self.instance), self.timeout)
+            await with_timeout(self.registry.deregister(self.instance), self.timeout)
             logger.info("registry: deregistered %s", self.instance.id)
         except (RegistryError, TimeoutError) as err:
             logger.warning(
@@ -131,7 +132,7 @@ class Registration:
                 self.instance.id, err or "timed out",
             )
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.registry.close(), self.timeout)
+            await with_timeout(self.registry.close(), self.timeout)
 
 
 async def wait_until_serving(address: str, timeout: float, *, health: bool = True) -> bool:
@@ -150,7 +151,7 @@ async def wait_until_serving(address: str, timeout: float, *, health: bool = Tru
         host, port = split_address(address)
         while loop.time() < deadline:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
+                _, writer = await with_timeout(asyncio.open_connection(host, port), 1)
             except (OSError, TimeoutError):
                 await asyncio.sleep(0.1)
                 continue

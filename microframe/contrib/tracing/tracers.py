@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.tracing")
 
@@ -194,7 +195,7 @@ class OpenTelemetryTracing(Tracing):
             self.provider.shutdown()
 
         try:
-            await asyncio.wait_for(asyncio.to_thread(shutdown), timeout + 1)
+            await with_timeout(asyncio.to_thread(shutdown), timeout + 1)
         except TimeoutError:
             logger.warning("tracing: the span exporter did not flush within %.1f s", timeout)
 

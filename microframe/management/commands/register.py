@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from microframe.management.base import BaseCommand, CommandError, CommandParser
+from microframe.utils.timeouts import with_timeout
 
 
 class Command(BaseCommand):
@@ -56,11 +57,11 @@ class Command(BaseCommand):
         timeout = options["timeout"]
         try:
             if options["list_service"] is not None:
-                await asyncio.wait_for(self._list(registry, options["list_service"], options["json"]), timeout)
+                await with_timeout(self._list(registry, options["list_service"], options["json"]), timeout)
             elif options["watch"]:
                 await self._watch(registry, options["watch"], timeout)
             elif options["deregister"]:
-                await asyncio.wait_for(self._deregister(registry, options), timeout)
+                await with_timeout(self._deregister(registry, options), timeout)
             else:
                 await self._register(registry, options, timeout)
         except RegistryError as err:
@@ -69,7 +70,7 @@ class Command(BaseCommand):
             raise CommandError(f"The registry did not answer within {timeout} s.") from None
         finally:
             try:
-                await asyncio.wait_for(registry.close(), timeout)
+                await with_timeout(registry.close(), timeout)
             except (RegistryError, TimeoutError):
                 pass
 
@@ -165,7 +166,7 @@ class Command(BaseCommand):
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await asyncio.wait_for(registry.register(instance), timeout)
+        await with_timeout(registry.register(instance), timeout)
         backend = getattr(registry, "backend_name", type(registry).__name__)
         self.stdout.write(
             f"Registered {instance.id} as {instance.name} at {instance.address} in {backend}; "
@@ -173,7 +174,7 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         await stop.wait()
-        await asyncio.wait_for(registry.deregister(instance), timeout)
+        await with_timeout(registry.deregister(instance), timeout)
         self.stdout.write(f"Deregistered {instance.id}.")
 
     @staticmethod
