@@ -63,6 +63,16 @@ async def say_hello(ctx, request: HelloRequest):
             ctx.span.set_tag("greeting.kind", "trace")
             ctx.span.log_kv({"event": "greeted", "name": name})
         return HelloReply(message=ctx.trace_id)
+    if name.startswith("burnthread:"):
+        # burnthread:<ms>: that much CPU work in a worker thread, awaited (as CPU-bound work
+        # should be run): the event loop stays free, the calls wait for a thread in the chain.
+        def burn() -> None:
+            until = time.perf_counter() + int(name[11:]) / 1000
+            while time.perf_counter() < until:
+                pass
+
+        await asyncio.to_thread(burn)
+        return HelloReply(message=f"{ctx.elapsed():.6f}")
     if name.startswith("burn:"):
         # burn:<ms>: that much CPU work in 1 ms slices, each followed by 2 ms of waiting (as a
         # handler computing between database calls does): concurrent calls share the CPU.
