@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from microframe.management.base import BaseCommand, CommandError, CommandParser
 
@@ -92,6 +92,11 @@ def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
 
 def generated_files(idl: Path) -> dict[Path, str]:
     """What ``generate/`` should hold: relative path -> content."""
+    return generate(idl)[0]
+
+
+def generate(idl: Path) -> tuple[dict[Path, str], list[ServiceInfo]]:
+    """What ``generate/`` should hold (relative path -> content), and the services declared."""
     with tempfile.TemporaryDirectory(prefix="microframe-genproto-") as tmp:
         out = Path(tmp)
         protos = compile_protos(idl, out)
@@ -107,13 +112,14 @@ def generated_files(idl: Path) -> dict[Path, str]:
                 text = fix_imports(text, path.parent)
                 files[path] = HEADER.format(source=f"idl/{proto.as_posix()}") + text
         files.update(typed_clients(out / DESCRIPTORS, protos))
+        services = services_of(out / DESCRIPTORS, protos)
         # Every directory of generated modules is a package.
         for directory in {Path(".")} | {p.parent for p in files}:
             for part in [directory, *directory.parents]:
                 init = part / "__init__.py"
                 if init not in files:
                     files[init] = ""
-        return files
+        return files, services
 
 
 def _module_of(proto_file: str) -> str:
@@ -209,6 +215,100 @@ def typed_clients(descriptor_set: Path, protos: list[Path]) -> dict[Path, str]:
     return files
 
 
+class ServiceInfo(NamedTuple):
+    proto: str  # "shop/orders.proto"
+    name: str  # "Orders"
+    methods: list[tuple[str, bool, bool]]  # (name, client streaming, server streaming)
+
+
+def services_of(descriptor_set: Path, protos: list[Path]) -> list[ServiceInfo]:
+    from google.protobuf import descriptor_pb2
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    ours = {p.as_posix() for p in protos}
+    return [
+        ServiceInfo(f.name, svc.name, [(m.name, m.client_streaming, m.server_streaming) for m in svc.method])
+        for f in fds.file if f.name in ours for svc in f.service
+    ]
+
+
+def snake(name: str) -> str:
+    """``SayHello`` -> ``say_hello``, ``GetHTTPStatus`` -> ``get_http_status``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def router_text(package: str, services: list[ServiceInfo]) -> str:
+    """``app/router.py``: every RPC of every service bound to ``controller/<service>.<rpc>``."""
+    modules = sorted({_module_of(s.proto) for s in services})
+    lines = [
+        HEADER.format(source="the protos of idl/").rstrip("\n"),
+        '"""The routes of the service: every RPC bound to its controller."""',
+        "",
+        "from microframe.core.router import rpc",
+        "",
+    ]
+    lines += [f"from {package}.controller import {c}" for c in sorted({snake(s.name) for s in services})]
+    for module in modules:
+        parent, _, name = module.rpartition(".")
+        lines.append(f"from {package}.generate{'.' + parent if parent else ''} import {name}")
+    lines.append("")
+    for s in services:
+        module = _module_of(s.proto).rpartition(".")[2]
+        lines.append(f'{s.name} = {module}.DESCRIPTOR.services_by_name["{s.name}"]')
+    lines += ["", "routes = ["]
+    for s in services:
+        for method, _, _ in s.methods:
+            lines.append(f'    rpc({s.name}, "{method}", {snake(s.name)}.{snake(method)}),')
+    lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def stub_text(service: ServiceInfo, method: str, client_streaming: bool, server_streaming: bool) -> str:
+    request = "requests" if client_streaming else "request"
+    kind = {(False, False): "unary", (False, True): "server streaming", (True, False): "client streaming",
+            (True, True): "bidirectional"}[(client_streaming, server_streaming)]
+    body = ['    raise Unimplemented("' + f'{service.name}.{method} is not implemented yet")']
+    if server_streaming:
+        body.append("    yield  # a server-streaming controller is an async generator")
+    return (
+        f"async def {snake(method)}(ctx, {request}):\n"
+        f'    """{service.name}.{method} ({kind}). Written by genproto as a stub: yours to edit."""\n'
+        + "\n".join(body) + "\n"
+    )
+
+
+def controller_plan(controllers: Path, services: list[ServiceInfo]) -> tuple[dict[Path, str], list[str]]:
+    """New contents of the controller modules that lack a function for an RPC (stubs appended,
+    nothing of the user's changed), and the functions of RPCs no longer in the protos."""
+    import ast
+
+    plans: dict[Path, str] = {}
+    orphans: list[str] = []
+    for service in services:
+        path = controllers / f"{snake(service.name)}.py"
+        existing = path.read_text(encoding="utf-8") if path.exists() else None
+        defined: set[str] = set()
+        if existing is not None:
+            tree = ast.parse(existing, filename=str(path))
+            defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        wanted = {snake(m): (m, cs, ss) for m, cs, ss in service.methods}
+        missing = [wanted[name] for name in wanted if name not in defined]
+        orphans += [f"{path.name}: {name}() (no RPC {service.name}.{name} in the protos any more)"
+                    for name in sorted(defined - set(wanted)) if not name.startswith("_")]
+        if not missing:
+            continue
+        stubs = "\n\n".join(stub_text(service, *m) for m in missing)
+        if existing is None:
+            text = (f'"""Controllers of {service.name} ({service.proto}): the business code of each RPC."""\n\n'
+                    "from microframe import Unimplemented\n\n\n" + stubs)
+        else:
+            text = existing.rstrip("\n") + "\n\n\n" + stubs
+            if "Unimplemented" not in existing:
+                text += "\n\nfrom microframe import Unimplemented  # noqa: E402  (added by genproto for the stubs)\n"
+        plans[path] = text
+    return plans, orphans
+
+
 class Command(BaseCommand):
     help = (
         "Compile the service's idl/**/*.proto into generate/ (messages, stubs, .pyi) with "
@@ -220,6 +320,11 @@ class Command(BaseCommand):
         parser.add_argument("--idl", help="Directory of the .proto files (default: <service root>/idl).")
         parser.add_argument("--out", help="Directory of the generated package (default: <service root>/generate).")
         parser.add_argument("--check", action="store_true", help="Write nothing; exit 1 when generate/ is stale.")
+        parser.add_argument(
+            "--package",
+            help="The service's Python package, for app/router.py and the controller stubs next to generate/ "
+                 "(default: the package of the settings module; none with --idl: the protos are only compiled).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         root = self._service_root() if not (options["idl"] and options["out"]) else Path(".")
@@ -228,15 +333,29 @@ class Command(BaseCommand):
         if not idl.is_dir():
             raise CommandError(f"No idl directory at {idl}.")
         idl, out = idl.resolve(), out.resolve()
-        wanted = generated_files(idl)
+        wanted, services = generate(idl)
+        package = options["package"] or (self._service_package() if not options["idl"] else None)
+        extra: dict[Path, str] = {}  # absolute path -> content, outside generate/
+        orphans: list[str] = []
+        if package and services:
+            root_dir = out.parent
+            extra[root_dir / "app" / "router.py"] = router_text(package, services)
+            for init in (root_dir / "app" / "__init__.py", root_dir / "controller" / "__init__.py"):
+                if not init.exists():
+                    extra[init] = ""
+            stubs, orphans = controller_plan(root_dir / "controller", services)
+            extra.update(stubs)
+        extra_stale = sorted(str(p) for p, text in extra.items() if not _same(p, text))
         stale = sorted(str(p) for p, text in wanted.items() if not _same(out / p, text))
         leftover = sorted(
             str(p.relative_to(out)) for p in out.rglob("*")
             if p.is_file() and p.name.endswith(SUFFIXES) and p.relative_to(out) not in wanted
         ) if out.is_dir() else []
+        for orphan in orphans:
+            self.stderr.write(f"genproto: a controller without its RPC (left as it is): {orphan}\n")
         if options["check"]:
-            if stale or leftover:
-                lines = [f"  out of date or missing: {p}" for p in stale] + [f"  no longer generated: {p}" for p in leftover]
+            if stale or leftover or extra_stale:
+                lines = [f"  out of date or missing: {p}" for p in stale + extra_stale] + [f"  no longer generated: {p}" for p in leftover]
                 self.stderr.write(f"{out} is stale; run genproto:\n" + "\n".join(lines) + "\n")
                 raise SystemExit(1)
             self.stdout.write(f"{out} is up to date ({len(wanted)} files).\n")
@@ -247,13 +366,23 @@ class Command(BaseCommand):
             target.write_text(wanted[Path(path)], encoding="utf-8")
         for path in leftover:
             (out / path).unlink()
+        for path in extra_stale:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(extra[Path(path)], encoding="utf-8")
         cache = out / "__pycache__"
         if stale and cache.is_dir():
             shutil.rmtree(cache, ignore_errors=True)
         self.stdout.write(
-            f"genproto: {len(stale)} file(s) written, {len(leftover)} removed, "
+            f"genproto: {len(stale) + len(extra_stale)} file(s) written, {len(leftover)} removed, "
             f"{len(wanted) - len(stale)} unchanged in {out}.\n"
         )
+
+    @staticmethod
+    def _service_package() -> str | None:
+        from microframe.conf import settings
+
+        module = getattr(settings, "SETTINGS_MODULE", None)
+        return module.rpartition(".")[0] or None if module else None
 
     @staticmethod
     def _service_root() -> Path:
