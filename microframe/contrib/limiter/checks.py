@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from microframe.conf import settings
-from microframe.core.checks.messages import CheckMessage, Error
+from microframe.core.checks.messages import CheckMessage, Error, unknown_keys
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 
@@ -51,11 +51,7 @@ def check_limiter_settings(**kwargs: Any) -> list[CheckMessage]:
     configured = getattr(settings, "LIMITER", None)
     if not isinstance(configured, dict):
         return [Error(f"LIMITER must be a dict, not {type(configured).__name__}.", hint=HINT, id="limiter.E001")]
-    errors: list[CheckMessage] = []
-    unknown = sorted(set(configured) - KNOWN_KEYS)
-    if unknown:
-        errors.append(Error(f"LIMITER has unknown keys: {', '.join(unknown)}.",
-                            hint=f"Known keys: {', '.join(sorted(KNOWN_KEYS))}.", id="limiter.E001"))
+    errors: list[CheckMessage] = unknown_keys("LIMITER", configured, KNOWN_KEYS, "limiter.E001")
     methods = configured.get("METHODS") or {}
     if not isinstance(methods, dict):
         return [*errors, Error('LIMITER["METHODS"] must be a dict of "/pkg.Service/Method" to a dict or None.',

@@ -14,10 +14,11 @@
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from microframe.utils.once import once
 
 LABELS = ("grpc_service", "grpc_method")
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -32,31 +33,23 @@ class LimiterMetrics(NamedTuple):
     redis_up: Gauge
 
 
-_lock = threading.Lock()
-_metrics: LimiterMetrics | None = None
-
-
+@once
 def limiter_metrics() -> LimiterMetrics:
     """Return the limiter metrics, creating them on the first call."""
-    global _metrics
-    if _metrics is None:
-        with _lock:
-            if _metrics is None:
-                _metrics = LimiterMetrics(
-                    allowed=Counter("microframe_limiter_allowed", "Calls the rate limiter let through.",
-                                    LABELS, registry=REGISTRY),
-                    rejected=Counter("microframe_limiter_rejected",
-                                     "Calls the rate limiter answered RESOURCE_EXHAUSTED.", LABELS, registry=REGISTRY),
-                    wait_seconds=Histogram("microframe_limiter_wait_seconds",
-                                           "Seconds admitted calls waited for their turn.", LABELS,
-                                           buckets=WAIT_BUCKETS, registry=REGISTRY),
-                    shed=Counter("microframe_limiter_shed", "Calls the load shedder refused (overload).",
-                                 LABELS, registry=REGISTRY),
-                    redis_fallbacks=Counter("microframe_limiter_redis_fallbacks",
-                                            "Limiter decisions taken locally because Redis could not be reached.",
-                                            registry=REGISTRY),
-                    redis_up=Gauge("microframe_limiter_redis_up",
-                                   "1 while the Redis of the limiter answers, 0 while it falls back.",
-                                   registry=REGISTRY, multiprocess_mode="min"),
-                )
-    return _metrics
+    return LimiterMetrics(
+        allowed=Counter("microframe_limiter_allowed", "Calls the rate limiter let through.",
+                        LABELS, registry=REGISTRY),
+        rejected=Counter("microframe_limiter_rejected",
+                         "Calls the rate limiter answered RESOURCE_EXHAUSTED.", LABELS, registry=REGISTRY),
+        wait_seconds=Histogram("microframe_limiter_wait_seconds",
+                               "Seconds admitted calls waited for their turn.", LABELS,
+                               buckets=WAIT_BUCKETS, registry=REGISTRY),
+        shed=Counter("microframe_limiter_shed", "Calls the load shedder refused (overload).",
+                     LABELS, registry=REGISTRY),
+        redis_fallbacks=Counter("microframe_limiter_redis_fallbacks",
+                                "Limiter decisions taken locally because Redis could not be reached.",
+                                registry=REGISTRY),
+        redis_up=Gauge("microframe_limiter_redis_up",
+                       "1 while the Redis of the limiter answers, 0 while it falls back.",
+                       registry=REGISTRY, multiprocess_mode="min"),
+    )

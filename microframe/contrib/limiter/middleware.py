@@ -42,8 +42,8 @@ DEADLINE_MARGIN = 0.01
 #: Distinct peers or metadata values a limiter keeps a bucket for (the least recent are dropped).
 MAX_KEYS = 10000
 
-_shared_lock = threading.Lock()
-_shared: dict[tuple[Any, ...], Any] = {}
+_limiters_lock = threading.Lock()
+_limiters: dict[tuple[Any, ...], Any] = {}
 
 
 def _build(config: LimitConfig, scope: str) -> Any:
@@ -61,16 +61,21 @@ def _build(config: LimitConfig, scope: str) -> Any:
     return factory(**options)
 
 
+def _shared(key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """The process's one limiter under ``key``, made by ``make()`` on first use."""
+    limiter = _limiters.get(key)
+    if limiter is None:
+        with _limiters_lock:
+            limiter = _limiters.get(key)
+            if limiter is None:
+                limiter = _limiters[key] = make()
+    return limiter
+
+
 def shared_limiter(config: LimitConfig, scope: str) -> Any:
     """The process's one backend for ``config`` and ``scope`` (built on first use)."""
     key = (config.backend, tuple(sorted((k, repr(v)) for k, v in config.options.items())), scope)
-    limiter = _shared.get(key)
-    if limiter is None:
-        with _shared_lock:
-            limiter = _shared.get(key)
-            if limiter is None:
-                limiter = _shared[key] = _build(config, scope)
-    return limiter
+    return _shared(key, lambda: _build(config, scope))
 
 
 class _PerKey:
@@ -197,12 +202,10 @@ class ClientRateLimitMiddleware:
 
         self.next = next
         self.what = f"{options.limit_qps:g} calls per second to {client.service}"
-        key = ("client", client.service, options.limit_qps, options.limit_burst)
-        with _shared_lock:
-            limiter = _shared.get(key)
-            if limiter is None:
-                limiter = _shared[key] = TokenBucket(options.limit_qps, options.limit_burst)
-        self.limiter = limiter
+        self.limiter = _shared(
+            ("client", client.service, options.limit_qps, options.limit_burst),
+            lambda: TokenBucket(options.limit_qps, options.limit_burst),
+        )
         self.max_wait = options.limit_wait
         service, _, name = method.lstrip("/").rpartition("/")
         metrics = limiter_metrics()

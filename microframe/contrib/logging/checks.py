@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from microframe.conf import global_settings, settings
-from microframe.core.checks.messages import CheckMessage, Error, Warning
+from microframe.core.checks.messages import CheckMessage, Error, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 
 LOG_KEYS = set(global_settings.LOG)
@@ -35,10 +35,7 @@ def check_logging_settings(**kwargs: Any) -> list[CheckMessage]:
     if not isinstance(log, dict):
         return [Error(f"LOG must be a dict, not {type(log).__name__}.", hint=hint, id="logging.E001")]
     errors: list[CheckMessage] = []
-    unknown = sorted(set(log) - LOG_KEYS)
-    if unknown:
-        errors.append(Error(f"LOG has unknown keys: {', '.join(unknown)}.",
-                            hint=f"Known keys: {', '.join(sorted(LOG_KEYS))}.", id="logging.E001"))
+    errors.extend(unknown_keys("LOG", log, LOG_KEYS, "logging.E001"))
     level = log.get("LEVEL", "INFO")
     if not isinstance(logging.getLevelName(level) if isinstance(level, str) else level, int):
         errors.append(Error(f'LOG["LEVEL"] {level!r} is not a logging level.',
@@ -68,10 +65,7 @@ def check_logging_settings(**kwargs: Any) -> list[CheckMessage]:
     if not isinstance(access, dict):
         errors.append(Error(f"ACCESS_LOG must be a dict, not {type(access).__name__}.", id="logging.E002"))
         return errors
-    unknown = sorted(set(access) - ACCESS_KEYS)
-    if unknown:
-        errors.append(Error(f"ACCESS_LOG has unknown keys: {', '.join(unknown)}.",
-                            hint=f"Known keys: {', '.join(sorted(ACCESS_KEYS))}.", id="logging.E002"))
+    errors.extend(unknown_keys("ACCESS_LOG", access, ACCESS_KEYS, "logging.E002"))
     metadata = access.get("METADATA", False)
     if not isinstance(metadata, bool | list | tuple):
         errors.append(Error(f'ACCESS_LOG["METADATA"] must be True, False or a list of keys, not {metadata!r}.',

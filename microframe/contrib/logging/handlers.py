@@ -50,25 +50,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from microframe.utils.once import once
+
 _formatter = logging.Formatter()
-_metric_lock = threading.Lock()
-_dropped_metric: Any = None
 
 
+@once
 def dropped_counter() -> Any:
     """``microframe_log_dropped_total``: log records dropped because the writer fell behind."""
-    global _dropped_metric
-    if _dropped_metric is None:
-        with _metric_lock:
-            if _dropped_metric is None:
-                from prometheus_client import REGISTRY, Counter
+    from prometheus_client import REGISTRY, Counter
 
-                _dropped_metric = Counter(
-                    "microframe_log_dropped",
-                    "Log records dropped because the log writer could not keep up (queue full).",
-                    registry=REGISTRY,
-                )
-    return _dropped_metric
+    return Counter(
+        "microframe_log_dropped",
+        "Log records dropped because the log writer could not keep up (queue full).",
+        registry=REGISTRY,
+    )
 
 
 def _handler_by_name(name: str) -> logging.Handler | None:

@@ -17,7 +17,7 @@ import asyncio
 from typing import Any
 
 from microframe.conf import settings
-from microframe.core.checks.messages import CheckMessage, Error, Info, Warning
+from microframe.core.checks.messages import CheckMessage, Error, Info, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.utils.timeouts import with_timeout
@@ -93,13 +93,7 @@ def check_registry_settings(**kwargs: Any) -> list[CheckMessage]:
                 hint=f"See the options {backend.rsplit('.', 1)[-1]} accepts in the registry docs.",
                 id="registry.E002",
             ))
-    unknown = sorted(set(config) - KNOWN_KEYS)
-    if unknown:
-        errors.append(Error(
-            f"REGISTRY has unknown keys: {', '.join(unknown)}.",
-            hint=f"Known keys: {', '.join(sorted(KNOWN_KEYS))}.",
-            id="registry.E003",
-        ))
+    errors.extend(unknown_keys("REGISTRY", config, KNOWN_KEYS, "registry.E003"))
     try:
         _planned_instance()
     except (ImproperlyConfigured, TypeError, ValueError) as err:

@@ -15,10 +15,11 @@
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
 from prometheus_client import REGISTRY, Counter, Gauge
+
+from microframe.utils.once import once
 
 
 class RegistryMetrics(NamedTuple):
@@ -31,63 +32,55 @@ class RegistryMetrics(NamedTuple):
     stale_seconds: Gauge
 
 
-_lock = threading.Lock()
-_metrics: RegistryMetrics | None = None
-
-
+@once
 def registry_metrics() -> RegistryMetrics:
     """Return the registry metrics, creating them on the first call."""
-    global _metrics
-    if _metrics is None:
-        with _lock:
-            if _metrics is None:
-                _metrics = RegistryMetrics(
-                    registrations=Counter(
-                        "microframe_registry_registrations",
-                        "Instances registered (first registrations and re-registrations).",
-                        ("backend", "service"),
-                        registry=REGISTRY,
-                    ),
-                    lease_losses=Counter(
-                        "microframe_registry_lease_losses",
-                        "Registrations the registry lost and that were made again.",
-                        ("backend", "service"),
-                        registry=REGISTRY,
-                    ),
-                    watch_restarts=Counter(
-                        "microframe_registry_watch_restarts",
-                        "Watches re-established after they broke.",
-                        ("backend", "service"),
-                        registry=REGISTRY,
-                    ),
-                    errors=Counter(
-                        "microframe_registry_errors",
-                        "Failed registry operations.",
-                        ("backend", "operation"),
-                        registry=REGISTRY,
-                    ),
-                    instances=Gauge(
-                        "microframe_discovery_instances",
-                        "Instances of a service known to this process.",
-                        ("service",),
-                        registry=REGISTRY,
-                        multiprocess_mode="max",
-                    ),
-                    stale=Gauge(
-                        "microframe_discovery_stale",
-                        "1 while the instances of a service are the last known ones "
-                        "(registry unreachable), else 0.",
-                        ("service",),
-                        registry=REGISTRY,
-                        multiprocess_mode="max",
-                    ),
-                    stale_seconds=Gauge(
-                        "microframe_discovery_stale_seconds",
-                        "Seconds since the instances of a service stopped being confirmed by the "
-                        "registry (0 when fresh).",
-                        ("service",),
-                        registry=REGISTRY,
-                        multiprocess_mode="max",
-                    ),
-                )
-    return _metrics
+    return RegistryMetrics(
+        registrations=Counter(
+            "microframe_registry_registrations",
+            "Instances registered (first registrations and re-registrations).",
+            ("backend", "service"),
+            registry=REGISTRY,
+        ),
+        lease_losses=Counter(
+            "microframe_registry_lease_losses",
+            "Registrations the registry lost and that were made again.",
+            ("backend", "service"),
+            registry=REGISTRY,
+        ),
+        watch_restarts=Counter(
+            "microframe_registry_watch_restarts",
+            "Watches re-established after they broke.",
+            ("backend", "service"),
+            registry=REGISTRY,
+        ),
+        errors=Counter(
+            "microframe_registry_errors",
+            "Failed registry operations.",
+            ("backend", "operation"),
+            registry=REGISTRY,
+        ),
+        instances=Gauge(
+            "microframe_discovery_instances",
+            "Instances of a service known to this process.",
+            ("service",),
+            registry=REGISTRY,
+            multiprocess_mode="max",
+        ),
+        stale=Gauge(
+            "microframe_discovery_stale",
+            "1 while the instances of a service are the last known ones "
+            "(registry unreachable), else 0.",
+            ("service",),
+            registry=REGISTRY,
+            multiprocess_mode="max",
+        ),
+        stale_seconds=Gauge(
+            "microframe_discovery_stale_seconds",
+            "Seconds since the instances of a service stopped being confirmed by the "
+            "registry (0 when fresh).",
+            ("service",),
+            registry=REGISTRY,
+            multiprocess_mode="max",
+        ),
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from microframe.conf import global_settings, settings
-from microframe.core.checks.messages import CheckMessage, Error, Warning
+from microframe.core.checks.messages import CheckMessage, Error, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 
@@ -29,10 +29,7 @@ def check_tracing_settings(**kwargs: Any) -> list[CheckMessage]:
         return [Error(f"TRACING must be a dict, not {type(config).__name__}.",
                       hint='TRACING = {"ENABLED": True, "BACKEND": "jaeger"}', id="tracing.E001")]
     errors: list[CheckMessage] = []
-    unknown = sorted(set(config) - KNOWN_KEYS)
-    if unknown:
-        errors.append(Error(f"TRACING has unknown keys: {', '.join(unknown)}.",
-                            hint=f"Known keys: {', '.join(sorted(KNOWN_KEYS))}.", id="tracing.E001"))
+    errors.extend(unknown_keys("TRACING", config, KNOWN_KEYS, "tracing.E001"))
     backend = config.get("BACKEND", "jaeger")
     if backend not in BACKENDS and not (isinstance(backend, str) and "." in backend):
         errors.append(Error(f'TRACING["BACKEND"] {backend!r} is not a tracing backend.',

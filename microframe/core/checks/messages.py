@@ -104,3 +104,13 @@ class Critical(CheckMessage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(CRITICAL, *args, **kwargs)
+
+
+def unknown_keys(setting: str, config: dict, known: set[str] | frozenset[str], check_id: str) -> list[CheckMessage]:
+    """An error naming the keys of the ``setting`` dict ``config`` that are not in ``known``
+    (none when there are none): a misspelt key would otherwise be ignored in silence."""
+    unknown = sorted(str(k) for k in set(config) - set(known))
+    if not unknown:
+        return []
+    return [Error(f"{setting} has unknown keys: {', '.join(unknown)}.",
+                  hint=f"Known keys: {', '.join(sorted(known))}.", id=check_id)]

@@ -90,11 +90,6 @@ def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
     return protos
 
 
-def generated_files(idl: Path) -> dict[Path, str]:
-    """What ``generate/`` should hold: relative path -> content."""
-    return generate(idl)[0]
-
-
 def generate(idl: Path) -> tuple[dict[Path, str], list[ServiceInfo]]:
     """What ``generate/`` should hold (relative path -> content), and the services declared."""
     with tempfile.TemporaryDirectory(prefix="microframe-genproto-") as tmp:
