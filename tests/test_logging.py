@@ -7,6 +7,8 @@ import json
 import logging
 import logging.config
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -18,7 +20,7 @@ from microframe.contrib.logging.config import configure_logging, default_logging
 from microframe.contrib.logging.formatters import JsonFormatter
 from microframe.contrib.logging.handlers import QueueHandler, dropped_counter
 
-from conftest import ROOT, ServerProcess, service_settings
+from conftest import ROOT, ServerProcess, base_env, service_settings
 from example.generate import hello_pb2, hello_pb2_grpc
 
 METHOD = "/helloworld.Greeter/SayHello"
@@ -259,3 +261,18 @@ def test_workers_write_a_file_each(logged):
         if "microframe.access" in line
     }
     assert logged_pids == pids
+
+
+def test_an_unwritable_log_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    (tmp_path / "badlog_settings.py").write_text(
+        f"from testservice.settings import *\nLOG = {{'DIR': {str(blocker / 'logs')!r}}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "runserver", "127.0.0.1:0", "--noreload", "--settings", "badlog_settings"],
+        cwd=ROOT, env=base_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert 'LOG["DIR"]: the log directory' in result.stderr and "Traceback" not in result.stderr, result.stderr

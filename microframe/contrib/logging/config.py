@@ -69,7 +69,15 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
     targets = ["console"]
     path = log_file_path(options, service_name, service_root)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            from microframe.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f'LOG["DIR"]: the log directory {path.parent} cannot be created ({err.strerror}); '
+                'point it at a writable directory, or None for the console only.'
+            ) from None
         if options["ROTATE_WHEN"]:
             handlers["file"] = {
                 "class": "microframe.contrib.logging.handlers.TimedRotatingFileHandler",
