@@ -116,20 +116,27 @@ class ServerProcess:
         workers: int = 1,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        manage: Path = ROOT / "manage.py",
+        reload: bool = False,
+        full_env: dict[str, str] | None = None,
     ) -> None:
+        """``manage``: the service's manage.py (run from its directory); ``reload``: keep the
+        autoreloader of a DEBUG service; ``full_env``: the environment as it is, instead of
+        :func:`base_env` with ``env``."""
         self.port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"server-{self.port}.log"
         args = [
             sys.executable,
-            str(ROOT / "manage.py"),
+            str(manage),
             "runserver",
             self.address,
-            "--noreload",
             "--metrics-port",
             str(self.metrics_port),
         ]
+        if not reload:
+            args.append("--noreload")
         if settings:
             args += ["--settings", settings]
         if workers != 1:
@@ -137,7 +144,8 @@ class ServerProcess:
         args += list(extra_args)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=base_env(**(env or {})), stdout=self._log, stderr=subprocess.STDOUT,
+            args, cwd=manage.parent, env=full_env if full_env is not None else base_env(**(env or {})),
+            stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill() takes its workers too
         )
 

@@ -18,7 +18,7 @@ answers its own caller with the same code.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from microframe.client.balancers import Balancer, make_balancer
@@ -44,9 +44,28 @@ def _middleware_setting() -> list[Any]:
 
 
 class Client:
-    """A client of the service registered as ``service`` (options: see ``ClientOptions``)."""
+    """A client of the service registered as ``service`` (options: see ``ClientOptions``).
 
-    def __init__(self, service: str, *, middleware: list[Any] | None = None, discovery: Any = None, **options: Any) -> None:
+    ``address`` (``"host:port"`` or a list of them) skips the registry: the calls go to those
+    addresses, still through the whole chain. ``discovery`` replaces the event loop's discovery
+    cache with any object that has ``async instances(service)`` and ``subscribe(service, fn)``.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        middleware: list[Any] | None = None,
+        discovery: Any = None,
+        address: str | Sequence[str] | None = None,
+        **options: Any,
+    ) -> None:
+        if address is not None:
+            if discovery is not None:
+                raise ValueError("give either address or discovery, not both")
+            from microframe.client.direct import DirectDiscovery
+
+            discovery = DirectDiscovery(address)
         self.service = service
         self.options = ClientOptions.resolve(service, **options)
         self.balancer: Balancer = make_balancer(self.options.balancer)

@@ -1,0 +1,330 @@
+"""``call SERVICE.Method [JSON]``: call any RPC by name, with protobuf JSON in and out.
+
+::
+
+    python manage.py call helloworld.Greeter/SayHello '{"name": "Ada"}'
+    python manage.py call orders.Orders.Get '{"id": 1}' --service orders --timeout 0.5
+    python manage.py call helloworld.Greeter/LotsOfGreetings '[{"name": "a"}, {"name": "b"}]'
+    microframe-admin call helloworld.Greeter/SayHello --address 10.0.0.5:50051 --reflection
+
+The method is ``package.Service/Method`` (``package.Service.Method``, or ``Service/Method`` when
+the name is unique, are accepted too). Its descriptors come from the service's generated code
+(every ``*_pb2`` module of ``generate/``, plus the health service), or, with ``--reflection``,
+from the server's reflection service.
+
+The call goes through the client library: discovery and the client chain (deadline, metrics,
+breaker, balancer, retry) under the registry name given by ``--service`` (default: this
+service's ``SERVICE_NAME`` when its router serves the method, else the proto package), or
+straight to ``--address HOST:PORT``. The request is one JSON object, or a JSON array of them for a
+client-streaming method; ``-`` reads it from stdin and ``@file`` from a file. Every reply is
+printed as protobuf JSON as it arrives. A failed call prints ``ERROR: <CODE>: <message>`` on
+stderr and exits with 64 + the numeric status code (as grpcurl does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from microframe.core.exceptions import ImproperlyConfigured, RpcError
+from microframe.management.base import BaseCommand, CommandError, CommandParser
+
+#: Exit status of a call answered with status code ``c``: ``EXIT_BASE + c.value[0]``.
+EXIT_BASE = 64
+
+
+def parse_method(target: str) -> tuple[str, str]:
+    """Split ``pkg.Service/Method``, ``/pkg.Service/Method`` or ``pkg.Service.Method``."""
+    text = target.strip().lstrip("/")
+    if "/" in text:
+        service, _, method = text.partition("/")
+    else:
+        service, _, method = text.rpartition(".")
+    if not service or not method or "/" in method:
+        raise CommandError(
+            f"{target!r} is not a method: write package.Service/Method (or package.Service.Method)."
+        )
+    return service, method
+
+
+def parse_metadata(pairs: list[str]) -> list[tuple[str, Any]]:
+    """``k=v`` pairs as gRPC metadata (keys lower case; ``-bin`` values base64-decoded)."""
+    metadata: list[tuple[str, Any]] = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise CommandError(f"--metadata {pair!r} is not key=value.")
+        if key.endswith("-bin"):
+            try:
+                metadata.append((key, base64.b64decode(value, validate=True)))
+            except ValueError:
+                raise CommandError(f"--metadata {key}: a -bin value must be base64.") from None
+        else:
+            metadata.append((key, value))
+    return metadata
+
+
+def read_request(text: str | None) -> Any:
+    """The request(s) as JSON values: ``text``, stdin for ``-``, a file for ``@path``."""
+    if text is None:
+        return {}
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as err:
+            raise CommandError(f"Cannot read the request from {text[1:]}: {err.strerror}.") from None
+    try:
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as err:
+        raise CommandError(f"The request is not JSON: {err}.") from None
+
+
+class LocalService:
+    """What the current service knows: its package, the proto services its router serves and
+    every service its generated code defines (their descriptors in the default pool)."""
+
+    def __init__(self) -> None:
+        from google.protobuf import descriptor_pool
+        from grpc_health.v1 import health_pb2  # noqa: F401 - registers grpc.health.v1.Health
+
+        from microframe.conf import ENVIRONMENT_VARIABLE, settings
+
+        self.pool = descriptor_pool.Default()
+        self.package: str | None = None
+        self.served: set[str] = set()
+        self.services: set[str] = {"grpc.health.v1.Health"}
+        if not settings.configured and not os.environ.get(ENVIRONMENT_VARIABLE):
+            settings.configure()  # outside a service (microframe-admin): the defaults
+            return
+        module = getattr(settings, "SETTINGS_MODULE", None) or ""
+        self.package = module.rpartition(".")[0] or None
+        root = Path(settings.SERVICE_ROOT)
+        modules = []
+        if self.package and (root / "generate").is_dir():
+            for path in sorted((root / "generate").rglob("*_pb2.py")):
+                parts = path.relative_to(root).with_suffix("").parts
+                modules.append(importlib.import_module(".".join((self.package, *parts))))
+        for generated in modules:
+            self.services.update(s.full_name for s in generated.DESCRIPTOR.services_by_name.values())
+        if getattr(settings, "ROOT_ROUTER", None):
+            from microframe.core.router import load_routes
+
+            # The router imports the descriptors of what it serves, wherever they are generated.
+            self.served = {route.service for route in load_routes(settings.ROOT_ROUTER)}
+            self.services |= self.served
+
+    def registry_name(self, full_service: str) -> str:
+        """This service's SERVICE_NAME when its router serves ``full_service``, else the proto
+        package (``orders`` for ``orders.Orders``), else the service's name in lower case."""
+        if full_service in self.served:
+            from microframe.conf import settings
+
+            return str(settings.SERVICE_NAME)
+        proto_package, _, name = full_service.rpartition(".")
+        return proto_package or name.lower()
+
+
+def reflection_pool(address: str, connect_timeout: float) -> tuple[Any, Any]:
+    """A descriptor pool fed by the server's reflection service, and its database (the server
+    must answer within ``connect_timeout`` seconds)."""
+    import grpc
+    from google.protobuf import descriptor_pool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        raise CommandError(f"Reflection: {address} did not answer within {connect_timeout:g} s.") from None
+    database = ProtoReflectionDescriptorDatabase(channel)
+    return descriptor_pool.DescriptorPool(database), database
+
+
+def find_service(pool: Any, name: str, known: list[str]) -> Any:
+    """The service descriptor ``name`` (fully qualified, or a unique short name among ``known``)."""
+    try:
+        return pool.FindServiceByName(name)
+    except KeyError:
+        pass
+    matches = [full for full in known if full.rpartition(".")[2] == name]
+    if len(matches) == 1:
+        return pool.FindServiceByName(matches[0])
+    listed = ", ".join(sorted(known)) or "none"
+    if len(matches) > 1:
+        raise CommandError(f"{name!r} is ambiguous: write one of {', '.join(sorted(matches))}.")
+    raise CommandError(
+        f"Unknown service {name!r}. Known services: {listed}. Call from the directory of the "
+        "service that defines it (python manage.py call), or ask the server with --reflection."
+    )
+
+
+class Command(BaseCommand):
+    help = (
+        "Call an RPC by name (package.Service/Method) with a protobuf JSON request, through "
+        "discovery and the client chain or straight to --address; print the replies as JSON."
+    )
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("method", help="package.Service/Method (or package.Service.Method).")
+        parser.add_argument(
+            "request", nargs="?",
+            help="The request as protobuf JSON (default {}); a JSON array streams several to a "
+                 "client-streaming method; - reads stdin, @FILE a file.",
+        )
+        parser.add_argument("--address", help="HOST:PORT to call, instead of discovering the service.")
+        parser.add_argument(
+            "--service",
+            help="The registry name to discover (default: SERVICE_NAME when this service serves "
+                 "the method, else the proto package).",
+        )
+        parser.add_argument("--timeout", type=float, help="Deadline of the call, in seconds.")
+        parser.add_argument(
+            "--metadata", "-H", action="append", default=[], metavar="KEY=VALUE",
+            help="Request metadata (repeat for more); a -bin key takes base64.",
+        )
+        parser.add_argument(
+            "--reflection", action="store_true",
+            help="Read the method's descriptors from the server's reflection service instead of "
+                 "the local generated code.",
+        )
+        parser.add_argument(
+            "--emit-defaults", action="store_true", help="Print fields that hold their default value."
+        )
+        parser.add_argument("--compact", action="store_true", help="One line of JSON per reply.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        service_name, method_name = parse_method(options["method"])
+        metadata = parse_metadata(options["metadata"])
+        request_json = read_request(options["request"])
+        if options["timeout"] is not None and options["timeout"] <= 0:
+            raise CommandError("--timeout must be a positive number of seconds.")
+        if options["address"]:
+            from microframe.contrib.registry.instance import InvalidInstance, split_address
+
+            try:
+                split_address(options["address"])
+            except InvalidInstance as err:
+                raise CommandError(f"--address: {err}.") from None
+        code = asyncio.run(self._call(service_name, method_name, request_json, metadata, options))
+        if code:
+            sys.exit(code)
+
+    async def _call(
+        self, service_name: str, method_name: str, request_json: Any,
+        metadata: list[tuple[str, Any]], options: dict[str, Any],
+    ) -> int:
+        from microframe.client import Client
+
+        address: str | None = options["address"]
+        local = LocalService()
+        registry_name = options["service"]
+        if options["reflection"]:
+            if address is None:
+                registry_name = registry_name or local.registry_name(service_name)
+                address = await _discover_one(registry_name)
+            pool, database = await asyncio.to_thread(reflection_pool, address, options["timeout"] or 10.0)
+            try:
+                known = await asyncio.to_thread(database.get_services)
+            except Exception as err:  # grpc.RpcError: the server has no reflection, or is down
+                raise CommandError(f"Reflection on {address} failed: {_describe(err)}") from None
+            service = await asyncio.to_thread(find_service, pool, service_name, list(known))
+        else:
+            service = find_service(local.pool, service_name, sorted(local.services))
+        method = service.methods_by_name.get(method_name)
+        if method is None:
+            raise CommandError(
+                f"{service.full_name} has no method {method_name!r}; its methods: "
+                f"{', '.join(service.methods_by_name)}."
+            )
+        registry_name = registry_name or local.registry_name(service.full_name)
+        request_class, reply_class = _message_class(method.input_type), _message_class(method.output_type)
+        requests = _requests(request_json, request_class, method.client_streaming)
+        client = Client(registry_name, address=address) if address else Client(registry_name)
+        path = f"/{service.full_name}/{method.name}"
+        call_options = {"timeout": options["timeout"], "metadata": metadata}
+        try:
+            if method.client_streaming and method.server_streaming:
+                async for reply in client.stream_stream(path, requests, reply_class, **call_options):
+                    self._print(reply, options)
+            elif method.client_streaming:
+                self._print(await client.stream_unary(path, requests, reply_class, **call_options), options)
+            elif method.server_streaming:
+                async for reply in client.unary_stream(path, requests[0], reply_class, **call_options):
+                    self._print(reply, options)
+            else:
+                self._print(await client.unary(path, requests[0], reply_class, **call_options), options)
+        except RpcError as err:
+            self.stderr.write(f"ERROR: {err.code.name}: {err.message}")
+            return EXIT_BASE + err.code.value[0]
+        return 0
+
+    def _print(self, reply: Any, options: dict[str, Any]) -> None:
+        from google.protobuf import json_format
+
+        text = json_format.MessageToJson(
+            reply,
+            indent=None if options["compact"] else 2,
+            always_print_fields_with_no_presence=options["emit_defaults"],
+        )
+        self.stdout.write(text)
+        self.stdout.flush()
+
+
+def _message_class(descriptor: Any) -> Any:
+    from google.protobuf import message_factory
+
+    return message_factory.GetMessageClass(descriptor)
+
+
+def _requests(value: Any, request_class: Any, streaming: bool) -> list[Any]:
+    """The JSON value as request messages: one object, or a list of them when ``streaming``."""
+    from google.protobuf import json_format
+
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not streaming:
+        raise CommandError("This method takes one request: give a JSON object, not an array.")
+    messages = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise CommandError(f"Request {i + 1} is not a JSON object: {json.dumps(item)[:80]}.")
+        try:
+            messages.append(json_format.ParseDict(item, request_class()))
+        except json_format.ParseError as err:
+            where = f"request {i + 1}" if len(items) > 1 else "the request"
+            raise CommandError(f"{where} is not a valid {request_class.DESCRIPTOR.full_name}: {err}") from None
+    return messages
+
+
+async def _discover_one(registry_name: str) -> str:
+    """The address of one instance of ``registry_name``, from discovery."""
+    from microframe.contrib.registry import RegistryError
+    from microframe.contrib.registry.cache import get_discovery_cache
+
+    try:
+        instances = await get_discovery_cache().instances(registry_name)
+    except (RegistryError, ImproperlyConfigured) as err:
+        raise CommandError(f"Cannot discover {registry_name!r}: {err}. Give --address.") from None
+    if not instances:
+        raise CommandError(f"No instance of {registry_name!r} is registered: name it with --service or give --address.")
+    return str(instances[0].address)
+
+
+def _describe(err: BaseException) -> str:
+    code = getattr(err, "code", None)
+    details = getattr(err, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return str(err)

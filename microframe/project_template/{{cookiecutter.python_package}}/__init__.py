@@ -1,0 +1,1 @@
+"""The {{ cookiecutter.service_name }} service."""

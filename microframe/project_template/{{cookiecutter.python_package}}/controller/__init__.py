@@ -1,0 +1,1 @@
+"""The business code: one module per service of idl/, one function per RPC."""

@@ -1,0 +1,1 @@
+"""The service's data: storage access and domain types, used by the controllers."""

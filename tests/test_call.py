@@ -1,0 +1,136 @@
+"""``manage.py call``: any RPC by name, protobuf JSON in and out, against a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, ServerProcess, base_env, service_settings
+
+pytestmark = pytest.mark.timeout(120)
+
+METHOD = "helloworld.Greeter/SayHello"
+
+
+class Service:
+    """The test service, registered as ``call-test`` in a file registry of its own."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.registry = {
+            "BACKEND": "microframe.contrib.registry.file.FileRegistry",
+            "OPTIONS": {"directory": str(tmp / "registry"), "ttl": 5},
+            "CACHE_DIR": str(tmp / "cache"),
+        }
+        self.settings = service_settings(tmp, "callsvc", "call-test", self.registry)
+        self.env = {"PYTHONPATH": os.pathsep.join([str(tmp), str(ROOT), str(ROOT / "tests")])}
+        self.server = ServerProcess(tmp, settings=self.settings, env=self.env).wait_serving()
+
+    def call(self, *args: str, settings: str | None = "", stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+        """Run ``manage.py call`` as a user would, with this service's settings by default;
+        ``settings=None``: ``microframe-admin call``, outside any service."""
+        if settings is None:
+            command = [sys.executable, "-m", "microframe", "call", *args]
+        else:
+            command = [sys.executable, str(ROOT / "manage.py"), "call", *args, "--settings", settings or self.settings]
+        return subprocess.run(
+            command, cwd=cwd, env=base_env(**self.env), input=stdin, capture_output=True, text=True, timeout=60,
+        )
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = Service(tmp_path_factory.mktemp("call"))
+    yield svc
+    svc.server.kill()
+
+
+def replies(result: subprocess.CompletedProcess[str]) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_unary_through_discovery_and_direct(service: Service) -> None:
+    # No --address: the router serves helloworld.Greeter, so SERVICE_NAME is discovered.
+    found = service.call(METHOD, '{"name": "Ada"}')
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == {"message": "Hello, Ada!"}
+    direct = service.call("helloworld.Greeter.SayHello", '{"name": "Bo"}', "--address", service.server.address, "--compact")
+    assert replies(direct) == [{"message": "Hello, Bo!"}]
+    short = service.call("Greeter/SayHello", "--address", service.server.address, "--compact", "--emit-defaults")
+    assert replies(short) == [{"message": "Hello, !"}]
+
+
+def test_streams_in_every_direction(service: Service) -> None:
+    a = ("--address", service.server.address, "--compact")
+    served = replies(service.call("helloworld.Greeter/LotsOfReplies", '{"name": "s", "count": 3}', *a))
+    assert [r["message"].split(":")[0] for r in served] == ["0", "1", "2"]
+    gathered = service.call("helloworld.Greeter/LotsOfGreetings", '[{"name": "a"}, {"name": "b"}]', *a)
+    assert replies(gathered) == [{"message": "a,b"}]
+    bidi = service.call("helloworld.Greeter/BidiHello", "-", *a, stdin='[{"name": "x"}, {"name": "y"}]')
+    assert replies(bidi) == [{"message": "X"}, {"message": "Y"}]
+
+
+def test_request_from_a_file_and_metadata_reaches_the_server(service: Service) -> None:
+    request = service.tmp / "request.json"
+    request.write_text('{"name": "metadata:x-tenant"}')
+    result = service.call(METHOD, f"@{request}", "-H", "x-tenant=acme", "--metadata", "X-Other=1", "--compact")
+    assert replies(result) == [{"message": "'acme'"}]
+
+
+def test_errors_print_the_code_and_exit_non_zero(service: Service) -> None:
+    notfound = service.call(METHOD, '{"name": "notfound"}')
+    assert notfound.returncode == 64 + 5
+    assert "ERROR: NOT_FOUND: no such greeting" in notfound.stderr
+    assert notfound.stdout == ""
+    late = service.call(METHOD, '{"name": "slow", "delayMs": 2000}', "--timeout", "0.2")
+    assert late.returncode == 64 + 4, late.stderr
+    assert "DEADLINE_EXCEEDED" in late.stderr
+    nobody = service.call(METHOD, "{}", "--address", "127.0.0.1:1", "--timeout", "2")
+    assert nobody.returncode == 64 + 14, nobody.stderr
+    assert "UNAVAILABLE" in nobody.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((METHOD, '{"nmae": "x"}'), 'no field named "nmae"'),
+        ((METHOD, "{"), "The request is not JSON"),
+        ((METHOD, '[{"name": "x"}]'), "takes one request"),
+        (("helloworld.Greeter/Nope",), "has no method 'Nope'"),
+        (("nosuch.Service/Get",), "Unknown service 'nosuch.Service'"),
+        (("justaword",), "is not a method"),
+        ((METHOD, "-H", "novalue"), "is not key=value"),
+        ((METHOD, "--address", "nohost"), "--address"),
+    ],
+)
+def test_bad_input_is_refused_clearly(service: Service, args: tuple[str, ...], message: str) -> None:
+    result = service.call(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_reflection_from_outside_any_service(service: Service, tmp_path: Path) -> None:
+    # No settings at all: the descriptors come from the server's reflection service.
+    a = ("--address", service.server.address, "--compact")
+    without = service.call(METHOD, '{"name": "r"}', *a, settings=None, cwd=tmp_path)
+    assert without.returncode == 1 and "Unknown service" in without.stderr and "--reflection" in without.stderr
+    result = service.call(METHOD, '{"name": "r"}', *a, "--reflection", settings=None, cwd=tmp_path)
+    assert replies(result) == [{"message": "Hello, r!"}]
+    stream = service.call("helloworld.Greeter/BidiHello", '[{"name": "p"}, {"name": "q"}]', *a, "--reflection",
+                          settings=None, cwd=tmp_path)
+    assert replies(stream) == [{"message": "P"}, {"message": "Q"}]
+    health = service.call("grpc.health.v1.Health/Check", *a, settings=None, cwd=tmp_path)
+    assert replies(health) == [{"status": "SERVING"}]
+    # Reflection through discovery: the instance is found by --service in the registry.
+    env_settings = service_settings(tmp_path, "bare", "someone-else", service.registry)
+    via_registry = service.call(METHOD, '{"name": "d"}', "--reflection", "--service", "call-test", "--compact",
+                                "--pythonpath", str(tmp_path), settings=env_settings)
+    assert replies(via_registry) == [{"message": "Hello, d!"}]

@@ -1,0 +1,212 @@
+"""A new service from the template, as a user makes one: ``startservice`` -> ``check`` -> its own
+tests -> ``runserver`` -> ``call``; then an RPC added, ``genproto``, the stub written, served."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import ServerProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+LAYOUT = [
+    "controller/__init__.py", "controller/orders.py", "idl/orders.proto", "generate/__init__.py",
+    "generate/orders_pb2.py", "generate/orders_pb2.pyi", "generate/orders_pb2_grpc.py",
+    "generate/orders_client.py", "app/__init__.py", "app/router.py", "conf/product/settings.yaml",
+    "conf/test/settings.yaml", "scripts/start.sh", "model/__init__.py", "tests/__init__.py",
+    "tests/test_orders.py", "manage.py", "settings.py", "wsgi.py", "gunicorn.conf.py", "Dockerfile",
+    "README.md", "requirements.txt", "__init__.py", "conftest.py", "pytest.ini",
+]
+
+NEW_RPCS = """
+  // Server streaming, with a well-known type and a message of another proto.
+  rpc Countdown (CountdownRequest) returns (stream Tick);
+}
+
+message CountdownRequest {
+  uint32 start = 1;
+}
+
+message Tick {
+  uint32 left = 1;
+  google.protobuf.Timestamp at = 2;
+}
+"""
+
+COUNTDOWN_BODY = '''async def countdown(ctx, request: CountdownRequest):
+    """Count down from ``request.start`` to 1."""
+    for left in range(request.start, 0, -1):
+        tick = Tick(left=left)
+        tick.at.GetCurrentTime()
+        yield tick
+'''
+
+
+def user_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell: microframe installed, nothing of the test suite's path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_") and k != "PYTHONPATH"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["MICROFRAME_REGISTRY_DIR"] = str(tmp / "registry")  # this test's registry, not the machine's
+    env.update(extra)
+    return env
+
+
+def run(cwd: Path, *args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
+
+
+def start_service(tmp: Path, name: str = "orders", *args: str) -> Path:
+    result = run(tmp, "-m", "microframe", "startservice", name, *args, env=user_env(tmp))
+    assert result.returncode == 0, result.stderr
+    assert f"Created the service {name!r}" in result.stdout
+    return tmp / name
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    tmp = tmp_path_factory.mktemp("new")
+    yield start_service(tmp)
+
+
+def test_the_layout_is_complete_and_generated(service: Path) -> None:
+    missing = [path for path in LAYOUT if not (service / path).is_file()]
+    assert not missing
+    assert (service / "manage.py").stat().st_mode & 0o111
+    assert (service / "scripts" / "start.sh").stat().st_mode & 0o111
+    assert "DO NOT EDIT" in (service / "app" / "router.py").read_text()
+    assert 'SERVICE_NAME = "orders"' in (service / "settings.py").read_text()
+    assert "service Orders" in (service / "idl" / "orders.proto").read_text()
+    assert "class OrdersClient(ServiceClient)" in (service / "generate" / "orders_client.py").read_text()
+
+
+def test_a_fresh_service_passes_check_genproto_check_and_its_own_tests(service: Path) -> None:
+    env = user_env(service.parent)
+    check = run(service, "manage.py", "check", env=env)
+    assert check.returncode == 0, check.stderr
+    assert "no issues" in check.stdout
+    for overlay in ("product", "test"):
+        checked = run(service, "manage.py", "check", env={**env, "MICROFRAME_ENV": overlay})
+        assert checked.returncode == 0, (overlay, checked.stderr)
+    fresh = run(service, "manage.py", "genproto", "--check", env=env)
+    assert fresh.returncode == 0, fresh.stderr
+    tests = run(service, "-m", "pytest", "-q", "-p", "no:cacheprovider", env=env)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert re.search(r"\b3 passed\b", tests.stdout), tests.stdout
+
+
+def test_it_serves_and_answers_call_and_an_independent_client(service: Path) -> None:
+    env = user_env(service.parent)
+    # DEBUG is on in a new service: runserver runs under the autoreloader, as for a user.
+    server = ServerProcess(service.parent, manage=service / "manage.py", reload=True, full_env=env).wait_serving()
+    try:
+        called = run(service, "manage.py", "call", "orders.Orders/SayHello", '{"name": "Ada"}', "--compact", env=env)
+        assert called.returncode == 0, called.stderr
+        assert called.stdout.strip() == '{"message": "Hello, Ada!"}'
+        # Not microframe's client nor the generated code: raw protobuf bytes over a grpc channel.
+        with grpc.insecure_channel(server.address) as channel:
+            raw = channel.unary_unary("/orders.Orders/SayHello")(b"\x0a\x03Bea", timeout=5)
+        assert raw == b"\x0a\x0bHello, Bea!"
+    finally:
+        assert server.terminate() == 0, server.output
+
+
+def test_an_added_rpc_gets_a_stub_and_answers_once_written(service: Path) -> None:
+    env = user_env(service.parent)
+    controller = service / "controller" / "orders.py"
+    edited = controller.read_text().replace('f"Hello, {', 'f"Good day, {')
+    controller.write_text(edited)
+    proto = service / "idl" / "orders.proto"
+    text = proto.read_text().replace('package orders;', 'package orders;\n\nimport "google/protobuf/timestamp.proto";')
+    proto.write_text(text.replace("\n}\n", NEW_RPCS, 1))
+
+    stale = run(service, "manage.py", "genproto", "--check", env=env)
+    assert stale.returncode == 1 and "stale" in stale.stderr
+
+    generated = run(service, "manage.py", "genproto", env=env)
+    assert generated.returncode == 0, generated.stderr
+    after = controller.read_text()
+    assert after.startswith(edited), "genproto changed what the user wrote"
+    assert "async def countdown(ctx, request):" in after
+    assert "raise Unimplemented" in after
+    assert 'rpc(Orders, "Countdown", orders.countdown)' in (service / "app" / "router.py").read_text()
+    again = run(service, "manage.py", "genproto", env=env)
+    assert "0 file(s) written" in again.stdout and controller.read_text() == after
+
+    server = ServerProcess(service.parent, manage=service / "manage.py", full_env=env).wait_serving()
+    try:
+        stub = run(service, "manage.py", "call", "orders.Orders/Countdown", '{"start": 2}', "--address", server.address, env=env)
+        assert stub.returncode == 64 + grpc.StatusCode.UNIMPLEMENTED.value[0], stub.stderr
+        assert "UNIMPLEMENTED" in stub.stderr
+        hello = run(service, "manage.py", "call", "orders.Orders.SayHello", '{"name": "Ada"}', "--compact", "--address", server.address, env=env)
+        assert hello.stdout.strip() == '{"message": "Good day, Ada!"}'
+    finally:
+        server.terminate()
+
+    # The stub's body written by the user: the new RPC answers.
+    start = after.index("async def countdown(")
+    end = after.index("yield  # a server-streaming", start)
+    end = after.index("\n", end) + 1
+    written = after[:start] + COUNTDOWN_BODY + after[end:]
+    written = written.replace("import HelloReply, HelloRequest", "import CountdownRequest, HelloReply, HelloRequest, Tick")
+    controller.write_text(written)
+    server = ServerProcess(service.parent, manage=service / "manage.py", full_env=env).wait_serving()
+    try:
+        ticks = run(service, "manage.py", "call", "orders.Orders/Countdown", '{"start": 3}', "--compact", "--address", server.address, env=env)
+        assert ticks.returncode == 0, ticks.stderr
+        lines = ticks.stdout.splitlines()
+        assert [line.split('"left": ')[1].split(",")[0] for line in lines] == ["3", "2", "1"]
+        assert all('"at": "20' in line for line in lines)  # a Timestamp, as RFC 3339 in JSON
+    finally:
+        server.terminate()
+
+
+def test_a_broken_proto_changes_nothing(tmp_path: Path) -> None:
+    service = start_service(tmp_path, "billing", "--port", "50999")
+    env = user_env(tmp_path)
+    proto = service / "idl" / "billing.proto"
+    proto.write_text(proto.read_text() + "\nmessage Broken {\n  string name = 1\n}\n")
+    before = snapshot(service)
+    result = run(service, "manage.py", "genproto", env=env)
+    assert result.returncode != 0
+    assert re.search(r"billing\.proto:\d+:\d+", result.stderr), result.stderr
+    assert "nothing was written" in result.stderr
+    assert snapshot(service) == before
+    assert '"PORT": 50999' in (service / "settings.py").read_text().replace("\n    ", "")
+
+
+def test_startservice_refuses_bad_names_and_existing_targets(tmp_path: Path) -> None:
+    env = user_env(tmp_path)
+    for name, message in [("9lives", "not a valid service name"), ("class", "not a valid service name"),
+                          ("json", "conflicts with the name of an existing Python module"),
+                          ("grpc", "conflicts with the name of an existing Python module")]:
+        result = run(tmp_path, "-m", "microframe", "startservice", name, env=env)
+        assert result.returncode == 1 and message in result.stderr, (name, result.stderr)
+        assert not (tmp_path / name).exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    exists = run(tmp_path, "-m", "microframe", "startservice", "taken", env=env)
+    assert exists.returncode == 1 and "already exists" in exists.stderr
+    assert os.listdir(tmp_path / "taken") == ["notes.txt"]
+    bad_port = run(tmp_path, "-m", "microframe", "startservice", "pay", "--port", "70000", env=env)
+    assert bad_port.returncode == 1 and "not a port number" in bad_port.stderr
+    # DIR: the service goes in DIR/NAME, or in DIR itself when it is an empty directory named NAME.
+    (tmp_path / "services" / "users").mkdir(parents=True)
+    into = run(tmp_path, "-m", "microframe", "startservice", "users", "services/users", env=env)
+    assert into.returncode == 0, into.stderr
+    assert (tmp_path / "services" / "users" / "manage.py").is_file()
+    under = run(tmp_path, "-m", "microframe", "startservice", "carts", "services", env=env)
+    assert under.returncode == 0, under.stderr
+    assert (tmp_path / "services" / "carts" / "generate" / "carts_pb2.py").is_file()
