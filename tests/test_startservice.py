@@ -134,6 +134,8 @@ def test_an_added_rpc_gets_a_stub_and_answers_once_written(service: Path) -> Non
 
     stale = run(service, "manage.py", "genproto", "--check", env=env)
     assert stale.returncode == 1 and "stale" in stale.stderr
+    warned = run(service, "manage.py", "check", env=env)
+    assert warned.returncode == 0 and "microframe.W005" in warned.stderr + warned.stdout
 
     generated = run(service, "manage.py", "genproto", env=env)
     assert generated.returncode == 0, generated.stderr
@@ -144,6 +146,8 @@ def test_an_added_rpc_gets_a_stub_and_answers_once_written(service: Path) -> Non
     assert 'rpc(Orders, "Countdown", orders.countdown)' in (service / "app" / "router.py").read_text()
     again = run(service, "manage.py", "genproto", env=env)
     assert "0 file(s) written" in again.stdout and controller.read_text() == after
+    clean = run(service, "manage.py", "check", env=env)
+    assert "no issues" in clean.stdout, clean.stderr
 
     server = ServerProcess(service.parent, manage=service / "manage.py", full_env=env).wait_serving()
     try:

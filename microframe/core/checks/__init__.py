@@ -28,6 +28,7 @@ import microframe.contrib.registry.checks  # noqa: F401 - the registry battery's
 import microframe.contrib.tracing.checks  # noqa: F401 - the tracing battery's checks
 import microframe.core.checks.core_checks  # noqa: F401 - registers the built-in checks
 import microframe.core.checks.middleware_checks  # noqa: F401
+import microframe.core.checks.proto_checks  # noqa: F401
 import microframe.core.checks.router_checks  # noqa: F401
 import microframe.core.checks.security_checks  # noqa: F401
 from microframe.core.checks.messages import (
