@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -229,3 +230,65 @@ def test_server(module_tmp: Path) -> Iterator[ServerProcess]:
     server = ServerProcess(module_tmp, settings="testservice.settings").wait_serving()
     yield server
     server.kill()
+
+
+class GunicornProcess:
+    """A real gunicorn serving ``app`` (``package.wsgi``) from ``cwd`` on a free loopback port."""
+
+    def __init__(self, cwd: Path, app: str, env: dict[str, str], *, workers: int = 1, extra: tuple[str, ...] = ()) -> None:
+        try:
+            import gunicorn  # noqa: F401
+        except ImportError:
+            if os.environ.get("CI"):
+                pytest.fail("gunicorn is required under CI (the dev extra installs it)")
+            pytest.skip("gunicorn is not installed")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = cwd.parent / f"gunicorn-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        env = {**env, "GATEWAY_BIND": f"127.0.0.1:{self.port}", "GATEWAY_WORKERS": str(workers)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", app, *extra], cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request; the status, the headers (lower-case names) and the body."""
+        import urllib.error
+        import urllib.request
+
+        data = body.encode() if isinstance(body, str) else body
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    def wait_healthy(self, timeout: float = 30.0) -> GunicornProcess:
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.output}")
+            return self.request("GET", "/healthz", timeout=2)[0] == 200
+
+        try:
+            wait_until(healthy, timeout, f"gunicorn on {self.url} to answer /healthz")
+        except AssertionError:
+            self.kill()
+            raise AssertionError(f"the gateway never became healthy:\n{self.output}") from None
+        return self
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()

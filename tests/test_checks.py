@@ -369,12 +369,12 @@ def test_list_tags(service_dir):
     result = run_check(service_dir, module, "--list-tags")
     assert result.returncode == 0
     assert result.stdout.split() == [
-        "client", "limiter", "logging", "metrics", "middleware", "registry", "router", "server", "settings",
+        "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "server", "settings",
         "tracing",
     ]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
     assert result.stdout.split() == [
-        "client", "limiter", "logging", "metrics", "middleware", "registry", "router", "security",
+        "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "security",
         "server", "settings", "tracing",
     ]
 
@@ -782,6 +782,12 @@ def test_commands_run_the_checks_first(service_dir):
         ({"LIMITER": {"BACKEND": "no.such.Limiter"}}, "limiter.E002"),
         ({"LIMITER": {"METHODS": {"/a.B/C": {"OPTIONS": {"rate": 0}}}}}, "limiter.E002"),
         ({"LIMITER": {"BACKEND": "microframe.contrib.limiter.redis.RedisLimiter", "OPTIONS": {"rate": 5}}}, "limiter.E003"),
+        ({"GATEWAY": "on"}, "gateway.E001"),
+        ({"GATEWAY": {"TIMOUT": 1}}, "gateway.E001"),
+        ({"GATEWAY": {"TIMEOUT": 0}}, "gateway.E001"),
+        ({"GATEWAY": {"MAX_BODY_BYTES": "1MB"}}, "gateway.E001"),
+        ({"GATEWAY": {"ADDRESS": "nohost"}}, "gateway.E001"),
+        ({"GATEWAY": {"FORWARD_HEADERS": "authorization"}}, "gateway.E001"),
     ],
 )
 def test_tracing_and_logging_settings(clean, overrides, check_id):

@@ -3,6 +3,7 @@ tests -> ``runserver`` -> ``call``; then an RPC added, ``genproto``, the stub wr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import ServerProcess
+from conftest import GunicornProcess, ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -119,6 +120,15 @@ def test_it_serves_and_answers_call_and_an_independent_client(service: Path) -> 
         with grpc.insecure_channel(server.address) as channel:
             raw = channel.unary_unary("/orders.Orders/SayHello")(b"\x0a\x03Bea", timeout=5)
         assert raw == b"\x0a\x0bHello, Bea!"
+        # The HTTP/JSON gateway, as the service's README starts it: gunicorn orders.wsgi.
+        gateway = GunicornProcess(service, "orders.wsgi", env).wait_healthy()
+        try:
+            status, _, body = gateway.request("GET", "/v1/hello/Cy")
+            assert (status, json.loads(body)) == (200, {"message": "Hello, Cy!"})
+            status, _, body = gateway.request("POST", "/orders.Orders/SayHello", '{"name": "Di"}')
+            assert (status, json.loads(body)) == (200, {"message": "Hello, Di!"})
+        finally:
+            gateway.kill()
     finally:
         assert server.terminate() == 0, server.output
 

@@ -133,6 +133,24 @@ SHEDDING = {
     "CORES": None,
 }
 
+# The HTTP/JSON gateway (microframe.contrib.gateway: `gunicorn <service>.wsgi`): every RPC the
+# router serves as POST /<package.Service>/<Method>, and the routes of google.api.http annotations.
+GATEWAY = {
+    # The registry name of the service to call (None: SERVICE_NAME), or a fixed "host:port"
+    # (None: through discovery).
+    "SERVICE": None,
+    "ADDRESS": None,
+    # Deadline of each call, in seconds.
+    "TIMEOUT": 10.0,
+    # Largest request body accepted; a bigger one is answered 413.
+    "MAX_BODY_BYTES": 4 << 20,
+    # Request headers passed to the service as metadata ("Grpc-Metadata-<key>" headers always
+    # pass, as <key>; the caller's address is added to x-forwarded-for).
+    "FORWARD_HEADERS": ["authorization", "x-request-id", "traceparent", "tracestate", "uber-trace-id"],
+    # Print the fields that hold their default value in replies.
+    "EMIT_DEFAULTS": False,
+}
+
 # The client chain, outermost first (see microframe.client.middleware).
 CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.PrepareMiddleware",

@@ -23,6 +23,7 @@ class Tags:
     tracing = "tracing"
     limiter = "limiter"
     logging = "logging"
+    gateway = "gateway"
 
 
 F = TypeVar("F", bound=Callable[..., Iterable[CheckMessage]])

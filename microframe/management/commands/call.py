@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from microframe.core.descriptors import LocalService, find_service
 from microframe.core.exceptions import ImproperlyConfigured, RpcError
 from microframe.management.base import BaseCommand, CommandError, CommandParser
+from microframe.utils.protojson import message_class, parse_requests, to_json
 
 #: Exit status of a call answered with status code ``c``: ``EXIT_BASE + c.value[0]``.
 EXIT_BASE = 64
@@ -88,51 +89,6 @@ def read_request(text: str | None) -> Any:
         raise CommandError(f"The request is not JSON: {err}.") from None
 
 
-class LocalService:
-    """What the current service knows: its package, the proto services its router serves and
-    every service its generated code defines (their descriptors in the default pool)."""
-
-    def __init__(self) -> None:
-        from google.protobuf import descriptor_pool
-        from grpc_health.v1 import health_pb2  # noqa: F401 - registers grpc.health.v1.Health
-
-        from microframe.conf import ENVIRONMENT_VARIABLE, settings
-
-        self.pool = descriptor_pool.Default()
-        self.package: str | None = None
-        self.served: set[str] = set()
-        self.services: set[str] = {"grpc.health.v1.Health"}
-        if not settings.configured and not os.environ.get(ENVIRONMENT_VARIABLE):
-            settings.configure()  # outside a service (microframe-admin): the defaults
-            return
-        module = getattr(settings, "SETTINGS_MODULE", None) or ""
-        self.package = module.rpartition(".")[0] or None
-        root = Path(settings.SERVICE_ROOT)
-        modules = []
-        if self.package and (root / "generate").is_dir():
-            for path in sorted((root / "generate").rglob("*_pb2.py")):
-                parts = path.relative_to(root).with_suffix("").parts
-                modules.append(importlib.import_module(".".join((self.package, *parts))))
-        for generated in modules:
-            self.services.update(s.full_name for s in generated.DESCRIPTOR.services_by_name.values())
-        if getattr(settings, "ROOT_ROUTER", None):
-            from microframe.core.router import load_routes
-
-            # The router imports the descriptors of what it serves, wherever they are generated.
-            self.served = {route.service for route in load_routes(settings.ROOT_ROUTER)}
-            self.services |= self.served
-
-    def registry_name(self, full_service: str) -> str:
-        """This service's SERVICE_NAME when its router serves ``full_service``, else the proto
-        package (``orders`` for ``orders.Orders``), else the service's name in lower case."""
-        if full_service in self.served:
-            from microframe.conf import settings
-
-            return str(settings.SERVICE_NAME)
-        proto_package, _, name = full_service.rpartition(".")
-        return proto_package or name.lower()
-
-
 def reflection_pool(address: str, connect_timeout: float) -> tuple[Any, Any]:
     """A descriptor pool fed by the server's reflection service, and its database (the server
     must answer within ``connect_timeout`` seconds)."""
@@ -150,24 +106,6 @@ def reflection_pool(address: str, connect_timeout: float) -> tuple[Any, Any]:
         raise CommandError(f"Reflection: {address} did not answer within {connect_timeout:g} s.") from None
     database = ProtoReflectionDescriptorDatabase(channel)
     return descriptor_pool.DescriptorPool(database), database
-
-
-def find_service(pool: Any, name: str, known: list[str]) -> Any:
-    """The service descriptor ``name`` (fully qualified, or a unique short name among ``known``)."""
-    try:
-        return pool.FindServiceByName(name)
-    except KeyError:
-        pass
-    matches = [full for full in known if full.rpartition(".")[2] == name]
-    if len(matches) == 1:
-        return pool.FindServiceByName(matches[0])
-    listed = ", ".join(sorted(known)) or "none"
-    if len(matches) > 1:
-        raise CommandError(f"{name!r} is ambiguous: write one of {', '.join(sorted(matches))}.")
-    raise CommandError(
-        f"Unknown service {name!r}. Known services: {listed}. Call from the directory of the "
-        "service that defines it (python manage.py call), or ask the server with --reflection."
-    )
 
 
 class Command(BaseCommand):
@@ -229,7 +167,7 @@ class Command(BaseCommand):
         from microframe.client import Client
 
         address: str | None = options["address"]
-        local = LocalService()
+        local = _local_service()
         registry_name = options["service"]
         if options["reflection"]:
             if address is None:
@@ -240,9 +178,9 @@ class Command(BaseCommand):
                 known = await asyncio.to_thread(database.get_services)
             except Exception as err:  # grpc.RpcError: the server has no reflection, or is down
                 raise CommandError(f"Reflection on {address} failed: {_describe(err)}") from None
-            service = await asyncio.to_thread(find_service, pool, service_name, list(known))
+            service = await asyncio.to_thread(_find, pool, service_name, list(known))
         else:
-            service = find_service(local.pool, service_name, sorted(local.services))
+            service = _find(local.pool, service_name, sorted(local.services))
         method = service.methods_by_name.get(method_name)
         if method is None:
             raise CommandError(
@@ -250,8 +188,11 @@ class Command(BaseCommand):
                 f"{', '.join(service.methods_by_name)}."
             )
         registry_name = registry_name or local.registry_name(service.full_name)
-        request_class, reply_class = _message_class(method.input_type), _message_class(method.output_type)
-        requests = _requests(request_json, request_class, method.client_streaming)
+        request_class, reply_class = message_class(method.input_type), message_class(method.output_type)
+        try:
+            requests = parse_requests(request_json, request_class, method.client_streaming)
+        except ValueError as err:
+            raise CommandError(str(err)) from None
         client = Client(registry_name, address=address) if address else Client(registry_name)
         path = f"/{service.full_name}/{method.name}"
         call_options = {"timeout": options["timeout"], "metadata": metadata}
@@ -272,40 +213,27 @@ class Command(BaseCommand):
         return 0
 
     def _print(self, reply: Any, options: dict[str, Any]) -> None:
-        from google.protobuf import json_format
-
-        text = json_format.MessageToJson(
-            reply,
-            indent=None if options["compact"] else 2,
-            always_print_fields_with_no_presence=options["emit_defaults"],
-        )
-        self.stdout.write(text)
+        self.stdout.write(to_json(reply, indent=None if options["compact"] else 2, emit_defaults=options["emit_defaults"]))
         self.stdout.flush()
 
 
-def _message_class(descriptor: Any) -> Any:
-    from google.protobuf import message_factory
+def _local_service() -> LocalService:
+    """The current service; outside any service (``microframe-admin call``), the defaults."""
+    from microframe.conf import ENVIRONMENT_VARIABLE, settings
 
-    return message_factory.GetMessageClass(descriptor)
+    if not settings.configured and not os.environ.get(ENVIRONMENT_VARIABLE):
+        settings.configure()
+    return LocalService()
 
 
-def _requests(value: Any, request_class: Any, streaming: bool) -> list[Any]:
-    """The JSON value as request messages: one object, or a list of them when ``streaming``."""
-    from google.protobuf import json_format
-
-    items = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and not streaming:
-        raise CommandError("This method takes one request: give a JSON object, not an array.")
-    messages = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise CommandError(f"Request {i + 1} is not a JSON object: {json.dumps(item)[:80]}.")
-        try:
-            messages.append(json_format.ParseDict(item, request_class()))
-        except json_format.ParseError as err:
-            where = f"request {i + 1}" if len(items) > 1 else "the request"
-            raise CommandError(f"{where} is not a valid {request_class.DESCRIPTOR.full_name}: {err}") from None
-    return messages
+def _find(pool: Any, name: str, known: list[str]) -> Any:
+    try:
+        return find_service(pool, name, known)
+    except LookupError as err:
+        raise CommandError(
+            f"{err} Call from the directory of the service that defines it (python manage.py "
+            "call), or ask the server with --reflection."
+        ) from None
 
 
 async def _discover_one(registry_name: str) -> str:

@@ -2,13 +2,14 @@
 
 Runs protoc from ``grpcio-tools`` (``python -m grpc_tools.protoc``: no system protoc needed) on
 every ``.proto`` under the idl directory, with the well-known types (``google/protobuf/*.proto``)
-on the include path, and writes ``*_pb2.py``, ``*_pb2.pyi`` (for editors and mypy) and
+and googleapis' ``google/api/*.proto`` (``google.api.http`` annotations, from
+googleapis-common-protos) on the include path, and writes ``*_pb2.py``, ``*_pb2.pyi`` (for editors and mypy) and
 ``*_pb2_grpc.py`` under the generate directory, mirroring the idl tree:
 
 - protoc's flat imports (``import hello_pb2``, ``from shop import item_pb2``) become package
   imports (``from . import hello_pb2``, ``from .shop import item_pb2``), so ``generate`` works
-  as a package wherever the service is installed; imports of the well-known types stay
-  ``google.protobuf``'s;
+  as a package wherever the service is installed; imports of ``google.*`` (the well-known
+  types, ``google.api``) stay as they are;
 - every file starts with a DO NOT EDIT header naming its source;
 - a second run changes nothing (files are rewritten only when their content differs);
 - a proto that does not compile is reported with its ``file:line:column`` and nothing is
@@ -16,8 +17,8 @@ on the include path, and writes ``*_pb2.py``, ``*_pb2.pyi`` (for editors and myp
 - ``--check`` writes nothing and exits non-zero when ``generate/`` is stale (a file missing, out
   of date, or left over from a proto that is gone), for CI.
 
-The router, the typed clients and the controller stubs are generated from the same protos by
-later steps of this command (see the project's issues).
+From the same protos: a typed client module per proto (``<proto>_client.py``), the service's
+``app/router.py``, and controller stubs for the RPCs without one (see :class:`Command`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ def well_known_include() -> str:
     return str(Path(grpc_tools.__file__).resolve().parent / "_proto")
 
 
+def googleapis_include() -> str | None:
+    """The directory holding ``google/api/*.proto`` (``google.api.http`` annotations...) of
+    googleapis-common-protos, when it is installed."""
+    try:
+        import google.api.annotations_pb2 as annotations
+    except ImportError:
+        return None
+    root = Path(annotations.__file__).resolve().parent.parent.parent
+    return str(root) if (root / "google" / "api" / "annotations.proto").is_file() else None
+
+
 def _relative(target: str, module_dir: Path) -> str:
     """``target`` (``shop.item``-style, relative to the generate root) as a relative import
     from a module in ``module_dir`` (a path relative to the root)."""
@@ -63,8 +75,8 @@ def fix_imports(text: str, module_dir: Path) -> str:
 
     def dotted(match: re.Match[str]) -> str:
         package, module, alias = match.groups()
-        if package == "google.protobuf" or package.startswith("google.protobuf."):
-            return match.group(0)
+        if package == "google" or package.startswith("google."):
+            return match.group(0)  # the well-known types, googleapis' google.api, google.rpc...
         return f"from {_relative(package, module_dir)} import {module} as {alias}"
 
     return _FROM_IMPORT.sub(dotted, _IMPORT.sub(plain, text))
@@ -79,6 +91,7 @@ def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
     command = [
         sys.executable, "-m", "grpc_tools.protoc",
         f"-I{idl}", f"-I{well_known_include()}",
+        *([f"-I{extra}"] if (extra := googleapis_include()) else []),
         f"--python_out={out_tmp}", f"--pyi_out={out_tmp}", f"--grpc_python_out={out_tmp}",
         f"--descriptor_set_out={out_tmp / DESCRIPTORS}", "--include_imports",
         *[str(p) for p in protos],

@@ -1,0 +1,279 @@
+"""``GatewayApplication``: the WSGI application serving a service's RPCs as HTTP/JSON.
+
+Every request is matched against the routes built at start-up (:mod:`.rules`), decoded from
+JSON into the request message, and sent through the client library (discovery, balancing,
+breaker, retries) to the gRPC service; the reply is encoded back to JSON. A server stream is
+answered as newline-delimited JSON (``application/x-ndjson``), one reply per line, sent as the
+replies arrive. Errors are answered with the HTTP status of their gRPC code and a JSON body
+(:mod:`.errors`).
+
+The calls run on the one background event loop of :mod:`microframe.client.blocking`, shared by
+the threads of the worker: any gunicorn worker class that runs WSGI applications in threads
+(``sync``, ``gthread``) serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+import grpc
+
+from microframe.contrib.gateway.errors import HTTP_STATUS, error_json, status_line
+from microframe.contrib.gateway.rules import Binding, bindings_of, field_of, set_path, text_value
+from microframe.core.exceptions import RpcError
+from microframe.utils.protojson import message_class, parse_requests, to_json
+
+logger = logging.getLogger("microframe.gateway")
+
+StartResponse = Callable[..., Any]
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+
+
+class HttpError(Exception):
+    """An answer without a call: a bad request, a route that does not exist..."""
+
+    def __init__(self, http_status: int, code: grpc.StatusCode, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.http_status, self.code, self.message, self.headers = http_status, code, message, headers or []
+
+
+class GatewayApplication:
+    """Serve ``routes`` (the service's router, by default) as HTTP/JSON; see the module."""
+
+    def __init__(self, routes: list[Any] | None = None, *, options: dict[str, Any] | None = None) -> None:
+        from microframe.client import Client
+        from microframe.conf import settings
+        from microframe.core.descriptors import LocalService
+
+        config = dict(settings.GATEWAY)
+        config.update(options or {})
+        local = LocalService(load_router=routes is None)
+        routes = local.routes if routes is None else routes
+        self.timeout = float(config["TIMEOUT"])
+        self.max_body = int(config["MAX_BODY_BYTES"])
+        self.emit_defaults = bool(config["EMIT_DEFAULTS"])
+        self.forward = tuple(f"HTTP_{h.upper().replace('-', '_')}" for h in config["FORWARD_HEADERS"])
+        self.forward_names = {f"HTTP_{h.upper().replace('-', '_')}": h.lower() for h in config["FORWARD_HEADERS"]}
+        service = config["SERVICE"] or settings.SERVICE_NAME
+        self.client = Client(service, address=config["ADDRESS"]) if config["ADDRESS"] else Client(service)
+        self.exact: dict[tuple[str, str], Binding] = {}
+        self.templates: list[Binding] = []
+        pool = local.pool
+        for route in routes:
+            method = pool.FindMethodByName(f"{route.service}.{route.method}")
+            for binding in bindings_of(method):
+                if binding.variables or "*" in binding.template:
+                    self.templates.append(binding)
+                else:
+                    self.exact.setdefault((binding.verb, binding.template), binding)
+        self.paths = {path for _, path in self.exact} | {b.template for b in self.templates}
+        self._health = message_class(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest"))
+        self._health_reply = message_class(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse"))
+        self._classes: dict[str, tuple[Any, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- WSGI ----------------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            path = environ.get("PATH_INFO") or "/"
+            verb = environ.get("REQUEST_METHOD", "GET").upper()
+            if path == "/healthz":
+                return self._healthz(start_response)
+            binding, variables = self._route(verb, path)
+            requests = self._requests(binding, variables, environ)
+            metadata = self._metadata(environ)
+            return self._call(binding, requests, metadata, start_response)
+        except HttpError as err:
+            return _error(start_response, err.http_status, err.code, err.message, err.headers)
+        except RpcError as err:
+            return _rpc_error(start_response, err)
+        except Exception:
+            logger.exception("gateway: %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            return _error(start_response, 500, grpc.StatusCode.INTERNAL, "internal error")
+
+    # -- routing and decoding ------------------------------------------------------------------
+
+    def _route(self, verb: str, path: str) -> tuple[Binding, dict[str, str]]:
+        binding = self.exact.get((verb, path))
+        if binding is not None:
+            return binding, {}
+        allowed = {v for v, p in self.exact if p == path}
+        for candidate in self.templates:
+            variables = candidate.match(path)
+            if variables is None:
+                continue
+            if candidate.verb == verb:
+                return candidate, variables
+            allowed.add(candidate.verb)
+        if allowed:
+            raise HttpError(405, grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not allowed on {path}",
+                            [("Allow", ", ".join(sorted(allowed)))])
+        raise HttpError(404, grpc.StatusCode.NOT_FOUND, f"no RPC is served at {path}")
+
+    def _classes_of(self, binding: Binding) -> tuple[Any, Any]:
+        found = self._classes.get(binding.path)
+        if found is None:
+            found = self._classes[binding.path] = (
+                message_class(binding.method.input_type), message_class(binding.method.output_type)
+            )
+        return found
+
+    def _body(self, environ: dict[str, Any]) -> Any:
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        try:
+            length = int(length_text) if length_text else None
+        except ValueError:
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, "bad Content-Length") from None
+        if length is not None and length > self.max_body:
+            raise HttpError(413, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the body is {length} bytes, more than the {self.max_body} accepted")
+        stream = environ["wsgi.input"]
+        data = stream.read(length) if length is not None else stream.read(self.max_body + 1)
+        if len(data) > self.max_body:
+            raise HttpError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is more than the {self.max_body} bytes accepted")
+        if not data.strip():
+            return None
+        # The body is JSON whatever Content-Type says (as grpc-gateway's default marshaler reads
+        # it): `curl -d '{...}'` sends application/x-www-form-urlencoded.
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {err}") from None
+
+    def _requests(self, binding: Binding, variables: dict[str, str], environ: dict[str, Any]) -> list[Any]:
+        request_class, _ = self._classes_of(binding)
+        descriptor = binding.method.input_type
+        body = self._body(environ) if binding.body else None
+        streaming = binding.method.client_streaming
+        try:
+            if streaming:
+                return parse_requests(body if body is not None else [], request_class, True)
+            if binding.body == "*":
+                value: dict[str, Any] = body if body is not None else {}
+                if not isinstance(value, dict):
+                    raise ValueError("the body must be a JSON object")
+            else:
+                value = {}
+                if binding.body and body is not None:
+                    set_path(value, binding.body, body)
+                for key, text in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+                    field = field_of(descriptor, key)
+                    converted = text_value(field, text)
+                    if field.is_repeated:
+                        current = _get_path(value, key)
+                        set_path(value, key, [*(current or []), converted])
+                    else:
+                        set_path(value, key, converted)
+            for path, text in variables.items():
+                set_path(value, path, text_value(field_of(descriptor, path), text))
+            return parse_requests(value, request_class, False)
+        except KeyError as err:
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{descriptor.full_name} has no field {err.args[0]!r}") from None
+        except ValueError as err:
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
+
+    def _metadata(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
+        metadata = [(self.forward_names[key], environ[key]) for key in self.forward if key in environ]
+        for key, value in environ.items():
+            if key.startswith("HTTP_GRPC_METADATA_"):
+                metadata.append((key[19:].lower().replace("_", "-"), value))
+        peer = environ.get("REMOTE_ADDR")
+        if peer:
+            forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+            metadata.append(("x-forwarded-for", f"{forwarded}, {peer}" if forwarded else peer))
+        return metadata
+
+    # -- calling -------------------------------------------------------------------------------
+
+    def _run(self, coroutine: Any) -> Any:
+        from microframe.client.blocking import background_loop
+
+        return asyncio.run_coroutine_threadsafe(coroutine, background_loop()).result()
+
+    def _call(self, binding: Binding, requests: list[Any], metadata: list[tuple[str, str]],
+              start_response: StartResponse) -> Iterable[bytes]:
+        method = binding.method
+        _, reply_class = self._classes_of(binding)
+        options: dict[str, Any] = {"timeout": self.timeout, "metadata": metadata}
+        client = self.client
+        if not method.server_streaming:
+            if method.client_streaming:
+                reply = self._run(client.stream_unary(binding.path, requests, reply_class, **options))
+            else:
+                reply = self._run(client.unary(binding.path, requests[0], reply_class, **options))
+            body = self._encode(reply, binding.response_body).encode()
+            start_response(status_line(200), [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+            return [body]
+        if method.client_streaming:
+            stream = client.stream_stream(binding.path, requests, reply_class, **options)
+        else:
+            stream = client.unary_stream(binding.path, requests[0], reply_class, **options)
+        replies = self._iterate(stream)
+        first = next(replies, None)  # an error before the first reply is answered with its status
+        start_response(status_line(200), [("Content-Type", NDJSON)])
+        return self._lines(first, replies, binding.response_body)
+
+    def _iterate(self, stream: Any) -> Iterator[Any]:
+        async def step() -> Any:
+            return await stream.__anext__()
+
+        while True:
+            try:
+                yield self._run(step())
+            except StopAsyncIteration:
+                return
+
+    def _lines(self, first: Any, rest: Iterator[Any], field: str) -> Iterator[bytes]:
+        if first is None:
+            return
+        yield (self._encode(first, field) + "\n").encode()
+        try:
+            for reply in rest:
+                yield (self._encode(reply, field) + "\n").encode()
+        except RpcError as err:  # after the status line: the error is the stream's last line
+            yield json.dumps({"error": {"code": err.code.value[0], "status": err.code.name, "message": err.message}}).encode() + b"\n"
+
+    def _encode(self, reply: Any, field: str) -> str:
+        if field:
+            reply = getattr(reply, field)
+        return to_json(reply, emit_defaults=self.emit_defaults)
+
+    def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
+        path = "/grpc.health.v1.Health/Check"
+        try:
+            reply = self._run(self.client.unary(path, self._health(), self._health_reply, timeout=min(self.timeout, 5.0)))
+        except RpcError as err:
+            return _error(start_response, 503, err.code, err.message)
+        serving = reply.status == reply.SERVING
+        body = json.dumps({"status": reply.ServingStatus.Name(reply.status)}).encode()
+        start_response(status_line(200 if serving else 503), [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _get_path(value: dict[str, Any], path: str) -> Any:
+    for name in path.split("."):
+        if not isinstance(value, dict) or name not in value:
+            return None
+        value = value[name]
+    return value
+
+
+def _error(start_response: StartResponse, http_status: int, code: grpc.StatusCode, message: str,
+           headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    body = error_json(code, message)
+    start_response(status_line(http_status),
+                   [("Content-Type", JSON), ("Content-Length", str(len(body))), *(headers or [])])
+    return [body]
+
+
+def _rpc_error(start_response: StartResponse, err: RpcError) -> list[bytes]:
+    headers = [("Retry-After", value) for key, value in err.trailers if key == "retry-after"]
+    return _error(start_response, HTTP_STATUS.get(err.code, 500), err.code, err.message, headers)

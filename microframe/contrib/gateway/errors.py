@@ -1,0 +1,50 @@
+"""gRPC status codes as HTTP statuses, and the JSON error body of the gateway.
+
+The mapping is Google's (``google.rpc.Code``, as grpc-gateway and Envoy's transcoder apply it).
+The body is ``{"code": <gRPC code>, "status": "<CODE NAME>", "message": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+    429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+def status_line(http_status: int) -> str:
+    return f"{http_status} {REASONS.get(http_status, 'Error')}"
+
+
+def error_body(code: grpc.StatusCode, message: str) -> dict[str, object]:
+    return {"code": code.value[0], "status": code.name, "message": message}
+
+
+def error_json(code: grpc.StatusCode, message: str) -> bytes:
+    return json.dumps(error_body(code, message)).encode()

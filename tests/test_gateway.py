@@ -1,0 +1,269 @@
+"""The HTTP/JSON gateway: a real gunicorn in front of a real service, over real HTTP.
+
+The service (``shop``) is made as a user makes one: ``startservice``, a proto with
+``google.api.http`` annotations, controllers, ``genproto``; then ``runserver`` and
+``gunicorn shop.wsgi`` from its directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import GunicornProcess, ServerProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+PROTO = """syntax = "proto3";
+
+package shop;
+
+import "google/api/annotations.proto";
+
+service Shop {
+  rpc SayHello (HelloRequest) returns (HelloReply) {
+    option (google.api.http) = { get: "/v1/hello/{name}" };
+  }
+  rpc Search (SearchRequest) returns (Echo) {
+    option (google.api.http) = { get: "/v1/shelves/{shelf}/books" };
+  }
+  rpc CreateBook (CreateBookRequest) returns (Book) {
+    option (google.api.http) = {
+      post: "/v1/shelves/{shelf}/books"
+      body: "book"
+      additional_bindings { put: "/v1/shelves/{shelf}/books/{book.id}" body: "book" }
+    };
+  }
+  rpc Publish (PublishRequest) returns (Echo) {
+    option (google.api.http) = { post: "/v1/{name=shelves/*/books/*}:publish" body: "*" };
+  }
+  rpc Count (CountRequest) returns (stream Tick) {
+    option (google.api.http) = { get: "/v1/count/{to}" };
+  }
+  rpc Sum (stream Number) returns (Number);
+}
+
+message HelloRequest { string name = 1; }
+message HelloReply { string message = 1; }
+message SearchRequest {
+  string shelf = 1;
+  string q = 2;
+  int32 limit = 3;
+  bool in_stock = 4;
+  repeated string tags = 5;
+  Page page = 6;
+}
+message Page { int32 size = 1; }
+message Echo { string json = 1; }
+message Book { string id = 1; string title = 2; int64 pages = 3; }
+message CreateBookRequest { string shelf = 1; Book book = 2; }
+message PublishRequest { string name = 1; string when = 2; }
+message CountRequest { uint32 to = 1; }
+message Tick { uint32 n = 1; }
+message Number { int64 value = 1; }
+"""
+
+CONTROLLER = '''"""Controllers of shop.Shop, for the gateway tests."""
+
+import json
+
+from google.protobuf.json_format import MessageToDict
+
+from microframe import Aborted, InvalidArgument, NotFound, ResourceExhausted
+
+from shop.generate.shop_pb2 import Book, Echo, HelloReply, Number, Tick
+
+
+def _echo(request):
+    return Echo(json=json.dumps(MessageToDict(request, preserving_proto_field_name=True), sort_keys=True))
+
+
+async def say_hello(ctx, request):
+    if request.name.startswith("md:"):
+        return HelloReply(message=repr(ctx.metadata.get(request.name[3:])))
+    if request.name == "busy":
+        raise ResourceExhausted("try later", trailers={"retry-after": "2"})
+    if request.name == "bad":
+        raise InvalidArgument("bad name")
+    return HelloReply(message=f"Hello, {request.name}!")
+
+
+async def search(ctx, request):
+    return _echo(request)
+
+
+async def create_book(ctx, request):
+    if request.shelf == "missing":
+        raise NotFound(f"no shelf {request.shelf}")
+    return Book(id=request.book.id or "b1", title=f"{request.shelf}: {request.book.title}", pages=request.book.pages)
+
+
+async def publish(ctx, request):
+    return _echo(request)
+
+
+async def count(ctx, request):
+    if request.to > 100:
+        raise InvalidArgument("to must be at most 100")
+    for n in range(1, request.to + 1):
+        if request.to == 13 and n == 3:
+            raise Aborted("unlucky")
+        yield Tick(n=n)
+
+
+async def sum(ctx, requests):
+    total = 0
+    async for number in requests:
+        total += number.value
+    return Number(value=total)
+'''
+
+
+def user_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_") and k != "PYTHONPATH"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["MICROFRAME_REGISTRY_DIR"] = str(tmp / "registry")
+    return env
+
+
+class Shop:
+    def __init__(self, tmp: Path) -> None:
+        self.env = user_env(tmp)
+        made = subprocess.run([sys.executable, "-m", "microframe", "startservice", "shop"], cwd=tmp,
+                              env=self.env, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        self.dir = tmp / "shop"
+        (self.dir / "idl" / "shop.proto").write_text(PROTO)
+        (self.dir / "controller" / "shop.py").write_text(CONTROLLER)
+        settings = self.dir / "settings.py"
+        settings.write_text(settings.read_text() + '\nGATEWAY = {"MAX_BODY_BYTES": 2048, "TIMEOUT": 5.0}\n')
+        generated = subprocess.run([sys.executable, "manage.py", "genproto"], cwd=self.dir, env=self.env,
+                                   capture_output=True, text=True, timeout=120)
+        assert generated.returncode == 0, generated.stderr
+        self.server = ServerProcess(tmp, manage=self.dir / "manage.py", full_env=self.env).wait_serving()
+        self.gateway = GunicornProcess(self.dir, "shop.wsgi", self.env, extra=("--threads", "4")).wait_healthy()
+
+    def get(self, path: str, **kwargs: object) -> tuple[int, dict[str, str], bytes]:
+        return self.gateway.request("GET", path, **kwargs)  # type: ignore[arg-type]
+
+    def post(self, path: str, body: object, **kwargs: object) -> tuple[int, dict[str, str], bytes]:
+        data = body if isinstance(body, bytes | str) else json.dumps(body)
+        return self.gateway.request("POST", path, data, **kwargs)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.gateway.kill()
+        self.server.kill()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    service = Shop(tmp_path_factory.mktemp("gateway"))
+    yield service
+    service.close()
+
+
+def ok_json(answer: tuple[int, dict[str, str], bytes]) -> object:
+    status, headers, body = answer
+    assert status == 200, body
+    assert headers["content-type"] == "application/json"
+    return json.loads(body)
+
+
+def test_every_rpc_answers_post_package_service_method(shop: Shop) -> None:
+    assert ok_json(shop.post("/shop.Shop/SayHello", {"name": "Ada"})) == {"message": "Hello, Ada!"}
+    # curl -d sends application/x-www-form-urlencoded: the body is read as JSON all the same.
+    answer = shop.gateway.request("POST", "/shop.Shop/SayHello", '{"name": "Bo"}',
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert ok_json(answer) == {"message": "Hello, Bo!"}
+    assert ok_json(shop.post("/shop.Shop/SayHello", "")) == {"message": "Hello, !"}
+
+
+def test_path_and_query_parameters_bind_to_fields(shop: Shop) -> None:
+    echo = ok_json(shop.get("/v1/shelves/sci%20fi/books?q=dune&limit=5&in_stock=true&tags=a&tags=b&page.size=20"))
+    assert json.loads(echo["json"]) == {  # type: ignore[index]
+        "shelf": "sci fi", "q": "dune", "limit": 5, "in_stock": True, "tags": ["a", "b"], "page": {"size": 20},
+    }
+    camel = ok_json(shop.get("/v1/shelves/s/books?inStock=false&limit=0"))
+    assert json.loads(camel["json"]) == {"shelf": "s"}  # type: ignore[index]
+    assert ok_json(shop.get("/v1/hello/Cy")) == {"message": "Hello, Cy!"}
+
+
+def test_body_field_multi_segment_variables_and_custom_verbs(shop: Shop) -> None:
+    book = ok_json(shop.post("/v1/shelves/poetry/books", {"title": "Odes", "pages": "120"}))
+    assert book == {"id": "b1", "title": "poetry: Odes", "pages": "120"}
+    put = shop.gateway.request("PUT", "/v1/shelves/poetry/books/b7", json.dumps({"title": "Ars"}))
+    assert ok_json(put) == {"id": "b7", "title": "poetry: Ars"}
+    published = ok_json(shop.post("/v1/shelves/s1/books/b2:publish", {"when": "now"}))
+    assert json.loads(published["json"]) == {"name": "shelves/s1/books/b2", "when": "now"}  # type: ignore[index]
+
+
+def test_server_streams_are_newline_delimited_json(shop: Shop) -> None:
+    status, headers, body = shop.get("/v1/count/4")
+    assert status == 200 and headers["content-type"] == "application/x-ndjson"
+    assert [json.loads(line) for line in body.splitlines()] == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+    # An error before the first reply is the answer's status; after it, the stream's last line.
+    status, _, body = shop.get("/v1/count/500")
+    assert status == 400 and json.loads(body)["status"] == "INVALID_ARGUMENT"
+    status, _, body = shop.get("/v1/count/13")
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert status == 200 and lines[:2] == [{"n": 1}, {"n": 2}]
+    assert lines[2] == {"error": {"code": 10, "status": "ABORTED", "message": "unlucky"}}
+
+
+def test_client_streams_take_a_json_array(shop: Shop) -> None:
+    assert ok_json(shop.post("/shop.Shop/Sum", [{"value": 2}, {"value": "40"}])) == {"value": "42"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/shop.Shop/SayHello", {"name": "bad"}, 400, "INVALID_ARGUMENT"),
+        ("POST", "/v1/shelves/missing/books", {"title": "x"}, 404, "NOT_FOUND"),
+        ("POST", "/shop.Shop/SayHello", '{"name": ', 400, "INVALID_ARGUMENT"),
+        ("POST", "/shop.Shop/SayHello", {"nmae": "x"}, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/shelves/s/books?limit=many", None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/shelves/s/books?nosuch=1", None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/no/such/route", None, 404, "NOT_FOUND"),
+        ("DELETE", "/v1/hello/x", None, 405, "UNIMPLEMENTED"),
+    ],
+)
+def test_errors_map_to_http_statuses_with_a_json_body(shop: Shop, method: str, path: str, body: object,
+                                                      status: int, code: str) -> None:
+    data = None if body is None else body if isinstance(body, str) else json.dumps(body)
+    got, headers, answer = shop.gateway.request(method, path, data)
+    assert got == status, answer
+    assert headers["content-type"] == "application/json"
+    error = json.loads(answer)
+    assert error["status"] == code and isinstance(error["code"], int) and error["message"]
+
+
+def test_resource_exhausted_is_429_with_retry_after(shop: Shop) -> None:
+    status, headers, body = shop.post("/shop.Shop/SayHello", {"name": "busy"})
+    assert status == 429 and headers["retry-after"] == "2"
+    assert json.loads(body) == {"code": 8, "status": "RESOURCE_EXHAUSTED", "message": "try later"}
+
+
+def test_the_body_limit_is_enforced(shop: Shop) -> None:
+    status, _, body = shop.post("/shop.Shop/SayHello", {"name": "x" * 4000})
+    assert status == 413 and json.loads(body)["status"] == "RESOURCE_EXHAUSTED"
+    assert ok_json(shop.post("/shop.Shop/SayHello", {"name": "x" * 1000}))
+
+
+def test_selected_headers_pass_as_metadata(shop: Shop) -> None:
+    def seen(key: str, headers: dict[str, str]) -> str:
+        return ok_json(shop.post("/shop.Shop/SayHello", {"name": f"md:{key}"}, headers=headers))["message"]  # type: ignore[index]
+
+    assert seen("authorization", {"Authorization": "Bearer t0k"}) == "'Bearer t0k'"
+    assert seen("x-tenant", {"Grpc-Metadata-X-Tenant": "acme"}) == "'acme'"
+    assert seen("x-secret", {"X-Secret": "no"}) == "None"  # not in FORWARD_HEADERS
+    assert seen("x-forwarded-for", {}) == "'127.0.0.1'"
+
+
+def test_healthz_follows_the_service(shop: Shop) -> None:
+    assert ok_json(shop.get("/healthz")) == {"status": "SERVING"}
