@@ -369,12 +369,12 @@ def test_list_tags(service_dir):
     result = run_check(service_dir, module, "--list-tags")
     assert result.returncode == 0
     assert result.stdout.split() == [
-        "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "server", "settings",
+        "auth", "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "server", "settings",
         "tracing",
     ]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
     assert result.stdout.split() == [
-        "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "security",
+        "auth", "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "security",
         "server", "settings", "tracing",
     ]
 
@@ -584,6 +584,13 @@ def test_deployment_checks(clean, overrides, expected):
     assert ids(deploy=True, **overrides) == expected
 
 
+def test_tokens_over_plaintext_warn_at_deploy(clean):
+    on = {"ENABLED": True, "TOKENS": {"billing": "t"}}
+    assert "auth.W001" not in ids(AUTH=on)
+    assert "auth.W001" in ids(AUTH=on, deploy=True)
+    assert "auth.W001" not in ids(AUTH={"ENABLED": True, "MTLS_IDENTITIES": {"*": "*"}}, deploy=True)
+
+
 def test_tls_silences_plaintext_warning(clean, tmp_path):
     for name in ("c.pem", "k.pem"):
         (tmp_path / name).write_text("pem")
@@ -782,6 +789,12 @@ def test_commands_run_the_checks_first(service_dir):
         ({"LIMITER": {"BACKEND": "no.such.Limiter"}}, "limiter.E002"),
         ({"LIMITER": {"METHODS": {"/a.B/C": {"OPTIONS": {"rate": 0}}}}}, "limiter.E002"),
         ({"LIMITER": {"BACKEND": "microframe.contrib.limiter.redis.RedisLimiter", "OPTIONS": {"rate": 5}}}, "limiter.E003"),
+        ({"AUTH": []}, "auth.E001"),
+        ({"AUTH": {"TOKEN": "x"}}, "auth.E001"),
+        ({"AUTH": {"TOKENS": {"a": ""}}}, "auth.E001"),
+        ({"AUTH": {"TOKEN_HASHES": {"a": "abc"}}}, "auth.E001"),
+        ({"AUTH": {"PERMISSIONS": {"SayHello": ["a"]}}}, "auth.E001"),
+        ({"AUTH": {"EXEMPT": "/a.B/C"}}, "auth.E001"),
         ({"GATEWAY": "on"}, "gateway.E001"),
         ({"GATEWAY": {"TIMOUT": 1}}, "gateway.E001"),
         ({"GATEWAY": {"TIMEOUT": 0}}, "gateway.E001"),

@@ -32,6 +32,7 @@ def test_module_over_defaults(monkeypatch):
         "microframe.contrib.metrics.middleware.MetricsMiddleware",
         "microframe.contrib.tracing.middleware.TracingMiddleware",
         "microframe.contrib.logging.middleware.AccessLogMiddleware",
+        "microframe.contrib.auth.middleware.AuthMiddleware",
         "microframe.contrib.limiter.middleware.RateLimitMiddleware",
         "microframe.contrib.limiter.shedding.SheddingMiddleware",
     ]

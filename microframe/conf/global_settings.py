@@ -74,9 +74,28 @@ MIDDLEWARE = [
     "microframe.contrib.metrics.middleware.MetricsMiddleware",
     "microframe.contrib.tracing.middleware.TracingMiddleware",
     "microframe.contrib.logging.middleware.AccessLogMiddleware",
+    "microframe.contrib.auth.middleware.AuthMiddleware",
     "microframe.contrib.limiter.middleware.RateLimitMiddleware",
     "microframe.contrib.limiter.shedding.SheddingMiddleware",
 ]
+
+# Authentication of the calls served (microframe.contrib.auth, AuthMiddleware): a bearer token
+# in the `authorization` metadata, or, under mTLS (GRPC["TLS"]["CLIENT_CA"]), the client
+# certificate. TOKENS maps an identity to its token (keep tokens out of settings.py: read them
+# from the environment), TOKEN_HASHES to the SHA-256 hex of its token; MTLS_IDENTITIES maps a
+# certificate's common name or SAN to an identity ("*": any certificate the CA signed, named
+# by its common name). PERMISSIONS maps "/pkg.Svc/Method" or "/pkg.Svc/*" to the identities
+# allowed (methods not listed: any authenticated identity); EXEMPT lists methods served without
+# credentials. Refused: UNAUTHENTICATED; not allowed: PERMISSION_DENIED.
+AUTH = {
+    "ENABLED": False,
+    "TOKENS": {},
+    "TOKEN_HASHES": {},
+    "MTLS": True,
+    "MTLS_IDENTITIES": {},
+    "PERMISSIONS": {},
+    "EXEMPT": [],
+}
 
 # Rate limiting of the calls served (microframe.contrib.limiter): a backend and its options, what
 # happens over the limit ("reject": RESOURCE_EXHAUSTED with a retry-after; "wait": queue up to

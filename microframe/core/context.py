@@ -45,6 +45,7 @@ class RequestContext:
         "grpc",
         "start",
         "span",
+        "identity",
         "_metadata",
         "_trace_id",
         "_logger",
@@ -60,6 +61,8 @@ class RequestContext:
         self.start = time.perf_counter()
         #: The active tracing span (opentracing API) when tracing is on, else None.
         self.span: Any = None
+        #: Who called, when the auth middleware identified the caller (else None).
+        self.identity: str | None = None
         self._metadata: dict[str, str] | None = None
         self._trace_id: str | None = None
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None

@@ -5,7 +5,8 @@ caller's address; ``relay:<svc>,<svc>...``: call the next service with the clien
 ``discover:<service>``: the addresses of that service's instances, found through the registry;
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
-the GREETING setting; ``metadata:<key>``: the repr of that request metadata value; ``fields``: two access-log fields added, the trace id answered; ``burn:<ms>``: that much CPU work, in 1 ms slices with 2 ms waits between; anything else: a greeting. ``delay_ms`` makes the call take that long.
+the GREETING setting; ``metadata:<key>``: the repr of that request metadata value; ``identity``: who
+called (``ctx.identity``); ``fields``: two access-log fields added, the trace id answered; ``burn:<ms>``: that much CPU work, in 1 ms slices with 2 ms waits between; anything else: a greeting. ``delay_ms`` makes the call take that long.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ async def say_hello(ctx, request: HelloRequest):
         return HelloReply(message=ctx.trace_id)
     if name == "setting":
         return HelloReply(message=str(settings.GREETING))
+    if name == "identity":
+        return HelloReply(message=str(ctx.identity))
     if name.startswith("metadata:"):
         value = ctx.metadata.get(name[9:])
         return HelloReply(message=repr(value))

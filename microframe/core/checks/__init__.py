@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import microframe.client.checks  # noqa: F401 - the client library's checks
+import microframe.contrib.auth.checks  # noqa: F401 - the auth battery's checks
 import microframe.contrib.gateway.checks  # noqa: F401 - the gateway battery's checks
 import microframe.contrib.limiter.checks  # noqa: F401 - the limiter battery's checks
 import microframe.contrib.logging.checks  # noqa: F401 - the logging battery's checks

@@ -24,6 +24,7 @@ class Tags:
     limiter = "limiter"
     logging = "logging"
     gateway = "gateway"
+    auth = "auth"
 
 
 F = TypeVar("F", bound=Callable[..., Iterable[CheckMessage]])
