@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from microframe.contrib.auth.middleware import Credentials
 
-from conftest import ROOT, ServerProcess, service_settings, wait_until
+from conftest import ROOT, ServerProcess, base_env, service_settings, wait_until
 from example.generate.hello_pb2 import HelloReply, HelloRequest
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,6 +49,7 @@ class Secured:
             ACCESS_LOG={"ENABLED": True, "METADATA": True},
         )
         env = {"PYTHONPATH": os.pathsep.join([str(tmp), str(ROOT), str(ROOT / "tests")])}
+        self.settings, self.env = settings, env
         self.server = ServerProcess(tmp, settings=settings, env=env)
         wait_until(lambda: "Serving gRPC on" in self.server.output, 20, "the TLS server to serve")
 
@@ -122,3 +125,25 @@ def test_credentials_match_whole_tokens_only() -> None:
                                "TOKEN_HASHES": {"c": hashlib.sha256(b"gamma").hexdigest()}})
     assert [credentials.token_identity(t) for t in ("alpha", "beta", "gamma")] == ["a", "b", "c"]
     assert [credentials.token_identity(t) for t in ("alph", "alphaa", "", "ALPHA")] == [None] * 4
+
+
+def test_call_speaks_tls_and_sends_the_token(secured: Secured) -> None:
+    pki = secured.pki
+    tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "microframe", "call", "helloworld.Greeter/SayHello", '{"name": "identity"}',
+             "--address", secured.server.address, "--compact", *args],
+            env=base_env(**secured.env), capture_output=True, text=True, timeout=60,
+        )
+
+    with_token = call(*tls, "-H", f"authorization=Bearer {TOKEN}", "--reflection")
+    assert with_token.returncode == 0, with_token.stderr
+    assert with_token.stdout.strip() == '{"message": "billing"}'
+    by_certificate = call(*tls, "--reflection")
+    assert by_certificate.stdout.strip() == '{"message": "svc-client"}', by_certificate.stderr
+    plaintext = call("--settings", secured.settings, "--timeout", "2")
+    assert plaintext.returncode == 64 + 14 and "UNAVAILABLE" in plaintext.stderr
+    half = call("--tls-cert", str(pki.client_cert))
+    assert half.returncode == 1 and "--tls-cert and --tls-key go together" in half.stderr

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import grpc
-from conftest import ROOT, ServerProcess, require_binary
 
+from conftest import ROOT, ServerProcess, require_binary
 from example.generate.hello_pb2 import HelloRequest
 from example.generate.hello_pb2_grpc import GreeterStub
 

@@ -31,7 +31,8 @@ BASE_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _credentials(tls: dict[str, Any]) -> tuple[grpc.ChannelCredentials, str | None]:
+def channel_credentials(tls: dict[str, Any]) -> tuple[grpc.ChannelCredentials, str | None]:
+    """The channel credentials of client TLS options, and the server name to expect (if any)."""
     def read(key: str) -> bytes | None:
         path = tls.get(key)
         if not path:
@@ -73,7 +74,7 @@ class ChannelPool:
         if channel is None:
             args = list(BASE_OPTIONS) + list(options)
             if tls:
-                credentials, server_name = _credentials(tls)
+                credentials, server_name = channel_credentials(tls)
                 if server_name:
                     args.append(("grpc.ssl_target_name_override", server_name))
                 channel = grpc.aio.secure_channel(address, credentials, options=args)

@@ -89,7 +89,7 @@ def read_request(text: str | None) -> Any:
         raise CommandError(f"The request is not JSON: {err}.") from None
 
 
-def reflection_pool(address: str, connect_timeout: float) -> tuple[Any, Any]:
+def reflection_pool(address: str, connect_timeout: float, tls: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """A descriptor pool fed by the server's reflection service, and its database (the server
     must answer within ``connect_timeout`` seconds)."""
     import grpc
@@ -98,7 +98,14 @@ def reflection_pool(address: str, connect_timeout: float) -> tuple[Any, Any]:
         ProtoReflectionDescriptorDatabase,
     )
 
-    channel = grpc.insecure_channel(address)
+    from microframe.client.channels import channel_credentials
+
+    if tls:
+        credentials, server_name = channel_credentials(tls)
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address)
     try:
         grpc.channel_ready_future(channel).result(timeout=connect_timeout)
     except grpc.FutureTimeoutError:
@@ -138,6 +145,10 @@ class Command(BaseCommand):
             help="Read the method's descriptors from the server's reflection service instead of "
                  "the local generated code.",
         )
+        parser.add_argument("--tls-ca", metavar="FILE", help="Call over TLS, trusting this CA (PEM).")
+        parser.add_argument("--tls-cert", metavar="FILE", help="Client certificate (PEM), for mTLS.")
+        parser.add_argument("--tls-key", metavar="FILE", help="Its private key (PEM).")
+        parser.add_argument("--tls-server-name", metavar="NAME", help="The name the server's certificate must have.")
         parser.add_argument(
             "--emit-defaults", action="store_true", help="Print fields that hold their default value."
         )
@@ -167,13 +178,14 @@ class Command(BaseCommand):
         from microframe.client import Client
 
         address: str | None = options["address"]
+        tls = _tls_options(options)
         local = _local_service()
         registry_name = options["service"]
         if options["reflection"]:
             if address is None:
                 registry_name = registry_name or local.registry_name(service_name)
                 address = await _discover_one(registry_name)
-            pool, database = await asyncio.to_thread(reflection_pool, address, options["timeout"] or 10.0)
+            pool, database = await asyncio.to_thread(reflection_pool, address, options["timeout"] or 10.0, tls)
             try:
                 known = await asyncio.to_thread(database.get_services)
             except Exception as err:  # grpc.RpcError: the server has no reflection, or is down
@@ -193,7 +205,8 @@ class Command(BaseCommand):
             requests = parse_requests(request_json, request_class, method.client_streaming)
         except ValueError as err:
             raise CommandError(str(err)) from None
-        client = Client(registry_name, address=address) if address else Client(registry_name)
+        client_options: dict[str, Any] = {"tls": tls} if tls else {}
+        client = Client(registry_name, address=address, **client_options) if address else Client(registry_name, **client_options)
         path = f"/{service.full_name}/{method.name}"
         call_options = {"timeout": options["timeout"], "metadata": metadata}
         try:
@@ -215,6 +228,20 @@ class Command(BaseCommand):
     def _print(self, reply: Any, options: dict[str, Any]) -> None:
         self.stdout.write(to_json(reply, indent=None if options["compact"] else 2, emit_defaults=options["emit_defaults"]))
         self.stdout.flush()
+
+
+def _tls_options(options: dict[str, Any]) -> dict[str, Any] | None:
+    """The client TLS options of ``--tls-*`` (None: the client's own, plaintext by default)."""
+    given = {"CA": options["tls_ca"], "CERT": options["tls_cert"], "KEY": options["tls_key"],
+             "SERVER_NAME": options["tls_server_name"]}
+    if not any(given.values()):
+        return None
+    if bool(given["CERT"]) != bool(given["KEY"]):
+        raise CommandError("--tls-cert and --tls-key go together.")
+    for key in ("CA", "CERT", "KEY"):
+        if given[key] and not Path(given[key]).is_file():
+            raise CommandError(f"--tls-{key.lower()}: {given[key]} is not a file.")
+    return {k: v for k, v in given.items() if v}
 
 
 def _local_service() -> LocalService:
