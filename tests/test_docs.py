@@ -108,3 +108,19 @@ def test_readme_quick_start_matches_docs_home():
     assert home_blocks[0] == commands, (
         f"docs/index.md's quick start {home_blocks[0]} differs from the README's {commands}"
     )
+
+
+def test_every_setting_check_and_command_is_in_the_reference():
+    import microframe.conf.global_settings as defaults
+
+    settings_ref = (DOCS / "ref" / "settings.md").read_text(encoding="utf-8")
+    assert not [n for n in dir(defaults) if n.isupper() and f"`{n}`" not in settings_ref]
+    ids: set[str] = set()
+    for path in (ROOT / "microframe").rglob("*.py"):
+        ids |= set(re.findall(r'id="([a-z]+\.[EWICD]\d{3})"', path.read_text(encoding="utf-8")))
+    checks_ref = (DOCS / "ref" / "checks.md").read_text(encoding="utf-8")
+    assert len(ids) > 30
+    assert not sorted(i for i in ids if f"**{i}**" not in checks_ref and not i.startswith("myapp."))
+    commands_ref = (DOCS / "ref" / "commands.md").read_text(encoding="utf-8")
+    commands = [p.stem for p in (ROOT / "microframe" / "management" / "commands").glob("[!_]*.py")]
+    assert not [c for c in commands if f"## `{c}`" not in commands_ref]
