@@ -8,9 +8,7 @@ hook runs ``genproto``, so the new service answers its ``SayHello`` RPC at once.
 from __future__ import annotations
 
 import importlib.util
-import io
 import keyword
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,19 +102,13 @@ class Command(BaseCommand):
         for key in ("proto_package", "service_class", "author"):
             if options[key]:
                 context[key] = options[key]
-        created_empty = target.is_dir()
-        out = io.StringIO()
-        saved = sys.stdout
-        sys.stdout = out  # the hooks' chatter; errors still reach stderr
         try:
             cookiecutter(
                 str(template), no_input=True, extra_context=context, output_dir=str(target.parent),
-                overwrite_if_exists=created_empty, accept_hooks=True,
+                overwrite_if_exists=target.is_dir(), accept_hooks=True,
             )
         except CookiecutterException as err:
             raise CommandError(f"The service could not be created: {err}") from err
-        finally:
-            sys.stdout = saved
         self.stdout.write(
             f"Created the service {context['service_name']!r} in {target}.\n"
             f"  cd {target}\n"
