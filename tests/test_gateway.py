@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GunicornProcess, ServerProcess
+from conftest import GunicornProcess, ServerProcess, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,6 +71,7 @@ message Number { int64 value = 1; }
 
 CONTROLLER = '''"""Controllers of shop.Shop, for the gateway tests."""
 
+import asyncio
 import json
 
 from google.protobuf.json_format import MessageToDict
@@ -112,6 +113,8 @@ async def count(ctx, request):
     if request.to > 100:
         raise InvalidArgument("to must be at most 100")
     for n in range(1, request.to + 1):
+        if request.to == 99:  # slowly: the test hangs up in the middle
+            await asyncio.sleep(0.05)
         if request.to == 13 and n == 3:
             raise Aborted("unlucky")
         yield Tick(n=n)
@@ -214,6 +217,23 @@ def test_server_streams_are_newline_delimited_json(shop: Shop) -> None:
     lines = [json.loads(line) for line in body.splitlines()]
     assert status == 200 and lines[:2] == [{"n": 1}, {"n": 2}]
     assert lines[2] == {"error": {"code": 10, "status": "ABORTED", "message": "unlucky"}}
+
+
+def test_a_client_hanging_up_cancels_the_server_stream(shop: Shop) -> None:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", shop.gateway.port, timeout=10)
+    connection.request("GET", "/v1/count/99")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.readline()) == {"n": 1}
+    connection.close()  # 98 replies and about 5 s of streaming to go
+
+    def cancelled() -> bool:
+        text = shop.server.metrics_text()
+        return any('grpc_method="Count"' in line and 'grpc_code="CANCELLED"' in line and not line.endswith(" 0.0")
+                   for line in text.splitlines() if line.startswith("grpc_server_handled_total"))
+
+    wait_until(cancelled, 4, "the server to see the call cancelled")
 
 
 def test_client_streams_take_a_json_array(shop: Shop) -> None:

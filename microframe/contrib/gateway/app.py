@@ -217,9 +217,13 @@ class GatewayApplication:
         else:
             stream = client.unary_stream(binding.path, requests[0], reply_class, **options)
         replies = self._iterate(stream)
-        first = next(replies, None)  # an error before the first reply is answered with its status
+        try:
+            first = next(replies, None)  # an error before the first reply is answered with its status
+        except BaseException:
+            self._close(stream)
+            raise
         start_response(status_line(200), [("Content-Type", NDJSON)])
-        return self._lines(first, replies, binding.response_body)
+        return self._lines(first, replies, stream, binding.response_body)
 
     def _iterate(self, stream: Any) -> Iterator[Any]:
         async def step() -> Any:
@@ -231,15 +235,26 @@ class GatewayApplication:
             except StopAsyncIteration:
                 return
 
-    def _lines(self, first: Any, rest: Iterator[Any], field: str) -> Iterator[bytes]:
-        if first is None:
-            return
-        yield (self._encode(first, field) + "\n").encode()
+    def _close(self, stream: Any) -> None:
+        """End the call of ``stream`` (the HTTP client went away): the server stops sending."""
+        from microframe.client.blocking import background_loop
+
+        asyncio.run_coroutine_threadsafe(stream.aclose(), background_loop())
+
+    def _lines(self, first: Any, rest: Iterator[Any], stream: Any, field: str) -> Iterator[bytes]:
+        finished = False
         try:
-            for reply in rest:
-                yield (self._encode(reply, field) + "\n").encode()
+            if first is not None:
+                yield (self._encode(first, field) + "\n").encode()
+                for reply in rest:
+                    yield (self._encode(reply, field) + "\n").encode()
+            finished = True
         except RpcError as err:  # after the status line: the error is the stream's last line
+            finished = True
             yield json.dumps({"error": {"code": err.code.value[0], "status": err.code.name, "message": err.message}}).encode() + b"\n"
+        finally:
+            if not finished:  # closed by the server (gunicorn) before the end: a client disconnect
+                self._close(stream)
 
     def _encode(self, reply: Any, field: str) -> str:
         if field:
