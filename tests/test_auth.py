@@ -147,3 +147,25 @@ def test_call_speaks_tls_and_sends_the_token(secured: Secured) -> None:
     assert plaintext.returncode == 64 + 14 and "UNAVAILABLE" in plaintext.stderr
     half = call("--tls-cert", str(pki.client_cert))
     assert half.returncode == 1 and "--tls-cert and --tls-key go together" in half.stderr
+
+
+async def test_each_auth_setting_is_used_at_once_and_plaintext_calls_need_credentials() -> None:
+    from microframe.core.router import load_routes
+    from microframe.test import override_settings, serve
+
+    routes = load_routes("testservice.router")
+    middleware = ["microframe.contrib.auth.middleware.AuthMiddleware"]
+    for token in ("one", "two", "three"):  # a new AUTH dict each time, as tests make them
+        with override_settings(AUTH={"ENABLED": True, "TOKENS": {"svc": token}}):
+            async with serve(routes=routes, middleware=middleware) as server, grpc.aio.insecure_channel(server.address) as channel:
+                say = channel.unary_unary(SAY_HELLO, request_serializer=HelloRequest.SerializeToString,
+                                          response_deserializer=HelloReply.FromString)
+                reply = await say(HelloRequest(name="identity"), metadata=[("authorization", f"Bearer {token}")], timeout=5)
+                assert reply.message == "svc"
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await say(HelloRequest(name="identity"), timeout=5)
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "credentials required" in (raised.value.details() or "")
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await say(HelloRequest(), metadata=[("authorization", f"Basic {token}")], timeout=5)
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED

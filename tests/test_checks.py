@@ -591,6 +591,24 @@ def test_tokens_over_plaintext_warn_at_deploy(clean):
     assert "auth.W001" not in ids(AUTH={"ENABLED": True, "MTLS_IDENTITIES": {"*": "*"}}, deploy=True)
 
 
+AUTH_MW = ["microframe.contrib.auth.middleware.AuthMiddleware"]
+
+
+def test_auth_on_without_its_middleware_is_an_error(clean):
+    on = {"ENABLED": True, "TOKENS": {"a": "t"}}
+    assert "auth.E002" in ids(AUTH=on)  # the service's MIDDLEWARE replaced the default
+    assert "auth.E002" not in ids(AUTH=on, MIDDLEWARE=AUTH_MW)
+    assert "auth.E002" not in ids(AUTH={**on, "ENABLED": False})
+
+
+def test_auth_naming_methods_the_router_does_not_serve_warns(clean):
+    on = {"ENABLED": True, "TOKENS": {"a": "t"}}
+    misspelt = ids(AUTH={**on, "PERMISSIONS": {"/helloworld.Greeter/sayHello": ["a"]}}, MIDDLEWARE=AUTH_MW)
+    assert misspelt == ["auth.W002"]
+    sound = {**on, "PERMISSIONS": {"/helloworld.Greeter/SayHello": ["a"]}, "EXEMPT": ["/helloworld.Greeter/*"]}
+    assert ids(AUTH=sound, MIDDLEWARE=AUTH_MW) == []
+
+
 def test_tls_silences_plaintext_warning(clean, tmp_path):
     for name in ("c.pem", "k.pem"):
         (tmp_path / name).write_text("pem")

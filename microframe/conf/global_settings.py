@@ -85,7 +85,7 @@ MIDDLEWARE = [
 # from the environment), TOKEN_HASHES to the SHA-256 hex of its token; MTLS_IDENTITIES maps a
 # certificate's common name or SAN to an identity ("*": any certificate the CA signed, named
 # by its common name). PERMISSIONS maps "/pkg.Svc/Method" or "/pkg.Svc/*" to the identities
-# allowed (methods not listed: any authenticated identity); EXEMPT lists methods served without
+# allowed (methods not listed: any authenticated identity); EXEMPT lists methods (or "/pkg.Svc/*") served without
 # credentials. Refused: UNAUTHENTICATED; not allowed: PERMISSION_DENIED.
 AUTH = {
     "ENABLED": False,

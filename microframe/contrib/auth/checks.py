@@ -3,6 +3,10 @@
 - ``auth.E001``: ``AUTH`` is not a dict, has unknown keys, or a bad entry: a token that is not
   a non-empty string, a token hash that is not 64 hex digits, ``PERMISSIONS`` or ``EXEMPT``
   naming something that is not a ``/pkg.Service/Method`` path.
+- ``auth.E002``: ``AUTH["ENABLED"]`` is true and ``MIDDLEWARE`` has no ``AuthMiddleware`` (a
+  ``MIDDLEWARE`` list replaces the default whole): every call would be served unauthenticated.
+- ``auth.W002``: a ``PERMISSIONS`` or ``EXEMPT`` entry names no method the router serves (a
+  misspelt method would leave the real one open to every identity).
 - ``auth.W001`` (``--deploy``): auth is on and bearer tokens travel over plaintext gRPC (no
   ``GRPC["TLS"]``): anyone on the path can read and replay them.
 """
@@ -59,3 +63,44 @@ def check_tokens_over_plaintext(**kwargs: Any) -> list[CheckMessage]:
                         hint='Serve TLS (GRPC["TLS"] = {"CERT": ..., "KEY": ...}) or terminate it in front of the service.',
                         id="auth.W001")]
     return []
+
+
+AUTH_MIDDLEWARE = "microframe.contrib.auth.middleware.AuthMiddleware"
+
+
+@register(Tags.auth, Tags.middleware)
+def check_auth_in_middleware(**kwargs: Any) -> list[CheckMessage]:
+    config = getattr(settings, "AUTH", None)
+    if not isinstance(config, dict) or not config.get("ENABLED"):
+        return []
+    from microframe.contrib.auth.middleware import AuthMiddleware
+
+    middleware = getattr(settings, "MIDDLEWARE", None) or []
+    if any(entry == AUTH_MIDDLEWARE or entry is AuthMiddleware for entry in middleware):
+        return []
+    return [Error('AUTH["ENABLED"] is true but MIDDLEWARE has no AuthMiddleware: every call is served unauthenticated.',
+                  hint=f'Add "{AUTH_MIDDLEWARE}" to MIDDLEWARE (after the access log, before the limiter).',
+                  id="auth.E002")]
+
+
+@register(Tags.auth, Tags.router)
+def check_auth_methods(**kwargs: Any) -> list[CheckMessage]:
+    config = getattr(settings, "AUTH", None)
+    if not isinstance(config, dict) or not config.get("ENABLED"):
+        return []
+    from microframe.core.router import load_routes
+
+    try:
+        routes = load_routes(getattr(settings, "ROOT_ROUTER", None))
+    except Exception:  # noqa: BLE001 - a broken router is microframe.E004's to report
+        return []
+    methods = {route.full_method for route in routes}
+    services = {f"/{route.service}/*" for route in routes}
+    named = [*(config.get("PERMISSIONS") or {}), *(config.get("EXEMPT") or [])]
+    unknown = sorted({str(n) for n in named if n not in methods and n not in services})
+    if not unknown:
+        return []
+    return [Warning(f'AUTH names methods the router does not serve: {", ".join(unknown)}.',
+                    hint="Write them as /package.Service/Method (or /package.Service/*), as the router serves them: "
+                         + ", ".join(sorted(methods)[:5]) + (" ..." if len(methods) > 5 else ""),
+                    id="auth.W002")]

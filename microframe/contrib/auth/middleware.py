@@ -16,7 +16,7 @@ log the method, the peer and why, not what was presented.
 
 ``AUTH["PERMISSIONS"]`` maps ``"/pkg.Service/Method"`` (or ``"/pkg.Service/*"``) to the
 identities allowed; a method not listed admits every authenticated identity. Methods in
-``AUTH["EXEMPT"]`` are served without credentials (the health and reflection services are
+``AUTH["EXEMPT"]`` (or all of a service's, ``"/pkg.Service/*"``) are served without credentials (the health and reflection services are
 never behind the chain).
 """
 
@@ -81,15 +81,23 @@ def permissions_for(config: dict[str, Any], full_method: str) -> frozenset[str] 
     return None if allowed is None else frozenset(str(i) for i in allowed)
 
 
-_credentials: dict[int, Credentials] = {}
+def is_exempt(config: dict[str, Any], full_method: str) -> bool:
+    """Whether ``AUTH["EXEMPT"]`` lists ``full_method`` or its service (``/pkg.Service/*``)."""
+    exempt = config.get("EXEMPT") or ()
+    return full_method in exempt or f"{full_method.rsplit('/', 1)[0]}/*" in exempt
+
+
+_credentials: tuple[dict[str, Any], Credentials] | None = None
 
 
 def _shared_credentials(config: dict[str, Any]) -> Credentials:
-    # One set per AUTH dict (every method's chain shares it; a new AUTH in a test builds anew).
-    found = _credentials.get(id(config))
-    if found is None:
-        found = _credentials[id(config)] = Credentials(config)
-    return found
+    # Built once for the AUTH dict in force, shared by every method's chain; another AUTH dict
+    # (override_settings in a test) builds anew. Keeping the dict itself, not its id, means a
+    # new dict can never be taken for a freed one.
+    global _credentials
+    if _credentials is None or _credentials[0] is not config:
+        _credentials = (config, Credentials(config))
+    return _credentials[1]
 
 
 class AuthMiddleware:
@@ -100,7 +108,7 @@ class AuthMiddleware:
 
         config = getattr(settings, "AUTH", None) or {}
         full_method = route.full_method if route is not None else ""
-        if not config.get("ENABLED") or full_method in (config.get("EXEMPT") or ()):
+        if not config.get("ENABLED") or is_exempt(config, full_method):
             raise MiddlewareNotUsed
         self.next = next
         self.full_method = full_method
