@@ -134,3 +134,33 @@ def test_reflection_from_outside_any_service(service: Service, tmp_path: Path) -
     via_registry = service.call(METHOD, '{"name": "d"}', "--reflection", "--service", "call-test", "--compact",
                                 "--pythonpath", str(tmp_path), settings=env_settings)
     assert replies(via_registry) == [{"message": "Hello, d!"}]
+
+
+def test_reflection_from_a_server_that_never_answers_is_bounded(service: Service, tmp_path: Path) -> None:
+    import threading
+    import time
+    from concurrent import futures
+
+    import grpc
+
+    release = threading.Event()
+
+    def hang(requests, context):  # accepts the reflection call, never answers
+        release.wait(30)
+        return iter(())
+
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.reflection.v1alpha.ServerReflection", {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(hang)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        started = time.monotonic()
+        result = service.call(METHOD, "--address", f"127.0.0.1:{port}", "--reflection", "--timeout", "1",
+                              settings=None, cwd=tmp_path)
+        assert time.monotonic() - started < 15
+        assert result.returncode == 1 and "DEADLINE_EXCEEDED" in result.stderr, result.stderr
+    finally:
+        release.set()
+        server.stop(0)

@@ -47,6 +47,13 @@ service Shop {
     option (google.api.http) = { get: "/v1/count/{to}" };
   }
   rpc Sum (stream Number) returns (Number);
+  rpc Title (HelloRequest) returns (Book) {
+    option (google.api.http) = {
+      get: "/v1/title/{name}"
+      response_body: "title"
+      additional_bindings { get: "/v1/pages/{name}" response_body: "pages" }
+    };
+  }
 }
 
 message HelloRequest { string name = 1; }
@@ -89,7 +96,7 @@ async def say_hello(ctx, request):
     if request.name.startswith("md:"):
         return HelloReply(message=repr(ctx.metadata.get(request.name[3:])))
     if request.name == "busy":
-        raise ResourceExhausted("try later", trailers={"retry-after": "2"})
+        raise ResourceExhausted("try later", trailers={"retry-after": "1.250"})
     if request.name == "bad":
         raise InvalidArgument("bad name")
     return HelloReply(message=f"Hello, {request.name}!")
@@ -118,6 +125,10 @@ async def count(ctx, request):
         if request.to == 13 and n == 3:
             raise Aborted("unlucky")
         yield Tick(n=n)
+
+
+async def title(ctx, request):
+    return Book(id="t", title=f"On {request.name}", pages=300 if request.name != "empty" else 0)
 
 
 async def sum(ctx, requests):
@@ -192,9 +203,20 @@ def test_path_and_query_parameters_bind_to_fields(shop: Shop) -> None:
     assert json.loads(echo["json"]) == {  # type: ignore[index]
         "shelf": "sci fi", "q": "dune", "limit": 5, "in_stock": True, "tags": ["a", "b"], "page": {"size": 20},
     }
-    camel = ok_json(shop.get("/v1/shelves/s/books?inStock=false&limit=0"))
-    assert json.loads(camel["json"]) == {"shelf": "s"}  # type: ignore[index]
+    camel = ok_json(shop.get("/v1/shelves/s/books?inStock=1&limit=3"))
+    assert json.loads(camel["json"]) == {"shelf": "s", "in_stock": True, "limit": 3}  # type: ignore[index]
     assert ok_json(shop.get("/v1/hello/Cy")) == {"message": "Hello, Cy!"}
+    # Path parameters are percent-decoded as UTF-8, and %2F stays inside its segment.
+    assert ok_json(shop.get("/v1/hello/Zo%C3%AB")) == {"message": "Hello, Zoë!"}
+    assert ok_json(shop.get("/v1/hello/a%2Fb")) == {"message": "Hello, a/b!"}
+    status, _, body = shop.get("/v1/hello/%FF")
+    assert status == 400 and json.loads(body)["status"] == "INVALID_ARGUMENT"
+
+
+def test_response_body_answers_one_field_of_the_reply(shop: Shop) -> None:
+    assert ok_json(shop.get("/v1/title/rivers")) == "On rivers"
+    assert ok_json(shop.get("/v1/pages/rivers")) == "300"  # int64: a string in JSON
+    assert ok_json(shop.get("/v1/pages/empty")) == "0"
 
 
 def test_body_field_multi_segment_variables_and_custom_verbs(shop: Shop) -> None:
@@ -265,7 +287,7 @@ def test_errors_map_to_http_statuses_with_a_json_body(shop: Shop, method: str, p
 
 def test_resource_exhausted_is_429_with_retry_after(shop: Shop) -> None:
     status, headers, body = shop.post("/shop.Shop/SayHello", {"name": "busy"})
-    assert status == 429 and headers["retry-after"] == "2"
+    assert status == 429 and headers["retry-after"] == "2"  # 1.250 s: HTTP wants whole seconds
     assert json.loads(body) == {"code": 8, "status": "RESOURCE_EXHAUSTED", "message": "try later"}
 
 
@@ -285,5 +307,25 @@ def test_selected_headers_pass_as_metadata(shop: Shop) -> None:
     assert seen("x-forwarded-for", {}) == "'127.0.0.1'"
 
 
+def test_metadata_headers_must_be_what_grpc_can_carry(shop: Shop) -> None:
+    answer = shop.post("/shop.Shop/SayHello", {"name": "md:trace-bin"}, headers={"Grpc-Metadata-Trace-Bin": "AAEC"})
+    assert ok_json(answer) == {"message": "b'\\x00\\x01\\x02'"}
+    status, _, body = shop.post("/shop.Shop/SayHello", {"name": "x"}, headers={"Grpc-Metadata-Trace-Bin": "not base64!"})
+    assert status == 400 and "base64" in json.loads(body)["message"]
+    status, _, body = shop.post("/shop.Shop/SayHello", {"name": "x"}, headers={"X-Request-Id": "caf\u00e9"})
+    assert status == 400 and "printable ASCII" in json.loads(body)["message"]
+
+
+def test_credentials_pass_only_under_their_forwarded_header() -> None:
+    from microframe.contrib.gateway import GatewayApplication
+
+    app = GatewayApplication(routes=[], options={"FORWARD_HEADERS": ["x-request-id"]})
+    environ = {"HTTP_GRPC_METADATA_AUTHORIZATION": "Bearer sneaky", "HTTP_GRPC_METADATA_X_TENANT": "acme",
+               "HTTP_AUTHORIZATION": "Bearer t", "HTTP_X_REQUEST_ID": "r1", "REMOTE_ADDR": "10.0.0.9"}
+    assert sorted(app._metadata(environ)) == [("x-forwarded-for", "10.0.0.9"), ("x-request-id", "r1"), ("x-tenant", "acme")]
+
+
 def test_healthz_follows_the_service(shop: Shop) -> None:
     assert ok_json(shop.get("/healthz")) == {"status": "SERVING"}
+    status, headers, _ = shop.gateway.request("DELETE", "/healthz")
+    assert status == 405 and headers["allow"] == "GET, HEAD"

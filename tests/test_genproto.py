@@ -3,6 +3,7 @@ nothing written when a proto does not compile."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,18 @@ def test_example_router_and_client_are_genprotos_output():
     result = subprocess.run([sys.executable, "manage.py", "genproto", "--check"], cwd=ROOT, env=base_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_ignores_the_compilers_version_stamps_only(tmp_path):
+    write_protos(tmp_path)
+    assert genproto(tmp_path).returncode == 0
+    item = tmp_path / "generate" / "shop" / "item_pb2.py"
+    stamped = re.sub(r"# Protobuf Python Version: [\w.]+", "# Protobuf Python Version: 9.9.9", item.read_text())
+    stamped = re.sub(r"(ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*)\d+", r"\g<1>9", stamped)
+    assert stamped != item.read_text()
+    item.write_text(stamped)
+    stubs = tmp_path / "generate" / "orders_pb2_grpc.py"
+    stubs.write_text(re.sub(r"GRPC_GENERATED_VERSION = '[^']*'", "GRPC_GENERATED_VERSION = '9.9.9'", stubs.read_text()))
+    assert genproto(tmp_path, "--check").returncode == 0  # another grpcio-tools release, the same code
+    item.write_text(stamped.replace("Item", "Itme", 1))
+    assert genproto(tmp_path, "--check").returncode == 1

@@ -15,11 +15,13 @@ the threads of the worker: any gunicorn worker class that runs WSGI applications
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import grpc
 
@@ -33,6 +35,50 @@ logger = logging.getLogger("microframe.gateway")
 StartResponse = Callable[..., Any]
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
+
+
+#: Metadata that carries credentials: passed by the gateway only under FORWARD_HEADERS.
+SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key", "x-auth-token"})
+
+
+def request_path(environ: dict[str, Any]) -> str:
+    """The request's path, percent-decoded as UTF-8.
+
+    WSGI's ``PATH_INFO`` is already decoded, as latin-1, and has lost the difference between
+    ``/`` and ``%2F``; the raw path the server received (gunicorn's ``RAW_URI``,
+    ``REQUEST_URI`` elsewhere) keeps both, so it is matched instead, ``%2F`` inside a segment
+    decoded only once the segment is bound to a field.
+    """
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        path = urlsplit(raw).path if "://" in raw else raw.split("?", 1)[0]
+        if path.startswith("/"):
+            return path
+    try:
+        return str(environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, "the path is not UTF-8") from None
+
+
+def metadata_pair(name: str, value: str) -> tuple[str, Any]:
+    """A header as gRPC metadata: a ``-bin`` value base64-decoded, any other printable ASCII;
+    HttpError (400) for what gRPC metadata cannot carry."""
+    if name.endswith("-bin"):
+        try:
+            return name, base64.b64decode(value, validate=True)
+        except ValueError:
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"header {name}: a -bin value must be base64") from None
+    if not all(" " <= c <= "~" for c in value):
+        raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"header {name}: only printable ASCII can be passed on")
+    return name, value
+
+
+def retry_after(seconds: str) -> str:
+    """A retry-after trailer (seconds, maybe fractional) as HTTP's Retry-After (whole seconds)."""
+    try:
+        return str(max(0, math.ceil(float(seconds))))
+    except ValueError:
+        return "1"
 
 
 class HttpError(Exception):
@@ -82,9 +128,12 @@ class GatewayApplication:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
-            path = environ.get("PATH_INFO") or "/"
+            path = request_path(environ)
             verb = environ.get("REQUEST_METHOD", "GET").upper()
             if path == "/healthz":
+                if verb not in ("GET", "HEAD"):
+                    raise HttpError(405, grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not allowed on /healthz",
+                                    [("Allow", "GET, HEAD")])
                 return self._healthz(start_response)
             binding, variables = self._route(verb, path)
             requests = self._requests(binding, variables, environ)
@@ -106,7 +155,10 @@ class GatewayApplication:
             return binding, {}
         allowed = {v for v, p in self.exact if p == path}
         for candidate in self.templates:
-            variables = candidate.match(path)
+            try:
+                variables = candidate.match(path)
+            except ValueError as err:
+                raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             if variables is None:
                 continue
             if candidate.verb == verb:
@@ -180,16 +232,21 @@ class GatewayApplication:
         except ValueError as err:
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
 
-    def _metadata(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
-        metadata = [(self.forward_names[key], environ[key]) for key in self.forward if key in environ]
+    def _metadata(self, environ: dict[str, Any]) -> list[tuple[str, Any]]:
+        pairs = [(self.forward_names[key], environ[key]) for key in self.forward if key in environ]
         for key, value in environ.items():
             if key.startswith("HTTP_GRPC_METADATA_"):
-                metadata.append((key[19:].lower().replace("_", "-"), value))
+                name = key[19:].lower().replace("_", "-")
+                # Credentials pass only under their own header, and only when it is forwarded:
+                # Grpc-Metadata-Authorization must not get round FORWARD_HEADERS.
+                if name in SENSITIVE and name not in self.forward_names.values():
+                    continue
+                pairs.append((name, value))
         peer = environ.get("REMOTE_ADDR")
         if peer:
             forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-            metadata.append(("x-forwarded-for", f"{forwarded}, {peer}" if forwarded else peer))
-        return metadata
+            pairs.append(("x-forwarded-for", f"{forwarded}, {peer}" if forwarded else peer))
+        return [metadata_pair(name, value) for name, value in pairs]
 
     # -- calling -------------------------------------------------------------------------------
 
@@ -257,9 +314,16 @@ class GatewayApplication:
                 self._close(stream)
 
     def _encode(self, reply: Any, field: str) -> str:
-        if field:
-            reply = getattr(reply, field)
-        return to_json(reply, emit_defaults=self.emit_defaults)
+        if not field:
+            return to_json(reply, emit_defaults=self.emit_defaults)
+        descriptor = reply.DESCRIPTOR.fields_by_name[field]
+        if descriptor.message_type is not None and not descriptor.is_repeated:
+            return to_json(getattr(reply, field), emit_defaults=self.emit_defaults)
+        # A scalar, repeated or map field: its JSON value, as the whole reply's JSON has it.
+        from google.protobuf import json_format
+
+        whole = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
+        return json.dumps(whole.get(descriptor.json_name))
 
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         path = "/grpc.health.v1.Health/Check"
@@ -290,5 +354,5 @@ def _error(start_response: StartResponse, http_status: int, code: grpc.StatusCod
 
 
 def _rpc_error(start_response: StartResponse, err: RpcError) -> list[bytes]:
-    headers = [("Retry-After", value) for key, value in err.trailers if key == "retry-after"]
+    headers = [("Retry-After", retry_after(value)) for key, value in err.trailers if key == "retry-after"]
     return _error(start_response, HTTP_STATUS.get(err.code, 500), err.code, err.message, headers)

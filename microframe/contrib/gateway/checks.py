@@ -4,7 +4,7 @@
   or ``MAX_BODY_BYTES`` that is not a positive number, an ``ADDRESS`` that is not
   ``host:port``, ``FORWARD_HEADERS`` that is not a list of header names.
 - ``gateway.E002``: a ``google.api.http`` annotation of a routed RPC has a path template the
-  gateway cannot read.
+  gateway cannot read, or a variable, ``body`` or ``response_body`` naming no field.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 VERBS = ("get", "put", "post", "delete", "patch")
 
@@ -36,11 +37,16 @@ class Binding:
     path: str  # /package.Service/Method
 
     def match(self, path: str) -> dict[str, str] | None:
-        """The variables of ``path`` (as the WSGI server decoded it), or None."""
+        """The variables of ``path`` (raw: percent-encoded), decoded, or None when it does not
+        match; ValueError when a variable is not UTF-8 once decoded."""
         found = self.regex.fullmatch(path)
         if found is None:
             return None
-        return dict(zip(self.variables, found.groups(), strict=True))
+        try:
+            return {field: unquote(value, errors="strict")
+                    for field, value in zip(self.variables, found.groups(), strict=True)}
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: a path parameter is not UTF-8") from None
 
 
 def _segments(text: str, where: str) -> str:
@@ -105,6 +111,18 @@ def bindings_of(method: Any) -> list[Binding]:
             else:
                 verb, template = kind.upper(), getattr(each, kind)
             regex, variables = compile_template(template)
+            for what, field_path in (("body", each.body), ("response_body", each.response_body)):
+                if field_path and field_path != "*":
+                    where = method.output_type if what == "response_body" else method.input_type
+                    try:
+                        field_of(where, field_path)
+                    except KeyError:
+                        raise TemplateError(f"{template!r}: {what} {field_path!r} is not a field of {where.full_name}") from None
+            for variable in variables:
+                try:
+                    field_of(method.input_type, variable)
+                except KeyError:
+                    raise TemplateError(f"{template!r}: {variable!r} is not a field of {method.input_type.full_name}") from None
             found.append(Binding(verb, template, regex, variables, each.body, each.response_body, method, path))
     found.append(Binding("POST", path, re.compile(re.escape(path)), (), "*", "", method, path))
     return found

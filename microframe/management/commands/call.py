@@ -89,9 +89,30 @@ def read_request(text: str | None) -> Any:
         raise CommandError(f"The request is not JSON: {err}.") from None
 
 
-def reflection_pool(address: str, connect_timeout: float, tls: dict[str, Any] | None = None) -> tuple[Any, Any]:
+def _with_deadline(channel: Any, timeout: float) -> Any:
+    """``channel`` with ``timeout`` on every streaming call (grpcio-reflection's database sets
+    none: a server that accepts the call and never answers would hang the command)."""
+    import grpc
+
+    class Details(grpc.ClientCallDetails):
+        def __init__(self, original: Any) -> None:
+            self.method = original.method
+            self.timeout = timeout
+            self.metadata = original.metadata
+            self.credentials = original.credentials
+            self.wait_for_ready = original.wait_for_ready
+            self.compression = original.compression
+
+    class Deadline(grpc.StreamStreamClientInterceptor):
+        def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+            return continuation(Details(details), requests)
+
+    return grpc.intercept_channel(channel, Deadline())
+
+
+def reflection_pool(address: str, timeout: float, tls: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """A descriptor pool fed by the server's reflection service, and its database (the server
-    must answer within ``connect_timeout`` seconds)."""
+    must answer, the connection and each reflection call, within ``timeout`` seconds)."""
     import grpc
     from google.protobuf import descriptor_pool
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -107,11 +128,11 @@ def reflection_pool(address: str, connect_timeout: float, tls: dict[str, Any] | 
     else:
         channel = grpc.insecure_channel(address)
     try:
-        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+        grpc.channel_ready_future(channel).result(timeout=timeout)
     except grpc.FutureTimeoutError:
         channel.close()
-        raise CommandError(f"Reflection: {address} did not answer within {connect_timeout:g} s.") from None
-    database = ProtoReflectionDescriptorDatabase(channel)
+        raise CommandError(f"Reflection: {address} did not answer within {timeout:g} s.") from None
+    database = ProtoReflectionDescriptorDatabase(_with_deadline(channel, timeout))
     return descriptor_pool.DescriptorPool(database), database
 
 
@@ -185,6 +206,10 @@ class Command(BaseCommand):
             if address is None:
                 registry_name = registry_name or local.registry_name(service_name)
                 address = await _discover_one(registry_name)
+            if tls is None:  # the client's own TLS options, as the call itself will use them
+                from microframe.client import ClientOptions
+
+                tls = ClientOptions.resolve(registry_name or local.registry_name(service_name)).tls
             pool, database = await asyncio.to_thread(reflection_pool, address, options["timeout"] or 10.0, tls)
             try:
                 known = await asyncio.to_thread(database.get_services)

@@ -15,7 +15,9 @@ googleapis-common-protos) on the include path, and writes ``*_pb2.py``, ``*_pb2.
 - a proto that does not compile is reported with its ``file:line:column`` and nothing is
   written: the compiler writes into a temporary directory first;
 - ``--check`` writes nothing and exits non-zero when ``generate/`` is stale (a file missing, out
-  of date, or left over from a proto that is gone), for CI.
+  of date, or left over from a proto that is gone), for CI; the version stamps protoc and
+  grpcio-tools write into the code are not compared, so a CI or image build with another
+  grpcio-tools release agrees with the developer's tree when the code itself is the same.
 
 From the same protos: a typed client module per proto (``<proto>_client.py``), the service's
 ``app/router.py``, and controller stubs for the RPCs without one (see :class:`Command`).
@@ -360,8 +362,9 @@ class Command(BaseCommand):
                     extra[init] = ""
             stubs, orphans = controller_plan(root_dir / "controller", services)
             extra.update(stubs)
-        extra_stale = sorted(str(p) for p, text in extra.items() if not _same(p, text))
-        stale = sorted(str(p) for p, text in wanted.items() if not _same(out / p, text))
+        loose = bool(options["check"])
+        extra_stale = sorted(str(p) for p, text in extra.items() if not _same(p, text, ignore_versions=loose))
+        stale = sorted(str(p) for p, text in wanted.items() if not _same(out / p, text, ignore_versions=loose))
         leftover = sorted(
             str(p.relative_to(out)) for p in out.rglob("*")
             if p.is_file() and p.name.endswith(SUFFIXES) and p.relative_to(out) not in wanted
@@ -406,8 +409,26 @@ class Command(BaseCommand):
         return Path(getattr(settings, "SERVICE_ROOT", "."))
 
 
-def _same(path: Path, text: str) -> bool:
+_VERSION_STAMPS = re.compile(
+    r"^# Protobuf Python Version: [\w.]+$"
+    r"|_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)"
+    r"|^GRPC_GENERATED_VERSION = '[^']*'$",
+    re.M,
+)
+
+
+def _unstamped(text: str) -> str:
+    """``text`` without the versions of the protoc and grpcio-tools that wrote it."""
+    return _VERSION_STAMPS.sub("<version>", text)
+
+
+def _same(path: Path, text: str, *, ignore_versions: bool = False) -> bool:
+    """Whether ``path`` holds ``text`` (``ignore_versions``: but for the compilers' version
+    stamps, so that ``--check`` agrees across grpcio-tools releases that generate the same code)."""
     try:
-        return path.read_text(encoding="utf-8") == text
+        current = path.read_text(encoding="utf-8")
     except OSError:
         return False
+    if ignore_versions:
+        return _unstamped(current) == _unstamped(text)
+    return current == text
