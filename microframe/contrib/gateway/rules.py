@@ -177,7 +177,10 @@ def text_value(field: Any, text: str) -> Any:
             return float(text)
         except ValueError:
             raise ValueError(f"{field.name}: {text!r} is not a number") from None
-    return text  # strings, 64-bit integers (strings in JSON), enums by name, bytes (base64), WKTs
+    if kind == F.TYPE_BYTES:
+        # base64 has no spaces: a space is a '+' that the query string's decoding turned into one.
+        return text.replace(" ", "+")
+    return text  # strings, 64-bit integers (strings in JSON), enums by name, well-known types
 
 
 def set_path(target: dict[str, Any], path: str, value: Any) -> None:
