@@ -14,7 +14,7 @@ import pytest
 
 from microframe.contrib.auth.middleware import Credentials
 
-from conftest import ROOT, ServerProcess, base_env, service_settings, wait_until
+from conftest import ROOT, ServerProcess, base_env, require_binary, service_settings, wait_until
 from example.generate.hello_pb2 import HelloReply, HelloRequest
 
 pytestmark = pytest.mark.timeout(120)
@@ -169,3 +169,25 @@ async def test_each_auth_setting_is_used_at_once_and_plaintext_calls_need_creden
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
                     await say(HelloRequest(), metadata=[("authorization", f"Basic {token}")], timeout=5)
                 assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_independent_tls_handshakes(secured: Secured) -> None:
+    """openssl s_client, not grpc: the server's TLS as any client sees it."""
+    openssl = require_binary("openssl")
+    pki = secured.pki
+
+    def handshake(*args: str) -> tuple[int, str]:
+        result = subprocess.run(
+            [openssl, "s_client", "-connect", secured.server.address, "-alpn", "h2", "-brief",
+             "-verify_return_error", *args],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+        )
+        return result.returncode, result.stderr.decode(errors="replace")
+
+    code, out = handshake("-CAfile", str(pki.ca), "-cert", str(pki.client_cert), "-key", str(pki.client_key))
+    assert code == 0 and "Verification: OK" in out and "Peer certificate: CN = etcd" in out, out
+    code, out = handshake("-CAfile", str(pki.other_ca), "-cert", str(pki.client_cert), "-key", str(pki.client_key))
+    assert code != 0 and "certificate verify failed" in out, out  # the client does not trust it
+    for version in ("-tls1_2", "-tls1_3"):  # no client certificate: mTLS refuses
+        code, out = handshake("-CAfile", str(pki.ca), version)
+        assert code != 0, out
