@@ -196,6 +196,17 @@ class ServerProcess:
         self._log.close()
 
 
+def say_hello(server: ServerProcess, name: str, metadata: tuple = ()) -> str:
+    """Call the example Greeter's SayHello on ``server`` with a plain grpc channel; the message."""
+    from example.generate import hello_pb2, hello_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as channel:
+        reply = hello_pb2_grpc.GreeterStub(channel).SayHello(
+            hello_pb2.HelloRequest(name=name), metadata=metadata, timeout=10
+        )
+        return reply.message  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start real server processes; every one is stopped at the end of the test."""

@@ -21,6 +21,7 @@ from microframe.contrib.logging.formatters import JsonFormatter
 from microframe.contrib.logging.handlers import QueueHandler, dropped_counter
 
 from conftest import ROOT, ServerProcess, base_env, service_settings
+from conftest import say_hello as call
 from example.generate import hello_pb2, hello_pb2_grpc
 
 METHOD = "/helloworld.Greeter/SayHello"
@@ -169,13 +170,6 @@ def logged(tmp_path):
     yield start
     for server in started:
         server.kill()
-
-
-def call(server: ServerProcess, name: str, metadata: tuple = ()) -> str:
-    with grpc.insecure_channel(server.address) as channel:
-        return hello_pb2_grpc.GreeterStub(channel).SayHello(
-            hello_pb2.HelloRequest(name=name), metadata=metadata, timeout=10
-        ).message
 
 
 def test_access_line_with_fields_sizes_and_redacted_metadata(logged):

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from conftest import ROOT, ServerProcess, service_settings, wait_until
+from conftest import say_hello as call
 from example.generate import hello_pb2, hello_pb2_grpc
 from tracing_receivers import JaegerAgent, OtlpCollector
 
@@ -54,14 +55,6 @@ def traced(tmp_path):
     yield start
     for server in started:
         server.kill()
-
-
-def call(server: ServerProcess, name: str, metadata: tuple = ()) -> str:
-    with grpc.insecure_channel(server.address) as channel:
-        reply = hello_pb2_grpc.GreeterStub(channel).SayHello(
-            hello_pb2.HelloRequest(name=name), metadata=metadata, timeout=10
-        )
-        return reply.message
 
 
 def jaeger(agent: JaegerAgent, **overrides: object) -> dict:

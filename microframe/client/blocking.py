@@ -68,7 +68,9 @@ def shutdown(timeout: float = 10.0) -> None:
         loop.call_soon_threadsafe(loop.stop)
 
 
-def _iterate(stream: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+def iterate(stream: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    """The async iterator ``stream`` as a plain iterator, each step run on ``loop``."""
+
     async def step() -> Any:
         return await stream.__anext__()
 
@@ -98,7 +100,7 @@ class Blocking:
                 return asyncio.run_coroutine_threadsafe(attr(*args, **kwargs), loop).result()
             result = attr(*args, **kwargs)
             if hasattr(result, "__anext__"):
-                return _iterate(result, loop)
+                return iterate(result, loop)
             return result
 
         return call

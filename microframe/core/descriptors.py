@@ -51,11 +51,6 @@ class LocalService:
         proto_package, _, name = full_service.rpartition(".")
         return proto_package or name.lower()
 
-    def find_service(self, name: str, known: list[str] | None = None) -> Any:
-        """The descriptor of service ``name`` (fully qualified, or a short name unique among
-        ``known``, default: the services known here); KeyError with a message when none."""
-        return find_service(self.pool, name, sorted(self.services) if known is None else known)
-
 
 def find_service(pool: Any, name: str, known: list[str]) -> Any:
     """The service descriptor ``name`` in ``pool`` (fully qualified, or a unique short name

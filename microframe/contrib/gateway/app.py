@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import grpc
 
+from microframe.client.blocking import background_loop, iterate
 from microframe.contrib.gateway.errors import HTTP_STATUS, error_json, status_line
 from microframe.contrib.gateway.rules import Binding, bindings_of, field_of, set_path, text_value
 from microframe.core.exceptions import RpcError
@@ -104,8 +105,9 @@ class GatewayApplication:
         self.timeout = float(config["TIMEOUT"])
         self.max_body = int(config["MAX_BODY_BYTES"])
         self.emit_defaults = bool(config["EMIT_DEFAULTS"])
-        self.forward = tuple(f"HTTP_{h.upper().replace('-', '_')}" for h in config["FORWARD_HEADERS"])
-        self.forward_names = {f"HTTP_{h.upper().replace('-', '_')}": h.lower() for h in config["FORWARD_HEADERS"]}
+        # WSGI key of each forwarded header -> its metadata name.
+        self.forward = {f"HTTP_{h.upper().replace('-', '_')}": h.lower() for h in config["FORWARD_HEADERS"]}
+        self.forwarded = frozenset(self.forward.values())
         service = config["SERVICE"] or settings.SERVICE_NAME
         self.client = Client(service, address=config["ADDRESS"]) if config["ADDRESS"] else Client(service)
         self.exact: dict[tuple[str, str], Binding] = {}
@@ -118,11 +120,13 @@ class GatewayApplication:
                     self.templates.append(binding)
                 else:
                     self.exact.setdefault((binding.verb, binding.template), binding)
-        self.paths = {path for _, path in self.exact} | {b.template for b in self.templates}
         self._health = message_class(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest"))
         self._health_reply = message_class(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse"))
-        self._classes: dict[str, tuple[Any, Any]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The request and reply classes of every method, by path.
+        self.classes = {
+            b.path: (message_class(b.method.input_type), message_class(b.method.output_type))
+            for b in [*self.exact.values(), *self.templates]
+        }
 
     # -- WSGI ----------------------------------------------------------------------------------
 
@@ -169,14 +173,6 @@ class GatewayApplication:
                             [("Allow", ", ".join(sorted(allowed)))])
         raise HttpError(404, grpc.StatusCode.NOT_FOUND, f"no RPC is served at {path}")
 
-    def _classes_of(self, binding: Binding) -> tuple[Any, Any]:
-        found = self._classes.get(binding.path)
-        if found is None:
-            found = self._classes[binding.path] = (
-                message_class(binding.method.input_type), message_class(binding.method.output_type)
-            )
-        return found
-
     def _body(self, environ: dict[str, Any]) -> Any:
         length_text = environ.get("CONTENT_LENGTH") or ""
         try:
@@ -200,7 +196,7 @@ class GatewayApplication:
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {err}") from None
 
     def _requests(self, binding: Binding, variables: dict[str, str], environ: dict[str, Any]) -> list[Any]:
-        request_class, _ = self._classes_of(binding)
+        request_class, _ = self.classes[binding.path]
         descriptor = binding.method.input_type
         body = self._body(environ) if binding.body else None
         streaming = binding.method.client_streaming
@@ -233,13 +229,13 @@ class GatewayApplication:
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
 
     def _metadata(self, environ: dict[str, Any]) -> list[tuple[str, Any]]:
-        pairs = [(self.forward_names[key], environ[key]) for key in self.forward if key in environ]
+        pairs = [(name, environ[key]) for key, name in self.forward.items() if key in environ]
         for key, value in environ.items():
             if key.startswith("HTTP_GRPC_METADATA_"):
                 name = key[19:].lower().replace("_", "-")
                 # Credentials pass only under their own header, and only when it is forwarded:
                 # Grpc-Metadata-Authorization must not get round FORWARD_HEADERS.
-                if name in SENSITIVE and name not in self.forward_names.values():
+                if name in SENSITIVE and name not in self.forwarded:
                     continue
                 pairs.append((name, value))
         peer = environ.get("REMOTE_ADDR")
@@ -251,14 +247,12 @@ class GatewayApplication:
     # -- calling -------------------------------------------------------------------------------
 
     def _run(self, coroutine: Any) -> Any:
-        from microframe.client.blocking import background_loop
-
         return asyncio.run_coroutine_threadsafe(coroutine, background_loop()).result()
 
     def _call(self, binding: Binding, requests: list[Any], metadata: list[tuple[str, str]],
               start_response: StartResponse) -> Iterable[bytes]:
         method = binding.method
-        _, reply_class = self._classes_of(binding)
+        _, reply_class = self.classes[binding.path]
         options: dict[str, Any] = {"timeout": self.timeout, "metadata": metadata}
         client = self.client
         if not method.server_streaming:
@@ -273,7 +267,7 @@ class GatewayApplication:
             stream = client.stream_stream(binding.path, requests, reply_class, **options)
         else:
             stream = client.unary_stream(binding.path, requests[0], reply_class, **options)
-        replies = self._iterate(stream)
+        replies = iterate(stream, background_loop())
         try:
             first = next(replies, None)  # an error before the first reply is answered with its status
         except BaseException:
@@ -282,20 +276,8 @@ class GatewayApplication:
         start_response(status_line(200), [("Content-Type", NDJSON)])
         return self._lines(first, replies, stream, binding.response_body)
 
-    def _iterate(self, stream: Any) -> Iterator[Any]:
-        async def step() -> Any:
-            return await stream.__anext__()
-
-        while True:
-            try:
-                yield self._run(step())
-            except StopAsyncIteration:
-                return
-
     def _close(self, stream: Any) -> None:
         """End the call of ``stream`` (the HTTP client went away): the server stops sending."""
-        from microframe.client.blocking import background_loop
-
         asyncio.run_coroutine_threadsafe(stream.aclose(), background_loop())
 
     def _lines(self, first: Any, rest: Iterator[Any], stream: Any, field: str) -> Iterator[bytes]:
