@@ -120,10 +120,12 @@ class ServerProcess:
         manage: Path = ROOT / "manage.py",
         reload: bool = False,
         full_env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         """``manage``: the service's manage.py (run from its directory); ``reload``: keep the
         autoreloader of a DEBUG service; ``full_env``: the environment as it is, instead of
-        :func:`base_env` with ``env``."""
+        :func:`base_env` with ``env``; ``preexec_fn``: run in the child before the server
+        (set a resource limit...)."""
         self.port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -148,6 +150,7 @@ class ServerProcess:
             args, cwd=manage.parent, env=full_env if full_env is not None else base_env(**(env or {})),
             stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill() takes its workers too
+            preexec_fn=preexec_fn,
         )
 
     @property
@@ -205,6 +208,43 @@ def say_hello(server: ServerProcess, name: str, metadata: tuple = ()) -> str:
             hello_pb2.HelloRequest(name=name), metadata=metadata, timeout=10
         )
         return reply.message  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Start test-service processes registered in the test's own file registry (named
+    ``name``; ``grpc`` updates their GRPC setting)."""
+    registry_dir = tmp_path / "registry"
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    started: list[ServerProcess] = []
+
+    def start(
+        name: str, count: int = 1, weight: int = 100, shutdown_delay: float = 0.0, tls: dict | None = None,
+        grpc: dict | None = None,
+    ) -> list[ServerProcess]:
+        servers = []
+        for _ in range(count):
+            module = f"svc_{name}_{len(started)}"
+            settings = service_settings(tmp_path, module, name, {
+                "BACKEND": "microframe.contrib.registry.file.FileRegistry",
+                "OPTIONS": {"directory": str(registry_dir), "ttl": 1.5},
+                "CACHE_DIR": str(tmp_path / f"cache-{module}"),
+                "WEIGHT": weight,
+            }, grpc={"SHUTDOWN_DELAY": shutdown_delay, "TLS": tls, **(grpc or {})})
+            server = ServerProcess(tmp_path, settings=settings, env=env)
+            started.append(server)
+            servers.append(server)
+        for server in servers:
+            if tls is None:
+                server.wait_serving()
+            else:  # the health check of wait_serving speaks plaintext
+                wait_until(lambda s=server: "Serving gRPC on" in s.output, 20, "the TLS server to serve")
+        return servers
+
+    start.registry_dir = registry_dir  # type: ignore[attr-defined]
+    yield start
+    for server in started:
+        server.kill()
 
 
 @pytest.fixture

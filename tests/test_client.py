@@ -18,46 +18,10 @@ from microframe.contrib.registry.cache import DiscoveryCache
 from microframe.contrib.registry.file import FileRegistry
 from microframe.core.exceptions import DeadlineExceeded, NotFound, Unavailable
 
-from conftest import ROOT, ServerProcess, service_settings, wait_until
 from example.generate import hello_pb2
 from example.generate.hello_client import GreeterClient
 
 Req = hello_pb2.HelloRequest
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    """Start service processes registered in the test's own file registry."""
-    registry_dir = tmp_path / "registry"
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    started: list[ServerProcess] = []
-
-    def start(
-        name: str, count: int = 1, weight: int = 100, shutdown_delay: float = 0.0, tls: dict | None = None
-    ) -> list[ServerProcess]:
-        servers = []
-        for _ in range(count):
-            module = f"svc_{name}_{len(started)}"
-            settings = service_settings(tmp_path, module, name, {
-                "BACKEND": "microframe.contrib.registry.file.FileRegistry",
-                "OPTIONS": {"directory": str(registry_dir), "ttl": 1.5},
-                "CACHE_DIR": str(tmp_path / f"cache-{module}"),
-                "WEIGHT": weight,
-            }, grpc={"SHUTDOWN_DELAY": shutdown_delay, "TLS": tls})
-            server = ServerProcess(tmp_path, settings=settings, env=env)
-            started.append(server)
-            servers.append(server)
-        for server in servers:
-            if tls is None:
-                server.wait_serving()
-            else:  # the health check of wait_serving speaks plaintext
-                wait_until(lambda s=server: "Serving gRPC on" in s.output, 20, "the TLS server to serve")
-        return servers
-
-    start.registry_dir = registry_dir  # type: ignore[attr-defined]
-    yield start
-    for server in started:
-        server.kill()
 
 
 def _cache(fleet) -> DiscoveryCache:

@@ -223,7 +223,12 @@ def test_oversized_message_is_resource_exhausted(test_server):
 
 
 def test_burst_on_one_connection_is_answered_never_cancelled(test_server):
-    """2,000 concurrent calls on one channel: served or refused RESOURCE_EXHAUSTED, none CANCELLED."""
+    """2,000 concurrent calls on one channel: served or refused RESOURCE_EXHAUSTED, none CANCELLED.
+
+    The connection may hold a quarter of the test service's 200 call slots at once
+    (MAX_CALLS_PER_CONNECTION's default): the rest of the burst is refused, the slots of other
+    connections are left alone (tests/test_hostile.py attacks that).
+    """
 
     async def burst() -> collections.Counter[str]:
         async with grpc.aio.insecure_channel(test_server.address) as channel:
@@ -240,7 +245,7 @@ def test_burst_on_one_connection_is_answered_never_cancelled(test_server):
 
     counts = asyncio.run(burst())
     assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED"}, counts
-    assert counts["OK"] >= 200, counts  # MAX_CONCURRENT_RPCS of the test service
+    assert counts["OK"] >= 50, counts  # its share of the test service's MAX_CONCURRENT_RPCS
     assert counts["RESOURCE_EXHAUSTED"] > 0, counts
     channel, greeter = stub(test_server.address)
     with channel:

@@ -24,7 +24,39 @@ GRPC = {
     # Largest message accepted or sent; a bigger request is answered RESOURCE_EXHAUSTED.
     "MAX_MESSAGE_BYTES": 4 << 20,
     # Calls served at once per process; the ones past it are answered RESOURCE_EXHAUSTED.
+    # Health checks and reflection are never counted (nor refused).
     "MAX_CONCURRENT_RPCS": 1000,
+    # The limits below protect the server from hostile or broken clients (docs/topics/security.md).
+    # Calls one connection may have running at once (None: a quarter of MAX_CONCURRENT_RPCS);
+    # past it that connection's calls are answered RESOURCE_EXHAUSTED, the others' served.
+    "MAX_CALLS_PER_CONNECTION": None,
+    # Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS):
+    # grpc refuses the streams past it (REFUSED_STREAM) before they cost anything.
+    "MAX_STREAMS_PER_CONNECTION": 2000,
+    # Connections the server accepts at once; more are closed as they arrive.
+    "MAX_CONNECTIONS": 4096,
+    # Largest header block (metadata) of a call, in bytes: a bigger one is always refused.
+    "MAX_METADATA_BYTES": 16 * 1024,
+    # Memory, in bytes, for request messages being received: MAX_MESSAGE_BYTES a message, so
+    # RECEIVE_BUFFER_BYTES // MAX_MESSAGE_BYTES messages may be arriving at once (64 by default),
+    # a quarter of them on one connection; the others wait for a slot (at most RECEIVE_TIMEOUT).
+    "RECEIVE_BUFFER_BYTES": 256 << 20,
+    # Seconds a call's request message (the first one of a client stream) may take to arrive
+    # once the call has started; a slower one is answered DEADLINE_EXCEEDED and its buffer freed.
+    "RECEIVE_TIMEOUT": 5.0,
+    # Seconds a client stream may wait for its next message (None: as long as the call lasts).
+    "STREAM_IDLE_TIMEOUT": 60.0,
+    # Seconds a reply message may wait for the client to read it (flow control): past it the
+    # call is ended and its slot given back.
+    "SEND_TIMEOUT": 10.0,
+    # HTTP/2 window of each stream, in bytes: what a client may send before the server reads.
+    "STREAM_WINDOW_BYTES": 64 * 1024,
+    # Seconds a new connection may take to send its HTTP/2 preface (and TLS handshake).
+    "HANDSHAKE_TIMEOUT": 5.0,
+    # Seconds between the server's keepalive pings; a connection that does not answer within
+    # KEEPALIVE_TIMEOUT is closed (None: no pings).
+    "KEEPALIVE_TIME": 60.0,
+    "KEEPALIVE_TIMEOUT": 20.0,
     # Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     "GRACE": 10.0,
     # Seconds to keep serving after SIGTERM (health NOT_SERVING, deregistered) before the port
@@ -163,11 +195,27 @@ GATEWAY = {
     "TIMEOUT": 10.0,
     # Largest request body accepted; a bigger one is answered 413.
     "MAX_BODY_BYTES": 4 << 20,
-    # Request headers passed to the service as metadata ("Grpc-Metadata-<key>" headers always
-    # pass, as <key>; the caller's address is added to x-forwarded-for).
+    # Most messages a client-streaming call may take from one JSON array (413 past it).
+    "MAX_STREAM_MESSAGES": 10_000,
+    # Deepest JSON nesting accepted in a body (400 past it).
+    "MAX_JSON_DEPTH": 64,
+    # The limits of the gateway's gunicorn worker (microframe.contrib.gateway.worker.GatewayWorker):
+    # seconds a connection may take to send its request's head (408 past it), then its body;
+    # seconds a reply may wait for the client to read it (the connection is closed past it);
+    # the largest request head, in bytes (431 past it).
+    "HEADER_TIMEOUT": 10.0,
+    "BODY_TIMEOUT": 30.0,
+    "SEND_TIMEOUT": 30.0,
+    "MAX_HEADER_BYTES": 64 * 1024,
+    # Request headers passed to the service as metadata ("Grpc-Metadata-<key>" headers pass
+    # too, as <key>, except credentials and the keys named here: those pass only under their
+    # own header; the caller's address is added to x-forwarded-for).
     "FORWARD_HEADERS": ["authorization", "x-request-id", "traceparent", "tracestate", "uber-trace-id"],
     # Print the fields that hold their default value in replies.
     "EMIT_DEFAULTS": False,
+    # Pass the messages of UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS and DEADLINE_EXCEEDED
+    # errors on to HTTP callers (they may name internal services and addresses); None: DEBUG.
+    "EXPOSE_ERRORS": None,
 }
 
 # The client chain, outermost first (see microframe.client.middleware).

@@ -47,6 +47,7 @@ class RequestContext:
         "span",
         "identity",
         "_metadata",
+        "_peer",
         "_trace_id",
         "_logger",
         "_fields",
@@ -64,6 +65,7 @@ class RequestContext:
         #: Who called, when the auth middleware identified the caller (else None).
         self.identity: str | None = None
         self._metadata: dict[str, str] | None = None
+        self._peer: str | None = None
         self._trace_id: str | None = None
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._fields: dict[str, Any] | None = None
@@ -82,8 +84,11 @@ class RequestContext:
 
     @property
     def peer(self) -> str:
-        """Return the caller's address as grpc reports it (``ipv4:127.0.0.1:5555``)."""
-        return self.grpc.peer()
+        """Return the caller's address as grpc reports it (``ipv4:127.0.0.1:5555``): it names
+        the connection (address and port), and is the key of the per-connection limits."""
+        if self._peer is None:
+            self._peer = self.grpc.peer()
+        return self._peer
 
     @property
     def metadata(self) -> dict[str, str]:

@@ -19,28 +19,26 @@ import grpc
 import grpc.aio
 
 from microframe.core.context import RequestContext, _current
-from microframe.core.exceptions import InvalidArgument, RpcError
+from microframe.core.exceptions import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    RpcError,
+)
+from microframe.core.limits import QUICK, CallLimits, CallTracker, LimitExpired
 from microframe.core.middleware import Handler
 from microframe.core.router import Route, RpcKind
 
 logger = logging.getLogger("microframe.server")
 
 INTERNAL_MESSAGE = "internal error"
+#: Trailer of a call whose handler ran (an error it raised, or a call cut by a stop): a
+#: client can tell "UNAVAILABLE from a handler" from "UNAVAILABLE, the call never got in", and
+#: retries only the second (microframe.client.middleware.is_retryable).
 HANDLED_TRAILER = ("x-microframe-handled", "1")
+STOPPED_MESSAGE = "the server stopped before the call completed"
 
-
-class CallTracker:
-    """How many calls the application accepted, and how many are still running.
-
-    Updated by the method handlers on the event loop thread only (two integer operations per
-    call, no lock). The graceful stop reads it to say whether every accepted call completed.
-    """
-
-    __slots__ = ("accepted", "active")
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.active = 0
+__all__ = ["CallTracker", "HANDLED_TRAILER", "controller_handler", "grpc_method_handler", "status_of"]
 
 
 class ResponseTypeError(TypeError):
@@ -225,131 +223,231 @@ async def _no_request(ctx: RequestContext) -> None:
     )
 
 
-async def _parse_stream(
-    ctx: RequestContext, raw_stream: AsyncIterator[bytes], parse: Any
-) -> AsyncIterator[Any]:
-    async for raw in raw_stream:
-        try:
-            message = parse(raw)
-        except Exception as exc:
-            name = ctx.route.request_class.DESCRIPTOR.full_name
-            ctx.logger.warning("%s: malformed %s from %s: %s", ctx.full_method, name, ctx.peer, exc)
-            raise InvalidArgument(f"malformed request: cannot parse {name}") from exc
-        yield message
+async def _refuse(ctx: RequestContext, exc: RpcError) -> None:
+    """Answer a call refused before its handler ran (no handled mark: retrying it is safe)."""
+    if exc.trailers:
+        ctx.grpc.set_trailing_metadata(exc.trailers)
+    await ctx.grpc.abort(exc.code, exc.message)
 
 
-def grpc_method_handler(
-    route: Route, chain: Handler, tracker: CallTracker | None = None
-) -> grpc.RpcMethodHandler:
-    """Return the grpc method handler serving ``route`` through ``chain``.
+async def _cut(ctx: RequestContext, handled: bool) -> None:
+    """Answer a call still running when a stop's grace period ended (see ``Server.stop``).
 
-    Methods with one request message are registered with grpc as request-*streaming* and read
-    their one message themselves with ``context.read()``: grpc's own unary path takes a request
-    stream that ends before a complete message (a truncated frame, or no message at all) for a
-    cancelled call and never answers it, leaving the client waiting for its deadline (or
-    forever, without one). Here that call is answered INVALID_ARGUMENT at once. The message is
-    read with ``context.read()`` rather than by iterating the request stream: the async
-    generator behind the iterator measurably lengthens the latency tail (bench/run.py, one call
-    at a time: p99 +0.25 ms), ``read()`` costs what grpc's unary path costs.
+    A call whose handler ran is answered UNAVAILABLE *with* the handled mark: it may have done
+    its work, so a client must not run it again elsewhere. One cut before its handler ran is
+    answered without it, and is retried safely.
     """
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    ctx.logger.warning("%s from %s was cut: %s", ctx.full_method, ctx.peer, STOPPED_MESSAGE)
+    if handled:
+        ctx.grpc.set_trailing_metadata((HANDLED_TRAILER,))
+    await ctx.grpc.abort(grpc.StatusCode.UNAVAILABLE, STOPPED_MESSAGE)
+
+
+def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None = None) -> grpc.RpcMethodHandler:
+    """Return the grpc method handler serving ``route`` through ``chain`` within ``limits``.
+
+    Every method is registered with grpc as request-*streaming* and reads its messages itself
+    with ``context.read()``:
+
+    - grpc's own unary path takes a request stream that ends before a complete message (a
+      truncated frame, or no message at all) for a cancelled call and never answers it,
+      leaving the client waiting for its deadline (or forever); here that call is answered
+      INVALID_ARGUMENT at once;
+    - each read holds a receive slot and has a time limit (:mod:`microframe.core.limits`):
+      grpc buffers a message in full once the application waits for it, so the slots bound
+      that memory, and the limit frees a slot a client stopped sending on;
+    - ``read()`` rather than iterating the request stream: the async generator behind the
+      iterator measurably lengthens the latency tail (bench/run.py, one call at a time: p99
+      +0.25 ms), ``read()`` costs what grpc's unary path costs.
+
+    Replies of server streams are written with ``context.write()`` under ``SEND_TIMEOUT``: a
+    client that stops reading (its flow-control window stays shut) loses the call, and the
+    server its slot, instead of the two waiting forever.
+    """
+    limits = limits if limits is not None else CallLimits.default()
     parse = route.request_class.FromString
     kind = route.kind
     AbortError = grpc.aio.AbortError
+    CancelledError = asyncio.CancelledError
     EOF = grpc.aio.EOF
-    calls = tracker if tracker is not None else CallTracker()
+    calls, slots, watchdog = limits.calls, limits.slots, limits.watchdog
+    receive_timeout = limits.receive_timeout
+    idle_timeout = limits.stream_idle_timeout
+    send_timeout = limits.send_timeout
+    busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+    inf = float("inf")
+
+    async def receive(ctx: RequestContext, later: bool) -> Any:
+        """The next request message (bytes, or EOF), within its time limit; one still
+        arriving after QUICK seconds needs a receive slot (microframe.core.limits)."""
+        context = ctx.grpc
+        timeout = idle_timeout if later else receive_timeout
+        now = asyncio.get_running_loop().time()
+        limit = now + timeout if timeout is not None else inf
+        peer = ctx.peer
+        slotted = False
+
+        def take_slot() -> bool:
+            nonlocal slotted
+            slotted = slots.take(peer, later)
+            return slotted
+
+        try:
+            with watchdog.watching(limit, now + QUICK, take_slot):
+                return await context.read()
+        except LimitExpired as expired:
+            if expired.checked:
+                ctx.logger.warning("%s: no receive slot for a message still arriving from %s", ctx.full_method, peer)
+                raise ResourceExhausted(
+                    "the server is receiving as many request messages as it may at once; try again later"
+                ) from None
+            what = "the next request message" if later else "the request message"
+            ctx.logger.warning("%s: %s from %s did not arrive within %g s", ctx.full_method, what, peer, timeout)
+            raise DeadlineExceeded(f"{what} did not arrive within {timeout:g} s") from None
+        finally:
+            if slotted:
+                slots.give(peer, later)
+
+    async def requests(ctx: RequestContext) -> AsyncIterator[Any]:
+        later = False
+        while True:
+            raw = await receive(ctx, later)
+            if raw is EOF:
+                return
+            later = True
+            try:
+                message = parse(raw)
+            except Exception as exc:
+                name = route.request_class.DESCRIPTOR.full_name
+                ctx.logger.warning("%s: malformed %s from %s: %s", ctx.full_method, name, ctx.peer, exc)
+                raise InvalidArgument(f"malformed request: cannot parse {name}") from exc
+            yield message
+
+    async def one_request(ctx: RequestContext) -> Any:
+        try:
+            raw = await receive(ctx, False)
+        except RpcError as exc:
+            await _refuse(ctx, exc)
+        except CancelledError:
+            if calls.cutting:
+                await _cut(ctx, handled=False)
+            raise
+        if raw is EOF:
+            await _no_request(ctx)
+        try:
+            return parse(raw)
+        except Exception as exc:
+            await _bad_request(ctx, exc)
+
+    async def send_all(ctx: RequestContext, request: Any) -> None:
+        context = ctx.grpc
+        loop = asyncio.get_running_loop()
+        responses = None
+        try:
+            responses = await chain(ctx, request)
+            async for response in responses:
+                data = response.SerializeToString()
+                with watchdog.watching(loop.time() + send_timeout):
+                    await context.write(data)
+        except AbortError:
+            raise
+        except LimitExpired:
+            # The client stopped reading: no status can reach it (it would queue behind the
+            # reply), so the call is dropped; grpc resets the stream when it can.
+            ctx.logger.warning("%s: %s read no reply for %g s; the call is dropped",
+                               ctx.full_method, ctx.peer, send_timeout)
+            if responses is not None:
+                await responses.aclose()
+            raise CancelledError() from None
+        except CancelledError:
+            if calls.cutting:
+                await _cut(ctx, handled=True)
+            raise
+        except Exception as exc:
+            await _abort(ctx, exc)
 
     if kind is RpcKind.UNARY_UNARY:
 
-        async def unary_unary(
-            _requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> bytes | None:
-            calls.accepted += 1
-            calls.active += 1
+        async def unary_unary(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes | None:
+            ctx = RequestContext(route, context)
+            peer = ctx.peer
+            refused = calls.enter(peer)
+            if refused is not None:
+                await context.abort(busy, refused)
             try:
-                ctx = RequestContext(route, context)
                 _current.set(ctx)
-                raw = await context.read()
-                if raw is EOF:
-                    await _no_request(ctx)
-                try:
-                    request = parse(raw)
-                except Exception as exc:
-                    await _bad_request(ctx, exc)
+                request = await one_request(ctx)
                 try:
                     response = await chain(ctx, request)
                 except AbortError:
+                    raise
+                except CancelledError:
+                    if calls.cutting:
+                        await _cut(ctx, handled=True)
                     raise
                 except Exception as exc:
                     await _abort(ctx, exc)
                 return response.SerializeToString()
             finally:
-                calls.active -= 1
+                calls.leave(peer)
 
         return grpc.stream_unary_rpc_method_handler(unary_unary)
 
     if kind is RpcKind.STREAM_UNARY:
 
-        async def stream_unary(
-            raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> bytes | None:
-            calls.accepted += 1
-            calls.active += 1
+        async def stream_unary(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes | None:
+            ctx = RequestContext(route, context)
+            peer = ctx.peer
+            refused = calls.enter(peer)
+            if refused is not None:
+                await context.abort(busy, refused)
             try:
-                ctx = RequestContext(route, context)
                 _current.set(ctx)
                 try:
-                    response = await chain(ctx, _parse_stream(ctx, raw_stream, parse))
+                    response = await chain(ctx, requests(ctx))
                 except AbortError:
+                    raise
+                except CancelledError:
+                    if calls.cutting:
+                        await _cut(ctx, handled=True)
                     raise
                 except Exception as exc:
                     await _abort(ctx, exc)
                 return response.SerializeToString()
             finally:
-                calls.active -= 1
+                calls.leave(peer)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary)
 
-    async def stream_out(ctx: RequestContext, request: Any) -> AsyncIterator[bytes]:
-        try:
-            responses = await chain(ctx, request)
-            async for response in responses:
-                yield response.SerializeToString()
-        except AbortError:
-            raise
-        except Exception as exc:
-            await _abort(ctx, exc)
-        finally:
-            calls.active -= 1
-
     if kind is RpcKind.UNARY_STREAM:
 
-        async def unary_stream(
-            _requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[bytes]:
+        async def unary_stream(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
             ctx = RequestContext(route, context)
-            _current.set(ctx)
-            raw = await context.read()
-            if raw is EOF:
-                await _no_request(ctx)
+            peer = ctx.peer
+            refused = calls.enter(peer)
+            if refused is not None:
+                await context.abort(busy, refused)
             try:
-                request = parse(raw)
-            except Exception as exc:
-                await _bad_request(ctx, exc)
-            calls.accepted += 1
-            calls.active += 1
-            async for data in stream_out(ctx, request):
-                yield data
+                _current.set(ctx)
+                await send_all(ctx, await one_request(ctx))
+            finally:
+                calls.leave(peer)
 
         return grpc.stream_stream_rpc_method_handler(unary_stream)
 
-    async def stream_stream(
-        raw_stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    async def stream_stream(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         ctx = RequestContext(route, context)
-        _current.set(ctx)
-        calls.accepted += 1
-        calls.active += 1
-        async for data in stream_out(ctx, _parse_stream(ctx, raw_stream, parse)):
-            yield data
+        peer = ctx.peer
+        refused = calls.enter(peer)
+        if refused is not None:
+            await context.abort(busy, refused)
+        try:
+            _current.set(ctx)
+            await send_all(ctx, requests(ctx))
+        finally:
+            calls.leave(peer)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream)

@@ -19,16 +19,23 @@ import grpc
 import grpc.aio
 
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.core.handlers import CallTracker, controller_handler, grpc_method_handler
+from microframe.core.handlers import controller_handler, grpc_method_handler
+from microframe.core.limits import CallLimits, CallTracker, ReceiveSlots, Watchdog
 from microframe.core.middleware import MiddlewareFactory, build_chain
 from microframe.core.router import Route
 from microframe.core.signals import server_started, server_stopped, server_stopping
+from microframe.utils.memory import MemoryTrimmer
+from microframe.utils.resources import connections_within_files_limit, raise_open_files_limit
+from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.server")
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 # grpcio-reflection serves the v1alpha protocol, which grpcurl, grpcui and Postman speak.
 REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection",)
+#: Seconds before the end of the grace period at which the calls still running are cut (a
+#: tenth of the grace period when that is shorter), and that grpc waits after it.
+CUT_MARGIN = 1.0
 
 
 @dataclass
@@ -39,6 +46,18 @@ class ServerConfig:
     port: int = 50051
     max_message_bytes: int = 4 << 20
     max_concurrent_rpcs: int | None = 1000
+    max_calls_per_connection: int | None = None
+    max_streams_per_connection: int = 2000
+    max_connections: int = 4096
+    max_metadata_bytes: int = 16 * 1024
+    receive_buffer_bytes: int = 256 << 20
+    receive_timeout: float = 5.0
+    stream_idle_timeout: float | None = 60.0
+    send_timeout: float = 10.0
+    stream_window_bytes: int = 64 * 1024
+    handshake_timeout: float = 5.0
+    keepalive_time: float | None = 60.0
+    keepalive_timeout: float = 20.0
     grace: float = 10.0
     shutdown_delay: float = 0.0
     health: bool = True
@@ -58,6 +77,18 @@ class ServerConfig:
             port=int(g.get("PORT", 50051)),
             max_message_bytes=int(g.get("MAX_MESSAGE_BYTES", 4 << 20)),
             max_concurrent_rpcs=g.get("MAX_CONCURRENT_RPCS"),
+            max_calls_per_connection=g.get("MAX_CALLS_PER_CONNECTION"),
+            max_streams_per_connection=int(g.get("MAX_STREAMS_PER_CONNECTION", 2000)),
+            max_connections=int(g.get("MAX_CONNECTIONS", 4096)),
+            max_metadata_bytes=int(g.get("MAX_METADATA_BYTES", 16 * 1024)),
+            receive_buffer_bytes=int(g.get("RECEIVE_BUFFER_BYTES", 256 << 20)),
+            receive_timeout=float(g.get("RECEIVE_TIMEOUT", 5.0)),
+            stream_idle_timeout=g.get("STREAM_IDLE_TIMEOUT", 60.0),
+            send_timeout=float(g.get("SEND_TIMEOUT", 10.0)),
+            stream_window_bytes=int(g.get("STREAM_WINDOW_BYTES", 64 * 1024)),
+            handshake_timeout=float(g.get("HANDSHAKE_TIMEOUT", 5.0)),
+            keepalive_time=g.get("KEEPALIVE_TIME", 60.0),
+            keepalive_timeout=float(g.get("KEEPALIVE_TIMEOUT", 20.0)),
             grace=float(g.get("GRACE", 10.0)),
             shutdown_delay=float(g.get("SHUTDOWN_DELAY", 0.0)),
             health=bool(g.get("HEALTH", True)),
@@ -71,25 +102,60 @@ class ServerConfig:
         return config
 
     def channel_options(self) -> list[tuple[str, Any]]:
-        """Return the grpc core arguments of the server.
+        """Return the grpc core arguments of the server (``GRPC["OPTIONS"]`` overrides them).
 
-        grpc core keeps calls that arrived before the application asked for them in a pending
-        queue and cancels what overflows it (1,000 soft / 3,000 hard by default), which is how a
-        bare grpc.aio server silently CANCELs part of a burst. The queue is sized far above
-        MAX_CONCURRENT_RPCS instead, so every call of a burst reaches the application, which
-        serves it or refuses it with RESOURCE_EXHAUSTED.
+        - The pending-call queue: grpc core keeps calls that arrived before the application
+          asked for them in a queue and cancels what overflows it (1,000 soft / 3,000 hard by
+          default), which is how a bare grpc.aio server silently CANCELs part of a burst. It is
+          sized far above MAX_CONCURRENT_RPCS instead, so every call of a burst reaches the
+          application, which serves it or refuses it with RESOURCE_EXHAUSTED.
+        - Memory a client can make the server hold: the stream window is fixed at
+          STREAM_WINDOW_BYTES (BDP probing off: it grows every stream's window to megabytes,
+          whether the application reads or not), so a call costs at most its window until
+          the application reads its message (:class:`~microframe.core.limits.ReceiveSlots`);
+          streams per connection are capped (SETTINGS_MAX_CONCURRENT_STREAMS, excess streams
+          refused), header blocks too (the soft and hard limits equal, so that a block over
+          it is always refused, not at random between the two), and connections.
+        - Time: a connection must finish its handshake (and HTTP/2 preface) within
+          HANDSHAKE_TIMEOUT; keepalive pings close connections whose peer is gone.
         """
-        pending = max(100_000, 10 * (self.max_concurrent_rpcs or 0))
-        base = [
+        pending = max(10_000, 10 * (self.max_concurrent_rpcs or 0))
+        base: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ("grpc.server.max_pending_requests", pending),
             ("grpc.server.max_pending_requests_hard_limit", pending),
             ("grpc.max_unrequested_time_in_server", 3600),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            ("grpc.max_allowed_incoming_connections", connections_within_files_limit(self.max_connections)),
+            ("grpc.max_metadata_size", self.max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", self.max_metadata_bytes),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", self.stream_window_bytes),
+            ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout * 1000)),
         ]
+        if self.keepalive_time:
+            base += [
+                ("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)),
+                ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout * 1000)),
+            ]
         overridden = {key for key, _ in self.options}
         return [o for o in base if o[0] not in overridden] + list(self.options)
+
+    def call_limits(self) -> CallLimits:
+        """Return the limits the method handlers enforce (see :mod:`microframe.core.limits`)."""
+        per_connection = self.max_calls_per_connection
+        if per_connection is None and self.max_concurrent_rpcs is not None:
+            per_connection = max(1, self.max_concurrent_rpcs // 4)
+        return CallLimits(
+            calls=CallTracker(self.max_concurrent_rpcs, per_connection),
+            slots=ReceiveSlots.for_budget(self.receive_buffer_bytes, self.max_message_bytes),
+            watchdog=Watchdog(),
+            receive_timeout=self.receive_timeout,
+            stream_idle_timeout=self.stream_idle_timeout,
+            send_timeout=self.send_timeout,
+        )
 
 
 def _server_credentials(tls: dict[str, Any]) -> grpc.ServerCredentials:
@@ -144,7 +210,9 @@ class Server:
         self.grpc_server: grpc.aio.Server | None = None
         self.health: Any = None
         self.port: int | None = None
-        self.calls = CallTracker()
+        self.limits = self.config.call_limits()
+        self.calls = self.limits.calls
+        self.memory = MemoryTrimmer()
         self._stopping: asyncio.Event | None = None
         self._stopped = False
 
@@ -167,16 +235,16 @@ class Server:
         """
         if self.grpc_server is not None:
             return self.grpc_server
-        server = grpc.aio.server(
-            options=self.config.channel_options(),
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
-        )
+        raise_open_files_limit()
+        # MAX_CONCURRENT_RPCS is enforced by the method handlers, not by grpc (which would
+        # refuse health checks and reflection too): see microframe.core.limits.
+        server = grpc.aio.server(options=self.config.channel_options())
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         for route in self.routes:
             chain, used = build_chain(route, controller_handler(route, self.executor), self.middleware)
             self.chains[route.full_method] = chain
             self.middleware_in_use[route.full_method] = used
-            by_service.setdefault(route.service, {})[route.method] = grpc_method_handler(route, chain, self.calls)
+            by_service.setdefault(route.service, {})[route.method] = grpc_method_handler(route, chain, self.limits)
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
         names = self.service_names
@@ -223,6 +291,7 @@ class Server:
         self.port = port
         self._stopping = asyncio.Event()
         await server.start()
+        self.memory.start()
         await self._set_health(True)
         await _send_and_await(server_started, sender=self.__class__, server=self, address=self.address)
         logger.info(
@@ -241,8 +310,12 @@ class Server:
         2. keep serving for ``GRPC["SHUTDOWN_DELAY"]`` seconds, so that clients that follow
            health or the registry move away before the port closes;
         3. stop accepting (GOAWAY, listening socket closed) and let the calls in flight finish
-           for up to ``grace`` seconds, then cancel what is left;
-        4. log how many accepted calls completed.
+           for up to ``grace`` seconds;
+        4. answer the calls still running just before ``grace`` ends (a tenth of it, at most a
+           second, before): their handlers ran, so they are answered UNAVAILABLE with the
+           handled mark, which microframe's client never retries (the work may have been
+           done); grpc would cancel them, and a client could not tell that they ran;
+        5. log how many accepted calls completed.
         """
         if self._stopped or self.grpc_server is None:
             return
@@ -258,15 +331,27 @@ class Server:
             )
             await asyncio.sleep(self.config.shutdown_delay)
         running = self.calls.active
-        await self.grpc_server.stop(grace)
+        # grpc gets a moment past the cut for the answers of the calls cut to leave.
+        stopping = asyncio.ensure_future(self.grpc_server.stop(grace + CUT_MARGIN))
+        try:
+            await with_timeout(self.calls.wait_idle(), max(0.0, grace - min(CUT_MARGIN, grace / 10)))
+        except TimeoutError:
+            cut = self.calls.cut()
+            logger.warning(
+                "%d call(s) still running after the %.1f s grace period were cut: answered "
+                "UNAVAILABLE, marked as handled (not to be retried)", cut, grace,
+            )
+        await stopping
+        await self.memory.stop()
+        self.limits.watchdog.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._stopping is not None:
             self._stopping.set()
         left = self.calls.active
         if left:
             logger.warning(
-                "stopped: %d call(s) still running after the %.1f s grace period were cancelled "
-                "(%d accepted in all)", left, grace, self.calls.accepted,
+                "stopped: %d call(s) had not ended after the %.1f s grace period (%d accepted in all)",
+                left, grace, self.calls.accepted,
             )
         else:
             logger.info(

@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -26,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 import grpc
 
 from microframe.client.blocking import background_loop, iterate
-from microframe.contrib.gateway.errors import HTTP_STATUS, error_json, status_line
+from microframe.contrib.gateway.errors import HTTP_STATUS, error_body, error_json, status_line
 from microframe.contrib.gateway.rules import Binding, bindings_of, field_of, set_path, text_value
 from microframe.core.exceptions import RpcError
 from microframe.utils.protojson import message_class, parse_requests, to_json
@@ -38,8 +39,23 @@ JSON = "application/json"
 NDJSON = "application/x-ndjson"
 
 
-#: Metadata that carries credentials: passed by the gateway only under FORWARD_HEADERS.
+#: Metadata that carries credentials: passed by the gateway only under its own header, and only
+#: when FORWARD_HEADERS names it, never as Grpc-Metadata-*.
 SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key", "x-auth-token"})
+#: Metadata keys gRPC reserves for itself (HTTP/2 pseudo-headers start with ":", grpc-* too).
+RESERVED = frozenset({"te", "content-type", "user-agent", "host", "connection", "upgrade",
+                      "transfer-encoding", "keep-alive", "proxy-connection"})
+#: gRPC metadata key grammar (lower case ASCII letters, digits, "-", "_", ".").
+METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
+#: Codes whose messages may name internal services, hosts and addresses: HTTP callers get a
+#: generic message instead, unless GATEWAY["EXPOSE_ERRORS"] (or DEBUG).
+OPAQUE_MESSAGES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: "the service is unavailable; try again later",
+    grpc.StatusCode.INTERNAL: "internal error",
+    grpc.StatusCode.UNKNOWN: "unknown error",
+    grpc.StatusCode.DATA_LOSS: "data loss",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the call did not complete in time",
+}
 
 
 def request_path(environ: dict[str, Any]) -> str:
@@ -104,6 +120,10 @@ class GatewayApplication:
         routes = local.routes if routes is None else routes
         self.timeout = float(config["TIMEOUT"])
         self.max_body = int(config["MAX_BODY_BYTES"])
+        self.max_messages = int(config["MAX_STREAM_MESSAGES"])
+        self.max_depth = int(config["MAX_JSON_DEPTH"])
+        expose = config.get("EXPOSE_ERRORS")
+        self.expose_errors = bool(settings.DEBUG) if expose is None else bool(expose)
         self.emit_defaults = bool(config["EMIT_DEFAULTS"])
         # WSGI key of each forwarded header -> its metadata name.
         self.forward = {f"HTTP_{h.upper().replace('-', '_')}": h.lower() for h in config["FORWARD_HEADERS"]}
@@ -146,7 +166,9 @@ class GatewayApplication:
         except HttpError as err:
             return _error(start_response, err.http_status, err.code, err.message, err.headers)
         except RpcError as err:
-            return _rpc_error(start_response, err)
+            return self._rpc_error(start_response, err)
+        except RecursionError:  # a structure nested past what protobuf's converter follows
+            return _error(start_response, 400, grpc.StatusCode.INVALID_ARGUMENT, "the body is nested too deeply")
         except Exception:
             logger.exception("gateway: %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             return _error(start_response, 500, grpc.StatusCode.INTERNAL, "internal error")
@@ -191,9 +213,15 @@ class GatewayApplication:
         # The body is JSON whatever Content-Type says (as grpc-gateway's default marshaler reads
         # it): `curl -d '{...}'` sends application/x-www-form-urlencoded.
         try:
-            return json.loads(data)
+            value = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {err}") from None
+        except RecursionError:
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, "the body is nested too deeply") from None
+        if not _within_depth(value, self.max_depth):
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the body is nested more than {self.max_depth} levels deep")
+        return value
 
     def _requests(self, binding: Binding, variables: dict[str, str], environ: dict[str, Any]) -> list[Any]:
         request_class, _ = self.classes[binding.path]
@@ -202,6 +230,9 @@ class GatewayApplication:
         streaming = binding.method.client_streaming
         try:
             if streaming:
+                if isinstance(body, list) and len(body) > self.max_messages:
+                    raise HttpError(413, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"the body holds {len(body)} messages, more than the {self.max_messages} accepted")
                 return parse_requests(body if body is not None else [], request_class, True)
             if binding.body == "*":
                 value: dict[str, Any] = body if body is not None else {}
@@ -233,16 +264,31 @@ class GatewayApplication:
         for key, value in environ.items():
             if key.startswith("HTTP_GRPC_METADATA_"):
                 name = key[19:].lower().replace("_", "-")
-                # Credentials pass only under their own header, and only when it is forwarded:
-                # Grpc-Metadata-Authorization must not get round FORWARD_HEADERS.
-                if name in SENSITIVE and name not in self.forwarded:
+                # Credentials, and whatever FORWARD_HEADERS passes, come only from their own
+                # header: Grpc-Metadata-Authorization must neither get round FORWARD_HEADERS
+                # nor win over the real Authorization.
+                if name in SENSITIVE or name in self.forwarded:
                     continue
+                if not METADATA_KEY.match(name) or name.startswith("grpc-") or name in RESERVED:
+                    raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"header Grpc-Metadata-{name}: {name!r} cannot be passed as gRPC metadata")
                 pairs.append((name, value))
         peer = environ.get("REMOTE_ADDR")
         if peer:
             forwarded = environ.get("HTTP_X_FORWARDED_FOR")
             pairs.append(("x-forwarded-for", f"{forwarded}, {peer}" if forwarded else peer))
         return [metadata_pair(name, value) for name, value in pairs]
+
+    def _message(self, err: RpcError) -> str:
+        """The message an HTTP caller is given for ``err`` (see OPAQUE_MESSAGES)."""
+        if self.expose_errors or err.code not in OPAQUE_MESSAGES:
+            return err.message
+        logger.warning("gateway: %s: %s (answered without the message)", err.code.name, err.message)
+        return OPAQUE_MESSAGES[err.code]
+
+    def _rpc_error(self, start_response: StartResponse, err: RpcError) -> list[bytes]:
+        headers = [("Retry-After", retry_after(value)) for key, value in err.trailers if key == "retry-after"]
+        return _error(start_response, HTTP_STATUS.get(err.code, 500), err.code, self._message(err), headers)
 
     # -- calling -------------------------------------------------------------------------------
 
@@ -290,7 +336,7 @@ class GatewayApplication:
             finished = True
         except RpcError as err:  # after the status line: the error is the stream's last line
             finished = True
-            yield json.dumps({"error": {"code": err.code.value[0], "status": err.code.name, "message": err.message}}).encode() + b"\n"
+            yield json.dumps({"error": error_body(err.code, self._message(err))}).encode() + b"\n"
         finally:
             if not finished:  # closed by the server (gunicorn) before the end: a client disconnect
                 self._close(stream)
@@ -312,7 +358,7 @@ class GatewayApplication:
         try:
             reply = self._run(self.client.unary(path, self._health(), self._health_reply, timeout=min(self.timeout, 5.0)))
         except RpcError as err:
-            return _error(start_response, 503, err.code, err.message)
+            return _error(start_response, 503, err.code, self._message(err))
         serving = reply.status == reply.SERVING
         body = json.dumps({"status": reply.ServingStatus.Name(reply.status)}).encode()
         start_response(status_line(200 if serving else 503), [("Content-Type", JSON), ("Content-Length", str(len(body)))])
@@ -335,6 +381,18 @@ def _error(start_response: StartResponse, http_status: int, code: grpc.StatusCod
     return [body]
 
 
-def _rpc_error(start_response: StartResponse, err: RpcError) -> list[bytes]:
-    headers = [("Retry-After", retry_after(value)) for key, value in err.trailers if key == "retry-after"]
-    return _error(start_response, HTTP_STATUS.get(err.code, 500), err.code, err.message, headers)
+def _within_depth(value: Any, limit: int) -> bool:
+    """Whether the JSON ``value`` nests at most ``limit`` arrays and objects deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True

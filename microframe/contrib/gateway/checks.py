@@ -1,7 +1,8 @@
 """System checks of the HTTP/JSON gateway (tag ``gateway``).
 
-- ``gateway.E001``: ``GATEWAY`` is not a dict, has unknown keys, or a bad value: a ``TIMEOUT``
-  or ``MAX_BODY_BYTES`` that is not a positive number, an ``ADDRESS`` that is not
+- ``gateway.E001``: ``GATEWAY`` is not a dict, has unknown keys, or a bad value: a timeout or
+  a limit (``TIMEOUT``, ``MAX_BODY_BYTES``, ``MAX_STREAM_MESSAGES``...) that is not a positive
+  number, an ``ADDRESS`` that is not
   ``host:port``, ``FORWARD_HEADERS`` that is not a list of header names.
 - ``gateway.E002``: a ``google.api.http`` annotation of a routed RPC has a path template the
   gateway cannot read, or a variable, ``body`` or ``response_body`` naming no field.
@@ -28,10 +29,14 @@ def check_gateway_setting(**kwargs: Any) -> list[CheckMessage]:
     if not isinstance(config, dict):
         return [_error(f"GATEWAY must be a dict, not {type(config).__name__}.")]
     errors = unknown_keys("GATEWAY", config, frozenset(global_settings.GATEWAY), "gateway.E001")
-    for key in ("TIMEOUT", "MAX_BODY_BYTES"):
+    for key in ("TIMEOUT", "MAX_BODY_BYTES", "MAX_STREAM_MESSAGES", "MAX_JSON_DEPTH", "HEADER_TIMEOUT",
+                "BODY_TIMEOUT", "SEND_TIMEOUT", "MAX_HEADER_BYTES"):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(_error(f'GATEWAY["{key}"] must be a positive number, not {value!r}.'))
+    expose = config.get("EXPOSE_ERRORS")
+    if expose is not None and not isinstance(expose, bool):
+        errors.append(_error(f'GATEWAY["EXPOSE_ERRORS"] must be True, False or None, not {expose!r}.'))
     address = config.get("ADDRESS")
     if address is not None:
         from microframe.contrib.registry.instance import InvalidInstance, split_address

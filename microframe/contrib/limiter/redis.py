@@ -28,6 +28,7 @@ import math
 import time
 from typing import Any
 
+from microframe.conf.redaction import redact
 from microframe.contrib.limiter.backends import TokenBucket, _positive
 from microframe.contrib.limiter.metrics import limiter_metrics
 from microframe.utils.loops import PerLoop
@@ -92,6 +93,8 @@ class RedisLimiter:
         self.rate = _positive("rate", rate)
         self.burst = _positive("burst", burst if burst is not None else max(1.0, self.rate))
         self.url = url
+        #: The url as logs show it: without its password.
+        self.shown_url = redact(url)
         self.key = f"{prefix}:{key}"
         self.timeout = _positive("timeout", timeout)
         self.retry_interval = _positive("retry_interval", retry_interval)
@@ -145,13 +148,13 @@ class RedisLimiter:
                 self._down = True
                 self._metrics.redis_up.set(0)
                 logger.warning("limiter: Redis at %s cannot be reached (%s): limiting locally until it is back",
-                               self.url, type(err).__name__ if not str(err) else err)
+                               self.shown_url, type(err).__name__ if not str(err) else err)
             self._metrics.redis_fallbacks.inc()
             return None
         if self._down:
             self._down = False
             self._metrics.redis_up.set(1)
-            logger.warning("limiter: Redis at %s is back: the limit is shared again", self.url)
+            logger.warning("limiter: Redis at %s is back: the limit is shared again", self.shown_url)
         return int(wait_us) / 1e6, bool(taken)
 
     async def try_acquire(self, count: int = 1) -> float:  # type: ignore[override]
@@ -178,4 +181,4 @@ class RedisLimiter:
         self._clients.clear()
 
     def __repr__(self) -> str:
-        return f"RedisLimiter(rate={self.rate:g}, burst={self.burst:g}, url={self.url!r}, key={self.key!r})"
+        return f"RedisLimiter(rate={self.rate:g}, burst={self.burst:g}, url={self.shown_url!r}, key={self.key!r})"

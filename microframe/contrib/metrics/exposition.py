@@ -12,7 +12,8 @@
 The server answers ``GET /metrics`` in the Prometheus text format, or in OpenMetrics when the
 scraper asks for it in its ``Accept`` header (gzip-compressed when it accepts gzip, restricted
 to some metrics with ``?name[]=...``), and ``GET /healthz`` with ``ok``. It runs on a
-background thread and never touches the event loop.
+background thread with an event loop of its own (never the server's), and bounds what a
+connection may cost (see :class:`MetricsServer`).
 
 The constant labels are added to every sample when it is collected, so recording a metric
 costs nothing more for them.
@@ -20,18 +21,19 @@ costs nothing more for them.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import io
 import re
 import socket
-import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client import make_wsgi_app as make_prometheus_app
-from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
@@ -205,45 +207,104 @@ def make_wsgi_app(collector: Collector) -> WSGIApp:
     return app
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Request handler that does not log every scrape to stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _server_class(host: str, port: int) -> type[ThreadingWSGIServer]:
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as err:
-        raise OSError(f"cannot resolve {host!r}: {err}") from err
-    family = infos[0][0]
-
-    class Server(ThreadingWSGIServer):
-        address_family = family
-
-        def server_bind(self) -> None:
-            # Skip HTTPServer.server_bind: its socket.getfqdn() may wait on a DNS lookup.
-            socketserver.TCPServer.server_bind(self)
-            host, port = self.server_address[:2]
-            self.server_name = str(host)
-            self.server_port = int(port)
-            self.setup_environ()
-
-    return Server
-
-
 class MetricsServer:
-    """The running HTTP endpoint: ``host``, ``port`` (the port bound) and :meth:`close`."""
+    """The running HTTP endpoint: ``host``, ``port`` (the port bound) and :meth:`close`.
 
-    def __init__(self, httpd: ThreadingWSGIServer, thread: threading.Thread, host: str) -> None:
-        self.httpd = httpd
-        self.thread = thread
+    One thread runs an event loop that reads each request (its head: at most
+    :data:`MAX_HEAD_BYTES`, within :data:`READ_TIMEOUT` seconds), answers it from the WSGI
+    application and closes the connection; a client that does not read the answer within
+    :data:`WRITE_TIMEOUT` seconds is dropped, and at most :data:`MAX_CONNECTIONS` connections
+    are kept at once (more are closed as they arrive). So idle or slow connections cost a few
+    kilobytes each, never a thread: the standard library's servers (and prometheus_client's)
+    give every connection a thread of its own with no time limit, which is why this one is
+    written here. Prometheus opens one connection per scrape.
+    """
+
+    def __init__(self, app: WSGIApp, sock: socket.socket, host: str) -> None:
+        self.app = app
         self.host = host
-        self.port: int = httpd.server_address[1]
+        self.port: int = sock.getsockname()[1]
+        self.connections = 0
+        self._sock = sock
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
         self._closed = False
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), name="microframe-metrics", daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_HEAD_BYTES)
+
+        self._loop.run_until_complete(start())
+        ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self.connections += 1
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+                status, headers, body = self._answer(head)
+            except (asyncio.LimitOverrunError, ValueError):
+                status, headers, body = "431 Request Header Fields Too Large", [], b"request head too large\n"
+            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers),
+                     f"Content-Length: {len(body)}", "Connection: close", "", ""]
+            writer.write("\r\n".join(lines).encode("latin-1") + body)
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.connections -= 1
+            transport = writer.transport
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
+
+    def _answer(self, head: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Run the WSGI application for the request whose head is ``head``."""
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return "400 Bad Request", [], b"bad request\n"
+        method, target, protocol = parts
+        path, _, query = target.partition("?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "SERVER_PROTOCOL": protocol,
+            "SCRIPT_NAME": "", "SERVER_NAME": self.host, "SERVER_PORT": str(self.port), "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
+            "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        }
+        for line in header_lines:
+            name, sep, value = line.partition(":")
+            if sep and "_" not in name:
+                environ["HTTP_" + name.strip().upper().replace("-", "_")] = value.strip()
+        answer: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            answer["status"], answer["headers"] = status, headers
+            return lambda data: None
+
+        result = self.app(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        headers = [(k, v) for k, v in answer["headers"] if k.lower() not in ("content-length", "connection")]
+        return answer["status"], headers, b"" if method == "HEAD" else body
 
     @property
     def url(self) -> str:
@@ -256,9 +317,15 @@ class MetricsServer:
         if self._closed:
             return
         self._closed = True
-        self.httpd.shutdown()
-        self.httpd.server_close()
+
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
         self.thread.join(5)
+        self._sock.close()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -268,6 +335,30 @@ class MetricsServer:
 
     def __repr__(self) -> str:
         return f"<MetricsServer {self.url}>"
+
+
+#: Limits of the metrics endpoint (see :class:`MetricsServer`).
+MAX_CONNECTIONS = 64
+MAX_HEAD_BYTES = 8192
+READ_TIMEOUT = 5.0
+WRITE_TIMEOUT = 10.0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise OSError(f"cannot resolve {host!r}: {err}") from err
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def start_http_server(
@@ -290,21 +381,7 @@ def start_http_server(
     collector = make_collector(
         labels=labels, multiprocess_dir=multiprocess_dir, registry=registry, created=created
     )
-    httpd = make_server(
-        host,
-        port,
-        make_wsgi_app(collector),
-        server_class=_server_class(host, port),
-        handler_class=_QuietHandler,
-    )
-    thread = threading.Thread(
-        target=httpd.serve_forever,
-        kwargs={"poll_interval": 0.5},
-        name="microframe-metrics",
-        daemon=True,
-    )
-    thread.start()
-    return MetricsServer(httpd, thread, host)
+    return MetricsServer(make_wsgi_app(collector), _listen(host, port), host)
 
 
 def mark_process_dead(pid: int, multiprocess_dir: str | None = None) -> None:

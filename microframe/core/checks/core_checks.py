@@ -73,9 +73,13 @@ def hosts_overlap(first: str, second: str) -> bool:
 
 
 def wrong_setting(setting: str, expected: str, value: Any, hint: str | None = None) -> Error:
-    """Return microframe.E001: ``setting`` holds ``value`` instead of ``expected``."""
+    """Return microframe.E001: ``setting`` holds ``value`` instead of ``expected`` (a secret's
+    value is not shown)."""
+    from microframe.conf.redaction import redact
+
+    shown = short_repr(redact(value, setting.rsplit("[", 1)[-1].strip('"]')))
     return Error(
-        f"{setting} must be {expected}, not {short_repr(value)} ({type(value).__name__}).",
+        f"{setting} must be {expected}, not {shown} ({type(value).__name__}).",
         hint=hint or f"Set {setting} to {expected} in {settings_location()}.",
         id="microframe.E001",
     )
@@ -140,6 +144,14 @@ def _positive_int_or_none(value: Any) -> bool:
     return value is None or _positive_int(value)
 
 
+def _positive_number(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _positive_number_or_none(value: Any) -> bool:
+    return value is None or _positive_number(value)
+
+
 def _non_empty_str(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -194,6 +206,19 @@ GRPC_RULES: list[Rule] = [
     ("HOST", _non_empty_str, "a host name or IP address (str)", None),
     ("MAX_MESSAGE_BYTES", _positive_int, "a positive int", None),
     ("MAX_CONCURRENT_RPCS", _positive_int_or_none, "a positive int or None", None),
+    ("MAX_CALLS_PER_CONNECTION", _positive_int_or_none, "a positive int or None", None),
+    ("MAX_STREAMS_PER_CONNECTION", _positive_int, "a positive int", None),
+    ("MAX_CONNECTIONS", _positive_int, "a positive int", None),
+    ("MAX_METADATA_BYTES", lambda v: _is_int(v) and v >= 1024, "an int of at least 1024 (bytes)", None),
+    ("RECEIVE_BUFFER_BYTES", _positive_int, "a positive int (bytes)", None),
+    ("RECEIVE_TIMEOUT", _positive_number, "a positive number of seconds", None),
+    ("STREAM_IDLE_TIMEOUT", _positive_number_or_none, "a positive number of seconds or None", None),
+    ("SEND_TIMEOUT", _positive_number, "a positive number of seconds", None),
+    ("STREAM_WINDOW_BYTES", lambda v: _is_int(v) and 1024 <= v < 1 << 31,
+     "an int from 1024 to 2**31 - 1 (bytes)", None),
+    ("HANDSHAKE_TIMEOUT", _positive_number, "a positive number of seconds", None),
+    ("KEEPALIVE_TIME", _positive_number_or_none, "a positive number of seconds or None", None),
+    ("KEEPALIVE_TIMEOUT", _positive_number, "a positive number of seconds", None),
     ("GRACE", lambda v: _is_number(v) and v >= 0, "a non-negative number of seconds", None),
     ("SHUTDOWN_DELAY", lambda v: _is_number(v) and v >= 0, "a non-negative number of seconds", None),
     ("HEALTH", lambda v: isinstance(v, bool), "a bool", None),

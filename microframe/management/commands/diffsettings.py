@@ -11,7 +11,8 @@ from microframe.management.base import BaseCommand, CommandParser
 class Command(BaseCommand):
     help = (
         "Show the settings in force (module plus YAML overlays of MICROFRAME_ENV) that differ "
-        "from microframe's defaults; with --all, every setting."
+        "from microframe's defaults; with --all, every setting. Secrets (passwords, tokens, "
+        "keys, the password of a URL) are shown as ********."
     )
     requires_system_checks: list[str] = []
 
@@ -20,16 +21,18 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> str:
         from microframe.conf import global_settings, settings
+        from microframe.conf.redaction import redact
 
         lines = []
         user = {k: getattr(settings, k) for k in dir(settings) if k.isupper()}
         for key in sorted(user):
             value = user[key]
             default = getattr(global_settings, key, object())
+            shown = pprint.pformat(redact(value, key), width=100, sort_dicts=True)
             if value != default:
-                lines.append(f"{key} = {pprint.pformat(value, width=100, sort_dicts=True)}")
+                lines.append(f"{key} = {shown}")
             elif options["all"]:
-                lines.append(f"### {key} = {pprint.pformat(value, width=100, sort_dicts=True)}")
+                lines.append(f"### {key} = {shown}")
         files = getattr(settings, "SETTINGS_FILES", None)
         if files:
             lines.append("# read from: " + ", ".join(files))

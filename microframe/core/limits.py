@@ -1,0 +1,282 @@
+"""What one call may take from the server: a call slot, a receive slot, bounded time.
+
+grpc core gives a server few defences of its own against a client that misbehaves on purpose:
+it opens a stream's flow-control window to the whole announced size of a message as soon as
+the application waits for one (so a 4 MiB length prefix makes the server buffer 4 MiB), it
+never gives up on a message that stops arriving halfway, nor on a reply the client never
+reads. This module is the framework's side of those bounds (grpc's own, set through channel
+arguments, are in :meth:`microframe.core.server.ServerConfig.channel_options`):
+
+- :class:`CallTracker`: the calls the application is running, bounded by
+  ``GRPC["MAX_CONCURRENT_RPCS"]`` in the process and ``GRPC["MAX_CALLS_PER_CONNECTION"]`` on
+  one connection (health and reflection are served by grpc's own servicers and never
+  counted), and the tasks serving them, so that a stop can answer the ones still
+  running at the end of ``GRPC["GRACE"]`` itself;
+- :class:`ReceiveSlots`: how many request messages may be still arriving at once
+  (process-wide and per connection), which bounds the memory grpc may hold for partial
+  messages;
+- :class:`Watchdog`: one timer for the whole server that ends the waits (for a message, for
+  the client to read a reply) that went past their limit, and gives a slow message its slot.
+
+These are written here rather than taken from a library because they have to sit between
+grpc.aio's per-call coroutine and grpc core's buffers, where no library reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+#: How often the watchdog looks at the waits it follows, in seconds: a limit is enforced
+#: between ``limit`` and ``limit + TICK`` seconds.
+TICK = 0.25
+#: How long a request message may take to arrive before it needs a receive slot, in seconds
+#: (see :class:`ReceiveSlots`); the watchdog looks this often while such reads are pending.
+QUICK = 0.05
+
+
+class LimitExpired(Exception):
+    """A wait followed by the :class:`Watchdog` went past its limit, or its check failed
+    (``checked`` tells which)."""
+
+    def __init__(self, checked: bool = False) -> None:
+        super().__init__()
+        self.checked = checked
+
+
+class _Entry:
+    __slots__ = ("limit", "check_at", "check")
+
+    def __init__(self, limit: float, check_at: float | None, check: Callable[[], bool] | None) -> None:
+        self.limit = limit
+        self.check_at = check_at
+        self.check = check
+
+
+class Watchdog:
+    """Cancel the tasks whose wait went past its limit (see :meth:`watching`).
+
+    One timer, armed only while waits are followed, walks them every :data:`TICK` seconds (or
+    :data:`QUICK` seconds while one has a check due); following a wait costs a dict insertion
+    and removal, not a timer per wait.
+    """
+
+    __slots__ = ("_entries", "_expired", "_handle", "_loop", "_quick")
+
+    def __init__(self) -> None:
+        self._entries: dict[asyncio.Task[Any], _Entry] = {}
+        self._expired: dict[asyncio.Task[Any], bool] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._quick = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextmanager
+    def watching(
+        self, limit: float, check_at: float | None = None, check: Callable[[], bool] | None = None
+    ) -> Iterator[None]:
+        """Run the block with the current task cancelled at loop time ``limit``, or at
+        ``check_at`` if ``check()`` then returns False (``check`` is called at most once).
+
+        A cancellation coming from the watchdog is raised as :class:`LimitExpired` (and the
+        task's cancellation request withdrawn); any other propagates unchanged.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        entries = self._entries
+        entries[task] = _Entry(limit, check_at, check)
+        if check_at is not None and not self._quick:
+            self._rearm(QUICK)
+        elif self._handle is None:
+            self._rearm(TICK)
+        try:
+            yield
+        except asyncio.CancelledError:
+            checked = self._expired.pop(task, None)
+            if checked is not None:
+                task.uncancel()
+                raise LimitExpired(checked) from None
+            raise
+        finally:
+            entries.pop(task, None)
+            self._expired.pop(task, None)
+
+    def _rearm(self, delay: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        self._quick = delay == QUICK
+        self._handle = loop.call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        self._quick = False
+        assert self._loop is not None
+        now = self._loop.time()
+        checks_due = False
+        for task, entry in list(self._entries.items()):
+            expired: bool | None = None
+            if entry.limit <= now:
+                expired = False
+            elif entry.check_at is not None:
+                if entry.check_at <= now:
+                    check, entry.check_at, entry.check = entry.check, None, None
+                    if check is not None and not check():
+                        expired = True
+                else:
+                    checks_due = True
+            if expired is not None and not task.done():
+                self._expired[task] = expired
+                del self._entries[task]
+                task.cancel()
+        if checks_due:
+            self._rearm(QUICK)
+        elif self._entries:
+            self._rearm(TICK)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class ReceiveSlots:
+    """Slots for request messages still arriving: ``total`` at once, ``per_connection`` of
+    them on one connection, ``streams`` of them for the later messages of client streams.
+
+    grpc buffers a message until it is whole, up to ``MAX_MESSAGE_BYTES``, but only while the
+    application waits for one; before that a call costs at most its stream's window. A message
+    that arrives with its call (or within :data:`QUICK` seconds of the read) needs no slot:
+    well-behaved clients never wait for one, whatever an attacker holds. One still arriving
+    after that takes a slot, or, when none is free for its connection, its call is refused
+    (RESOURCE_EXHAUSTED) and its buffer freed. So the memory of messages being received is at
+    most ``total`` messages, plus what arrives in :data:`QUICK` seconds.
+    """
+
+    __slots__ = ("total", "per_connection", "streams", "in_use", "streams_in_use", "by_peer")
+
+    def __init__(self, total: int, per_connection: int, streams: int) -> None:
+        self.total = max(1, total)
+        self.per_connection = max(1, per_connection)
+        self.streams = max(1, streams)
+        self.in_use = 0
+        self.streams_in_use = 0
+        self.by_peer: dict[str, int] = {}
+
+    @classmethod
+    def for_budget(cls, budget_bytes: int, message_bytes: int) -> ReceiveSlots:
+        """The slots of a memory budget: one per ``message_bytes``, a quarter of them per
+        connection, half for client streams waiting for a later message."""
+        total = max(1, budget_bytes // max(1, message_bytes))
+        return cls(total, max(1, total // 4), max(1, total // 2))
+
+    def take(self, peer: str, later: bool) -> bool:
+        """Take a slot for ``peer`` (the connection); False when none is free for it."""
+        on_peer = self.by_peer.get(peer, 0)
+        if self.in_use >= self.total or on_peer >= self.per_connection or (later and self.streams_in_use >= self.streams):
+            return False
+        self.in_use += 1
+        self.by_peer[peer] = on_peer + 1
+        if later:
+            self.streams_in_use += 1
+        return True
+
+    def give(self, peer: str, later: bool) -> None:
+        self.in_use -= 1
+        left = self.by_peer[peer] - 1
+        if left:
+            self.by_peer[peer] = left
+        else:
+            del self.by_peer[peer]
+        if later:
+            self.streams_in_use -= 1
+
+
+class CallTracker:
+    """How many calls the application accepted, which are still running, and their limits:
+    ``limit`` in the process, ``per_connection`` on one connection.
+
+    Updated on the event loop thread only (no lock). ``tasks`` are the tasks serving the
+    running calls: :meth:`cut` cancels them at the end of a stop's grace period, and the
+    handlers answer those calls themselves (see :mod:`microframe.core.handlers`).
+    """
+
+    __slots__ = ("accepted", "active", "limit", "per_connection", "by_peer", "tasks", "cutting", "_idle")
+
+    def __init__(self, limit: int | None = None, per_connection: int | None = None) -> None:
+        self.accepted = 0
+        self.active = 0
+        self.limit = limit if limit is not None else 1 << 62
+        self.per_connection = per_connection if per_connection is not None else self.limit
+        self.by_peer: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.cutting = False
+        self._idle: asyncio.Event | None = None
+
+    def enter(self, peer: str) -> str | None:
+        """Count a call of ``peer`` (its connection) in; or return why it is refused (and
+        count nothing): the process or the connection is at its limit."""
+        if self.active >= self.limit:
+            return f"the server is serving its limit of {self.limit} calls; try again later"
+        on_peer = self.by_peer.get(peer, 0)
+        if on_peer >= self.per_connection:
+            return (
+                f"this connection has {on_peer} calls running, the most one connection may have; "
+                "try again later"
+            )
+        self.by_peer[peer] = on_peer + 1
+        self.accepted += 1
+        self.active += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        return None
+
+    def leave(self, peer: str) -> None:
+        self.active -= 1
+        left = self.by_peer[peer] - 1
+        if left:
+            self.by_peer[peer] = left
+        else:
+            del self.by_peer[peer]
+        self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if self._idle is not None and not self.active:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is running."""
+        if not self.active:
+            return
+        self._idle = asyncio.Event()
+        await self._idle.wait()
+
+    def cut(self) -> int:
+        """Cancel every running call's task (the handlers answer them); return how many."""
+        self.cutting = True
+        tasks = [t for t in self.tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+
+@dataclass
+class CallLimits:
+    """Everything the method handlers enforce, resolved once from ``GRPC`` (see
+    :meth:`microframe.core.server.ServerConfig.call_limits`)."""
+
+    calls: CallTracker
+    slots: ReceiveSlots
+    watchdog: Watchdog
+    receive_timeout: float = 5.0
+    stream_idle_timeout: float | None = 60.0
+    send_timeout: float = 10.0
+
+    @classmethod
+    def default(cls) -> CallLimits:
+        """Limits of a server built without settings (tests, :func:`microframe.test.serve`)."""
+        return cls(CallTracker(1000, 250), ReceiveSlots.for_budget(256 << 20, 4 << 20), Watchdog())
