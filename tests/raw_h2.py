@@ -120,8 +120,13 @@ class RawH2:
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, data: bytes, timeout: float = 10.0) -> None:
+        """Send ``data`` whole, waiting at most ``timeout`` seconds for the server to take it."""
+        previous = self.sock.gettimeout()
         self.sock.settimeout(timeout)
-        self.sock.sendall(data)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.settimeout(previous)
 
     def open_stream(
         self,

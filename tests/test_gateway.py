@@ -99,6 +99,10 @@ async def say_hello(ctx, request):
         raise ResourceExhausted("try later", trailers={"retry-after": "1.250"})
     if request.name == "bad":
         raise InvalidArgument("bad name")
+    if request.name == "downstream":  # a call to a service that is down, its error let through
+        from microframe.client import Client
+
+        await Client("payments", address="127.0.0.1:1").unary("/payments.Payments/Pay", request, HelloReply, timeout=2)
     return HelloReply(message=f"Hello, {request.name}!")
 
 
@@ -156,7 +160,7 @@ class Shop:
         (self.dir / "idl" / "shop.proto").write_text(PROTO)
         (self.dir / "controller" / "shop.py").write_text(CONTROLLER)
         settings = self.dir / "settings.py"
-        settings.write_text(settings.read_text() + '\nGATEWAY = {"MAX_BODY_BYTES": 2048, "TIMEOUT": 5.0}\n')
+        settings.write_text(settings.read_text() + '\nDEBUG = False\nGATEWAY = {"MAX_BODY_BYTES": 300_000, "MAX_STREAM_MESSAGES": 100, "TIMEOUT": 5.0}\n')
         generated = subprocess.run([sys.executable, "manage.py", "genproto"], cwd=self.dir, env=self.env,
                                    capture_output=True, text=True, timeout=120)
         assert generated.returncode == 0, generated.stderr
@@ -292,7 +296,7 @@ def test_resource_exhausted_is_429_with_retry_after(shop: Shop) -> None:
 
 
 def test_the_body_limit_is_enforced(shop: Shop) -> None:
-    status, _, body = shop.post("/shop.Shop/SayHello", {"name": "x" * 4000})
+    status, _, body = shop.post("/shop.Shop/SayHello", {"name": "x" * 300_001})
     assert status == 413 and json.loads(body)["status"] == "RESOURCE_EXHAUSTED"
     assert ok_json(shop.post("/shop.Shop/SayHello", {"name": "x" * 1000}))
 
@@ -323,9 +327,92 @@ def test_credentials_pass_only_under_their_forwarded_header() -> None:
     environ = {"HTTP_GRPC_METADATA_AUTHORIZATION": "Bearer sneaky", "HTTP_GRPC_METADATA_X_TENANT": "acme",
                "HTTP_AUTHORIZATION": "Bearer t", "HTTP_X_REQUEST_ID": "r1", "REMOTE_ADDR": "10.0.0.9"}
     assert sorted(app._metadata(environ)) == [("x-forwarded-for", "10.0.0.9"), ("x-request-id", "r1"), ("x-tenant", "acme")]
+    # Forwarded or not, a credential never comes from Grpc-Metadata-*, nor does a forwarded header.
+    app = GatewayApplication(routes=[], options={"FORWARD_HEADERS": ["authorization", "x-request-id"]})
+    environ["HTTP_GRPC_METADATA_X_REQUEST_ID"] = "forged"
+    assert sorted(app._metadata(environ)) == [("authorization", "Bearer t"), ("x-forwarded-for", "10.0.0.9"),
+                                              ("x-request-id", "r1"), ("x-tenant", "acme")]
+    # What any WSGI server may pass: keys gRPC reserves, or cannot carry, are refused (400).
+    from microframe.contrib.gateway.app import HttpError
+
+    for key in ("HTTP_GRPC_METADATA_:PATH", "HTTP_GRPC_METADATA_GRPC_STATUS", "HTTP_GRPC_METADATA_TE", "HTTP_GRPC_METADATA_A B"):
+        with pytest.raises(HttpError) as info:
+            app._metadata({key: "x"})
+        assert info.value.http_status == 400, key
 
 
 def test_healthz_follows_the_service(shop: Shop) -> None:
     assert ok_json(shop.get("/healthz")) == {"status": "SERVING"}
     status, headers, _ = shop.gateway.request("DELETE", "/healthz")
     assert status == 405 and headers["allow"] == "GET, HEAD"
+
+
+# Hostile HTTP callers (docs/topics/security.md) -------------------------------------------------
+
+
+def test_grpc_metadata_headers_cannot_carry_credentials_or_forwarded_headers(shop: Shop) -> None:
+    """Row 6: Grpc-Metadata-Authorization beside a wrong (or no) Authorization."""
+    def seen(key: str, headers: dict[str, str]) -> str:
+        return ok_json(shop.post("/shop.Shop/SayHello", {"name": f"md:{key}"}, headers=headers))["message"]  # type: ignore[index]
+
+    assert seen("authorization", {"Authorization": "Bearer wrong", "Grpc-Metadata-Authorization": "Bearer valid"}) \
+        == "'Bearer wrong'"
+    assert seen("authorization", {"Grpc-Metadata-Authorization": "Bearer valid"}) == "None"
+    assert seen("x-request-id", {"X-Request-Id": "real", "Grpc-Metadata-X-Request-Id": "forged"}) == "'real'"
+    assert seen("cookie", {"Grpc-Metadata-Cookie": "session=1"}) == "None"
+
+
+def test_client_stream_arrays_are_capped(shop: Shop) -> None:
+    """Row 10: a JSON array of more requests than MAX_STREAM_MESSAGES, to a client stream."""
+    import time
+
+    cap = 100  # the shop's MAX_STREAM_MESSAGES
+    started = time.monotonic()
+    status, _, body = shop.gateway.request("POST", "/shop.Shop/Sum", "[" + ",".join(["{}"] * (cap + 1)) + "]")
+    assert status == 413 and json.loads(body)["status"] == "RESOURCE_EXHAUSTED", body
+    assert time.monotonic() - started < 2
+    assert ok_json(shop.post("/shop.Shop/Sum", [{"value": 1}] * cap)) == {"value": str(cap)}
+
+
+def test_downstream_errors_do_not_reach_http_callers(shop: Shop) -> None:
+    """Row 11: the error of a call the service made (naming a service and its address)."""
+    status, _, body = shop.post("/shop.Shop/SayHello", {"name": "downstream"})
+    error = json.loads(body)
+    assert status == 503 and error["status"] == "UNAVAILABLE", body
+    assert "payments" not in body.decode() and "127.0.0.1" not in body.decode(), body
+    # The service's own errors for the caller pass unchanged.
+    status, _, body = shop.post("/shop.Shop/SayHello", {"name": "bad"})
+    assert status == 400 and json.loads(body)["message"] == "bad name"
+    wait_until(lambda: "cannot connect to payments" in shop.gateway.output, 5, "the gateway to log the real error")
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ("[" * 100_000 + "]" * 100_000, {}),
+        ('{"a":' * 40_000 + '1' + "}" * 40_000, {}),
+        ({"name": "x"}, {"Grpc-Metadata-:path": "/other.Service/Method"}),
+        ({"name": "x"}, {"Grpc-Metadata-Grpc-Timeout": "1S"}),
+        ({"name": "x"}, {"Grpc-Metadata-Te": "gzip"}),
+    ],
+    ids=["arrays-100000-deep", "objects-40000-deep", "metadata-:path", "metadata-grpc-timeout", "metadata-te"],
+)
+def test_malformed_input_is_400_never_500(shop: Shop, body: object, headers: dict[str, str]) -> None:
+    """Row 12: JSON nested 100,000 deep, headers that are not metadata."""
+    import socket
+
+    data = (body if isinstance(body, str) else json.dumps(body)).encode()
+    before = shop.gateway.output.count("Traceback")
+    # A raw request: http.client refuses to send some of these headers.
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (f"POST /shop.Shop/SayHello HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+               f"Connection: close\r\n{head}\r\n").encode() + data
+    with socket.create_connection(("127.0.0.1", shop.gateway.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    status, answer = int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+    assert status == 400 and json.loads(answer)["status"] == "INVALID_ARGUMENT", answer
+    assert shop.gateway.output.count("Traceback") == before, shop.gateway.output[-3000:]

@@ -11,6 +11,7 @@ itself does not depend on them.
 from __future__ import annotations
 
 import collections
+import os
 import resource
 import signal
 import socket
@@ -30,7 +31,7 @@ from raw_h2 import (
     send_messages,
 )
 
-from conftest import ServerProcess, wait_until
+from conftest import ServerProcess, say_hello, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
 
 MiB = 1 << 20
@@ -323,3 +324,111 @@ async def test_calls_cut_by_a_stop_are_not_run_again(fleet):
     assert executions() == 10, [s.output for s in servers]
     assert servers[0].proc.wait(10) == 0
     assert "were cut" in servers[0].output
+
+
+def test_the_gateway_keeps_serving_under_2000_hostile_connections(example):
+    """Row 5: ``gunicorn example.wsgi`` as documented, with idle connections, headers sent
+    halfway, bodies that never end and NDJSON streams nobody reads, 2,000 in all."""
+    import json
+
+    from conftest import ROOT, GunicornProcess, base_env
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    gateway = GunicornProcess(ROOT, "example.wsgi", base_env(), workers=1).wait_healthy()
+    try:
+        port = gateway.port
+        worker = _only_child(gateway.proc.pid)
+        threads_before = len(os.listdir(f"/proc/{worker}/task"))
+        hostile: list[socket.socket] = []
+
+        def connect() -> socket.socket:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, holds little
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+            hostile.append(sock)
+            return sock
+
+        for _ in range(1200):  # idle: not a byte
+            connect()
+        for _ in range(500):  # a request head sent halfway
+            connect().sendall(b"POST /helloworld.Greeter/SayHello HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(200):  # a body that never ends
+            connect().sendall(b"POST /helloworld.Greeter/SayHello HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"na")
+        stream = json.dumps({"name": "x" * 10_000, "count": 1000}).encode()
+        for _ in range(100):  # a server stream of 10 MB nobody reads
+            connect().sendall(b"POST /helloworld.Greeter/LotsOfReplies HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                              + str(len(stream)).encode() + b"\r\n\r\n" + stream)
+        assert len(hostile) == 2000
+        slowest = 0.0
+        for n in range(20):
+            started = time.monotonic()
+            status, _, body = gateway.request("POST", "/helloworld.Greeter/SayHello", json.dumps({"name": f"n{n}"}), timeout=5)
+            slowest = max(slowest, time.monotonic() - started)
+            assert status == 200 and json.loads(body) == {"message": f"Hello, n{n}!"}, body
+        assert slowest < 2.0, slowest
+        # The attack costs the worker no thread: at most its pool's (32) are started.
+        threads = len(os.listdir(f"/proc/{worker}/task"))
+        assert threads <= threads_before + 32, (threads_before, threads)
+        # The connections that never sent a whole request head are closed after HEADER_TIMEOUT.
+        deadline = time.monotonic() + 10 + 5
+        for sock in hostile[:1700]:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                raise AssertionError("a connection without a request lived past HEADER_TIMEOUT") from None
+    finally:
+        for sock in hostile:
+            sock.close()
+        gateway.kill()
+
+
+def _only_child(pid: int) -> int:
+    """The pid of the one worker gunicorn's arbiter ``pid`` runs."""
+    def child() -> int | None:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+        return int(children[0]) if len(children) == 1 else None
+
+    return wait_until(child, 10, "gunicorn's worker")  # type: ignore[return-value]
+
+
+def test_idle_connections_to_metrics_cost_no_thread(example):
+    """Row 8: 1,719 idle connections to /metrics, then a scrape."""
+    import urllib.request
+
+    threads_before = len(os.listdir(f"/proc/{example.proc.pid}/task"))
+    idle = []
+    try:
+        for _ in range(1719):
+            idle.append(socket.create_connection(("127.0.0.1", example.metrics_port), timeout=5))
+        for sock in idle[:50]:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{example.metrics_port}/metrics", timeout=5) as reply:
+            assert reply.status == 200 and b"grpc_server_started_total" in reply.read()
+        assert time.monotonic() - started < 1.0
+        threads = len(os.listdir(f"/proc/{example.proc.pid}/task"))
+        assert threads <= threads_before + 2, (threads_before, threads)
+        # Silent connections are closed: at once past the cap, the others after READ_TIMEOUT (5 s).
+        deadline = time.monotonic() + 5 + 3
+        for sock in idle:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                while sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                raise AssertionError("an idle metrics connection lived past its read timeout") from None
+        assert say_hello(example, "still") == "Hello, still!"
+    finally:
+        for sock in idle:
+            sock.close()
+

@@ -23,21 +23,39 @@ logger = logging.getLogger("microframe.server")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _load_trim() -> Any:
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+    )]
+
+
+def _load() -> tuple[Any, Any]:
     name = ctypes.util.find_library("c")
     if not name:
-        return None
+        return None, None
     try:
         libc = ctypes.CDLL(name)
         trim = libc.malloc_trim
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        return None
+        return None, None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim
+    info = getattr(libc, "mallinfo2", None)  # glibc 2.33+
+    if info is not None:
+        info.argtypes = []
+        info.restype = _Mallinfo2
+    return trim, info
 
 
-_malloc_trim = _load_trim()
+_malloc_trim, _mallinfo2 = _load()
+
+
+def free_heap_bytes() -> int | None:
+    """Return the bytes the C allocator holds free (glibc's ``mallinfo2``), or None."""
+    if _mallinfo2 is None:
+        return None
+    info = _mallinfo2()
+    return int(info.fordblks + info.fsmblks)
 
 
 def resident_bytes() -> int | None:
@@ -58,12 +76,14 @@ def trim() -> bool:
 
 
 class MemoryTrimmer:
-    """Trim the C heap when the resident size is ``growth`` bytes over the lowest it has been
-    (at start or after a trim), looking every ``interval`` seconds.
+    """Trim the C heap when it holds ``growth`` bytes free, looking every ``interval`` seconds.
 
-    A trim that frees nothing (the memory is in use) doubles the interval, up to a minute, so
-    that a process whose memory really grew is not trimmed in vain every few seconds; one that
-    frees memory resets it.
+    With glibc 2.33+ the allocator says how much it holds free (``mallinfo2``); free memory a
+    trim could not return (fragments smaller than a page) is not tried again until ``growth``
+    more bytes are free. Elsewhere the
+    resident size is the signal: a trim when it is ``growth`` bytes over the lowest it has been,
+    and, when a trim frees nothing (the memory is in use), a longer wait before the next one
+    (doubling, up to ``longest`` seconds).
     """
 
     def __init__(self, interval: float = 2.0, growth: int = 16 << 20, longest: float = 60.0) -> None:
@@ -72,6 +92,8 @@ class MemoryTrimmer:
         self.longest = longest
         self.floor = resident_bytes() or 0
         self.trims = 0
+        #: Free bytes a trim could not return (fragments): not tried again until more is free.
+        self._fruitless = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -82,25 +104,35 @@ class MemoryTrimmer:
         if self.available and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="microframe-memory-trim")
 
+    def due(self) -> bool:
+        """Whether a trim would give memory back now."""
+        free = free_heap_bytes()
+        if free is not None:
+            if free < self.growth:
+                self._fruitless = 0
+            return free >= self.growth + self._fruitless
+        return (resident_bytes() or 0) >= self.floor + self.growth
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         wait = self.interval
         while True:
             await asyncio.sleep(wait)
-            rss = resident_bytes() or 0
-            if rss < self.floor + self.growth:
-                self.floor = min(self.floor, rss)
+            if not self.due():
+                self.floor = min(self.floor, resident_bytes() or self.floor)
                 continue
+            rss = resident_bytes() or 0
             await loop.run_in_executor(None, trim)
             self.trims += 1
             after = resident_bytes() or 0
             freed = rss - after
             if freed >= 1 << 20:
                 logger.info("returned %d MiB of freed memory to the system", freed >> 20)
-                wait = self.interval
-            else:
+                wait, self.floor = self.interval, after
+            elif _mallinfo2 is None:
                 wait = min(self.longest, wait * 2)
-            self.floor = min(self.floor, after) if freed < 1 << 20 else after
+            else:
+                self._fruitless = free_heap_bytes() or 0
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -214,7 +214,8 @@ class MetricsServer:
     :data:`MAX_HEAD_BYTES`, within :data:`READ_TIMEOUT` seconds), answers it from the WSGI
     application and closes the connection; a client that does not read the answer within
     :data:`WRITE_TIMEOUT` seconds is dropped, and at most :data:`MAX_CONNECTIONS` connections
-    are kept at once (more are closed as they arrive). So idle or slow connections cost a few
+    are kept at once (past it, the one silent for longest is closed to make room: a scraper
+    sends its request at once). So idle or slow connections cost a few
     kilobytes each, never a thread: the standard library's servers (and prometheus_client's)
     give every connection a thread of its own with no time limit, which is why this one is
     written here. Prometheus opens one connection per scrape.
@@ -225,6 +226,8 @@ class MetricsServer:
         self.host = host
         self.port: int = sock.getsockname()[1]
         self.connections = 0
+        #: Connections whose request has not arrived yet, oldest first.
+        self._waiting: dict[asyncio.BaseTransport, None] = {}
         self._sock = sock
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -248,12 +251,19 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.connections >= MAX_CONNECTIONS:
-            writer.transport.abort()
-            return
+            if not self._waiting:  # every one is being answered
+                writer.transport.abort()
+                return
+            oldest = next(iter(self._waiting))  # the longest silent: not a scraper
+            del self._waiting[oldest]
+            oldest.abort()
         self.connections += 1
+        transport = writer.transport
+        self._waiting[transport] = None
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+                self._waiting.pop(transport, None)
                 status, headers, body = self._answer(head)
             except (asyncio.LimitOverrunError, ValueError):
                 status, headers, body = "431 Request Header Fields Too Large", [], b"request head too large\n"
@@ -267,7 +277,7 @@ class MetricsServer:
             pass
         finally:
             self.connections -= 1
-            transport = writer.transport
+            self._waiting.pop(transport, None)
             if transport.get_write_buffer_size():
                 transport.abort()
             else:
