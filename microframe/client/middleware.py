@@ -270,15 +270,51 @@ class RetryBudget:
         return True
 
 
+#: How grpc words the end of a call whose connection was lost after the call was sent (the
+#: server went away mid-call): the handler may have run, or be running still.
+LOST_IN_FLIGHT = ("Stream removed", "Socket closed", "Connection reset", "Broken pipe", "Transport closed")
+#: ... except a stream the server refused before reading it (RST_STREAM REFUSED_STREAM).
+REFUSED_STREAM = "error code 7"
+
+
+def reached_a_handler(err: RpcError) -> bool:
+    """Whether the server's handler answered ``err`` (it carries the handled mark)."""
+    return any(key == HANDLED_MARK for key, _ in err.trailers)
+
+
+def lost_in_flight(err: RpcError) -> bool:
+    """Whether ``err`` says the connection was lost while the call was on it (see
+    :data:`LOST_IN_FLIGHT`): it may have been executed."""
+    message = err.message
+    return any(words in message for words in LOST_IN_FLIGHT) and REFUSED_STREAM not in message
+
+
 def is_retryable(err: RpcError, codes: frozenset[grpc.StatusCode]) -> bool:
-    """UNAVAILABLE that no handler answered (the call never reached one), or a listed code."""
+    """Whether a call that failed with ``err`` may be sent again, to another instance.
+
+    The retry rules (RetryMiddleware applies them; docs/topics/client.md lists them):
+
+    1. A code the client's ``RETRY["CODES"]`` lists is retried: the user declared the method
+       safe to run again for it (idempotent).
+    2. UNAVAILABLE is retried when the call cannot have run: it never left (no instance, the
+       connection refused or not made within ``CONNECT_TIMEOUT``, the stream refused), or the
+       server answered it from outside any handler (a stop before the call got in, a server
+       at its limits...). Those answers have no handled mark.
+    3. UNAVAILABLE with the handled mark is not retried: a handler ran. Calls cut at the end
+       of a stop's ``GRACE`` carry it, so a stop never runs a call twice.
+    4. UNAVAILABLE because the connection was lost while the call was on it (the server
+       crashed or was killed mid-call: "Stream removed", "Socket closed"...) is not retried:
+       the call may have run.
+    5. Nothing else is retried.
+    """
     if err.code in codes:
         return True
-    return err.code is _UNAVAILABLE and not any(key == HANDLED_MARK for key, _ in err.trailers)
+    return err.code is _UNAVAILABLE and not reached_a_handler(err) and not lost_in_flight(err)
 
 
 class RetryMiddleware:
-    """Try again, on another instance, where it is safe; within a budget; never past the deadline.
+    """Try again, on another instance, where it is safe (:func:`is_retryable`); within a
+    budget; never past the deadline.
 
     Only calls whose request is one message are retried (a request stream cannot be replayed),
     and a server stream only before its first message.
@@ -413,7 +449,7 @@ def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
             except grpc.aio.AioRpcError as err:
                 ok = err.code() not in _UNHEALTHY
                 error = _from_aio(err)
-                if is_retryable(error, frozenset()):
+                if error.code is _UNAVAILABLE and not reached_a_handler(error):  # the instance is gone or refusing
                     entry[2] = False
                     client.ejections.eject(instance.id)
                 raise error from None
