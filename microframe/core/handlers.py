@@ -13,6 +13,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import Executor
+from time import monotonic
 from typing import Any
 
 import grpc
@@ -25,7 +26,7 @@ from microframe.core.exceptions import (
     ResourceExhausted,
     RpcError,
 )
-from microframe.core.limits import QUICK, CallLimits, CallTracker, LimitExpired
+from microframe.core.limits import CallLimits, CallTracker
 from microframe.core.middleware import Handler
 from microframe.core.router import Route, RpcKind
 
@@ -272,49 +273,42 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
     kind = route.kind
     AbortError = grpc.aio.AbortError
     CancelledError = asyncio.CancelledError
+    current_task = asyncio.current_task
     EOF = grpc.aio.EOF
-    calls, slots, watchdog = limits.calls, limits.slots, limits.watchdog
+    calls, watchdog = limits.calls, limits.watchdog
     receive_timeout = limits.receive_timeout
     idle_timeout = limits.stream_idle_timeout
     send_timeout = limits.send_timeout
     busy = grpc.StatusCode.RESOURCE_EXHAUSTED
     inf = float("inf")
 
-    async def receive(ctx: RequestContext, later: bool) -> Any:
+    async def receive(ctx: RequestContext, later: bool, task: asyncio.Task[Any]) -> Any:
         """The next request message (bytes, or EOF), within its time limit; one still
         arriving after QUICK seconds needs a receive slot (microframe.core.limits)."""
-        context = ctx.grpc
         timeout = idle_timeout if later else receive_timeout
-        now = asyncio.get_running_loop().time()
-        limit = now + timeout if timeout is not None else inf
-        peer = ctx.peer
-        slotted = False
-
-        def take_slot() -> bool:
-            nonlocal slotted
-            slotted = slots.take(peer, later)
-            return slotted
-
+        now = monotonic()
+        watchdog.receiving(task, now, now + timeout if timeout is not None else inf, ctx.peer, later)
         try:
-            with watchdog.watching(limit, now + QUICK, take_slot):
-                return await context.read()
-        except LimitExpired as expired:
-            if expired.checked:
-                ctx.logger.warning("%s: no receive slot for a message still arriving from %s", ctx.full_method, peer)
+            return await ctx.grpc.read()
+        except CancelledError:
+            no_slot = watchdog.expired(task)
+            if no_slot is None:
+                raise
+            if no_slot:
+                ctx.logger.warning("%s: no receive slot for a message still arriving from %s", ctx.full_method, ctx.peer)
                 raise ResourceExhausted(
                     "the server is receiving as many request messages as it may at once; try again later"
                 ) from None
             what = "the next request message" if later else "the request message"
-            ctx.logger.warning("%s: %s from %s did not arrive within %g s", ctx.full_method, what, peer, timeout)
+            ctx.logger.warning("%s: %s from %s did not arrive within %g s", ctx.full_method, what, ctx.peer, timeout)
             raise DeadlineExceeded(f"{what} did not arrive within {timeout:g} s") from None
         finally:
-            if slotted:
-                slots.give(peer, later)
+            watchdog.received(task)
 
-    async def requests(ctx: RequestContext) -> AsyncIterator[Any]:
+    async def requests(ctx: RequestContext, task: asyncio.Task[Any]) -> AsyncIterator[Any]:
         later = False
         while True:
-            raw = await receive(ctx, later)
+            raw = await receive(ctx, later, task)
             if raw is EOF:
                 return
             later = True
@@ -326,9 +320,9 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
                 raise InvalidArgument(f"malformed request: cannot parse {name}") from exc
             yield message
 
-    async def one_request(ctx: RequestContext) -> Any:
+    async def one_request(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:
         try:
-            raw = await receive(ctx, False)
+            raw = await receive(ctx, False, task)
         except RpcError as exc:
             await _refuse(ctx, exc)
         except CancelledError:
@@ -342,27 +336,35 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         except Exception as exc:
             await _bad_request(ctx, exc)
 
-    async def send_all(ctx: RequestContext, request: Any) -> None:
+    async def send_all(ctx: RequestContext, request: Any, task: asyncio.Task[Any]) -> None:
         context = ctx.grpc
-        loop = asyncio.get_running_loop()
         responses = None
         try:
             responses = await chain(ctx, request)
             async for response in responses:
                 data = response.SerializeToString()
-                with watchdog.watching(loop.time() + send_timeout):
+                watchdog.sending(task, monotonic() + send_timeout)
+                try:
                     await context.write(data)
+                except (AbortError, CancelledError):
+                    raise
+                except Exception:
+                    if context.cancelled() or context.done():  # the caller went away
+                        raise CancelledError() from None
+                    raise
+                finally:
+                    watchdog.sent(task)
         except AbortError:
             raise
-        except LimitExpired:
-            # The client stopped reading: no status can reach it (it would queue behind the
-            # reply), so the call is dropped; grpc resets the stream when it can.
-            ctx.logger.warning("%s: %s read no reply for %g s; the call is dropped",
-                               ctx.full_method, ctx.peer, send_timeout)
-            if responses is not None:
-                await responses.aclose()
-            raise CancelledError() from None
         except CancelledError:
+            if watchdog.expired(task) is not None:
+                # The client stopped reading: no status can reach it (it would queue behind
+                # the reply), so the call is dropped; grpc resets the stream when it can.
+                ctx.logger.warning("%s: %s read no reply for %g s; the call is dropped",
+                                   ctx.full_method, ctx.peer, send_timeout)
+                if responses is not None:
+                    await responses.aclose()
+                raise CancelledError() from None
             if calls.cutting:
                 await _cut(ctx, handled=True)
             raise
@@ -374,12 +376,13 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         async def unary_unary(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes | None:
             ctx = RequestContext(route, context)
             peer = ctx.peer
-            refused = calls.enter(peer)
+            task = current_task()
+            refused = calls.enter(peer, task)
             if refused is not None:
                 await context.abort(busy, refused)
             try:
                 _current.set(ctx)
-                request = await one_request(ctx)
+                request = await one_request(ctx, task)
                 try:
                     response = await chain(ctx, request)
                 except AbortError:
@@ -392,7 +395,7 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
                     await _abort(ctx, exc)
                 return response.SerializeToString()
             finally:
-                calls.leave(peer)
+                calls.leave(peer, task)
 
         return grpc.stream_unary_rpc_method_handler(unary_unary)
 
@@ -401,13 +404,14 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         async def stream_unary(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes | None:
             ctx = RequestContext(route, context)
             peer = ctx.peer
-            refused = calls.enter(peer)
+            task = current_task()
+            refused = calls.enter(peer, task)
             if refused is not None:
                 await context.abort(busy, refused)
             try:
                 _current.set(ctx)
                 try:
-                    response = await chain(ctx, requests(ctx))
+                    response = await chain(ctx, requests(ctx, task))
                 except AbortError:
                     raise
                 except CancelledError:
@@ -418,7 +422,7 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
                     await _abort(ctx, exc)
                 return response.SerializeToString()
             finally:
-                calls.leave(peer)
+                calls.leave(peer, task)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary)
 
@@ -427,27 +431,29 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         async def unary_stream(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
             ctx = RequestContext(route, context)
             peer = ctx.peer
-            refused = calls.enter(peer)
+            task = current_task()
+            refused = calls.enter(peer, task)
             if refused is not None:
                 await context.abort(busy, refused)
             try:
                 _current.set(ctx)
-                await send_all(ctx, await one_request(ctx))
+                await send_all(ctx, await one_request(ctx, task), task)
             finally:
-                calls.leave(peer)
+                calls.leave(peer, task)
 
         return grpc.stream_stream_rpc_method_handler(unary_stream)
 
     async def stream_stream(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         ctx = RequestContext(route, context)
         peer = ctx.peer
-        refused = calls.enter(peer)
+        task = current_task()
+        refused = calls.enter(peer, task)
         if refused is not None:
             await context.abort(busy, refused)
         try:
             _current.set(ctx)
-            await send_all(ctx, requests(ctx))
+            await send_all(ctx, requests(ctx, task), task)
         finally:
-            calls.leave(peer)
+            calls.leave(peer, task)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream)

@@ -25,9 +25,8 @@ grpc.aio's per-call coroutine and grpc core's buffers, where no library reaches.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 #: How often the watchdog looks at the waits it follows, in seconds: a limit is enforced
@@ -38,73 +37,63 @@ TICK = 0.25
 QUICK = 0.05
 
 
-class LimitExpired(Exception):
-    """A wait followed by the :class:`Watchdog` went past its limit, or its check failed
-    (``checked`` tells which)."""
-
-    def __init__(self, checked: bool = False) -> None:
-        super().__init__()
-        self.checked = checked
-
-
-class _Entry:
-    __slots__ = ("limit", "check_at", "check")
-
-    def __init__(self, limit: float, check_at: float | None, check: Callable[[], bool] | None) -> None:
-        self.limit = limit
-        self.check_at = check_at
-        self.check = check
-
-
 class Watchdog:
-    """Cancel the tasks whose wait went past its limit (see :meth:`watching`).
+    """Cancel the tasks whose wait went past its limit, and give receive slots to the reads
+    still waiting after :data:`QUICK` seconds (see :meth:`receiving` and :meth:`sending`).
 
     One timer, armed only while waits are followed, walks them every :data:`TICK` seconds (or
-    :data:`QUICK` seconds while one has a check due); following a wait costs a dict insertion
-    and removal, not a timer per wait.
+    :data:`QUICK` seconds while a read waits for its slot); following a wait costs a dict
+    insertion and removal, not a timer per wait. The task tells a cancellation of the
+    watchdog's from any other with :meth:`expired`.
     """
 
-    __slots__ = ("_entries", "_expired", "_handle", "_loop", "_quick")
+    __slots__ = ("slots", "_receives", "_sends", "_expired", "_handle", "_loop", "_quick")
 
-    def __init__(self) -> None:
-        self._entries: dict[asyncio.Task[Any], _Entry] = {}
+    def __init__(self, slots: ReceiveSlots | None = None) -> None:
+        self.slots = slots if slots is not None else ReceiveSlots(1 << 30, 1 << 30, 1 << 30)
+        #: task -> [limit, slot check time (None once checked), peer, later message?, slotted?]
+        self._receives: dict[asyncio.Task[Any], list[Any]] = {}
+        self._sends: dict[asyncio.Task[Any], float] = {}
         self._expired: dict[asyncio.Task[Any], bool] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._quick = False
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._receives) + len(self._sends)
 
-    @contextmanager
-    def watching(
-        self, limit: float, check_at: float | None = None, check: Callable[[], bool] | None = None
-    ) -> Iterator[None]:
-        """Run the block with the current task cancelled at loop time ``limit``, or at
-        ``check_at`` if ``check()`` then returns False (``check`` is called at most once).
-
-        A cancellation coming from the watchdog is raised as :class:`LimitExpired` (and the
-        task's cancellation request withdrawn); any other propagates unchanged.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        entries = self._entries
-        entries[task] = _Entry(limit, check_at, check)
-        if check_at is not None and not self._quick:
+    def receiving(self, task: asyncio.Task[Any], now: float, limit: float, peer: str, later: bool) -> None:
+        """``task`` waits for a request message from ``peer`` (the connection; ``later``: not
+        the call's first message) until ``limit``; past ``now + QUICK`` it needs a receive
+        slot (times of ``time.monotonic()``). Call :meth:`received` when the wait ends,
+        however it ends."""
+        self._receives[task] = [limit, now + QUICK, peer, later, False]
+        if not self._quick:
             self._rearm(QUICK)
-        elif self._handle is None:
+
+    def received(self, task: asyncio.Task[Any]) -> None:
+        entry = self._receives.pop(task, None)
+        if entry is not None and entry[4]:
+            self.slots.give(entry[2], entry[3])
+
+    def sending(self, task: asyncio.Task[Any], limit: float) -> None:
+        """``task`` waits for the client to take a reply until ``limit`` (``time.monotonic()``);
+        call :meth:`sent` when the wait ends."""
+        self._sends[task] = limit
+        if self._handle is None:
             self._rearm(TICK)
-        try:
-            yield
-        except asyncio.CancelledError:
-            checked = self._expired.pop(task, None)
-            if checked is not None:
-                task.uncancel()
-                raise LimitExpired(checked) from None
-            raise
-        finally:
-            entries.pop(task, None)
-            self._expired.pop(task, None)
+
+    def sent(self, task: asyncio.Task[Any]) -> None:
+        self._sends.pop(task, None)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool | None:
+        """After a CancelledError in a watched task: None when the cancellation was not the
+        watchdog's; else True when no receive slot was free for it, False when its limit passed
+        (and the task's cancellation request is withdrawn)."""
+        why = self._expired.pop(task, None)
+        if why is not None:
+            task.uncancel()
+        return why
 
     def _rearm(self, delay: float) -> None:
         if self._handle is not None:
@@ -113,30 +102,36 @@ class Watchdog:
         self._quick = delay == QUICK
         self._handle = loop.call_later(delay, self._sweep)
 
+    def _expire(self, task: asyncio.Task[Any], no_slot: bool) -> None:
+        if not task.done():
+            self._expired[task] = no_slot
+            task.cancel()
+
     def _sweep(self) -> None:
         self._handle = None
         self._quick = False
-        assert self._loop is not None
-        now = self._loop.time()
+        now = monotonic()
+        slots = self.slots
         checks_due = False
-        for task, entry in list(self._entries.items()):
-            expired: bool | None = None
-            if entry.limit <= now:
-                expired = False
-            elif entry.check_at is not None:
-                if entry.check_at <= now:
-                    check, entry.check_at, entry.check = entry.check, None, None
-                    if check is not None and not check():
-                        expired = True
-                else:
+        for task, entry in list(self._receives.items()):
+            if entry[0] <= now:
+                self.received(task)
+                self._expire(task, False)
+            elif entry[1] is not None:
+                if entry[1] > now:
                     checks_due = True
-            if expired is not None and not task.done():
-                self._expired[task] = expired
-                del self._entries[task]
-                task.cancel()
+                elif slots.take(entry[2], entry[3]):
+                    entry[1], entry[4] = None, True
+                else:
+                    self.received(task)
+                    self._expire(task, True)
+        for task, limit in list(self._sends.items()):
+            if limit <= now:
+                del self._sends[task]
+                self._expire(task, False)
         if checks_due:
             self._rearm(QUICK)
-        elif self._entries:
+        elif self._receives or self._sends:
             self._rearm(TICK)
 
     def close(self) -> None:
@@ -218,9 +213,9 @@ class CallTracker:
         self.cutting = False
         self._idle: asyncio.Event | None = None
 
-    def enter(self, peer: str) -> str | None:
-        """Count a call of ``peer`` (its connection) in; or return why it is refused (and
-        count nothing): the process or the connection is at its limit."""
+    def enter(self, peer: str, task: asyncio.Task[Any]) -> str | None:
+        """Count the call ``task`` serves for ``peer`` (its connection) in; or return why it
+        is refused (and count nothing): the process or the connection is at its limit."""
         if self.active >= self.limit:
             return f"the server is serving its limit of {self.limit} calls; try again later"
         on_peer = self.by_peer.get(peer, 0)
@@ -232,19 +227,17 @@ class CallTracker:
         self.by_peer[peer] = on_peer + 1
         self.accepted += 1
         self.active += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self.tasks.add(task)
+        self.tasks.add(task)
         return None
 
-    def leave(self, peer: str) -> None:
+    def leave(self, peer: str, task: asyncio.Task[Any]) -> None:
         self.active -= 1
         left = self.by_peer[peer] - 1
         if left:
             self.by_peer[peer] = left
         else:
             del self.by_peer[peer]
-        self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        self.tasks.discard(task)
         if self._idle is not None and not self.active:
             self._idle.set()
 
@@ -279,4 +272,5 @@ class CallLimits:
     @classmethod
     def default(cls) -> CallLimits:
         """Limits of a server built without settings (tests, :func:`microframe.test.serve`)."""
-        return cls(CallTracker(1000, 250), ReceiveSlots.for_budget(256 << 20, 4 << 20), Watchdog())
+        slots = ReceiveSlots.for_budget(256 << 20, 4 << 20)
+        return cls(CallTracker(1000, 250), slots, Watchdog(slots))

@@ -148,10 +148,11 @@ class ServerConfig:
         per_connection = self.max_calls_per_connection
         if per_connection is None and self.max_concurrent_rpcs is not None:
             per_connection = max(1, self.max_concurrent_rpcs // 4)
+        slots = ReceiveSlots.for_budget(self.receive_buffer_bytes, self.max_message_bytes)
         return CallLimits(
             calls=CallTracker(self.max_concurrent_rpcs, per_connection),
-            slots=ReceiveSlots.for_budget(self.receive_buffer_bytes, self.max_message_bytes),
-            watchdog=Watchdog(),
+            slots=slots,
+            watchdog=Watchdog(slots),
             receive_timeout=self.receive_timeout,
             stream_idle_timeout=self.stream_idle_timeout,
             send_timeout=self.send_timeout,
