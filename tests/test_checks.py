@@ -447,6 +447,11 @@ def test_clean_settings_have_no_issues(clean):
         ({"GRPC": {"THREADS": 0}}, 'GRPC["THREADS"]'),
         ({"GRPC": {"EVENT_LOOP": ["uvloop"]}}, 'GRPC["EVENT_LOOP"]'),
         ({"GRPC": {"OPTIONS": [("grpc.x",)]}}, 'GRPC["OPTIONS"]'),
+        ({"GRPC": {"RECEIVE_TIMEOUT": 0}}, 'GRPC["RECEIVE_TIMEOUT"]'),
+        ({"GRPC": {"STREAM_IDLE_TIMEOUT": "60"}}, 'GRPC["STREAM_IDLE_TIMEOUT"]'),
+        ({"GRPC": {"MAX_METADATA_BYTES": 100}}, 'GRPC["MAX_METADATA_BYTES"]'),
+        ({"GRPC": {"STREAM_WINDOW_BYTES": 1 << 31}}, 'GRPC["STREAM_WINDOW_BYTES"]'),
+        ({"GRPC": {"MAX_CALLS_PER_CONNECTION": 0}}, 'GRPC["MAX_CALLS_PER_CONNECTION"]'),
         ({"METRICS": {"LABELS": {"bad-name": "x"}}}, 'METRICS["LABELS"]'),
         ({"METRICS": {"LABELS": {"__reserved": "x"}}}, 'METRICS["LABELS"]'),
         ({"METRICS": {"LABELS": ["env"]}}, 'METRICS["LABELS"]'),
@@ -460,6 +465,19 @@ def test_wrong_setting(clean, overrides, setting):
     assert issue.id == "microframe.E001" and issue.level == ERROR
     assert issue.msg.startswith(f"{setting} must be ")
     assert issue.hint
+
+
+@pytest.mark.parametrize(
+    ("limits", "text"),
+    [
+        ({"MAX_CONCURRENT_RPCS": 100, "MAX_CALLS_PER_CONNECTION": 100}, "every one of the 100 call slots"),
+        ({"MAX_STREAMS_PER_CONNECTION": 50}, "below the calls one connection may run (250)"),
+        ({"RECEIVE_BUFFER_BYTES": 8 << 20}, "holds 2 message(s)"),
+    ],
+)
+def test_contradicting_limits_warn(clean, limits, text):
+    (issue,) = issues(GRPC=limits)
+    assert issue.id == "microframe.W006" and text in issue.msg, issue.msg
 
 
 @pytest.mark.parametrize(

@@ -371,79 +371,40 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         except Exception as exc:
             await _abort(ctx, exc)
 
-    if kind is RpcKind.UNARY_UNARY:
+    async def answer(ctx: RequestContext, request: Any) -> bytes | None:
+        """The one reply of ``request`` (a message, or a stream of them), serialized."""
+        try:
+            response = await chain(ctx, request)
+        except AbortError:
+            raise
+        except CancelledError:
+            if calls.cutting:
+                await _cut(ctx, handled=True)
+            raise
+        except Exception as exc:
+            await _abort(ctx, exc)
+        return response.SerializeToString()  # type: ignore[no-any-return]
 
-        async def unary_unary(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes | None:
-            ctx = RequestContext(route, context)
-            peer = ctx.peer
-            task = current_task()
-            refused = calls.enter(peer, task)
-            if refused is not None:
-                await context.abort(busy, refused)
-            try:
-                _current.set(ctx)
-                request = await one_request(ctx, task)
-                try:
-                    response = await chain(ctx, request)
-                except AbortError:
-                    raise
-                except CancelledError:
-                    if calls.cutting:
-                        await _cut(ctx, handled=True)
-                    raise
-                except Exception as exc:
-                    await _abort(ctx, exc)
-                return response.SerializeToString()
-            finally:
-                calls.leave(peer, task)
+    async def unary_unary(ctx: RequestContext, task: asyncio.Task[Any]) -> bytes | None:
+        return await answer(ctx, await one_request(ctx, task))
 
-        return grpc.stream_unary_rpc_method_handler(unary_unary)
+    async def stream_unary(ctx: RequestContext, task: asyncio.Task[Any]) -> bytes | None:
+        return await answer(ctx, requests(ctx, task))
 
-    if kind is RpcKind.STREAM_UNARY:
+    async def unary_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> None:
+        await send_all(ctx, await one_request(ctx, task), task)
 
-        async def stream_unary(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes | None:
-            ctx = RequestContext(route, context)
-            peer = ctx.peer
-            task = current_task()
-            refused = calls.enter(peer, task)
-            if refused is not None:
-                await context.abort(busy, refused)
-            try:
-                _current.set(ctx)
-                try:
-                    response = await chain(ctx, requests(ctx, task))
-                except AbortError:
-                    raise
-                except CancelledError:
-                    if calls.cutting:
-                        await _cut(ctx, handled=True)
-                    raise
-                except Exception as exc:
-                    await _abort(ctx, exc)
-                return response.SerializeToString()
-            finally:
-                calls.leave(peer, task)
+    async def stream_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> None:
+        await send_all(ctx, requests(ctx, task), task)
 
-        return grpc.stream_unary_rpc_method_handler(stream_unary)
+    body = {
+        RpcKind.UNARY_UNARY: unary_unary,
+        RpcKind.STREAM_UNARY: stream_unary,
+        RpcKind.UNARY_STREAM: unary_stream,
+        RpcKind.STREAM_STREAM: stream_stream,
+    }[kind]
 
-    if kind is RpcKind.UNARY_STREAM:
-
-        async def unary_stream(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-            ctx = RequestContext(route, context)
-            peer = ctx.peer
-            task = current_task()
-            refused = calls.enter(peer, task)
-            if refused is not None:
-                await context.abort(busy, refused)
-            try:
-                _current.set(ctx)
-                await send_all(ctx, await one_request(ctx, task), task)
-            finally:
-                calls.leave(peer, task)
-
-        return grpc.stream_stream_rpc_method_handler(unary_stream)
-
-    async def stream_stream(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    async def handler(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
         ctx = RequestContext(route, context)
         peer = ctx.peer
         task = current_task()
@@ -452,8 +413,10 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
             await context.abort(busy, refused)
         try:
             _current.set(ctx)
-            await send_all(ctx, requests(ctx, task), task)
+            return await body(ctx, task)
         finally:
             calls.leave(peer, task)
 
-    return grpc.stream_stream_rpc_method_handler(stream_stream)
+    if kind.server_streaming:
+        return grpc.stream_stream_rpc_method_handler(handler)
+    return grpc.stream_unary_rpc_method_handler(handler)

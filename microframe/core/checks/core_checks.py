@@ -5,6 +5,8 @@
 - ``microframe.E007``: the gRPC server and the metrics endpoint would bind the same port.
 - ``microframe.E008``: ``GRPC["TLS"]`` does not name existing CERT and KEY files.
 - ``microframe.E009``: ``GRPC["EVENT_LOOP"]`` is ``"uvloop"`` but uvloop is not installed.
+- ``microframe.W006``: the limits of ``GRPC`` against hostile clients contradict one another
+  (one connection may take every call slot, the receive budget holds one message...).
 
 ``MIDDLEWARE`` and ``ROOT_ROUTER`` are checked with the middleware and the router.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from microframe.conf import settings
-from microframe.core.checks.messages import CheckMessage, Error
+from microframe.core.checks.messages import CheckMessage, Error, Warning
 from microframe.core.checks.registry import Tags, register
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
@@ -288,7 +290,39 @@ def check_grpc_settings(**kwargs: Any) -> list[CheckMessage]:
         errors.extend(_check_port('GRPC["PORT"]', grpc["PORT"]))
     if grpc.get("EVENT_LOOP") == "uvloop" and importlib.util.find_spec("uvloop") is None:
         errors.append(E009)
+    if not errors:
+        errors.extend(_contradicting_limits(grpc))
     return errors
+
+
+def _contradicting_limits(grpc: dict[str, Any]) -> list[CheckMessage]:
+    """microframe.W006: limits that undo one another (docs/topics/security.md)."""
+    from microframe.conf import global_settings
+
+    grpc = {**global_settings.GRPC, **grpc}
+    found: list[CheckMessage] = []
+    hint = "See docs/topics/security.md for what each limit protects against."
+    calls = grpc.get("MAX_CONCURRENT_RPCS")
+    per_connection = grpc.get("MAX_CALLS_PER_CONNECTION")
+    if calls is not None and per_connection is not None and per_connection >= calls:
+        found.append(Warning(
+            f'GRPC["MAX_CALLS_PER_CONNECTION"] ({per_connection}) lets one connection take every one of the '
+            f'{calls} call slots (MAX_CONCURRENT_RPCS): a single client can lock the others out.',
+            hint=hint + ' Leave it None (a quarter of MAX_CONCURRENT_RPCS) or lower it.', id="microframe.W006"))
+    share = per_connection if per_connection is not None else (calls // 4 if calls else None)
+    streams = grpc.get("MAX_STREAMS_PER_CONNECTION")
+    if share and isinstance(streams, int) and streams < share:
+        found.append(Warning(
+            f'GRPC["MAX_STREAMS_PER_CONNECTION"] ({streams}) is below the calls one connection may run '
+            f'({share}): grpc clients past it see UNAVAILABLE (refused streams), not RESOURCE_EXHAUSTED.',
+            hint=hint, id="microframe.W006"))
+    budget, message = grpc.get("RECEIVE_BUFFER_BYTES"), grpc.get("MAX_MESSAGE_BYTES")
+    if isinstance(budget, int) and isinstance(message, int) and budget < 4 * message:
+        found.append(Warning(
+            f'GRPC["RECEIVE_BUFFER_BYTES"] ({budget}) holds {max(1, budget // message)} message(s) of '
+            f'MAX_MESSAGE_BYTES ({message}): one slow client takes every receive slot.',
+            hint=hint + " Give it at least 16 messages' worth.", id="microframe.W006"))
+    return found
 
 
 @register(Tags.settings, Tags.metrics)
