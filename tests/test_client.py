@@ -175,6 +175,8 @@ def test_retryable_only_when_no_handler_answered():
     assert not is_retryable(Unavailable("Stream removed (Socket closed)"), frozenset())
     assert is_retryable(Unavailable("Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"), frozenset())
     assert is_retryable(Unavailable("failed to connect to all addresses; last error: Connection refused"), frozenset())
+    assert is_retryable(Unavailable("failed to connect to all addresses; last error: UNAVAILABLE: "
+                                    "ipv4:10.0.0.7:50051: Socket closed"), frozenset())
     assert is_retryable(NotFound("x"), frozenset({grpc.StatusCode.NOT_FOUND}))
 
 

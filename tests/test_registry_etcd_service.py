@@ -110,11 +110,15 @@ def test_services_ride_out_an_etcd_outage_and_leave_cleanly(start_server, tmp_pa
         assert time.monotonic() - stopped_at < 1.0
         assert alpha.proc.wait(10) == 0
 
-        # kill -9: the key expires with its lease, within TTL + 1 s.
+        # kill -9: the key expires with its lease. Without an outage before it that takes
+        # TTL + 1 s at most (test_registry_etcd.py checks it); here, on an etcd member that was
+        # just restarted, etcd itself took up to TTL + 1.2 s (measured 2.2-3.2 s for a 2 s TTL
+        # on a 2-core machine, the key's last refresh at most TTL / 3 before the kill: etcd
+        # looks for expired leases every 500 ms and revokes them through its raft log).
         beta.proc.kill()
         killed_at = time.monotonic()
-        wait_until(lambda: not _keys(cluster, prefix, "beta"), TTL + 1, "beta's key to expire")
-        assert time.monotonic() - killed_at <= TTL + 1
+        wait_until(lambda: not _keys(cluster, prefix, "beta"), TTL + 1.5, "beta's key to expire")
+        assert time.monotonic() - killed_at <= TTL + 1.5
 
 
 async def test_client_balances_over_etcd_and_rides_out_a_killed_instance(start_server, tmp_path):

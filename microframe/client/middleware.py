@@ -273,8 +273,10 @@ class RetryBudget:
 #: How grpc words the end of a call whose connection was lost after the call was sent (the
 #: server went away mid-call): the handler may have run, or be running still.
 LOST_IN_FLIGHT = ("Stream removed", "Socket closed", "Connection reset", "Broken pipe", "Transport closed")
-#: ... except a stream the server refused before reading it (RST_STREAM REFUSED_STREAM).
-REFUSED_STREAM = "error code 7"
+#: ... except a stream the server refused before reading it (RST_STREAM REFUSED_STREAM), and
+#: a connection that failed before the call was sent on it (grpc's "failed to connect to all
+#: addresses; last error: ...: Socket closed", microframe's "cannot connect to ...").
+NEVER_SENT = ("error code 7", "failed to connect", "cannot connect to")
 
 
 def reached_a_handler(err: RpcError) -> bool:
@@ -286,7 +288,7 @@ def lost_in_flight(err: RpcError) -> bool:
     """Whether ``err`` says the connection was lost while the call was on it (see
     :data:`LOST_IN_FLIGHT`): it may have been executed."""
     message = err.message
-    return any(words in message for words in LOST_IN_FLIGHT) and REFUSED_STREAM not in message
+    return any(words in message for words in LOST_IN_FLIGHT) and not any(words in message for words in NEVER_SENT)
 
 
 def is_retryable(err: RpcError, codes: frozenset[grpc.StatusCode]) -> bool:

@@ -27,7 +27,8 @@ GRPC = {
     # Health checks and reflection are never counted (nor refused).
     "MAX_CONCURRENT_RPCS": 1000,
     # The limits below protect the server from hostile or broken clients (docs/topics/security.md).
-    # Calls one connection may have running at once (None: a quarter of MAX_CONCURRENT_RPCS);
+    # Calls one connection may have running at once (None: a quarter of MAX_CONCURRENT_RPCS, no
+    # limit when that is None);
     # past it that connection's calls are answered RESOURCE_EXHAUSTED, the others' served.
     "MAX_CALLS_PER_CONNECTION": None,
     # Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS):
@@ -37,9 +38,10 @@ GRPC = {
     "MAX_CONNECTIONS": 4096,
     # Largest header block (metadata) of a call, in bytes: a bigger one is always refused.
     "MAX_METADATA_BYTES": 16 * 1024,
-    # Memory, in bytes, for request messages being received: MAX_MESSAGE_BYTES a message, so
-    # RECEIVE_BUFFER_BYTES // MAX_MESSAGE_BYTES messages may be arriving at once (64 by default),
-    # a quarter of them on one connection; the others wait for a slot (at most RECEIVE_TIMEOUT).
+    # Memory, in bytes, for request messages still arriving 50 ms after the server asked for
+    # them: MAX_MESSAGE_BYTES a message, so RECEIVE_BUFFER_BYTES // MAX_MESSAGE_BYTES receive
+    # slots (64 by default), a quarter of them per connection, half for client streams waiting
+    # for a later message; a call finding none free is answered RESOURCE_EXHAUSTED.
     "RECEIVE_BUFFER_BYTES": 256 << 20,
     # Seconds a call's request message (the first one of a client stream) may take to arrive
     # once the call has started; a slower one is answered DEADLINE_EXCEEDED and its buffer freed.

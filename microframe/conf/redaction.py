@@ -13,19 +13,33 @@ from typing import Any
 
 REDACTED = "********"
 
-#: Names of secrets: whole words of a setting or key name, in any case.
+#: Names of secrets: whole words of a setting or key name (``_``, ``-``, ``.`` or camelCase
+#: separate words), in any case, singular or plural.
 SECRET_NAME = re.compile(
-    r"(^|[_\-.])(PASS|PASSWD|PASSWORD|SECRETS?|TOKENS?|TOKEN_HASHES|API_?KEY|PRIVATE_?KEY|CREDENTIALS?|"
-    r"SIGNATURE|AUTHORIZATION|COOKIE|AUTH_TOKEN)($|[_\-.])",
+    r"(^|[_\-.])(PASS(WD|WORD|PHRASE)?|SECRET|TOKEN|TOKEN_HASH(ES)?|API_?KEY|PRIVATE_?KEY|CREDENTIAL|"
+    r"SIGNATURE|AUTHORIZATION|COOKIE)S?($|[_\-.])",
     re.IGNORECASE,
 )
-#: user:password@ in a URL.
-URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+#: The user information of a URL (``user:password@``, or a token as the user): up to the
+#: authority's last ``@``.
+URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
+#: A secret in a query string (``?password=...``, ``&token=...``).
+QUERY_SECRET = re.compile(
+    r"(?P<key>[?&;](?:pass(?:wd|word)?|secret|token|api_?key|access_token|auth)=)[^&;#\s]*", re.IGNORECASE
+)
 
 
 def is_secret_name(name: Any) -> bool:
     """Whether a setting or key named ``name`` holds a secret."""
-    return isinstance(name, str) and bool(SECRET_NAME.search(name))
+    return isinstance(name, str) and bool(SECRET_NAME.search(_CAMEL.sub("_", name)))
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    user, sep, _ = match["userinfo"].partition(":")
+    if sep:  # user:password@: the user stays
+        return f"{match['scheme']}{user}:{REDACTED}@"
+    return f"{match['scheme']}{REDACTED}@"  # a token in the user's place
 
 
 def redact(value: Any, name: Any = None) -> Any:
@@ -38,5 +52,6 @@ def redact(value: Any, name: Any = None) -> Any:
         items = [redact(v) for v in value]
         return type(value)(items) if isinstance(value, tuple) and not hasattr(value, "_fields") else items
     if isinstance(value, str) and "://" in value:
-        return URL_PASSWORD.sub(rf"\g<scheme>\g<user>:{REDACTED}@", value)
+        value = URL_USERINFO.sub(_redact_url, value)
+        return QUERY_SECRET.sub(rf"\g<key>{REDACTED}", value)
     return value

@@ -282,11 +282,15 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
     busy = grpc.StatusCode.RESOURCE_EXHAUSTED
     inf = float("inf")
 
-    async def receive(ctx: RequestContext, later: bool, task: asyncio.Task[Any]) -> Any:
+    async def receive(ctx: RequestContext, later: bool) -> Any:
         """The next request message (bytes, or EOF), within its time limit; one still
-        arriving after QUICK seconds needs a receive slot (microframe.core.limits)."""
+        arriving after QUICK seconds needs a receive slot (microframe.core.limits).
+
+        The task followed is the one waiting here: a controller may read its request stream
+        from a task (or, for a plain ``def``, a thread) of its own."""
         timeout = idle_timeout if later else receive_timeout
         now = monotonic()
+        task = current_task()
         watchdog.receiving(task, now, now + timeout if timeout is not None else inf, ctx.peer, later)
         try:
             return await ctx.grpc.read()
@@ -305,10 +309,10 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         finally:
             watchdog.received(task)
 
-    async def requests(ctx: RequestContext, task: asyncio.Task[Any]) -> AsyncIterator[Any]:
+    async def requests(ctx: RequestContext) -> AsyncIterator[Any]:
         later = False
         while True:
-            raw = await receive(ctx, later, task)
+            raw = await receive(ctx, later)
             if raw is EOF:
                 return
             later = True
@@ -322,7 +326,7 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
 
     async def one_request(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:
         try:
-            raw = await receive(ctx, False, task)
+            raw = await receive(ctx, False)
         except RpcError as exc:
             await _refuse(ctx, exc)
         except CancelledError:
@@ -389,13 +393,13 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         return await answer(ctx, await one_request(ctx, task))
 
     async def stream_unary(ctx: RequestContext, task: asyncio.Task[Any]) -> bytes | None:
-        return await answer(ctx, requests(ctx, task))
+        return await answer(ctx, requests(ctx))
 
     async def unary_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> None:
         await send_all(ctx, await one_request(ctx, task), task)
 
     async def stream_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> None:
-        await send_all(ctx, requests(ctx, task), task)
+        await send_all(ctx, requests(ctx), task)
 
     body = {
         RpcKind.UNARY_UNARY: unary_unary,

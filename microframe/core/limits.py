@@ -47,7 +47,7 @@ class Watchdog:
     watchdog's from any other with :meth:`expired`.
     """
 
-    __slots__ = ("slots", "_receives", "_sends", "_expired", "_handle", "_loop", "_quick")
+    __slots__ = ("slots", "_receives", "_sends", "_expired", "_handle", "_quick")
 
     def __init__(self, slots: ReceiveSlots | None = None) -> None:
         self.slots = slots if slots is not None else ReceiveSlots(1 << 30, 1 << 30, 1 << 30)
@@ -56,7 +56,6 @@ class Watchdog:
         self._sends: dict[asyncio.Task[Any], float] = {}
         self._expired: dict[asyncio.Task[Any], bool] = {}
         self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._quick = False
 
     def __len__(self) -> int:
@@ -75,6 +74,8 @@ class Watchdog:
         entry = self._receives.pop(task, None)
         if entry is not None and entry[4]:
             self.slots.give(entry[2], entry[3])
+        if self._expired:  # a cancellation of ours that did not reach the reader
+            self._expired.pop(task, None)
 
     def sending(self, task: asyncio.Task[Any], limit: float) -> None:
         """``task`` waits for the client to take a reply until ``limit`` (``time.monotonic()``);
@@ -84,6 +85,7 @@ class Watchdog:
             self._rearm(TICK)
 
     def sent(self, task: asyncio.Task[Any]) -> None:
+        """The wait of :meth:`sending` ended (before the task reads :meth:`expired`)."""
         self._sends.pop(task, None)
 
     def expired(self, task: asyncio.Task[Any]) -> bool | None:
@@ -98,7 +100,7 @@ class Watchdog:
     def _rearm(self, delay: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        loop = self._loop = self._loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._quick = delay == QUICK
         self._handle = loop.call_later(delay, self._sweep)
 
@@ -146,10 +148,12 @@ class ReceiveSlots:
 
     grpc buffers a message until it is whole, up to ``MAX_MESSAGE_BYTES``, but only while the
     application waits for one; before that a call costs at most its stream's window. A message
-    that arrives with its call (or within :data:`QUICK` seconds of the read) needs no slot:
-    well-behaved clients never wait for one, whatever an attacker holds. One still arriving
-    after that takes a slot, or, when none is free for its connection, its call is refused
-    (RESOURCE_EXHAUSTED) and its buffer freed. So the memory of messages being received is at
+    that arrives with its call (or within :data:`QUICK` seconds of the read) needs no slot: a
+    well-behaved unary call never needs one. One still arriving after that takes a slot, or,
+    when none is free for its connection, its call is refused (RESOURCE_EXHAUSTED) at once and
+    its buffer freed; a client stream waiting for its next message holds a slot meanwhile (it
+    may be sent a large message at any moment), so many streams idle between messages need a
+    smaller MAX_MESSAGE_BYTES or a larger RECEIVE_BUFFER_BYTES. So the memory of messages being received is at
     most ``total`` messages, plus what arrives in :data:`QUICK` seconds.
     """
 

@@ -127,6 +127,8 @@ class GatewayWorker(Worker):
             await asyncio.start_server(
                 self._connection, sock=listener.sock, ssl=ssl_context, limit=self.max_header,
                 backlog=self.cfg.backlog,
+                # A TLS handshake is part of the time a connection has to send its request.
+                **({"ssl_handshake_timeout": self.header_timeout} if ssl_context is not None else {}),
             )
             for listener in self.sockets
         ]
@@ -190,22 +192,22 @@ class GatewayWorker(Worker):
         while self.alive:
             # A new connection has HEADER_TIMEOUT to send its request's head; a kept-alive one
             # has `keepalive` seconds to start its next one.
-            wait = self.header_timeout if first else max(0.1, float(self.cfg.keepalive or 0))
+            if not first and not self.cfg.keepalive:
+                return
+            wait = self.header_timeout if first else float(self.cfg.keepalive)
             try:
                 event = await self._next_event(conn, reader, loop.time() + wait)
             except TimeoutError:
-                if first or conn.their_state is h11.SEND_BODY:
-                    await self._refuse(conn, writer, 408, "the request did not arrive in time")
+                if first:
+                    await self._refuse(conn, reader, writer, 408, "the request did not arrive in time")
                 return
             except h11.RemoteProtocolError as err:
                 status = err.error_status_hint if err.error_status_hint >= 400 else 400
                 if "too long" in str(err) or "exceed" in str(err).lower():
                     status = 431
-                await self._refuse(conn, writer, status, "malformed request")
+                await self._refuse(conn, reader, writer, status, "malformed request")
                 return
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return
-            if not isinstance(event, h11.Request):
+            if not isinstance(event, h11.Request):  # the connection closed, or paused
                 return
             first = False
             started = datetime.datetime.now()
@@ -215,7 +217,7 @@ class GatewayWorker(Worker):
             self.requests += 1
             self.in_flight += 1
             try:
-                keep = await self._respond(conn, writer, event, body, peer, local, started)
+                keep = await self._respond(conn, reader, writer, event, body, peer, local, started)
             finally:
                 self.in_flight -= 1
             if self.requests >= self.max_requests:
@@ -230,7 +232,7 @@ class GatewayWorker(Worker):
         """The request's body, whole, within BODY_TIMEOUT and MAX_BODY_BYTES (None: refused)."""
         for name, value in request.headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await self._refuse(conn, writer, 413, f"the body is more than the {self.max_body} bytes accepted")
+                await self._refuse(conn, reader, writer, 413, f"the body is more than the {self.max_body} bytes accepted")
                 return None
         if conn.they_are_waiting_for_100_continue:
             writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -241,15 +243,15 @@ class GatewayWorker(Worker):
             try:
                 event = await self._next_event(conn, reader, until)
             except TimeoutError:
-                await self._refuse(conn, writer, 408, "the request body did not arrive in time")
+                await self._refuse(conn, reader, writer, 408, "the request body did not arrive in time")
                 return None
             except h11.RemoteProtocolError:
-                await self._refuse(conn, writer, 400, "malformed request body")
+                await self._refuse(conn, reader, writer, 400, "malformed request body")
                 return None
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
-                    await self._refuse(conn, writer, 413, f"the body is more than the {self.max_body} bytes accepted")
+                    await self._refuse(conn, reader, writer, 413, f"the body is more than the {self.max_body} bytes accepted")
                     return None
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -257,7 +259,8 @@ class GatewayWorker(Worker):
             else:
                 return None
 
-    async def _refuse(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:
+    async def _refuse(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      status: int, message: str) -> None:
         """Answer ``status`` with a JSON error and close (when a response may still be sent)."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
@@ -271,7 +274,14 @@ class GatewayWorker(Worker):
         writer.write(data)
         try:
             await with_timeout(writer.drain(), 1.0)
-        except (TimeoutError, ConnectionError):
+            # Close our side and let the client's unread request go by for a moment: closing
+            # with unread input makes the kernel reset the connection, and the answer is lost.
+            if writer.can_write_eof():
+                writer.write_eof()
+            until = asyncio.get_running_loop().time() + 1.0
+            while await with_timeout(reader.read(65536), max(0.01, until - asyncio.get_running_loop().time())):
+                pass
+        except (TimeoutError, ConnectionError, OSError):
             pass
 
     # -- the application -----------------------------------------------------------------------
@@ -279,7 +289,7 @@ class GatewayWorker(Worker):
     def _environ(self, request: h11.Request, body: bytes, peer: Any, local: Any) -> dict[str, Any]:
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
-        if "://" in path:  # an absolute-form target
+        if not path.startswith("/") and "://" in path:  # an absolute-form target
             path = "/" + path.split("://", 1)[1].partition("/")[2]
         environ: dict[str, Any] = {
             "REQUEST_METHOD": request.method.decode("ascii"),
@@ -338,7 +348,8 @@ class GatewayWorker(Worker):
                 return chunk
         return _END
 
-    async def _respond(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, body: bytes,
+    async def _respond(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       request: h11.Request, body: bytes,
                        peer: Any, local: Any, started: datetime.datetime) -> bool:
         loop = asyncio.get_running_loop()
         environ = self._environ(request, body, peer, local)
@@ -348,6 +359,8 @@ class GatewayWorker(Worker):
             result, iterator, chunk = await loop.run_in_executor(self.pool, self._start, environ, response)
             code_text, _, reason = response.status.partition(" ")
             headers = [(k, v) for k, v in response.headers]
+            if not self.alive or self.requests >= self.max_requests:  # no next request on it
+                headers.append(("Connection", "close"))
             head = conn.send(h11.Response(status_code=int(code_text), reason=reason.encode("latin-1"), headers=headers))
             await self._write(writer, head)
             head_only = request.method == b"HEAD"
@@ -362,7 +375,7 @@ class GatewayWorker(Worker):
             return False
         except Exception:
             self.log.exception("Error handling request %s", request.target.decode("latin-1"))
-            await self._refuse(conn, writer, 500, "internal error")
+            await self._refuse(conn, reader, writer, 500, "internal error")
             return False
         finally:
             if result is not None and hasattr(result, "close"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
+import logging
 import re
 import socket
 import sys
@@ -39,6 +40,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.utils.timeouts import with_timeout
+
+logger = logging.getLogger("microframe.metrics")
 
 __all__ = [
     "ConstantLabelsCollector",
@@ -262,17 +266,22 @@ class MetricsServer:
         self._waiting[transport] = None
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+                head = await with_timeout(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
                 self._waiting.pop(transport, None)
-                status, headers, body = self._answer(head)
+                status, headers, body, length = self._answer(head)
             except (asyncio.LimitOverrunError, ValueError):
                 status, headers, body = "431 Request Header Fields Too Large", [], b"request head too large\n"
+                length = len(body)
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                 return
+            except Exception:  # a collector failed (a multiprocess file unreadable...)
+                logger.exception("metrics: the scrape failed")
+                status, headers, body = "500 Internal Server Error", [], b"the metrics could not be collected\n"
+                length = len(body)
             lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers),
-                     f"Content-Length: {len(body)}", "Connection: close", "", ""]
+                     f"Content-Length: {length}", "Connection: close", "", ""]
             writer.write("\r\n".join(lines).encode("latin-1") + body)
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            await with_timeout(writer.drain(), WRITE_TIMEOUT)
         except (TimeoutError, ConnectionError):
             pass
         finally:
@@ -283,12 +292,13 @@ class MetricsServer:
             else:
                 transport.close()
 
-    def _answer(self, head: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
-        """Run the WSGI application for the request whose head is ``head``."""
+    def _answer(self, head: bytes) -> tuple[str, list[tuple[str, str]], bytes, int]:
+        """Run the WSGI application for the request whose head is ``head``: the status, the
+        headers, the body to send and its full length (a HEAD answer sends none of it)."""
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
         parts = request_line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return "400 Bad Request", [], b"bad request\n"
+            return "400 Bad Request", [], b"bad request\n", 12
         method, target, protocol = parts
         path, _, query = target.partition("?")
         environ: dict[str, Any] = {
@@ -314,7 +324,7 @@ class MetricsServer:
             if hasattr(result, "close"):
                 result.close()
         headers = [(k, v) for k, v in answer["headers"] if k.lower() not in ("content-length", "connection")]
-        return answer["status"], headers, b"" if method == "HEAD" else body
+        return answer["status"], headers, b"" if method == "HEAD" else body, len(body)
 
     @property
     def url(self) -> str:

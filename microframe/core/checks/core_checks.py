@@ -321,7 +321,7 @@ def _contradicting_limits(grpc: dict[str, Any]) -> list[CheckMessage]:
         found.append(Warning(
             f'GRPC["RECEIVE_BUFFER_BYTES"] ({budget}) holds {max(1, budget // message)} message(s) of '
             f'MAX_MESSAGE_BYTES ({message}): one slow client takes every receive slot.',
-            hint=hint + " Give it at least 16 messages' worth.", id="microframe.W006"))
+            hint=hint + " Give it at least 4 messages' worth (64 by default).", id="microframe.W006"))
     return found
 
 
