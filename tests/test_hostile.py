@@ -108,6 +108,20 @@ def example(tmp_path: Path) -> ServerProcess:
     server.kill()
 
 
+def assert_closed_within(sockets: list[socket.socket], seconds: float, what: str) -> None:
+    """Every one of ``sockets`` is closed by the server (EOF or reset) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    for sock in sockets:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            while sock.recv(65536):  # what the server wrote before closing (its SETTINGS...)
+                pass
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            raise AssertionError(f"{what} lived past {seconds} s") from None
+
+
 def _open_many(conn: RawH2, count: int, path: str = "/helloworld.Greeter/SayHello", **kwargs: object) -> list[int]:
     """Open ``count`` streams on ``conn`` in one write; return their ids."""
     ids, frames = [], bytearray()
@@ -262,19 +276,13 @@ def test_idle_connections_cannot_exhaust_the_file_descriptors(tmp_path):
             # The established channel is served meanwhile, and the process's own files open.
             for _ in range(20):
                 assert greeter.SayHello(hello_pb2.HelloRequest(name="during"), timeout=2).message
-            # Connections without a preface are closed after HANDSHAKE_TIMEOUT (5 s).
-            for sock in idle_sockets:
-                sock.settimeout(max(0.1, started + 10 - time.monotonic()))
-                try:
-                    while sock.recv(1024):  # the server's SETTINGS, then the end
-                        pass
-                except ConnectionResetError:
-                    pass  # closed past MAX_CONNECTIONS (or the limit of open files)
-                except TimeoutError:
-                    raise AssertionError("an idle connection without a preface lived 10 s") from None
-                finally:
+            # Connections without a preface are closed after HANDSHAKE_TIMEOUT (5 s), those past
+            # MAX_CONNECTIONS (or the limit of open files) at once.
+            try:
+                assert_closed_within(idle_sockets, started + 10 - time.monotonic(), "a connection without a preface")
+            finally:
+                for sock in idle_sockets:
                     sock.close()
-            assert time.monotonic() - started < 10
         # A new client gets in once they are gone.
         with grpc.insecure_channel(server.address) as channel:
             assert hello_pb2_grpc.GreeterStub(channel).SayHello(hello_pb2.HelloRequest(name="after"), timeout=5).message
@@ -376,16 +384,7 @@ def test_the_gateway_keeps_serving_under_2000_hostile_connections(example):
         threads = len(os.listdir(f"/proc/{worker}/task"))
         assert threads <= threads_before + 32, (threads_before, threads)
         # The connections that never sent a whole request head are closed after HEADER_TIMEOUT.
-        deadline = time.monotonic() + 10 + 5
-        for sock in hostile[:1700]:
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                while sock.recv(65536):
-                    pass
-            except ConnectionResetError:
-                pass
-            except TimeoutError:
-                raise AssertionError("a connection without a request lived past HEADER_TIMEOUT") from None
+        assert_closed_within(hostile[:1700], 10 + 5, "a connection without a whole request")
     finally:
         for sock in hostile:
             sock.close()
@@ -420,16 +419,7 @@ def test_idle_connections_to_metrics_cost_no_thread(example):
         threads = len(os.listdir(f"/proc/{example.proc.pid}/task"))
         assert threads <= threads_before + 2, (threads_before, threads)
         # Silent connections are closed: at once past the cap, the others after READ_TIMEOUT (5 s).
-        deadline = time.monotonic() + 5 + 3
-        for sock in idle:
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                while sock.recv(4096):
-                    pass
-            except ConnectionResetError:
-                pass
-            except TimeoutError:
-                raise AssertionError("an idle metrics connection lived past its read timeout") from None
+        assert_closed_within(idle, 5 + 3, "an idle metrics connection")
         assert say_hello(example, "still") == "Hello, still!"
     finally:
         for sock in idle:

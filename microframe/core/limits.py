@@ -142,6 +142,15 @@ class Watchdog:
             self._handle = None
 
 
+def _count_down(counts: dict[str, int], key: str) -> None:
+    """Take one from ``counts[key]``, forgetting the key at zero (connections come and go)."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 class ReceiveSlots:
     """Slots for request messages still arriving: ``total`` at once, ``per_connection`` of
     them on one connection, ``streams`` of them for the later messages of client streams.
@@ -187,11 +196,7 @@ class ReceiveSlots:
 
     def give(self, peer: str, later: bool) -> None:
         self.in_use -= 1
-        left = self.by_peer[peer] - 1
-        if left:
-            self.by_peer[peer] = left
-        else:
-            del self.by_peer[peer]
+        _count_down(self.by_peer, peer)
         if later:
             self.streams_in_use -= 1
 
@@ -236,11 +241,7 @@ class CallTracker:
 
     def leave(self, peer: str, task: asyncio.Task[Any]) -> None:
         self.active -= 1
-        left = self.by_peer[peer] - 1
-        if left:
-            self.by_peer[peer] = left
-        else:
-            del self.by_peer[peer]
+        _count_down(self.by_peer, peer)
         self.tasks.discard(task)
         if self._idle is not None and not self.active:
             self._idle.set()
