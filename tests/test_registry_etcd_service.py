@@ -168,7 +168,9 @@ async def test_client_balances_over_etcd_and_rides_out_a_killed_instance(start_s
         stop.set()
         await asyncio.gather(*tasks)
         total = sum(results.values())
-        assert total > 300 and results["OK"] / total >= 0.999, results
+        # Only the calls in flight on the killed instance (8 callers: at most 8) fail, with a
+        # clear UNAVAILABLE: they may have run, so they are not sent again (is_retryable, rule 4).
+        assert total > 300 and results["OK"] >= total - 8 and set(results) <= {"OK", "UNAVAILABLE"}, results
         assert len(await cache.instances("trio")) == 2
         await cache.close()
         await registry.close()
