@@ -68,19 +68,20 @@ class StreamState:
     #: Bytes the server allows this stream to send, as its WINDOW_UPDATEs say.
     window: int = 65535
 
-    @property
-    def grpc_status(self) -> str | None:
+    def status_field(self, key: str) -> str | None:
+        """A field of the call's status: from the trailers, or the headers of a trailers-only answer."""
         for name, value in (*self.trailers, *self.headers):
-            if name == "grpc-status":
+            if name == key:
                 return value
         return None
 
     @property
+    def grpc_status(self) -> str | None:
+        return self.status_field("grpc-status")
+
+    @property
     def grpc_message(self) -> str | None:
-        for name, value in (*self.trailers, *self.headers):
-            if name == "grpc-message":
-                return value
-        return None
+        return self.status_field("grpc-message")
 
     @property
     def finished(self) -> bool:

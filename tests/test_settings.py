@@ -12,7 +12,7 @@ from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.signals import setting_changed
 from microframe.test import override_settings
 
-from conftest import ROOT, base_env
+from conftest import ROOT, base_env, service_settings
 
 
 def manage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -136,26 +136,23 @@ def test_overlay_applies_to_commands_run_as_a_user_would():
 
 def test_diffsettings_and_checks_never_show_secrets(tmp_path):
     """Row 14 of the hostile-client probes: ``diffsettings`` printed the etcd password."""
-    package = tmp_path / "secretive"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "settings.py").write_text(
-        "from testservice.settings import *\n"
-        "REGISTRY = {'BACKEND': 'microframe.contrib.registry.etcd.EtcdRegistry',\n"
-        "            'OPTIONS': {'endpoints': ['127.0.0.1:2379'], 'user': 'svc', 'password': 'hunter2-etcd'}}\n"
-        "LIMITER = {'BACKEND': 'microframe.contrib.limiter.redis.RedisLimiter',\n"
-        "           'OPTIONS': {'url': 'redis://:hunter2-redis@127.0.0.1:6379/0', 'rate': 10, 'burst': 10}}\n"
-        "AUTH = {'ENABLED': True, 'TOKENS': {'ci': 'hunter2-token'}}\n"
-        "TRACING = {'OTLP': {'HEADERS': {'authorization': 'Bearer hunter2-otlp'}}}\n"
-        "GATEWAY = {'FORWARD_HEADERS': 'not-a-list'}\n"
+    module = service_settings(
+        tmp_path, "secretive", "testservice",
+        {"BACKEND": "microframe.contrib.registry.etcd.EtcdRegistry",
+         "OPTIONS": {"endpoints": ["127.0.0.1:2379"], "user": "svc", "password": "hunter2-etcd"}},
+        LIMITER={"BACKEND": "microframe.contrib.limiter.redis.RedisLimiter",
+                 "OPTIONS": {"url": "redis://:hunter2-redis@127.0.0.1:6379/0", "rate": 10, "burst": 10}},
+        AUTH={"ENABLED": True, "TOKENS": {"ci": "hunter2-token"}},
+        TRACING={"OTLP": {"HEADERS": {"authorization": "Bearer hunter2-otlp"}}},
+        GATEWAY={"FORWARD_HEADERS": "not-a-list"},
     )
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}:{ROOT / 'tests'}"}
-    shown = manage("diffsettings", "--all", "--settings", "secretive.settings", env=env)
+    shown = manage("diffsettings", "--all", "--settings", module, env=env)
     assert shown.returncode == 0, shown.stderr
     assert "hunter2" not in shown.stdout, shown.stdout
     # What is not a secret is still shown; the secrets' places are marked.
     assert "'user': 'svc'" in shown.stdout and "redis://:********@127.0.0.1:6379/0" in shown.stdout
     assert "'password': '********'" in shown.stdout and "'TOKENS': '********'" in shown.stdout
-    checked = manage("check", "--settings", "secretive.settings", env=env)
+    checked = manage("check", "--settings", module, env=env)
     assert "FORWARD_HEADERS" in checked.stderr + checked.stdout  # reported, without any secret
     assert "hunter2-etcd" not in checked.stderr + checked.stdout and "hunter2-redis" not in checked.stderr + checked.stdout
