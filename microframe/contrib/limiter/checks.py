@@ -32,7 +32,7 @@ def _check_backend(config: Any, where: str) -> list[CheckMessage]:
             import redis  # noqa: F401
         except ImportError:
             return [Error(f"{where} uses RedisLimiter, and the redis package is not installed.",
-                          hint='pip install "microframe[redis]"', id="limiter.E003")]
+                          hint='pip install "microframe-grpc[redis]"', id="limiter.E003")]
     try:
         factory = config.factory()
     except ImproperlyConfigured as err:

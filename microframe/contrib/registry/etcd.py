@@ -40,7 +40,7 @@ try:
     from aetcd.utils import prefix_range_end
 except ImportError as err:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        f"the etcd registry needs the aetcd package ({err}): pip install 'microframe[etcd]'"
+        f"the etcd registry needs the aetcd package ({err}): pip install 'microframe-grpc[etcd]'"
     ) from err
 
 from microframe.contrib.registry.base import RegistryError, RegistryUnavailable

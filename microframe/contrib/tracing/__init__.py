@@ -1,6 +1,6 @@
 """The tracing battery: a span per RPC served and per call made, across services.
 
-Turn it on in settings (needs ``pip install "microframe[tracing]"``)::
+Turn it on in settings (needs ``pip install "microframe-grpc[tracing]"``)::
 
     TRACING = {
         "ENABLED": True,

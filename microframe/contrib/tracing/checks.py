@@ -54,7 +54,7 @@ def check_tracing_settings(**kwargs: Any) -> list[CheckMessage]:
             __import__(module)
         except ImportError as err:
             errors.append(Error(f'TRACING["BACKEND"] = "{backend}" needs a package that is not installed: {err}',
-                                hint='pip install "microframe[tracing]"', id="tracing.E002"))
+                                hint='pip install "microframe-grpc[tracing]"', id="tracing.E002"))
     return errors
 
 

@@ -235,7 +235,7 @@ def jaeger_tracing(service_name: str, options: Mapping[str, Any]) -> JaegerTraci
         from jaeger_client import Config
     except ImportError as err:
         raise ImproperlyConfigured(
-            f'TRACING["BACKEND"] = "jaeger" needs jaeger-client: pip install "microframe[tracing]" ({err}).'
+            f'TRACING["BACKEND"] = "jaeger" needs jaeger-client: pip install "microframe-grpc[tracing]" ({err}).'
         ) from err
     kind, param = check_sampler(options["SAMPLER"])
     reporter = options["REPORTER"]
@@ -343,7 +343,7 @@ def otel_tracing(service_name: str, options: Mapping[str, Any], *, log: bool = F
     except ImportError as err:
         raise ImproperlyConfigured(
             f'TRACING["BACKEND"] = "{"log" if log else "otlp"}" needs the OpenTelemetry SDK: '
-            f'pip install "microframe[tracing]" ({err}).'
+            f'pip install "microframe-grpc[tracing]" ({err}).'
         ) from err
     reporter = options["REPORTER"]
     provider = TracerProvider(

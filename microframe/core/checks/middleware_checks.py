@@ -29,7 +29,7 @@ from microframe.core.router import Route, RpcKind
 
 IMPORT_HINT = (
     "Check the dotted path (package.module.Name) and that its module imports; a battery may "
-    "need an optional dependency (pip install microframe[full])."
+    "need an optional dependency (pip install microframe-grpc[full])."
 )
 BUILD_HINT = (
     "A middleware factory is called with the next handler (and route=... when it accepts it) "
