@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -224,3 +225,64 @@ def test_startservice_refuses_bad_names_and_existing_targets(tmp_path: Path) -> 
     under = run(tmp_path, "-m", "microframe", "startservice", "carts", "services", env=env)
     assert under.returncode == 0, under.stderr
     assert (tmp_path / "services" / "carts" / "generate" / "carts_pb2.py").is_file()
+
+
+def _settings_ports(service: Path) -> tuple[int, int]:
+    text = (service / "settings.py").read_text()
+    grpc_port, metrics_port = (int(p) for p in re.findall(r'"PORT": (\d+)', text))
+    return grpc_port, metrics_port
+
+
+def test_each_new_service_gets_ports_of_its_own_written_everywhere_it_is_served(tmp_path: Path) -> None:
+    orders, users = start_service(tmp_path, "orders"), start_service(tmp_path, "users")
+    ports = {name: _settings_ports(service) for name, service in (("orders", orders), ("users", users))}
+    assert ports["orders"] != ports["users"], ports
+    for name, (grpc_port, metrics_port) in ports.items():
+        assert metrics_port == grpc_port + 1 and 20000 <= grpc_port < 30000
+        assert {grpc_port, metrics_port}.isdisjoint({50051, 9464})
+        product = (tmp_path / name / "conf" / "product" / "settings.yaml").read_text()
+        assert f"PORT: {grpc_port}" in product and f"PORT: {metrics_port}" in product
+        assert f"EXPOSE {grpc_port} {metrics_port}" in (tmp_path / name / "Dockerfile").read_text()
+    # The same name always gets the same pair, unless a port of it is taken here at render time.
+    (tmp_path / "elsewhere").mkdir()
+    assert _settings_ports(start_service(tmp_path / "elsewhere", "orders")) == ports["orders"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports["orders"][1]))
+        taken.listen()
+        (tmp_path / "third").mkdir()
+        moved = _settings_ports(start_service(tmp_path / "third", "orders"))
+    assert moved != ports["orders"] and ports["orders"][1] not in moved
+
+
+def test_two_checkouts_of_a_service_do_not_share_a_registry_but_neighbours_do(tmp_path: Path) -> None:
+    """Nothing configured (no MICROFRAME_REGISTRY_DIR): the file registry's directory belongs to
+    the project root, the directory holding the service's package."""
+    for checkout in ("a", "b"):
+        (tmp_path / checkout).mkdir()
+        start_service(tmp_path / checkout, "orders")
+    start_service(tmp_path / "a", "users")
+    env = {k: v for k, v in user_env(tmp_path).items() if k != "MICROFRAME_REGISTRY_DIR"}
+    first = tmp_path / "a" / "orders"
+    server = ServerProcess(tmp_path, manage=first / "manage.py", full_env=env).wait_serving()
+    try:
+        seen = run(tmp_path / "a" / "users", "manage.py", "register", "--list", "orders", env=env)
+        assert server.address in seen.stdout, seen.stdout + seen.stderr
+        other = run(tmp_path / "b" / "orders", "manage.py", "register", "--list", "orders", env=env)
+        assert other.returncode == 0 and "No instance of 'orders'" in other.stdout, other.stdout
+        called = run(tmp_path / "b" / "orders", "manage.py", "call", "orders.Orders/SayHello",
+                     '{"name": "Ada"}', "--timeout", "3", env=env)
+        assert called.returncode != 0 and server.address not in called.stdout
+    finally:
+        assert server.terminate() == 0, server.output
+
+
+def test_the_template_pins_the_framework_that_renders_it() -> None:
+    """startservice passes its version; cookiecutter run directly on the template uses the
+    default of cookiecutter.json, which must follow the release."""
+    import microframe
+    from microframe.management.commands.startservice import TEMPLATE
+
+    assert json.loads((TEMPLATE / "cookiecutter.json").read_text())["microframe_version"] == microframe.__version__
+    assert "=={{ cookiecutter.microframe_version }}" in (
+        TEMPLATE / "{{cookiecutter.python_package}}" / "requirements.txt"
+    ).read_text()

@@ -18,17 +18,19 @@ library: what is wanted is only "a shared directory of heartbeat files", for whi
 maintained package exists, and the whole of it fits in this module.
 
 Options: ``directory`` (default: the ``MICROFRAME_REGISTRY_DIR`` environment variable, else
-``<temp dir>/microframe-registry``), ``ttl`` (seconds, default 10), ``heartbeat`` (seconds,
-default ``ttl / 3``).
+:func:`default_directory`: one directory per project root), ``ttl`` (seconds, default 10),
+``heartbeat`` (seconds, default ``ttl / 3``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
@@ -48,8 +50,34 @@ BACKEND = "file"
 #: Environment variable naming the directory when the options do not (handy to give a set of
 #: services, or a test session, their own directory).
 DIRECTORY_ENV = "MICROFRAME_REGISTRY_DIR"
-DEFAULT_DIRECTORY = Path(tempfile.gettempdir()) / "microframe-registry"
+#: Where the per-project directories of :func:`default_directory` live.
+DEFAULT_PARENT = Path(tempfile.gettempdir()) / "microframe-registry"
 _HOSTNAME = socket.gethostname()
+
+
+def project_root() -> Path:
+    """The directory holding the service's package: the parent of ``SERVICE_ROOT`` (the
+    settings module's directory), or the working directory when no settings are configured."""
+    from microframe.conf import ENVIRONMENT_VARIABLE, settings
+
+    if settings.configured or os.environ.get(ENVIRONMENT_VARIABLE):
+        return Path(settings.SERVICE_ROOT).resolve().parent
+    return Path.cwd().resolve()
+
+
+def default_directory(root: Path | None = None) -> Path:
+    """``<temp dir>/microframe-registry/<project root's name>-<8 hex digits of its path>``.
+
+    Services whose packages sit side by side in one project root (``shop/orders``,
+    ``shop/users``) share a directory and find each other; two checkouts of the same service,
+    or unrelated projects, never see (and split) each other's instances. Services in different
+    roots that should meet give themselves one directory (``MICROFRAME_REGISTRY_DIR``, or the
+    ``directory`` option).
+    """
+    root = (root or project_root()).resolve()
+    digest = hashlib.blake2s(str(root).encode(), digest_size=4).hexdigest()
+    name = re.sub(r"[^\w.-]+", "_", root.name) or "root"
+    return DEFAULT_PARENT / f"{name}-{digest}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -75,7 +103,7 @@ class FileRegistry:
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"ttl must be positive, not {ttl!r}")
-        self.directory = Path(directory or os.environ.get(DIRECTORY_ENV) or DEFAULT_DIRECTORY)
+        self.directory = Path(directory or os.environ.get(DIRECTORY_ENV) or default_directory())
         self.ttl = float(ttl)
         self.heartbeat = float(heartbeat) if heartbeat else self.ttl / 3
         if not 0 < self.heartbeat < self.ttl:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import keyword
+import socket
+import zlib
 from pathlib import Path
 from typing import Any
 
+import microframe
 from microframe.management.base import BaseCommand, CommandError, CommandParser
 
 TEMPLATE = Path(__file__).resolve().parent.parent.parent / "project_template"
@@ -42,6 +45,34 @@ def validate_name(name: str, target: Path | None = None) -> None:
         )
 
 
+#: The ports a new service is given: a pair (gRPC, /metrics = gRPC + 1) among
+#: ``PORT_PAIRS`` pairs from ``FIRST_PORT``, below Linux's ephemeral range (32768-60999), where
+#: outgoing connections could already hold them, and below Kubernetes' node ports (30000-).
+FIRST_PORT = 20000
+PORT_PAIRS = 5000
+
+
+def _free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def service_ports(name: str, is_free: Any = _free) -> tuple[int, int]:
+    """The gRPC and /metrics ports of a new service called ``name``: derived from its name (so
+    two services never share the defaults 50051/9464, and one name always gets the same pair),
+    moving to the next pair while either port is taken on this machine at render time."""
+    first = zlib.crc32(name.encode()) % PORT_PAIRS
+    for step in range(PORT_PAIRS):
+        port = FIRST_PORT + 2 * ((first + step) % PORT_PAIRS)
+        if is_free(port) and is_free(port + 1):
+            return port, port + 1
+    raise CommandError("No free pair of ports: give the service its own with --port and --metrics-port.")
+
+
 def target_directory(name: str, directory: str | None) -> Path:
     """``DIR/NAME`` (``./NAME`` without ``DIR``), or ``DIR`` itself when it is named ``NAME``."""
     base = Path(directory) if directory else Path.cwd()
@@ -66,8 +97,13 @@ class Command(BaseCommand):
         parser.add_argument("--service-name", help="The registry name (SERVICE_NAME; default: NAME).")
         parser.add_argument("--proto-package", help="The package of the .proto (default: NAME).")
         parser.add_argument("--service-class", help="The proto service (default: NAME in CamelCase).")
-        parser.add_argument("--port", type=int, default=50051, help="The gRPC port (default 50051).")
-        parser.add_argument("--metrics-port", type=int, default=9464, help="The /metrics port (default 9464).")
+        parser.add_argument(
+            "--port", type=int,
+            help="The gRPC port (default: derived from NAME, between 20000 and 29998, free here).",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, help="The /metrics port (default: the gRPC port + 1)."
+        )
         parser.add_argument("--author", help="Who the README names as the service's author.")
         parser.add_argument(
             "--template", default=str(TEMPLATE),
@@ -86,6 +122,12 @@ class Command(BaseCommand):
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise CommandError(f"{target} already exists: choose another name or directory, or remove it.")
         validate_name(name, target)
+        if options["port"] is None:
+            options["port"], derived_metrics = service_ports(options["service_name"] or name)
+            if options["metrics_port"] is None:
+                options["metrics_port"] = derived_metrics
+        elif options["metrics_port"] is None:
+            options["metrics_port"] = options["port"] + 1 if options["port"] else 0
         for flag in ("port", "metrics_port"):
             if not 0 <= options[flag] <= 65535:
                 raise CommandError(f"--{flag.replace('_', '-')} {options[flag]} is not a port number (0-65535).")
@@ -98,6 +140,8 @@ class Command(BaseCommand):
             "python_package": name,
             "port": str(options["port"]),
             "metrics_port": str(options["metrics_port"]),
+            # requirements.txt pins the framework to the version that rendered the service.
+            "microframe_version": microframe.__version__,
         }
         for key in ("proto_package", "service_class", "author"):
             if options[key]:
@@ -110,7 +154,8 @@ class Command(BaseCommand):
         except CookiecutterException as err:
             raise CommandError(f"The service could not be created: {err}") from err
         self.stdout.write(
-            f"Created the service {context['service_name']!r} in {target}.\n"
+            f"Created the service {context['service_name']!r} in {target} (gRPC on port "
+            f"{options['port']}, metrics on {options['metrics_port']}).\n"
             f"  cd {target}\n"
             "  python manage.py runserver\n"
             f"  python manage.py call {context.get('proto_package', name)}."
