@@ -314,6 +314,20 @@ def test_bad_ports_and_port_clash(service_dir):
     assert "both 7000" in e007
 
 
+def test_unknown_grpc_and_metrics_keys_fail_the_check(service_dir):
+    module = write_settings(service_dir, "typo_keys", CLEAN + """
+    GRPC = {"HOST": "127.0.0.1", "PROT": 50052}
+    METRICS = {"ENABLE": False}
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    messages = reported(result.stderr, "microframe.E001")
+    assert sorted(messages) == ["GRPC has unknown keys: PROT.", "METRICS has unknown keys: ENABLE."]
+    assert "HINT: Did you mean 'PORT' (not 'PROT')?" in result.stderr
+    assert "HINT: Did you mean 'ENABLED' (not 'ENABLE')?" in result.stderr
+
+
 def test_silenced_checks_do_not_fail(service_dir):
     module = write_settings(service_dir, "silenced", CLEAN + """
     DEBUG = "no"
@@ -465,6 +479,46 @@ def test_wrong_setting(clean, overrides, setting):
     assert issue.id == "microframe.E001" and issue.level == ERROR
     assert issue.msg.startswith(f"{setting} must be ")
     assert issue.hint
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting", "typo", "known"),
+    [
+        ({"GRPC": {"PROT": 50052}}, "GRPC", "PROT", "PORT"),
+        ({"GRPC": {"MAX_CALLS_PER_CONECTION": 5}}, "GRPC", "MAX_CALLS_PER_CONECTION",
+         "MAX_CALLS_PER_CONNECTION"),
+        ({"GRPC": {"tls": None}}, "GRPC", "tls", "TLS"),
+        ({"METRICS": {"PORTS": 9465}}, "METRICS", "PORTS", "PORT"),
+        ({"METRICS": {"LABEL": {}}}, "METRICS", "LABEL", "LABELS"),
+    ],
+)
+def test_unknown_keys(clean, overrides, setting, typo, known):
+    (issue,) = issues(**overrides)
+    assert issue.id == "microframe.E001" and issue.level == ERROR
+    assert issue.msg == f"{setting} has unknown keys: {typo}."
+    assert issue.hint.startswith(f"Did you mean {known!r} (not {typo!r})?"), issue.hint
+
+
+def test_unknown_keys_without_a_close_one(clean):
+    (issue,) = issues(GRPC={"COLOUR": "blue", "ZZZ": 1})
+    assert issue.id == "microframe.E001" and issue.msg == "GRPC has unknown keys: COLOUR, ZZZ."
+    assert "Did you mean" not in issue.hint and "Known keys: " in issue.hint
+
+
+def test_every_grpc_and_metrics_key_the_code_reads_is_known(clean):
+    """A key global_settings defines or the code reads is never reported as unknown."""
+    from microframe.conf import global_settings
+
+    read: dict[str, set[str]] = {"GRPC": set(), "METRICS": set()}
+    pattern = re.compile(r'\b(GRPC|METRICS)(?:\[|\.get\()"([A-Z_]+)"')
+    for path in (ROOT / "microframe").rglob("*.py"):
+        for setting, key in pattern.findall(path.read_text(encoding="utf-8")):
+            read[setting].add(key)
+    assert {"MAX_CALLS_PER_CONNECTION", "EVENT_LOOP", "TLS", "SHUTDOWN_DELAY"} <= read["GRPC"]
+    grpc = {**global_settings.GRPC, **{k: global_settings.GRPC.get(k) for k in read["GRPC"]}}
+    metrics = {**global_settings.METRICS,
+               **{k: global_settings.METRICS.get(k) for k in read["METRICS"]}}
+    assert issues(GRPC=grpc, METRICS=metrics) == []
 
 
 @pytest.mark.parametrize(
