@@ -115,6 +115,17 @@ routes = [
     "empty_router": ROUTER_HEAD + "\nroutes = []\n",
     "dict_router": ROUTER_HEAD + "\nroutes = {'SayHello': say_hello}\n",
     "raising_router": "raise RuntimeError('router exploded')\n",
+    # Routers that exist but whose import fails further down, in the service's own code.
+    "ctl_ok": "def say_hello(ctx, request):\n    return None\n",
+    "ctl_syntax": "def say_hello(ctx, request)\n    return None\n",
+    "ctl_needs_dependency": "import no_such_dependency_xyz  # noqa\n",
+    "ctl_raises": "import os\n\nLIMIT = int(os.environ['MFCHECK_NO_SUCH_VARIABLE'])\n",
+    "syntax_router": f"from {PACKAGE} import ctl_syntax\nroutes = []\n",
+    "dependency_router": f"from {PACKAGE} import ctl_needs_dependency\nroutes = []\n",
+    "renamed_router": f"import os\nfrom {PACKAGE}.ctl_ok import say_helo\nroutes = []\n",
+    "raising_ctl_router": f"from {PACKAGE} import ctl_raises\nroutes = []\n",
+    "missing_module_router": f"from {PACKAGE} import ctl_gone\nroutes = []\n",
+    "bad_method_router": ROUTER_HEAD + '\nroutes = [rpc(Greeter, "SayHelo", say_hello)]\n',
 }
 
 
@@ -602,12 +613,42 @@ def test_tls(clean, tmp_path):
         (f"{PACKAGE}.nowhere", "cannot be imported"),
         (f"{PACKAGE}.no_routes", "has no `routes`"),
         (f"{PACKAGE}.dict_router", "must be a list"),
-        (f"{PACKAGE}.raising_router", "RuntimeError: router exploded"),
+        ("no_such_package.router", "cannot be imported"),
     ],
 )
 def test_unusable_router(clean, router, expected):
     (issue,) = issues(tags=[Tags.router], ROOT_ROUTER=router)
     assert issue.id == "microframe.E004" and expected in issue.msg
+    assert issue.hint.startswith("Set ROOT_ROUTER to the dotted path")
+
+
+@pytest.mark.parametrize(
+    ("router", "error", "where"),
+    [
+        ("raising_router", "RuntimeError: router exploded", "raising_router.py:1"),
+        ("syntax_router", "SyntaxError: expected ':'", "ctl_syntax.py:1"),
+        ("dependency_router", "ModuleNotFoundError: No module named 'no_such_dependency_xyz'",
+         "ctl_needs_dependency.py:1"),
+        ("renamed_router", "ImportError: cannot import name 'say_helo'", "renamed_router.py:2"),
+        ("raising_ctl_router", "KeyError: 'MFCHECK_NO_SUCH_VARIABLE'", "ctl_raises.py:3"),
+        ("missing_module_router", f"ImportError: cannot import name 'ctl_gone' from '{PACKAGE}'",
+         "missing_module_router.py:1"),
+        ("bad_method_router", "has no method 'SayHelo'", "bad_method_router.py:"),
+    ],
+)
+def test_router_that_raises_while_importing(clean, router, error, where):
+    """A router module that exists but whose import raised (itself or in a module it imports)
+    is microframe.E010, with the real error and where it happened, not E004's "set
+    ROOT_ROUTER" hint."""
+    (issue,) = issues(tags=[Tags.router], ROOT_ROUTER=f"{PACKAGE}.{router}")
+    assert issue.id == "microframe.E010", issue
+    assert error in issue.msg, issue.msg
+    file, line = where.split(":")
+    path = re.search(r" at (\S+):(\d+)", issue.msg)
+    assert path is not None, issue.msg
+    assert Path(path[1]).name == file and path[1].startswith(os.sep), issue.msg
+    assert line == "" or path[2] == line, issue.msg
+    assert f"{path[1]}, line {path[2]}" in issue.hint and "Set ROOT_ROUTER" not in issue.hint
 
 
 def test_empty_router_is_a_warning(clean):
@@ -845,6 +886,30 @@ def test_commands_run_the_checks_first(service_dir):
     assert result.stderr.startswith("SystemCheckError: ")
     assert "microframe.E005" in result.stderr and "Traceback" not in result.stderr
     assert "serving" not in (result.stdout + result.stderr).lower()
+
+
+def test_commands_report_where_the_router_import_failed(service_dir):
+    """check and runserver name the file and line of a controller's syntax error."""
+    module = write_settings(service_dir, "syntax_error", CLEAN + f"""
+    ROOT_ROUTER = "{PACKAGE}.syntax_router"
+    """)
+    where = f"{service_dir / PACKAGE / 'ctl_syntax.py'}:1"
+    result = run_check(service_dir, module)
+    assert result.returncode == 1
+    (e010,) = reported(result.stderr, "microframe.E010")
+    assert "SyntaxError: expected ':'" in e010 and where in e010, e010
+    assert "microframe.E004" not in result.stderr and "Traceback" not in result.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(service_dir)]))
+    for skip in ((), ("--skip-checks",)):
+        served = subprocess.run(
+            [sys.executable, "-m", "microframe", "runserver", "127.0.0.1:0", "--noreload",
+             "--metrics-port", "0", "--settings", module, *skip],
+            cwd=service_dir, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert served.returncode == 1, served.stdout
+        assert "SyntaxError: expected ':'" in served.stderr and where in served.stderr, served.stderr
+        assert "Traceback" not in served.stderr and "Set ROOT_ROUTER" not in served.stderr
 
 
 @pytest.mark.parametrize(

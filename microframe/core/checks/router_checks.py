@@ -1,8 +1,11 @@
 """Checks of ROOT_ROUTER and its routes.
 
-- ``microframe.E004``: ROOT_ROUTER is not set, cannot be imported, or has no ``routes``.
+- ``microframe.E004``: ROOT_ROUTER is not set, names a module that does not exist, or has no
+  ``routes``.
 - ``microframe.E005``: a route is broken: not a Route, a controller that is not callable, or
   a method routed twice.
+- ``microframe.E010``: ROOT_ROUTER's module exists, but importing it (or a module it imports)
+  raised: the error and the file and line where it happened.
 - ``microframe.W004``: the router routes no method.
 """
 
@@ -16,7 +19,7 @@ from microframe.core.checks.core_checks import short_repr, wrong_setting
 from microframe.core.checks.messages import CheckMessage, Error, Warning
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.core.router import Route, get_router_module, load_routes
+from microframe.core.router import Route, RouterImportError, get_router_module, load_routes
 
 ROUTER_HINT = (
     "Set ROOT_ROUTER to the dotted path of the module holding `routes` (genproto writes it), "
@@ -68,7 +71,8 @@ def loadable_routes() -> list[Route] | None:
 
 @register(Tags.router)
 def check_router(**kwargs: Any) -> list[CheckMessage]:
-    """Check that ROOT_ROUTER imports and its routes are sound (microframe.E004, E005, W004)."""
+    """Check that ROOT_ROUTER imports and its routes are sound (microframe.E004, E005, E010,
+    W004)."""
     path = getattr(settings, "ROOT_ROUTER", None)
     if path is not None and not isinstance(path, str):
         return [wrong_setting("ROOT_ROUTER", "a dotted module path (str)", path, ROUTER_HINT)]
@@ -76,6 +80,8 @@ def check_router(**kwargs: Any) -> list[CheckMessage]:
         return [router_problem("ROOT_ROUTER is not set: name the module holding `routes`.")]
     try:
         module = get_router_module(path)
+    except RouterImportError as err:
+        return [Error(str(err), hint=err.hint, id="microframe.E010")]
     except ImproperlyConfigured as err:
         return [router_problem(str(err))]
     except Exception as err:

@@ -118,7 +118,7 @@ class Command(BaseCommand):
 
     def run_worker(self, host: str, port: int, metrics_port: int) -> None:
         from microframe.conf import settings
-        from microframe.core.router import load_routes
+        from microframe.core.router import RouterImportError, load_routes
         from microframe.core.server import Server, ServerConfig
 
         in_pool = bool(os.environ.get(WORKER_ID_ENV))
@@ -127,7 +127,10 @@ class Command(BaseCommand):
             die_with_parent(int(parent) if parent and parent.isdigit() else None)
         elif os.environ.get(RUN_MAIN_ENV):
             die_with_parent(os.getppid())  # the reloader's child
-        routes = load_routes(settings.ROOT_ROUTER)
+        try:
+            routes = load_routes(settings.ROOT_ROUTER)
+        except RouterImportError as err:  # with --skip-checks: what microframe.E010 says
+            raise CommandError(f"{err}\n\tHINT: {err.hint}") from err
         config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
         server = Server(routes, middleware=settings.MIDDLEWARE, config=config)
         metrics = None
