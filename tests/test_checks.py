@@ -128,6 +128,71 @@ routes = [
     "bad_method_router": ROUTER_HEAD + '\nroutes = [rpc(Greeter, "SayHelo", say_hello)]\n',
 }
 
+# Controllers of every shape, each routed alone by a router "sig_<name>": (the method, the
+# code defining `controller`, the signature the check reports, or None when it accepts it).
+SIGNATURES: dict[str, tuple[str, str, str | None]] = {
+    "request_only": ("SayHello", "def controller(request):\n    return None\n", "(request)"),
+    "extra_required": (
+        "SayHello", "async def controller(ctx, request, extra):\n    return None\n",
+        "(ctx, request, extra)"),
+    "keyword_required": (
+        "SayHello", "def controller(ctx, request, *, user):\n    return None\n",
+        "(ctx, request, *, user)"),
+    "no_arguments": ("SayHello", "def controller():\n    return None\n", "()"),
+    "unbound_method": (
+        "SayHello",
+        "class Greeter:\n    def say_hello(self, ctx, request):\n        return None\n\n\n"
+        "controller = Greeter.say_hello\n",
+        "(self, ctx, request)"),
+    "stream_request_only": (
+        "LotsOfGreetings", "async def controller(request_iterator):\n    return None\n",
+        "(request_iterator)"),
+    "bidi_three": (
+        "BidiHello", "async def controller(ctx, requests, more):\n    yield None\n",
+        "(ctx, requests, more)"),
+    "plain": ("SayHello", "def controller(ctx, request):\n    return None\n", None),
+    "named_otherwise": ("SayHello", "def controller(request, context):\n    return None\n", None),
+    "defaults": (
+        "SayHello", "async def controller(ctx, request, extra=None, *, user=None):\n"
+        "    return None\n", None),
+    "var_args": ("SayHello", "def controller(*args, **kwargs):\n    return None\n", None),
+    "ctx_and_rest": ("SayHello", "def controller(ctx, *rest):\n    return None\n", None),
+    "bound_method": (
+        "SayHello",
+        "class Greeter:\n    async def say_hello(self, ctx, request):\n        return None\n\n\n"
+        "controller = Greeter().say_hello\n", None),
+    "class_and_static_methods": (
+        "SayHello",
+        "class Greeter:\n    @classmethod\n    def hello(cls, ctx, request):\n"
+        "        return None\n\n"
+        "    @staticmethod\n    def other(ctx, request):\n        return None\n\n\n"
+        "controller = Greeter.hello\nother = Greeter.other\n", None),
+    "callable_object": (
+        "SayHello",
+        "class Greeter:\n    async def __call__(self, ctx, request):\n        return None\n\n\n"
+        "controller = Greeter()\n", None),
+    "partial": (
+        "SayHello",
+        "import functools\n\n\ndef hello(greeting, ctx, request):\n    return None\n\n\n"
+        "controller = functools.partial(hello, 'hi')\n", None),
+    "decorated": (
+        "SayHello",
+        "import functools\n\n\ndef logged(fn):\n    @functools.wraps(fn)\n"
+        "    def wrapper(*args, **kwargs):\n        return fn(*args, **kwargs)\n"
+        "    return wrapper\n\n\n"
+        "@logged\ndef controller(ctx, request):\n    return None\n", None),
+    "server_stream": (
+        "LotsOfReplies", "async def controller(ctx, request):\n    yield None\n", None),
+    "client_stream_sync": (
+        "LotsOfGreetings", "def controller(ctx, request_iterator):\n    return None\n", None),
+}
+for _name, (_method, _code, _found) in SIGNATURES.items():
+    ROUTERS[f"sig_{_name}"] = (
+        "from microframe.core.router import rpc\nfrom example.generate import hello_pb2\n\n"
+        'GreeterService = hello_pb2.DESCRIPTOR.services_by_name["Greeter"]\n\n\n'
+        f"{_code}\n\nroutes = [rpc(GreeterService, {_method!r}, controller)]\n"
+    )
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _settings_configured() -> None:
@@ -649,6 +714,39 @@ def test_router_that_raises_while_importing(clean, router, error, where):
     assert Path(path[1]).name == file and path[1].startswith(os.sep), issue.msg
     assert line == "" or path[2] == line, issue.msg
     assert f"{path[1]}, line {path[2]}" in issue.hint and "Set ROOT_ROUTER" not in issue.hint
+
+
+@pytest.mark.parametrize("name", [n for n, case in SIGNATURES.items() if case[2] is not None])
+def test_controller_that_cannot_take_ctx_and_request(clean, name):
+    """A controller whose signature cannot take (ctx, request) is microframe.E011, naming the
+    route, the controller, where it is defined and the signature found."""
+    method, code, signature = SIGNATURES[name]
+    (issue,) = issues(tags=[Tags.router], ROOT_ROUTER=f"{PACKAGE}.sig_{name}")
+    assert issue.id == "microframe.E011" and issue.level == ERROR, issue
+    assert f"/helloworld.Greeter/{method}" in issue.msg, issue.msg
+    qualname = "Greeter.say_hello" if name == "unbound_method" else "controller"
+    assert f"{PACKAGE}.sig_{name}.{qualname}" in issue.msg, issue.msg
+    assert f"{signature}" in issue.msg, issue.msg
+    line = code.splitlines().index(next(x for x in code.splitlines() if "def " in x)) + 7
+    assert f"sig_{name}.py:{line}" in issue.msg, issue.msg
+    shape = "(ctx, requests)" if method in ("LotsOfGreetings", "BidiHello") else "(ctx, request)"
+    assert shape in issue.msg and shape in issue.hint, (issue.msg, issue.hint)
+
+
+@pytest.mark.parametrize("name", [n for n, case in SIGNATURES.items() if case[2] is None])
+def test_controllers_that_take_ctx_and_request(clean, name):
+    assert issues(tags=[Tags.router], ROOT_ROUTER=f"{PACKAGE}.sig_{name}") == []
+
+
+def test_check_reports_a_controller_that_cannot_be_called(service_dir):
+    module = write_settings(service_dir, "bad_signature", CLEAN + f"""
+    ROOT_ROUTER = "{PACKAGE}.sig_request_only"
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1, result.stdout
+    (e011,) = reported(result.stderr, "microframe.E011")
+    assert "/helloworld.Greeter/SayHello" in e011 and "(request)" in e011, e011
+    assert f"{service_dir / PACKAGE / 'sig_request_only.py'}:7" in e011, e011
 
 
 def test_empty_router_is_a_warning(clean):
