@@ -69,6 +69,24 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc!r})")
 
 
+def ruff_check(cwd: Path, *paths: str) -> subprocess.CompletedProcess[str]:
+    """``ruff check`` with this project's configuration (pyproject.toml), as a service sees it:
+    microframe is an installed dependency there (third-party for isort), not first-party as in
+    this repository."""
+    import importlib.util
+
+    if importlib.util.find_spec("ruff") is None:
+        if os.environ.get("CI"):
+            pytest.fail("ruff is required under CI (the dev extra installs it)")
+        pytest.skip("ruff is not installed")
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache",
+         "--config", str(ROOT / "pyproject.toml"), "--config", "lint.isort.known-first-party = []",
+         *paths],
+        cwd=cwd, capture_output=True, text=True, timeout=60,
+    )
+
+
 _SESSION_REGISTRY_DIR = tempfile.mkdtemp(prefix="microframe-test-registry-")
 
 

@@ -164,3 +164,50 @@ def test_reflection_from_a_server_that_never_answers_is_bounded(service: Service
     finally:
         release.set()
         server.stop(0)
+
+
+def test_standard_services_go_to_this_service(service: Service) -> None:
+    """Health and reflection belong to every server: without --address they are called on the
+    service of the settings (SERVICE_NAME, through discovery), not on a service named after
+    their proto package ("no instance of 'grpc.health.v1'")."""
+    health = service.call("grpc.health.v1.Health/Check", "--compact")
+    assert replies(health) == [{"status": "SERVING"}]
+    named = service.call(
+        "grpc.health.v1.Health/Check", '{"service": "helloworld.Greeter"}', "--compact"
+    )
+    assert replies(named) == [{"status": "SERVING"}]
+    listed = service.call(
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", '[{"listServices": ""}]',
+        "--compact",
+    )
+    (reply,) = replies(listed)
+    names = {s["name"] for s in reply["listServicesResponse"]["service"]}
+    assert {"helloworld.Greeter", "grpc.health.v1.Health"} <= names
+
+
+def test_no_instance_says_how_to_fix_it(service: Service, tmp_path: Path) -> None:
+    """When discovery finds no instance, the error says what to do: --address, or start or
+    register the service, and which registry was searched."""
+    empty = tmp_path / "empty-registry"
+    registry = {
+        "BACKEND": "microframe.contrib.registry.file.FileRegistry",
+        "OPTIONS": {"directory": str(empty)},
+        "CACHE_DIR": str(tmp_path / "cache"),
+    }
+    lonely = service_settings(tmp_path, "lonely", "lonely-svc", registry)
+    pythonpath = ("--pythonpath", str(tmp_path))
+    cases = {
+        "lonely-svc": service.call("grpc.health.v1.Health/Check", *pythonpath, settings=lonely),
+        "ghost": service.call(METHOD, "--service", "ghost", *pythonpath, settings=lonely),
+        "spirit": service.call(METHOD, "--service", "spirit", "--reflection", *pythonpath,
+                               settings=lonely),
+    }
+    for name, result in cases.items():
+        assert result.returncode == 1, (name, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert f"No instance of {name!r} is registered" in result.stderr, result.stderr
+        assert f"file registry in {empty}" in result.stderr, result.stderr
+        assert "--address HOST:PORT" in result.stderr, result.stderr
+        assert "runserver" in result.stderr and "register" in result.stderr, result.stderr
+    assert "SERVICE_NAME" in cases["lonely-svc"].stderr
+    assert "--service" in cases["ghost"].stderr

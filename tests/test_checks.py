@@ -115,7 +115,83 @@ routes = [
     "empty_router": ROUTER_HEAD + "\nroutes = []\n",
     "dict_router": ROUTER_HEAD + "\nroutes = {'SayHello': say_hello}\n",
     "raising_router": "raise RuntimeError('router exploded')\n",
+    # Routers that exist but whose import fails further down, in the service's own code.
+    "ctl_ok": "def say_hello(ctx, request):\n    return None\n",
+    "ctl_syntax": "def say_hello(ctx, request)\n    return None\n",
+    "ctl_needs_dependency": "import no_such_dependency_xyz  # noqa\n",
+    "ctl_raises": "import os\n\nLIMIT = int(os.environ['MFCHECK_NO_SUCH_VARIABLE'])\n",
+    "syntax_router": f"from {PACKAGE} import ctl_syntax\nroutes = []\n",
+    "dependency_router": f"from {PACKAGE} import ctl_needs_dependency\nroutes = []\n",
+    "renamed_router": f"import os\nfrom {PACKAGE}.ctl_ok import say_helo\nroutes = []\n",
+    "raising_ctl_router": f"from {PACKAGE} import ctl_raises\nroutes = []\n",
+    "missing_module_router": f"from {PACKAGE} import ctl_gone\nroutes = []\n",
+    "bad_method_router": ROUTER_HEAD + '\nroutes = [rpc(Greeter, "SayHelo", say_hello)]\n',
 }
+
+# Controllers of every shape, each routed alone by a router "sig_<name>": (the method, the
+# code defining `controller`, the signature the check reports, or None when it accepts it).
+SIGNATURES: dict[str, tuple[str, str, str | None]] = {
+    "request_only": ("SayHello", "def controller(request):\n    return None\n", "(request)"),
+    "extra_required": (
+        "SayHello", "async def controller(ctx, request, extra):\n    return None\n",
+        "(ctx, request, extra)"),
+    "keyword_required": (
+        "SayHello", "def controller(ctx, request, *, user):\n    return None\n",
+        "(ctx, request, *, user)"),
+    "no_arguments": ("SayHello", "def controller():\n    return None\n", "()"),
+    "unbound_method": (
+        "SayHello",
+        "class Greeter:\n    def say_hello(self, ctx, request):\n        return None\n\n\n"
+        "controller = Greeter.say_hello\n",
+        "(self, ctx, request)"),
+    "stream_request_only": (
+        "LotsOfGreetings", "async def controller(request_iterator):\n    return None\n",
+        "(request_iterator)"),
+    "bidi_three": (
+        "BidiHello", "async def controller(ctx, requests, more):\n    yield None\n",
+        "(ctx, requests, more)"),
+    "plain": ("SayHello", "def controller(ctx, request):\n    return None\n", None),
+    "named_otherwise": ("SayHello", "def controller(request, context):\n    return None\n", None),
+    "defaults": (
+        "SayHello", "async def controller(ctx, request, extra=None, *, user=None):\n"
+        "    return None\n", None),
+    "var_args": ("SayHello", "def controller(*args, **kwargs):\n    return None\n", None),
+    "ctx_and_rest": ("SayHello", "def controller(ctx, *rest):\n    return None\n", None),
+    "bound_method": (
+        "SayHello",
+        "class Greeter:\n    async def say_hello(self, ctx, request):\n        return None\n\n\n"
+        "controller = Greeter().say_hello\n", None),
+    "class_and_static_methods": (
+        "SayHello",
+        "class Greeter:\n    @classmethod\n    def hello(cls, ctx, request):\n"
+        "        return None\n\n"
+        "    @staticmethod\n    def other(ctx, request):\n        return None\n\n\n"
+        "controller = Greeter.hello\nother = Greeter.other\n", None),
+    "callable_object": (
+        "SayHello",
+        "class Greeter:\n    async def __call__(self, ctx, request):\n        return None\n\n\n"
+        "controller = Greeter()\n", None),
+    "partial": (
+        "SayHello",
+        "import functools\n\n\ndef hello(greeting, ctx, request):\n    return None\n\n\n"
+        "controller = functools.partial(hello, 'hi')\n", None),
+    "decorated": (
+        "SayHello",
+        "import functools\n\n\ndef logged(fn):\n    @functools.wraps(fn)\n"
+        "    def wrapper(*args, **kwargs):\n        return fn(*args, **kwargs)\n"
+        "    return wrapper\n\n\n"
+        "@logged\ndef controller(ctx, request):\n    return None\n", None),
+    "server_stream": (
+        "LotsOfReplies", "async def controller(ctx, request):\n    yield None\n", None),
+    "client_stream_sync": (
+        "LotsOfGreetings", "def controller(ctx, request_iterator):\n    return None\n", None),
+}
+for _name, (_method, _code, _found) in SIGNATURES.items():
+    ROUTERS[f"sig_{_name}"] = (
+        "from microframe.core.router import rpc\nfrom example.generate import hello_pb2\n\n"
+        'GreeterService = hello_pb2.DESCRIPTOR.services_by_name["Greeter"]\n\n\n'
+        f"{_code}\n\nroutes = [rpc(GreeterService, {_method!r}, controller)]\n"
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -314,6 +390,20 @@ def test_bad_ports_and_port_clash(service_dir):
     assert "both 7000" in e007
 
 
+def test_unknown_grpc_and_metrics_keys_fail_the_check(service_dir):
+    module = write_settings(service_dir, "typo_keys", CLEAN + """
+    GRPC = {"HOST": "127.0.0.1", "PROT": 50052}
+    METRICS = {"ENABLE": False}
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    messages = reported(result.stderr, "microframe.E001")
+    assert sorted(messages) == ["GRPC has unknown keys: PROT.", "METRICS has unknown keys: ENABLE."]
+    assert "HINT: Did you mean 'PORT' (not 'PROT')?" in result.stderr
+    assert "HINT: Did you mean 'ENABLED' (not 'ENABLE')?" in result.stderr
+
+
 def test_silenced_checks_do_not_fail(service_dir):
     module = write_settings(service_dir, "silenced", CLEAN + """
     DEBUG = "no"
@@ -468,6 +558,46 @@ def test_wrong_setting(clean, overrides, setting):
 
 
 @pytest.mark.parametrize(
+    ("overrides", "setting", "typo", "known"),
+    [
+        ({"GRPC": {"PROT": 50052}}, "GRPC", "PROT", "PORT"),
+        ({"GRPC": {"MAX_CALLS_PER_CONECTION": 5}}, "GRPC", "MAX_CALLS_PER_CONECTION",
+         "MAX_CALLS_PER_CONNECTION"),
+        ({"GRPC": {"tls": None}}, "GRPC", "tls", "TLS"),
+        ({"METRICS": {"PORTS": 9465}}, "METRICS", "PORTS", "PORT"),
+        ({"METRICS": {"LABEL": {}}}, "METRICS", "LABEL", "LABELS"),
+    ],
+)
+def test_unknown_keys(clean, overrides, setting, typo, known):
+    (issue,) = issues(**overrides)
+    assert issue.id == "microframe.E001" and issue.level == ERROR
+    assert issue.msg == f"{setting} has unknown keys: {typo}."
+    assert issue.hint.startswith(f"Did you mean {known!r} (not {typo!r})?"), issue.hint
+
+
+def test_unknown_keys_without_a_close_one(clean):
+    (issue,) = issues(GRPC={"COLOUR": "blue", "ZZZ": 1})
+    assert issue.id == "microframe.E001" and issue.msg == "GRPC has unknown keys: COLOUR, ZZZ."
+    assert "Did you mean" not in issue.hint and "Known keys: " in issue.hint
+
+
+def test_every_grpc_and_metrics_key_the_code_reads_is_known(clean):
+    """A key global_settings defines or the code reads is never reported as unknown."""
+    from microframe.conf import global_settings
+
+    read: dict[str, set[str]] = {"GRPC": set(), "METRICS": set()}
+    pattern = re.compile(r'\b(GRPC|METRICS)(?:\[|\.get\()"([A-Z_]+)"')
+    for path in (ROOT / "microframe").rglob("*.py"):
+        for setting, key in pattern.findall(path.read_text(encoding="utf-8")):
+            read[setting].add(key)
+    assert {"MAX_CALLS_PER_CONNECTION", "EVENT_LOOP", "TLS", "SHUTDOWN_DELAY"} <= read["GRPC"]
+    grpc = {**global_settings.GRPC, **{k: global_settings.GRPC.get(k) for k in read["GRPC"]}}
+    metrics = {**global_settings.METRICS,
+               **{k: global_settings.METRICS.get(k) for k in read["METRICS"]}}
+    assert issues(GRPC=grpc, METRICS=metrics) == []
+
+
+@pytest.mark.parametrize(
     ("limits", "text"),
     [
         ({"MAX_CONCURRENT_RPCS": 100, "MAX_CALLS_PER_CONNECTION": 100}, "every one of the 100 call slots"),
@@ -548,12 +678,75 @@ def test_tls(clean, tmp_path):
         (f"{PACKAGE}.nowhere", "cannot be imported"),
         (f"{PACKAGE}.no_routes", "has no `routes`"),
         (f"{PACKAGE}.dict_router", "must be a list"),
-        (f"{PACKAGE}.raising_router", "RuntimeError: router exploded"),
+        ("no_such_package.router", "cannot be imported"),
     ],
 )
 def test_unusable_router(clean, router, expected):
     (issue,) = issues(tags=[Tags.router], ROOT_ROUTER=router)
     assert issue.id == "microframe.E004" and expected in issue.msg
+    assert issue.hint.startswith("Set ROOT_ROUTER to the dotted path")
+
+
+@pytest.mark.parametrize(
+    ("router", "error", "where"),
+    [
+        ("raising_router", "RuntimeError: router exploded", "raising_router.py:1"),
+        ("syntax_router", "SyntaxError: expected ':'", "ctl_syntax.py:1"),
+        ("dependency_router", "ModuleNotFoundError: No module named 'no_such_dependency_xyz'",
+         "ctl_needs_dependency.py:1"),
+        ("renamed_router", "ImportError: cannot import name 'say_helo'", "renamed_router.py:2"),
+        ("raising_ctl_router", "KeyError: 'MFCHECK_NO_SUCH_VARIABLE'", "ctl_raises.py:3"),
+        ("missing_module_router", f"ImportError: cannot import name 'ctl_gone' from '{PACKAGE}'",
+         "missing_module_router.py:1"),
+        ("bad_method_router", "has no method 'SayHelo'", "bad_method_router.py:"),
+    ],
+)
+def test_router_that_raises_while_importing(clean, router, error, where):
+    """A router module that exists but whose import raised (itself or in a module it imports)
+    is microframe.E010, with the real error and where it happened, not E004's "set
+    ROOT_ROUTER" hint."""
+    (issue,) = issues(tags=[Tags.router], ROOT_ROUTER=f"{PACKAGE}.{router}")
+    assert issue.id == "microframe.E010", issue
+    assert error in issue.msg, issue.msg
+    file, line = where.split(":")
+    path = re.search(r" at (\S+):(\d+)", issue.msg)
+    assert path is not None, issue.msg
+    assert Path(path[1]).name == file and path[1].startswith(os.sep), issue.msg
+    assert line == "" or path[2] == line, issue.msg
+    assert f"{path[1]}, line {path[2]}" in issue.hint and "Set ROOT_ROUTER" not in issue.hint
+
+
+@pytest.mark.parametrize("name", [n for n, case in SIGNATURES.items() if case[2] is not None])
+def test_controller_that_cannot_take_ctx_and_request(clean, name):
+    """A controller whose signature cannot take (ctx, request) is microframe.E011, naming the
+    route, the controller, where it is defined and the signature found."""
+    method, code, signature = SIGNATURES[name]
+    (issue,) = issues(tags=[Tags.router], ROOT_ROUTER=f"{PACKAGE}.sig_{name}")
+    assert issue.id == "microframe.E011" and issue.level == ERROR, issue
+    assert f"/helloworld.Greeter/{method}" in issue.msg, issue.msg
+    qualname = "Greeter.say_hello" if name == "unbound_method" else "controller"
+    assert f"{PACKAGE}.sig_{name}.{qualname}" in issue.msg, issue.msg
+    assert f"{signature}" in issue.msg, issue.msg
+    line = code.splitlines().index(next(x for x in code.splitlines() if "def " in x)) + 7
+    assert f"sig_{name}.py:{line}" in issue.msg, issue.msg
+    shape = "(ctx, requests)" if method in ("LotsOfGreetings", "BidiHello") else "(ctx, request)"
+    assert shape in issue.msg and shape in issue.hint, (issue.msg, issue.hint)
+
+
+@pytest.mark.parametrize("name", [n for n, case in SIGNATURES.items() if case[2] is None])
+def test_controllers_that_take_ctx_and_request(clean, name):
+    assert issues(tags=[Tags.router], ROOT_ROUTER=f"{PACKAGE}.sig_{name}") == []
+
+
+def test_check_reports_a_controller_that_cannot_be_called(service_dir):
+    module = write_settings(service_dir, "bad_signature", CLEAN + f"""
+    ROOT_ROUTER = "{PACKAGE}.sig_request_only"
+    """)
+    result = run_check(service_dir, module)
+    assert result.returncode == 1, result.stdout
+    (e011,) = reported(result.stderr, "microframe.E011")
+    assert "/helloworld.Greeter/SayHello" in e011 and "(request)" in e011, e011
+    assert f"{service_dir / PACKAGE / 'sig_request_only.py'}:7" in e011, e011
 
 
 def test_empty_router_is_a_warning(clean):
@@ -791,6 +984,30 @@ def test_commands_run_the_checks_first(service_dir):
     assert result.stderr.startswith("SystemCheckError: ")
     assert "microframe.E005" in result.stderr and "Traceback" not in result.stderr
     assert "serving" not in (result.stdout + result.stderr).lower()
+
+
+def test_commands_report_where_the_router_import_failed(service_dir):
+    """check and runserver name the file and line of a controller's syntax error."""
+    module = write_settings(service_dir, "syntax_error", CLEAN + f"""
+    ROOT_ROUTER = "{PACKAGE}.syntax_router"
+    """)
+    where = f"{service_dir / PACKAGE / 'ctl_syntax.py'}:1"
+    result = run_check(service_dir, module)
+    assert result.returncode == 1
+    (e010,) = reported(result.stderr, "microframe.E010")
+    assert "SyntaxError: expected ':'" in e010 and where in e010, e010
+    assert "microframe.E004" not in result.stderr and "Traceback" not in result.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(service_dir)]))
+    for skip in ((), ("--skip-checks",)):
+        served = subprocess.run(
+            [sys.executable, "-m", "microframe", "runserver", "127.0.0.1:0", "--noreload",
+             "--metrics-port", "0", "--settings", module, *skip],
+            cwd=service_dir, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert served.returncode == 1, served.stdout
+        assert "SyntaxError: expected ':'" in served.stderr and where in served.stderr, served.stderr
+        assert "Traceback" not in served.stderr and "Set ROOT_ROUTER" not in served.stderr
 
 
 @pytest.mark.parametrize(

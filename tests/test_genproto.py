@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, base_env
+import pytest
+
+from conftest import ROOT, base_env, ruff_check
 
 ITEM = """syntax = "proto3";
 package shop;
@@ -269,3 +271,89 @@ def test_check_ignores_the_compilers_version_stamps_only(tmp_path):
     assert genproto(tmp_path, "--check").returncode == 0  # another grpcio-tools release, the same code
     item.write_text(stamped.replace("Item", "Itme", 1))
     assert genproto(tmp_path, "--check").returncode == 1
+
+
+USER_CONTROLLERS = {
+    # The user's module imports from microframe already: Unimplemented joins that import.
+    "from_microframe": (
+        '"""Orders: business code."""\n\n'
+        "from __future__ import annotations\n\n"
+        "import os\n\n"
+        "from microframe import NotFound\n"
+        "from microframe.core.context import RequestContext\n\n"
+        "from svc.generate.shop import item_pb2\n\n"
+        "Context = RequestContext\n\n\n"
+    ),
+    # Other third-party imports, none of microframe: it goes among them, in order.
+    "third_party": (
+        '"""Orders: business code."""\n\n'
+        "import os\n\n"
+        "import grpc\n"
+        "from google.protobuf import empty_pb2\n"
+        "from grpc import StatusCode\n\n"
+        "from svc.generate.shop import item_pb2\n\n"
+        "NotFound = LookupError\n"
+        "_UNUSED = (grpc, empty_pb2, StatusCode)\n\n\n"
+    ),
+    # Only the standard library and the service's own modules: a section of its own between.
+    "no_third_party": (
+        "from __future__ import annotations\n\n"
+        "import os\n\n"
+        "from svc.generate.shop import item_pb2\n\n"
+        "NotFound = LookupError\n\n\n"
+    ),
+}
+USER_FUNCTIONS = (
+    "async def get(ctx, request):\n"
+    "    return item_pb2.Item(id=os.sep)\n\n\n"
+    "async def watch(ctx, request):\n"
+    "    yield item_pb2.Item(id=request.id)\n\n\n"
+    "def upload(ctx, requests):\n"
+    "    raise NotFound(\"nothing to upload\")\n"
+)
+
+
+def implement_stubs(path: Path) -> str:
+    """Replace the raise of every stub genproto wrote in ``path`` with code of the user's."""
+    text = path.read_text()
+    implemented = re.sub(r'raise Unimplemented\("[^"]*"\)', "ctx.logger.info('served')", text)
+    assert implemented != text and "raise Unimplemented" not in implemented
+    path.write_text(implemented)
+    return implemented
+
+
+@pytest.mark.parametrize("imports", sorted(USER_CONTROLLERS))
+def test_stub_import_passes_the_lint_before_and_after_the_stub_is_written(tmp_path, imports):
+    """genproto adds its ``Unimplemented`` import to the module's imports at the top, where
+    ruff accepts it, and the module stays lint-clean once every stub is implemented."""
+    service = tmp_path / "svc"
+    service.mkdir()
+    (service / "__init__.py").write_text("")
+    write_protos(service)
+    (service / "controller").mkdir()
+    (service / "controller" / "__init__.py").write_text("")
+    user = USER_CONTROLLERS[imports] + USER_FUNCTIONS
+    controller = service / "controller" / "orders.py"
+    controller.write_text(user)
+    assert ruff_check(tmp_path, "svc/controller/orders.py").returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "microframe", "genproto", "--idl", "svc/idl",
+         "--out", "svc/generate", "--package", "svc"],
+        cwd=tmp_path, env=base_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    text = controller.read_text()
+    assert "async def chat(ctx, requests):" in text and "raise Unimplemented(" in text
+    assert text.count("Unimplemented") == 2, text  # imported once, at the top; raised once
+    body = text.split("\n\n\nasync def get(", 1)[0]
+    assert "Unimplemented" in body, text
+    assert text.replace("    Unimplemented,", "").count("noqa") <= 1
+    for module in ("orders", "admin"):  # the user's module, and one genproto wrote whole
+        path = f"svc/controller/{module}.py"
+        fresh = ruff_check(tmp_path, path)
+        assert fresh.returncode == 0, fresh.stdout + (tmp_path / path).read_text()
+        implement_stubs(tmp_path / path)
+        written = ruff_check(tmp_path, path)
+        assert written.returncode == 0, written.stdout + (tmp_path / path).read_text()
+    compiled = python_in(tmp_path, "import svc.app.router")
+    assert compiled.returncode == 0, compiled.stderr

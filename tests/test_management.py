@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +84,62 @@ def test_out_of_range_port_is_a_command_error(address):
     result = run("manage.py", "runserver", address, "--noreload", "--skip-checks")
     assert result.returncode == 1
     assert "out of range" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port that a listening socket holds for the test."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("where", "named", "fix"),
+    [
+        ("argument", "runserver's address argument",
+         'another port with runserver HOST:PORT or PORT (or set GRPC["PORT"] in '),
+        ("settings", 'GRPC["PORT"]',
+         'another port with runserver HOST:PORT or PORT (or set GRPC["PORT"] in '),
+    ],
+)
+def test_grpc_port_in_use_says_what_to_change(tmp_path: Path, taken_port: int, where, named, fix):
+    (tmp_path / "inuse").mkdir()
+    (tmp_path / "inuse" / "__init__.py").write_text("")
+    port = taken_port if where == "settings" else 50051
+    (tmp_path / "inuse" / "settings.py").write_text(
+        f"from example.settings import *\nGRPC = {{**GRPC, 'PORT': {port}}}\n"
+    )
+    address = [f"127.0.0.1:{taken_port}"] if where == "argument" else []
+    result = run("manage.py", "runserver", *address, "--noreload", "--metrics-port", "0",
+                 "--settings", "inuse.settings", "--pythonpath", str(tmp_path))
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    told = f"127.0.0.1:{taken_port} is already in use ({named}): stop what is using it, or serve"
+    assert f"{told} on {fix}" in result.stderr, result.stderr
+    assert str(tmp_path / "inuse" / "settings.py") in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "named"), [("flag", "--metrics-port"), ("settings", 'METRICS["PORT"]')]
+)
+def test_metrics_port_in_use_says_what_to_change(tmp_path: Path, taken_port: int, where, named):
+    (tmp_path / "inuse").mkdir()
+    (tmp_path / "inuse" / "__init__.py").write_text("")
+    port = taken_port if where == "settings" else 9464
+    (tmp_path / "inuse" / "settings.py").write_text(
+        f"from example.settings import *\nMETRICS = {{**METRICS, 'PORT': {port}}}\n"
+    )
+    flag = ["--metrics-port", str(taken_port)] if where == "flag" else []
+    result = run("manage.py", "runserver", "127.0.0.1:0", "--noreload", *flag,
+                 "--settings", "inuse.settings", "--pythonpath", str(tmp_path))
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    told = f"127.0.0.1:{taken_port} is already in use ({named}): stop what is using it, or serve "
+    fix = 'on another port with --metrics-port PORT (or set METRICS["PORT"] in '
+    assert told + fix in result.stderr, result.stderr
+    assert str(tmp_path / "inuse" / "settings.py") in result.stderr
 
 
 def test_call_command_from_code():

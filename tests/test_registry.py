@@ -324,6 +324,29 @@ def test_register_command(tmp_path):
                 proc.wait(5)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_register_watch_stops_cleanly_on_a_signal(tmp_path, sig):
+    """CONTROL-C (or SIGTERM) ends ``register --watch`` with status 0, like runserver, and
+    without a traceback (it used to end in "aclose(): asynchronous generator is already
+    running")."""
+    env = base_env(MICROFRAME_REGISTRY_DIR=str(tmp_path / "registry"))
+    watcher = subprocess.Popen(
+        [sys.executable, "manage.py", "register", "--watch", "hello"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline()  # bounded: the watch answers within --timeout (5 s)
+        assert "hello: 0 instance(s)" in first, first
+        watcher.send_signal(sig)
+        out, err = watcher.communicate(timeout=15)
+    finally:
+        watcher.kill()
+        watcher.wait(5)
+    assert watcher.returncode == 0, err
+    assert "Traceback" not in err and "Error" not in err, err
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,14 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+#: The services every microframe server serves besides its router's (GRPC["HEALTH"],
+#: GRPC["REFLECTION"]): called without an address, they are asked of this service.
+STANDARD_SERVICES = frozenset({
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+})
+
 
 class LocalService:
     """The current service (from the configured settings): its package, the proto services its
@@ -19,11 +27,14 @@ class LocalService:
     def __init__(self, *, load_router: bool = True) -> None:
         from google.protobuf import descriptor_pool
         from grpc_health.v1 import health_pb2  # noqa: F401 - registers grpc.health.v1.Health
+        from grpc_reflection.v1alpha import reflection_pb2  # noqa: F401 - and ServerReflection
 
         from microframe.conf import settings
 
         self.pool: Any = descriptor_pool.Default()
-        self.services: set[str] = {"grpc.health.v1.Health"}
+        self.services: set[str] = {
+            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+        }
         self.served: set[str] = set()
         self.routes: list[Any] = []
         module = getattr(settings, "SETTINGS_MODULE", None) or ""
@@ -42,14 +53,20 @@ class LocalService:
             self.services |= self.served
 
     def registry_name(self, full_service: str) -> str:
-        """This service's SERVICE_NAME when its router serves ``full_service``, else the proto
-        package (``orders`` for ``orders.Orders``), else the service's name in lower case."""
-        if full_service in self.served:
+        """This service's SERVICE_NAME when its router serves ``full_service`` or it is one of
+        the :data:`STANDARD_SERVICES` (health, reflection), else the proto package (``orders``
+        for ``orders.Orders``), else the service's name in lower case."""
+        if self.is_own(full_service):
             from microframe.conf import settings
 
             return str(settings.SERVICE_NAME)
         proto_package, _, name = full_service.rpartition(".")
         return proto_package or name.lower()
+
+    def is_own(self, full_service: str) -> bool:
+        """Tell whether this service serves ``full_service``: its router does, or it is one of
+        the :data:`STANDARD_SERVICES` every server has."""
+        return full_service in self.served or full_service in STANDARD_SERVICES
 
 
 def find_service(pool: Any, name: str, known: list[str]) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -120,16 +121,90 @@ def _flatten(items: Iterable[Any]) -> Iterable[Any]:
             yield item
 
 
+class RouterImportError(ImproperlyConfigured):
+    """The module ROOT_ROUTER names exists, but importing it, or a module it imports, raised.
+
+    ``error`` is what was raised; ``filename`` and ``lineno`` tell where: the line of a
+    SyntaxError, else the innermost line of the traceback that is the service's own code (not
+    the standard library, an installed package or microframe).
+    """
+
+    def __init__(self, path: str, error: BaseException) -> None:
+        self.path = path
+        self.error = error
+        self.filename, self.lineno = error_location(error)
+        if isinstance(error, SyntaxError) and error.msg:
+            text = f"SyntaxError: {error.msg}"
+        else:
+            text = f"{type(error).__name__}: {error}"
+        where = f" at {self.filename}:{self.lineno}" if self.filename else ""
+        super().__init__(f"Importing ROOT_ROUTER {path!r} raised {text}{where}.")
+
+    @property
+    def hint(self) -> str:
+        """What to do: fix the file where the error happened (ROOT_ROUTER itself is right)."""
+        where = f"{self.filename}, line {self.lineno}" if self.filename else "the module that raised"
+        return (
+            f"Fix {where}: the router module exists, but it, or a module it imports, raised "
+            f"while being imported. `python -c 'import {self.path}'` shows the whole traceback."
+        )
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """The directories of code that is not the service's: the standard library, installed
+    packages and microframe itself."""
+    import sysconfig
+    from pathlib import Path
+
+    paths = sysconfig.get_paths()
+    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    dirs.add(str(Path(__file__).resolve().parents[1]))
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
+
+
+def error_location(error: BaseException) -> tuple[str | None, int | None]:
+    """Return the file and line where ``error`` was raised in the service's own code.
+
+    A SyntaxError tells its own file and line. Otherwise: the innermost frame of the traceback
+    outside the standard library, installed packages, microframe and the import machinery
+    (``<frozen importlib._bootstrap>``); the innermost file when every frame is library code.
+    """
+    if isinstance(error, SyntaxError) and error.filename:
+        return error.filename, error.lineno
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")]
+    library = _library_dirs()
+    own = [f for f in frames if not os.path.realpath(f.filename).startswith(library)]
+    chosen = (own or frames)[-1:]
+    if not chosen:
+        return None, None
+    return chosen[0].filename, chosen[0].lineno
+
+
+def _names_missing_module(path: str, err: ModuleNotFoundError) -> bool:
+    """Tell whether ``err`` is about ``path`` itself or one of its packages (not about a
+    module that ``path``'s code imports)."""
+    return bool(err.name) and (path == err.name or path.startswith(f"{err.name}."))
+
+
 def get_router_module(path: str | None) -> ModuleType:
-    """Import the router module named by ``path`` (ROOT_ROUTER)."""
+    """Import the router module named by ``path`` (ROOT_ROUTER).
+
+    Raise ImproperlyConfigured when the module (or its package) does not exist, and
+    :class:`RouterImportError` when it exists but importing it, or a module it imports,
+    raised.
+    """
     if not path:
         raise ImproperlyConfigured("ROOT_ROUTER is not set: name the module holding `routes`.")
     try:
         return importlib.import_module(path)
     except ModuleNotFoundError as err:
-        if err.name and path.startswith(err.name):
+        if _names_missing_module(path, err):
             raise ImproperlyConfigured(f"ROOT_ROUTER {path!r} cannot be imported: {err}") from err
-        raise
+        raise RouterImportError(path, err) from err
+    except Exception as err:
+        raise RouterImportError(path, err) from err
 
 
 def load_routes(path: str | None) -> list[Route]:

@@ -7,9 +7,11 @@ one grpc method handler per method, registered with grpc's per-method lookup.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +38,29 @@ REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection",)
 #: Seconds before the end of the grace period at which the calls still running are cut (a
 #: tenth of the grace period when that is shorter), and that grpc waits after it.
 CUT_MARGIN = 1.0
+
+
+def address_in_use(host: str, port: int) -> bool:
+    """Tell whether another socket listens on ``host:port``, so that a server cannot bind it.
+
+    Every address ``host`` resolves to is tried as grpc binds it (``SO_REUSEADDR``: a port
+    whose last connections linger in TIME_WAIT is free). False when the host does not resolve
+    or binding fails for another reason: the server's own bind reports those.
+    """
+    try:
+        found = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    for family, kind, proto, _, sockaddr in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 @dataclass
@@ -277,11 +302,15 @@ class Server:
 
     async def start(self) -> int:
         """Bind, start serving, mark health SERVING; return the bound port."""
-        server = self.build()
         host = self.config.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address
         address = f"{host}:{self.config.port}"
+        port = self.config.port
+        if port and not self.config.reuse_port and address_in_use(host, port):
+            # Told before grpc tries (its own error names no cause, and logs a line of its own).
+            raise OSError(errno.EADDRINUSE, f"{address} is already in use")
+        server = self.build()
         try:
             if self.config.tls:
                 port = server.add_secure_port(address, _server_credentials(self.config.tls))

@@ -32,6 +32,7 @@ __all__ = [
     "RegistryUnavailable",
     "ServiceInstance",
     "build_registry",
+    "describe_registry",
     "get_registry",
 ]
 
@@ -60,6 +61,19 @@ def build_registry(backend: str | None = None, options: dict[str, Any] | None = 
         return cls(**kwargs)  # type: ignore[no-any-return]
     except TypeError as err:
         raise ImproperlyConfigured(f'REGISTRY["OPTIONS"] do not suit {path}: {err}') from err
+
+
+def describe_registry(registry: Any) -> str:
+    """Say which registry ``registry`` is, for messages: its backend, and the directory or the
+    endpoints it reads (``the file registry in /tmp/microframe-registry``)."""
+    backend = getattr(registry, "backend_name", type(registry).__name__)
+    directory = getattr(registry, "directory", None)
+    if directory is not None:
+        return f"the {backend} registry in {directory}"
+    endpoints = getattr(registry, "endpoints", None)
+    if isinstance(endpoints, (list, tuple)) and endpoints:
+        return f"the {backend} registry at {', '.join(map(str, endpoints))}"
+    return f"the {backend} registry"
 
 
 def get_registry() -> Registry:

@@ -1,6 +1,7 @@
 """Checks of the core settings: types and ranges, ports, TLS.
 
-- ``microframe.E001``: a setting has the wrong type or an out-of-range value.
+- ``microframe.E001``: a setting has the wrong type or an out-of-range value; ``GRPC`` or
+  ``METRICS`` has an unknown (misspelt) key.
 - ``microframe.E006``: a port is not an int in 0..65535.
 - ``microframe.E007``: the gRPC server and the metrics endpoint would bind the same port.
 - ``microframe.E008``: ``GRPC["TLS"]`` does not name existing CERT and KEY files.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from microframe.conf import settings
-from microframe.core.checks.messages import CheckMessage, Error, Warning
+from microframe.core.checks.messages import CheckMessage, Error, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
@@ -240,6 +241,17 @@ METRICS_RULES: list[Rule] = [
 ]
 
 
+def _known_keys(name: str, rules: list[Rule]) -> frozenset[str]:
+    """The keys of the dict setting ``name``: those of its default and those its rules check."""
+    from microframe.conf import global_settings
+
+    return frozenset(getattr(global_settings, name)) | {key for key, *_ in rules}
+
+
+GRPC_KEYS = _known_keys("GRPC", GRPC_RULES)
+METRICS_KEYS = _known_keys("METRICS", METRICS_RULES)
+
+
 def _apply_rules(prefix: str | None, values: dict[str, Any], rules: list[Rule]) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     for key, test, expected, hint in rules:
@@ -279,13 +291,15 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.settings, Tags.server)
 def check_grpc_settings(**kwargs: Any) -> list[CheckMessage]:
-    """Check GRPC: its keys' types (microframe.E001), its port (microframe.E006), uvloop (E009)."""
+    """Check GRPC: unknown keys and the known ones' types (microframe.E001), its port
+    (microframe.E006), uvloop (E009)."""
     grpc = getattr(settings, "GRPC", _missing)
     if grpc is _missing:
         return []
     if not isinstance(grpc, dict):
         return [wrong_setting("GRPC", "a dict", grpc)]
-    errors = _apply_rules("GRPC", grpc, GRPC_RULES)
+    errors = unknown_keys("GRPC", grpc, GRPC_KEYS, "microframe.E001")
+    errors.extend(_apply_rules("GRPC", grpc, GRPC_RULES))
     if "PORT" in grpc:
         errors.extend(_check_port('GRPC["PORT"]', grpc["PORT"]))
     if grpc.get("EVENT_LOOP") == "uvloop" and importlib.util.find_spec("uvloop") is None:
@@ -327,13 +341,15 @@ def _contradicting_limits(grpc: dict[str, Any]) -> list[CheckMessage]:
 
 @register(Tags.settings, Tags.metrics)
 def check_metrics_settings(**kwargs: Any) -> list[CheckMessage]:
-    """Check METRICS: its keys' types (microframe.E001) and its port (microframe.E006)."""
+    """Check METRICS: unknown keys and the known ones' types (microframe.E001), its port
+    (microframe.E006)."""
     metrics = getattr(settings, "METRICS", _missing)
     if metrics is _missing:
         return []
     if not isinstance(metrics, dict):
         return [wrong_setting("METRICS", "a dict", metrics)]
-    errors = _apply_rules("METRICS", metrics, METRICS_RULES)
+    errors = unknown_keys("METRICS", metrics, METRICS_KEYS, "microframe.E001")
+    errors.extend(_apply_rules("METRICS", metrics, METRICS_RULES))
     if "PORT" in metrics:
         errors.extend(_check_port('METRICS["PORT"]', metrics["PORT"]))
     return errors

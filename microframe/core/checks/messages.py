@@ -108,9 +108,22 @@ class Critical(CheckMessage):
 
 def unknown_keys(setting: str, config: dict, known: set[str] | frozenset[str], check_id: str) -> list[CheckMessage]:
     """An error naming the keys of the ``setting`` dict ``config`` that are not in ``known``
-    (none when there are none): a misspelt key would otherwise be ignored in silence."""
+    (none when there are none): a misspelt key would otherwise be ignored in silence. The hint
+    suggests the known key closest to each unknown one, when one is close."""
     unknown = sorted(str(k) for k in set(config) - set(known))
     if not unknown:
         return []
+    closest = {key: close_key(key, known) for key in unknown}
+    guesses = [f"{near!r} (not {key!r})" for key, near in closest.items() if near]
+    guess = f"Did you mean {', '.join(guesses)}? " if guesses else ""
     return [Error(f"{setting} has unknown keys: {', '.join(unknown)}.",
-                  hint=f"Known keys: {', '.join(sorted(known))}.", id=check_id)]
+                  hint=f"{guess}Known keys: {', '.join(sorted(known))}.", id=check_id)]
+
+
+def close_key(key: str, known: set[str] | frozenset[str]) -> str | None:
+    """Return the key of ``known`` closest to ``key`` (case aside), or None when none is close."""
+    import difflib
+
+    by_fold = {str(k).casefold(): str(k) for k in known}
+    found = difflib.get_close_matches(key.casefold(), list(by_fold), n=1, cutoff=0.6)
+    return by_fold[found[0]] if found else None

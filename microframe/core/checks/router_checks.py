@@ -1,13 +1,20 @@
 """Checks of ROOT_ROUTER and its routes.
 
-- ``microframe.E004``: ROOT_ROUTER is not set, cannot be imported, or has no ``routes``.
+- ``microframe.E004``: ROOT_ROUTER is not set, names a module that does not exist, or has no
+  ``routes``.
 - ``microframe.E005``: a route is broken: not a Route, a controller that is not callable, or
   a method routed twice.
+- ``microframe.E010``: ROOT_ROUTER's module exists, but importing it (or a module it imports)
+  raised: the error and the file and line where it happened.
+- ``microframe.E011``: a controller cannot be called as ``controller(ctx, request)``, as the
+  server calls it for every kind of RPC (its signature needs other arguments).
 - ``microframe.W004``: the router routes no method.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,7 +23,7 @@ from microframe.core.checks.core_checks import short_repr, wrong_setting
 from microframe.core.checks.messages import CheckMessage, Error, Warning
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.core.router import Route, get_router_module, load_routes
+from microframe.core.router import Route, RouterImportError, get_router_module, load_routes
 
 ROUTER_HINT = (
     "Set ROOT_ROUTER to the dotted path of the module holding `routes` (genproto writes it), "
@@ -36,6 +43,75 @@ def router_problem(problem: str) -> Error:
 def route_problem(problem: str) -> Error:
     """Return microframe.E005: one route of the router is broken."""
     return Error(problem, hint=ROUTE_HINT, id="microframe.E005")
+
+
+def _described(controller: Any) -> tuple[str, str | None]:
+    """Return the dotted name of ``controller`` and ``file:line`` where it is defined (None
+    when unknown): a function or method by its own name, a callable object by its class's."""
+    target = controller.func if isinstance(controller, functools.partial) else controller
+    target = inspect.unwrap(getattr(target, "__func__", target))
+    instance = not inspect.isroutine(target) and not inspect.isclass(target)
+    if instance:
+        target = type(target)
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+    code = getattr(target, "__code__", None)
+    if code is None and inspect.isclass(target):
+        call = target.__call__ if instance else getattr(target, "__init__", None)
+        code = getattr(inspect.unwrap(call), "__code__", None) if call is not None else None
+    if instance:
+        name = f"an instance of {name}"
+    return name, None if code is None else f"{code.co_filename}:{code.co_firstlineno}"
+
+
+def signature_problem(path: str, route: Route) -> Error | None:
+    """Return microframe.E011 when the controller of ``route`` cannot be called as the server
+    calls it, ``controller(ctx, request)`` (``(ctx, requests)``, an iterator of the request
+    messages, for client and bidirectional streams)."""
+    controller = route.controller
+    try:
+        signature = inspect.signature(controller)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to tell
+        return None
+    try:
+        signature.bind(object(), object())
+    except TypeError as err:
+        reason = str(err)
+    else:
+        return None
+    second = "requests" if route.kind.client_streaming else "request"
+    name, where = _described(controller)
+    at = f", defined at {where}," if where else ""
+    hint = (
+        f"The server calls every controller as controller(ctx, {second}), {CALL_SHAPES[second]}: "
+        f"define it as `async def {route_function(route)}(ctx, {second}):` (or `def`) and give "
+        "any further parameter a default."
+    )
+    qualname = str(getattr(inspect.unwrap(controller), "__qualname__", ""))
+    if next(iter(signature.parameters), None) == "self" and "." in qualname:
+        owner, method = qualname.rsplit(".", 1)
+        hint += (f" It is a method routed from its class: route the method of an instance, "
+                 f"{owner}().{method}, not {owner}.{method}.")
+    return Error(
+        f"Router {path!r}: the controller of {route.full_method}, {name}{at} cannot be called "
+        f"as (ctx, {second}): its signature is {signature} ({reason}). Every call would be "
+        "answered INTERNAL.",
+        hint=hint,
+        id="microframe.E011",
+    )
+
+
+CALL_SHAPES = {
+    "request": "the request context and the request message",
+    "requests": "the request context and an iterator of the request messages (async, or a "
+    "plain one for a `def` controller)",
+}
+
+
+def route_function(route: Route) -> str:
+    """The snake_case name genproto gives the controller of ``route``."""
+    import re
+
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", route.method).lower()
 
 
 def no_routes(path: str) -> Warning:
@@ -68,7 +144,8 @@ def loadable_routes() -> list[Route] | None:
 
 @register(Tags.router)
 def check_router(**kwargs: Any) -> list[CheckMessage]:
-    """Check that ROOT_ROUTER imports and its routes are sound (microframe.E004, E005, W004)."""
+    """Check that ROOT_ROUTER imports and its routes are sound (microframe.E004, E005, E010,
+    E011, W004)."""
     path = getattr(settings, "ROOT_ROUTER", None)
     if path is not None and not isinstance(path, str):
         return [wrong_setting("ROOT_ROUTER", "a dotted module path (str)", path, ROUTER_HINT)]
@@ -76,6 +153,8 @@ def check_router(**kwargs: Any) -> list[CheckMessage]:
         return [router_problem("ROOT_ROUTER is not set: name the module holding `routes`.")]
     try:
         module = get_router_module(path)
+    except RouterImportError as err:
+        return [Error(str(err), hint=err.hint, id="microframe.E010")]
     except ImproperlyConfigured as err:
         return [router_problem(str(err))]
     except Exception as err:
@@ -100,6 +179,10 @@ def check_router(**kwargs: Any) -> list[CheckMessage]:
                     f"{short_repr(entry.controller)}."
                 )
             )
+        else:
+            problem = signature_problem(path, entry)
+            if problem is not None:
+                errors.append(problem)
         if entry.full_method in seen:
             errors.append(route_problem(f"Router {path!r}: {entry.full_method} is routed twice."))
         seen.add(entry.full_method)

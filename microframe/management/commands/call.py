@@ -14,8 +14,9 @@ from the server's reflection service.
 
 The call goes through the client library: discovery and the client chain (deadline, metrics,
 breaker, balancer, retry) under the registry name given by ``--service`` (default: this
-service's ``SERVICE_NAME`` when its router serves the method, else the proto package), or
-straight to ``--address HOST:PORT``. The request is one JSON object, or a JSON array of them for a
+service's ``SERVICE_NAME`` when its router serves the method or for health and reflection,
+else the proto package), or straight to ``--address HOST:PORT``; when discovery knows no
+instance the command says how to fix it instead of calling. The request is one JSON object, or a JSON array of them for a
 client-streaming method; ``-`` reads it from stdin and ``@file`` from a file. Every reply is
 printed as protobuf JSON as it arrives. A failed call prints ``ERROR: <CODE>: <message>`` on
 stderr and exits with 64 + the numeric status code (as grpcurl does).
@@ -204,8 +205,10 @@ class Command(BaseCommand):
         registry_name = options["service"]
         if options["reflection"]:
             if address is None:
+                given = registry_name is not None
                 registry_name = registry_name or local.registry_name(service_name)
-                address = await _discover_one(registry_name)
+                found = await _instances(registry_name, local, service_name, given)
+                address = str(found[0].address)
             if tls is None:  # the client's own TLS options, as the call itself will use them
                 from microframe.client import ClientOptions
 
@@ -224,7 +227,10 @@ class Command(BaseCommand):
                 f"{service.full_name} has no method {method_name!r}; its methods: "
                 f"{', '.join(service.methods_by_name)}."
             )
+        given = registry_name is not None
         registry_name = registry_name or local.registry_name(service.full_name)
+        if address is None:  # say how to fix it rather than answer UNAVAILABLE
+            await _instances(registry_name, local, service.full_name, given)
         request_class, reply_class = message_class(method.input_type), message_class(method.output_type)
         try:
             requests = parse_requests(request_json, request_class, method.client_streaming)
@@ -288,18 +294,51 @@ def _find(pool: Any, name: str, known: list[str]) -> Any:
         ) from None
 
 
-async def _discover_one(registry_name: str) -> str:
-    """The address of one instance of ``registry_name``, from discovery."""
-    from microframe.contrib.registry import RegistryError
+async def _instances(
+    registry_name: str, local: LocalService, full_service: str, given: bool
+) -> list[Any]:
+    """The instances of ``registry_name`` that discovery knows; a CommandError saying how to
+    fix it (which registry was searched, --address, starting or registering the service) when
+    there are none or the registry cannot say. ``given``: the name came from --service."""
+    from microframe.contrib.registry import RegistryError, describe_registry
     from microframe.contrib.registry.cache import get_discovery_cache
 
     try:
-        instances = await get_discovery_cache().instances(registry_name)
+        cache = get_discovery_cache()
+        where = describe_registry(cache.registry)
+        instances = await cache.instances(registry_name)
     except (RegistryError, ImproperlyConfigured) as err:
-        raise CommandError(f"Cannot discover {registry_name!r}: {err}. Give --address.") from None
+        fix = _how_to_fix(registry_name, local, full_service, given)
+        raise CommandError(f"Cannot discover {registry_name!r}: {err}. {fix}") from None
     if not instances:
-        raise CommandError(f"No instance of {registry_name!r} is registered: name it with --service or give --address.")
-    return str(instances[0].address)
+        raise CommandError(
+            f"No instance of {registry_name!r} is registered in {where}. "
+            + _how_to_fix(registry_name, local, full_service, given)
+        )
+    return list(instances)
+
+
+def _how_to_fix(registry_name: str, local: LocalService, full_service: str, given: bool) -> str:
+    """What to do when discovery finds no instance of ``registry_name``."""
+    from microframe.conf import settings
+
+    if given:
+        whose = f"{registry_name!r} is the name given with --service"
+    elif local.is_own(full_service) and not getattr(settings, "SETTINGS_MODULE", None):
+        whose = (f"no service's settings are in force, so {full_service} is looked for under the "
+                 f"default SERVICE_NAME {registry_name!r}: run python manage.py call from the "
+                 "service's directory, or give --settings or --service")
+    elif local.is_own(full_service):
+        whose = (f"{registry_name!r} is this service's SERVICE_NAME, which serves {full_service}; "
+                 f"its settings serve it on {settings.GRPC['HOST']}:{settings.GRPC['PORT']}")
+    else:
+        whose = (f"{registry_name!r} is the proto package of {full_service}: if the service is "
+                 "registered under another name, give it with --service NAME")
+    return (
+        f"({whose}.) Call a server directly with --address HOST:PORT, or start the service "
+        "(python manage.py runserver registers it while it serves), or register a running one "
+        "(python manage.py register HOST:PORT), with the same REGISTRY settings."
+    )
 
 
 def _describe(err: BaseException) -> str:

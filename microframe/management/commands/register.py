@@ -99,6 +99,7 @@ class Command(BaseCommand):
         previous: dict[str, Any] | None = None
         stream = registry.watch(service)
         first = True
+        nxt: asyncio.Future[Any] | None = None
         try:
             while not stop.is_set():
                 nxt = asyncio.ensure_future(stream.__anext__())
@@ -108,7 +109,7 @@ class Command(BaseCommand):
                 )
                 stopper.cancel()
                 if nxt not in done:
-                    nxt.cancel()
+                    await _cancel_and_wait(nxt)
                     if first and not stop.is_set():
                         raise RegistryUnavailable(f"The registry did not answer within {timeout} s.")
                     break
@@ -134,6 +135,10 @@ class Command(BaseCommand):
                 self.stdout.flush()
                 previous = current
         finally:
+            # The generator cannot be closed while a step of it still runs in a task: end that
+            # step first (cancelling it ends the generator too), then close it.
+            if nxt is not None and not nxt.done():
+                await _cancel_and_wait(nxt)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -182,3 +187,11 @@ class Command(BaseCommand):
         meta = " ".join(f"{k}={v}" for k, v in sorted(instance.metadata.items()))
         version = f" version={instance.version}" if instance.version else ""
         return f"{instance.name} {instance.id} {instance.address} weight={instance.weight}{version} {meta}".rstrip()
+
+
+async def _cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, whatever it ended with."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: a step that failed as it was cancelled is not reported

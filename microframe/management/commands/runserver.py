@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import shutil
@@ -97,11 +98,13 @@ class Command(BaseCommand):
             addrport = os.environ[WORKER_ADDR_ENV]
         host, port = parse_addrport(addrport) if addrport else (None, None)
         host = host or settings.GRPC["HOST"]
+        self.port_given = port is not None
         port = settings.GRPC["PORT"] if port is None else port
         workers = options["workers"]
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
         metrics_port = options["metrics_port"]
+        self.metrics_port_given = metrics_port is not None
         if metrics_port is None:
             metrics_port = settings.METRICS["PORT"]
         if not 0 <= metrics_port <= 65535:
@@ -118,7 +121,7 @@ class Command(BaseCommand):
 
     def run_worker(self, host: str, port: int, metrics_port: int) -> None:
         from microframe.conf import settings
-        from microframe.core.router import load_routes
+        from microframe.core.router import RouterImportError, load_routes
         from microframe.core.server import Server, ServerConfig
 
         in_pool = bool(os.environ.get(WORKER_ID_ENV))
@@ -127,7 +130,10 @@ class Command(BaseCommand):
             die_with_parent(int(parent) if parent and parent.isdigit() else None)
         elif os.environ.get(RUN_MAIN_ENV):
             die_with_parent(os.getppid())  # the reloader's child
-        routes = load_routes(settings.ROOT_ROUTER)
+        try:
+            routes = load_routes(settings.ROOT_ROUTER)
+        except RouterImportError as err:  # with --skip-checks: what microframe.E010 says
+            raise CommandError(f"{err}\n\tHINT: {err.hint}") from err
         config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
         server = Server(routes, middleware=settings.MIDDLEWARE, config=config)
         metrics = None
@@ -157,10 +163,32 @@ class Command(BaseCommand):
                 runner.run(serve())
             del registration
         except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise CommandError(self.in_use(config.host, port, metrics=False)) from err
             raise CommandError(str(err)) from err
         finally:
             if metrics is not None:
                 metrics.close()
+
+    def in_use(self, host: str, port: int, *, metrics: bool) -> str:
+        """The message for ``host:port`` already in use: the setting or the option it came
+        from, and how to serve elsewhere."""
+        from microframe.contrib.registry.instance import format_address
+        from microframe.core.checks.core_checks import settings_location
+
+        where = settings_location()
+        if metrics:
+            given = getattr(self, "metrics_port_given", False)
+            named = "--metrics-port" if given else 'METRICS["PORT"]'
+            fix = f'--metrics-port PORT (or set METRICS["PORT"] in {where})'
+        else:
+            given = getattr(self, "port_given", False)
+            named = "runserver's address argument" if given else 'GRPC["PORT"]'
+            fix = f'runserver HOST:PORT or PORT (or set GRPC["PORT"] in {where})'
+        return (
+            f"{format_address(host, port)} is already in use ({named}): stop what is using it, "
+            f"or serve on another port with {fix}."
+        )
 
     def start_metrics(self, host: str, port: int, multiprocess_dir: str | None = None) -> Any:
         from microframe.conf import settings
@@ -171,13 +199,18 @@ class Command(BaseCommand):
                 host, port, labels=settings.METRICS.get("LABELS") or {}, multiprocess_dir=multiprocess_dir
             )
         except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise CommandError(self.in_use(host, port, metrics=True)) from err
             raise CommandError(f"Cannot serve metrics on {host}:{port}: {err}") from err
 
     # -- N workers -----------------------------------------------------------------------------
 
     def run_supervisor(self, host: str, port: int, workers: int, metrics_port: int) -> None:
         from microframe.conf import settings
+        from microframe.core.server import address_in_use
 
+        if port and address_in_use(host, port):  # every worker would fail to bind it
+            raise CommandError(self.in_use(host, port, metrics=False))
         reserved = None
         if port == 0:
             # Every worker must bind the same port: pick it once and hold it (bound, not
