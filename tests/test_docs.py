@@ -54,6 +54,9 @@ def test_mkdocs_build_is_clean(tmp_path):
             / ("index.html" if page == "index.md" else page[: -len(".md")] + "/index.html")
         )
         assert built.is_file(), f"{page} was not built ({built})"
+    # mkdocs copies every file of docs/ that is not a page into the site: scripts live elsewhere.
+    scripts = sorted(str(p.relative_to(tmp_path / "site")) for p in (tmp_path / "site").rglob("*.py"))
+    assert not scripts, f"Python files copied into the site: {scripts}"
 
 
 def _code_blocks(markdown: str, lang: str = "sh") -> list[list[str]]:
