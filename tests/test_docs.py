@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,55 @@ def test_mkdocs_build_is_clean(tmp_path):
             / ("index.html" if page == "index.md" else page[: -len(".md")] + "/index.html")
         )
         assert built.is_file(), f"{page} was not built ({built})"
+    site = tmp_path / "site"
     # mkdocs copies every file of docs/ that is not a page into the site: scripts live elsewhere.
-    scripts = sorted(str(p.relative_to(tmp_path / "site")) for p in (tmp_path / "site").rglob("*.py"))
+    scripts = sorted(str(p.relative_to(site)) for p in site.rglob("*.py"))
     assert not scripts, f"Python files copied into the site: {scripts}"
+
+    # Offline: no page loads a script, a stylesheet, an image or a font from another host...
+    external = {
+        f"{html.relative_to(site)}: <{tag} {url}>"
+        for html in site.rglob("*.html")
+        for tag, url in _loaded_urls(html.read_text(encoding="utf-8"))
+        if re.match(r"(https?:)?//", url)
+    }
+    # ... nor does a stylesheet.
+    external |= {
+        f"{css.relative_to(site)}: {ref}"
+        for css in site.rglob("*.css")
+        for ref in re.findall(r"@import[^;]*|url\(\s*['\"]?(?:https?:)?//[^)]*\)", css.read_text("utf-8"))
+    }
+    assert not external, "the site loads from other hosts:\n" + "\n".join(sorted(external))
+
+    # ... and its code is highlighted all the same, when the site is built (Pygments' classes).
+    tutorial = (site / "intro" / "tutorial" / "index.html").read_text(encoding="utf-8")
+    assert '<div class="codehilite">' in tutorial
+    assert '<span class="kn">import</span>' in tutorial, "Python blocks are not highlighted"
+    assert 'python<span class="w"> </span>manage.py' in tutorial, "sh blocks are not highlighted"
+    assert ".codehilite .kn {" in (site / "css" / "pygments.css").read_text(encoding="utf-8")
+    assert 'href="../../css/pygments.css"' in tutorial, "the page does not load the highlighting styles"
+
+
+class _LoadedUrls(HTMLParser):
+    """The URLs a page loads by itself (not the links a reader may follow)."""
+
+    LOADS = {"script": "src", "img": "src", "iframe": "src", "source": "src", "link": "href"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        wanted = self.LOADS.get(tag)
+        for name, value in attrs:
+            if name == wanted and value:
+                self.urls.append((tag, value))
+
+
+def _loaded_urls(html: str) -> list[tuple[str, str]]:
+    parser = _LoadedUrls()
+    parser.feed(html)
+    return parser.urls
 
 
 def _code_blocks(markdown: str, lang: str = "sh") -> list[list[str]]:
