@@ -7,7 +7,7 @@ figure is exact and the same on every machine. Every limiter allows 100 calls pe
 ``SlidingWindow(100, 1)``); the input is 60 calls per second with two bursts at 400. The SVG is
 written by hand (a few polylines) to keep the docs free of a plotting dependency.
 
-    python docs/limiter_plot.py
+    python bench/limiter_plot.py
 """
 
 from __future__ import annotations
