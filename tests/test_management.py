@@ -149,3 +149,21 @@ def test_call_command_from_code():
         call_command("nosuchcommand")
     with pytest.raises(TypeError, match="Unknown option"):
         call_command("diffsettings", nosuchoption=True)
+
+
+@pytest.mark.parametrize("busy", ["grpc", "metrics"])
+def test_a_port_in_use_stops_runserver_under_the_reloader_too(tmp_path: Path, taken_port: int, busy):
+    """DEBUG on (a new service's default): the reloader would keep restarting a child that
+    cannot bind; runserver refuses before it starts, with the same message and status 1."""
+    (tmp_path / "inuse").mkdir()
+    (tmp_path / "inuse" / "__init__.py").write_text("")
+    grpc_port, metrics_port = (taken_port, 0) if busy == "grpc" else (0, taken_port)
+    (tmp_path / "inuse" / "settings.py").write_text(
+        "from example.settings import *\nDEBUG = True\n"
+        f"GRPC = {{**GRPC, 'PORT': {grpc_port}}}\nMETRICS = {{**METRICS, 'PORT': {metrics_port}}}\n"
+    )
+    result = run("manage.py", "runserver", "--settings", "inuse.settings", "--pythonpath", str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    setting = 'GRPC["PORT"]' if busy == "grpc" else 'METRICS["PORT"]'
+    assert f"127.0.0.1:{taken_port} is already in use ({setting})" in result.stderr, result.stderr
+    assert "Watching" not in result.stdout and "Traceback" not in result.stderr

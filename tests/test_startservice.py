@@ -296,3 +296,20 @@ def test_the_template_pins_the_framework_that_renders_it() -> None:
     assert "=={{ cookiecutter.microframe_version }}" in (
         TEMPLATE / "{{cookiecutter.python_package}}" / "requirements.txt"
     ).read_text()
+
+
+def test_a_renamed_controller_is_reported_with_the_controller_to_fix(tmp_path: Path) -> None:
+    """app/router.py is generated: the hint names the controller module and genproto, never the
+    router (which says DO NOT EDIT)."""
+    service = start_service(tmp_path, "shelf")
+    env = user_env(tmp_path)
+    controller = service / "controller" / "shelf.py"
+    controller.write_text(controller.read_text().replace("async def say_hello(", "async def say_hi("))
+    checked = run(service, "manage.py", "check", env=env)
+    assert checked.returncode == 1 and "microframe.E010" in checked.stderr, checked.stderr
+    assert "has no attribute 'say_hello'" in checked.stderr
+    assert f"Define say_hello() in {controller} again" in checked.stderr
+    assert "python manage.py genproto" in checked.stderr and "Fix " not in checked.stderr
+    stubbed = run(service, "manage.py", "genproto", env=env)
+    assert stubbed.returncode == 0 and "async def say_hello(ctx, request):" in controller.read_text()
+    assert "no issues" in run(service, "manage.py", "check", env=env).stdout

@@ -112,6 +112,9 @@ class Command(BaseCommand):
 
         if options["use_reloader"] and settings.DEBUG and not os.environ.get(RUN_MAIN_ENV) \
                 and not os.environ.get(WORKER_ID_ENV):
+            # The reloader would restart a child that cannot bind, and keep watching: refuse
+            # here, where the status reaches the shell.
+            self.refuse_ports_in_use(host, port, metrics_port)
             return self.run_with_reloader()
         if workers > 1 and not os.environ.get(WORKER_ID_ENV):
             return self.run_supervisor(host, port, workers, metrics_port)
@@ -190,6 +193,18 @@ class Command(BaseCommand):
             f"or serve on another port with {fix}."
         )
 
+    def refuse_ports_in_use(self, host: str, port: int, metrics_port: int) -> None:
+        """Raise CommandError (:meth:`in_use`) when the gRPC port, or the metrics port when
+        metrics are served, is taken (port 0 is never taken: a free one is chosen)."""
+        from microframe.conf import settings
+        from microframe.core.server import address_in_use
+
+        if port and address_in_use(host, port):
+            raise CommandError(self.in_use(host, port, metrics=False))
+        metrics_host = settings.METRICS["HOST"]
+        if settings.METRICS["ENABLED"] and metrics_port and address_in_use(metrics_host, metrics_port):
+            raise CommandError(self.in_use(metrics_host, metrics_port, metrics=True))
+
     def start_metrics(self, host: str, port: int, multiprocess_dir: str | None = None) -> Any:
         from microframe.conf import settings
         from microframe.contrib.metrics.exposition import start_http_server
@@ -207,10 +222,8 @@ class Command(BaseCommand):
 
     def run_supervisor(self, host: str, port: int, workers: int, metrics_port: int) -> None:
         from microframe.conf import settings
-        from microframe.core.server import address_in_use
 
-        if port and address_in_use(host, port):  # every worker would fail to bind it
-            raise CommandError(self.in_use(host, port, metrics=False))
+        self.refuse_ports_in_use(host, port, metrics_port)  # every worker would fail to bind
         reserved = None
         if port == 0:
             # Every worker must bind the same port: pick it once and hold it (bound, not
