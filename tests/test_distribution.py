@@ -99,15 +99,18 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _clean_venv(venv_dir: Path) -> dict[str, str]:
+    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(venv_dir)
+    return _user_env(venv_dir)
+
+
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory, dist: Path) -> tuple[Path, dict[str, str]]:
-    """A clean virtual environment with the wheel installed (its dependencies from the index),
-    and a working directory outside any checkout."""
+    """A developer's clean virtual environment where ``pip install microframe-grpc`` found the
+    wheel (its dependencies from the index), and a working directory outside any checkout."""
     home = tmp_path_factory.mktemp("user")
-    venv_dir = home / "venv"
-    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(venv_dir)
-    env = _user_env(venv_dir)
-    _run(["pip", "install", "-q", "--find-links", dist, f"microframe-grpc=={VERSION}"], home, env, 600)
+    env = _clean_venv(home / "venv")
+    _run(["pip", "install", "-q", "--find-links", dist, "microframe-grpc"], home, env, 600)
     return home, env
 
 
@@ -160,15 +163,25 @@ def test_a_service_made_from_the_wheel_installs_tests_and_starts_as_its_dockerfi
     assert f"Created the service 'shop' in {service}" in made
     requirements = (service / "requirements.txt").read_text()
     assert f"microframe-grpc[etcd,tracing,gateway]=={VERSION}" in requirements
+    # Nothing compiled from the installed template (pip compiles it) came along.
+    assert not list(service.rglob("*.pyc")), list(service.rglob("*.pyc"))
 
-    # The Dockerfile's steps: its requirements (the wheel directory standing in for the index),
-    # genproto --check; then the developer's: check and the service's own tests.
+    # The developer: the service's development requirements, check, its own tests.
     _run(["pip", "install", "-q", "--find-links", dist, "-r", "requirements-dev.txt"], service, env, 600)
-    _run(["python", "manage.py", "genproto", "--check"], service, env)
     assert "no issues" in _run(["python", "manage.py", "check"], service, env)
     assert "no issues" in _run(["python", "manage.py", "check"], service, {**env, "MICROFRAME_ENV": "product"})
     tested = _run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"], service, env)
     assert re.search(r"\b3 passed\b", tested), tested
+
+    # The image, as the Dockerfile builds it: a Python with nothing installed, then
+    # `pip install -r requirements.txt` (the wheel directory standing in for the index: the pin
+    # must find the wheel) and `genproto --check`.
+    image = _clean_venv(home / "image")
+    _run(["pip", "install", "-q", "--find-links", dist, "-r", "requirements.txt"], service, image, 600)
+    shown = _run(["python", "-c", "import microframe; print(microframe.__file__)"], service, image)
+    assert Path(shown.strip()).is_relative_to(home / "image"), shown
+    _run(["python", "manage.py", "genproto", "--check"], service, image)
+    env = image
 
     # CMD ["sh", "scripts/start.sh"]: the product overlay, registered in etcd; the site's own
     # overlay (a file the deployment adds to conf/product/) names this etcd and free ports.
@@ -187,12 +200,13 @@ def test_a_service_made_from_the_wheel_installs_tests_and_starts_as_its_dockerfi
         )
     try:
         def serving() -> bool:
+            """The Dockerfile's HEALTHCHECK."""
             assert started.poll() is None, log.read_text()
-            answer = _run([
+            answer = subprocess.run([
                 "python", "manage.py", "call", "grpc.health.v1.Health/Check",
                 "--address", f"127.0.0.1:{port}", "--timeout", "2",
-            ], service, env) if _listening(port) else ""
-            return '"SERVING"' in answer
+            ], cwd=service, env=env, capture_output=True, text=True, timeout=30)
+            return answer.returncode == 0 and '"SERVING"' in answer.stdout
 
         wait_until(serving, 60, "the service started by scripts/start.sh to serve")
         # Found through etcd, as its callers find it.
@@ -213,10 +227,3 @@ def test_a_service_made_from_the_wheel_installs_tests_and_starts_as_its_dockerfi
             started.wait(10)
         etcd.close()
 
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
