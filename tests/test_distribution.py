@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 import microframe
+
 from conftest import free_port, wait_until
 from etcd_cluster import EtcdCluster
 

@@ -357,3 +357,13 @@ def test_stub_import_passes_the_lint_before_and_after_the_stub_is_written(tmp_pa
         assert written.returncode == 0, written.stdout + (tmp_path / path).read_text()
     compiled = python_in(tmp_path, "import svc.app.router")
     assert compiled.returncode == 0, compiled.stderr
+
+
+def test_the_stub_import_beside_a_star_import_compiles():
+    from microframe.management.commands.genproto import with_unimplemented_import
+
+    module = '"""Doc."""\n\nfrom microframe import *\n\nfrom shop.generate.x_pb2 import A\n'
+    written = with_unimplemented_import(module, "shop")
+    compile(written, "controller.py", "exec")
+    assert "from microframe import *\n" in written
+    assert written.count("from microframe import Unimplemented") == 1

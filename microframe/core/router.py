@@ -156,7 +156,9 @@ class RouterImportError(ImproperlyConfigured):
                 f"its controller function. {restore}, or run `python manage.py genproto`, which "
                 "writes a stub for every RPC whose controller function is missing."
             )
-        where = f"{self.filename}, line {self.lineno}" if self.filename else "the module that raised"
+        where = (
+            f"{self.filename}, line {self.lineno}" if self.filename else "the module that raised"
+        )
         return (
             f"Fix {where}: the router module exists, but it, or a module it imports, raised "
             f"while being imported. `python -c 'import {self.path}'` shows the whole traceback."
@@ -195,7 +197,9 @@ def error_location(error: BaseException) -> tuple[str | None, int | None]:
         return error.filename, error.lineno
     import traceback
 
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")]
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")
+    ]
     library = _library_dirs()
     own = [f for f in frames if not os.path.realpath(f.filename).startswith(library)]
     chosen = (own or frames)[-1:]

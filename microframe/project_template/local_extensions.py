@@ -4,7 +4,7 @@
 from cookiecutter.utils import simple_filter
 
 try:
-    from microframe.management.commands.genproto import snake as _snake
+    from microframe.utils.names import snake as _snake
     from microframe.management.commands.startservice import service_ports
 except ImportError:  # cookiecutter run from an environment without microframe
     import re

@@ -112,7 +112,9 @@ class RedisLimiter:
             from redis.backoff import NoBackoff
             from redis.exceptions import ConnectionError as RedisConnectionError
         except ImportError as err:  # pragma: no cover - the checks report it first
-            raise RuntimeError(f'RedisLimiter needs the redis package: pip install "microframe-grpc[redis]" ({err})') from err
+            raise RuntimeError(
+                f'RedisLimiter needs the redis package: pip install "microframe-grpc[redis]" ({err})'
+            ) from err
         # One immediate retry on a new connection (a connection left over from before a Redis
         # restart fails once), no backoff: a dead Redis must cost a call one timeout at most.
         client = aioredis.Redis.from_url(

@@ -65,7 +65,7 @@ def build_registry(backend: str | None = None, options: dict[str, Any] | None = 
 
 def describe_registry(registry: Any) -> str:
     """Say which registry ``registry`` is, for messages: its backend, and the directory or the
-    endpoints it reads (``the file registry in /tmp/microframe-registry``)."""
+    endpoints it reads (``the file registry in /tmp/microframe-registry/shop-1a2b3c4d``)."""
     backend = getattr(registry, "backend_name", type(registry).__name__)
     directory = getattr(registry, "directory", None)
     if directory is not None:

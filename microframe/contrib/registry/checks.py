@@ -74,7 +74,8 @@ def check_registry_settings(**kwargs: Any) -> list[CheckMessage]:
     try:
         import_string(backend)
     except ImportError as err:
-        hint = "Install the etcd extra: pip install 'microframe-grpc[etcd]'." if "etcd" in backend else (
+        etcd_hint = "Install the etcd extra: pip install 'microframe-grpc[etcd]'."
+        hint = etcd_hint if "etcd" in backend else (
             "Check the spelling of the dotted path."
         )
         return [Error(f'REGISTRY["BACKEND"] {backend!r} cannot be imported: {err}', hint=hint, id="registry.E001")]

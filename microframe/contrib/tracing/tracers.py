@@ -235,7 +235,8 @@ def jaeger_tracing(service_name: str, options: Mapping[str, Any]) -> JaegerTraci
         from jaeger_client import Config
     except ImportError as err:
         raise ImproperlyConfigured(
-            f'TRACING["BACKEND"] = "jaeger" needs jaeger-client: pip install "microframe-grpc[tracing]" ({err}).'
+            f'TRACING["BACKEND"] = "jaeger" needs jaeger-client: '
+            f'pip install "microframe-grpc[tracing]" ({err}).'
         ) from err
     kind, param = check_sampler(options["SAMPLER"])
     reporter = options["REPORTER"]

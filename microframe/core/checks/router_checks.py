@@ -109,9 +109,9 @@ CALL_SHAPES = {
 
 def route_function(route: Route) -> str:
     """The snake_case name genproto gives the controller of ``route``."""
-    import re
+    from microframe.utils.names import snake
 
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", route.method).lower()
+    return snake(route.method)
 
 
 def no_routes(path: str) -> Warning:

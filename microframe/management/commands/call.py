@@ -16,8 +16,8 @@ The call goes through the client library: discovery and the client chain (deadli
 breaker, balancer, retry) under the registry name given by ``--service`` (default: this
 service's ``SERVICE_NAME`` when its router serves the method or for health and reflection,
 else the proto package), or straight to ``--address HOST:PORT``; when discovery knows no
-instance the command says how to fix it instead of calling. The request is one JSON object, or a JSON array of them for a
-client-streaming method; ``-`` reads it from stdin and ``@file`` from a file. Every reply is
+instance the command says how to fix it instead of calling. The request is one JSON object, or
+a JSON array of them for a client-streaming method; ``-`` reads it from stdin and ``@file`` from a file. Every reply is
 printed as protobuf JSON as it arrives. A failed call prints ``ERROR: <CODE>: <message>`` on
 stderr and exits with 64 + the numeric status code (as grpcurl does).
 """

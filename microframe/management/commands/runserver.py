@@ -202,7 +202,8 @@ class Command(BaseCommand):
         if port and address_in_use(host, port):
             raise CommandError(self.in_use(host, port, metrics=False))
         metrics_host = settings.METRICS["HOST"]
-        if settings.METRICS["ENABLED"] and metrics_port and address_in_use(metrics_host, metrics_port):
+        metrics = settings.METRICS["ENABLED"] and metrics_port
+        if metrics and address_in_use(metrics_host, metrics_port):
             raise CommandError(self.in_use(metrics_host, metrics_port, metrics=True))
 
     def start_metrics(self, host: str, port: int, multiprocess_dir: str | None = None) -> Any:

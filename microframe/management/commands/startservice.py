@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import keyword
-import socket
 import zlib
 from pathlib import Path
 from typing import Any
@@ -52,13 +51,10 @@ FIRST_PORT = 20000
 PORT_PAIRS = 5000
 
 
-def _free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+def _free(port: int) -> bool:
+    from microframe.core.server import address_in_use
+
+    return not address_in_use("127.0.0.1", port)
 
 
 def service_ports(name: str, is_free: Any = _free) -> tuple[int, int]:
@@ -70,7 +66,9 @@ def service_ports(name: str, is_free: Any = _free) -> tuple[int, int]:
         port = FIRST_PORT + 2 * ((first + step) % PORT_PAIRS)
         if is_free(port) and is_free(port + 1):
             return port, port + 1
-    raise CommandError("No free pair of ports: give the service its own with --port and --metrics-port.")
+    raise CommandError(
+        "No free pair of ports: give the service its own with --port and --metrics-port."
+    )
 
 
 def target_directory(name: str, directory: str | None) -> Path:
