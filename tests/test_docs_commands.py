@@ -6,6 +6,13 @@ what a reader of the page does, in the page's order: it runs every sample's comm
 compares what they print with what the page shows. A text block may not start with a
 ``$ command`` line: such a sample is written as a sh block and its text block.
 
+Output that is not checked is marked: within a section (from a heading to the next), every text
+block that comes after a sh block, whatever lies between (prose, other blocks), must be a
+sample's output (right after its sh block) or be marked ``<!-- not-run: REASON -->``; the
+structure test flags the others (``unrun_outputs``). Text blocks of a section with no sh block
+before them (diagrams, trees, synopses) are free; a log excerpt of a service that the page does
+not run (production, a crash) is marked too, so that what it claims to be is said.
+
 Where the commands run:
 
 - in a fresh directory per page: a copy of the repository's example service (``example/``,
@@ -35,8 +42,9 @@ How:
 Markers: HTML comments (the site does not show them) on the lines right before a block; a
 comment right before a block that is none of these is refused (a misspelt marker):
 
-- ``<!-- not-run: REASON -->``: the next sample is not run; for the few that need what this test
-  has not (etcd...);
+- ``<!-- not-run: REASON -->``: before a sample, the sample is not run; for the few that need
+  what this test has not (etcd...); before a text block that is no sample's output, the text is
+  shown as not run, for REASON (a production log, what a server prints after a file changed);
 - ``<!-- write-file: PATH -->``, ``<!-- append-file: PATH -->``: the next code block is written
   to, or appended to, PATH (from the current directory), as the page tells the reader to do;
 - ``<!-- stop-servers -->``: the servers started so far are stopped, as the page tells the reader.
@@ -45,8 +53,12 @@ Comparison: the lines shown are the lines the commands wrote to their standard o
 each stream in its order, interleaved as a terminal may show them (a server's log lines come from
 a writer thread, so they have no fixed place among its stdout lines). A shown line ``...`` stands
 for any number of lines. Trailing blanks are ignored, and on both sides ``NORMALISE`` replaces what
-changes from run to run (times, pids, durations); in what the commands print, the directory of
-the run is replaced with the one the docs show.
+changes from run to run (times, pids, durations) and the port numbers, where they are written as
+ports (``NORMALISE_PORTS``: after the host of an address or a URL, ``127.0.0.1:50051``,
+``[::1]:50051``, ``localhost:8000``, ``etcd.internal:2379``, ``http://127.0.0.1:9464/metrics``,
+and in ``gRPC on port N, metrics on M``; not a file's line number, ``router.py:4``, nor any other
+number); in what the commands print, the directory of the run is replaced with the one the docs
+show.
 """
 
 from __future__ import annotations
@@ -93,6 +105,22 @@ HOME_PAGES: dict[str, list[tuple[str, str | None]]] = {
     ],
 }
 
+# Ports, where they are written as ports: after the host of an address or a URL (127.0.0.1:50051,
+# 0.0.0.0:6000, [::1]:50051, localhost:8000, etcd.internal:2379, http://127.0.0.1:9464/metrics)
+# and in startservice's "(gRPC on port 25324, metrics on 25325)". A dotted name ending in a file
+# extension is a file, and what follows it a line number (settings/grpc.yaml:4): kept, as are
+# all other numbers.
+_HOST = (
+    r"\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]*\]|localhost"
+    r"|[A-Za-z][\w-]*(?:\.[\w-]+)*"
+    r"\.(?!(?:py|pyi|yaml|yml|proto|json|toml|cfg|ini|txt|md):)[A-Za-z]\w*"
+)
+NORMALISE_PORTS = [
+    (re.compile(rf"(?<![\w.:\[-])({_HOST}):\d{{1,5}}\b"), r"\1:<port>"),
+    (re.compile(r"(://[\w.-]+):\d{1,5}\b"), r"\1:<port>"),
+    (re.compile(r"\bgRPC on port \d+, metrics on \d+\b"), "gRPC on port <port>, metrics on <port>"),
+]
+
 NORMALISE = [
     # Log and gunicorn time stamps: 2025-01-01 12:00:00,000.
     (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?"), "<time>"),
@@ -101,6 +129,8 @@ NORMALISE = [
     (re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d+\b"), r"\1 <pid>"),
     # Durations measured: "3 passed in 0.73s", "0.41ms".
     (re.compile(r"\b\d+(?:\.\d+)?m?s\b"), "<duration>"),
+    # Ports: see NORMALISE_PORTS.
+    *NORMALISE_PORTS,
 ]
 
 SERVES = re.compile(r"\bmanage\.py\s+runserver\b|^gunicorn\b")
@@ -192,7 +222,10 @@ def steps(markdown: str) -> Iterator[Step]:
             and _only_blank_between(markdown, block, following)
         )
         if "not-run" in names:
-            assert is_sample, f"line {block.line}: <!-- not-run --> is not before a command sample"
+            assert is_sample or block.lang == "text", (
+                f"line {block.line}: <!-- not-run --> is not before a command sample "
+                "or a text block"
+            )
             continue
         if is_sample:
             assert following is not None
@@ -209,6 +242,38 @@ def _only_blank_between(markdown: str, first: Block, second: Block) -> bool:
     lines = markdown.splitlines()
     closing = first.line + first.body.count("\n") + 1  # the closing fence's line, from 1
     return all(not line.strip() for line in lines[closing : second.line - 1])
+
+
+def unrun_outputs(markdown: str) -> list[int]:
+    """The lines of the text blocks that look like a command's output and are not checked: a
+    text block after a sh block of the same section (headings start sections), with anything
+    between, that is neither that sample's output nor marked ``<!-- not-run: REASON -->``."""
+    found = blocks(markdown)
+    inside = set()
+    for block in found:
+        inside.update(range(block.line, block.line + block.body.count("\n") + 2))
+    headings = [
+        n
+        for n, line in enumerate(markdown.splitlines(), 1)
+        if n not in inside and re.match(r"#{1,6} ", line)
+    ]
+    flagged = []
+    for i, block in enumerate(found):
+        if block.lang != "text" or any(name == "not-run" for name, _ in block.markers):
+            continue
+        section = max((h for h in headings if h < block.line), default=0)
+        before = [b for b in found[:i] if b.line > section]
+        if not any(b.lang == "sh" for b in before):
+            continue
+        previous = before[-1]
+        if (
+            previous.lang == "sh"
+            and not block.markers
+            and _only_blank_between(markdown, previous, block)
+        ):
+            continue  # a sample's output (run, or its sample marked not-run)
+        flagged.append(block.line)
+    return flagged
 
 
 def pages_with_samples() -> list[str]:
@@ -697,7 +762,8 @@ def test_command_samples_print_what_the_page_shows(
 
 def test_command_samples_are_sh_blocks_followed_by_text() -> None:
     """Every sample is written the one way this test reads: no ``$ command`` in a text block,
-    no comment right before a block that is not a marker, every page's steps readable."""
+    no comment right before a block that is not a marker, every page's steps readable, no
+    unchecked output after a sh block (``unrun_outputs``)."""
     wrong = []
     for page in PAGES:
         markdown = page.read_text(encoding="utf-8")
@@ -714,6 +780,11 @@ def test_command_samples_are_sh_blocks_followed_by_text() -> None:
             list(steps(markdown))
         except AssertionError as err:
             wrong.append(f"{name}: {err}")
+        for line in unrun_outputs(markdown):
+            wrong.append(
+                f"{name}:{line}: a text block after a sh block is not that block's output "
+                "(put its commands in a sh block right before it, or mark it not-run: REASON)"
+            )
     assert not wrong, "\n".join(wrong)
 
 
@@ -792,7 +863,8 @@ def test_the_comparison_can_fail() -> None:
     assert matches([shown_out], [(out, err)], prefix=True)
     assert not matches([shown_out], [(out, err)], prefix=False)
     assert matches(["..."], [(out, err)], prefix=False)
-    assert not matches([shown_out.replace("50051", "50052")], [(out, err)], prefix=True)
+    assert matches([shown_out.replace("50051", "50052")], [(out, err)], prefix=True)  # a port
+    assert not matches([shown_out.replace("127.0.0.1", "0.0.0.0")], [(out, err)], prefix=True)
     assert not matches([shown_err.replace("4 methods", "5 methods")], [(out, err)], prefix=True)
     assert matches(["a", "...", "d"], [(["a", "b", "c", "d"], [])], prefix=False)
     assert not matches(["a", "...", "c"], [(["a", "b", "c", "d"], [])], prefix=False)
@@ -807,3 +879,80 @@ def test_the_comparison_can_fail() -> None:
         (["abc"], []),
     ]
     assert _terminal([("a\nb", "")]) == [(["a", "b"], [])]
+
+
+def test_ports_are_normalised_where_they_are_ports() -> None:
+    """Ports after a host, in addresses and URLs, and in startservice's line; nothing else."""
+    cases = {
+        "Serving gRPC on 127.0.0.1:50051 (metrics on http://127.0.0.1:9464/metrics), pid 7.": (
+            "Serving gRPC on 127.0.0.1:<port> (metrics on http://127.0.0.1:<port>/metrics), "
+            "pid <pid>."
+        ),
+        "0.0.0.0:6000 [::1]:50051 [::]:8000 localhost:8000": (
+            "0.0.0.0:<port> [::1]:<port> [::]:<port> localhost:<port>"
+        ),
+        "instance=10.0.0.5:50051 tried=10.0.0.5:50051,10.0.0.6:50051": (
+            "instance=10.0.0.5:<port> tried=10.0.0.5:<port>,10.0.0.6:<port>"
+        ),
+        "cannot connect to etcd at etcd.internal:2379": (
+            "cannot connect to etcd at etcd.internal:<port>"
+        ),
+        "curl http://orders:8000/v1/hello/Ada": "curl http://orders:<port>/v1/hello/Ada",
+        "Created the service 'orders' (gRPC on port 25324, metrics on 25325).": (
+            "Created the service 'orders' (gRPC on port <port>, metrics on <port>)."
+        ),
+        # Not ports: a file's line, a version, a count, a method, a plain number.
+        "at /srv/orders/app/router.py:4 and conf/product/10-grpc.yaml:12": (
+            "at /srv/orders/app/router.py:4 and conf/product/10-grpc.yaml:12"
+        ),
+        "microframe 0.1.0 serving 4 methods, 18214 call(s), port 50051": (
+            "microframe 0.1.0 serving 4 methods, 18214 call(s), port 50051"
+        ),
+        "orders.Orders/SayHello {'PORT': 50051}": "orders.Orders/SayHello {'PORT': 50051}",
+    }
+    for line, normalised in cases.items():
+        assert normalise(line) == normalised, line
+    assert normalise("127.0.0.1:50051") == normalise("127.0.0.1:25324")
+    assert normalise("127.0.0.1:50051") != normalise("0.0.0.0:50051")
+
+
+def test_output_after_a_sh_block_is_a_sample_or_marked() -> None:
+    """``unrun_outputs``: a text block after a sh block of its section, with prose or other
+    blocks between, is flagged, unless marked; text blocks of a section without sh are not."""
+    page = "\n".join(
+        [
+            "## One",  # 1
+            "```text",  # 2: no sh before it in its section
+            "a diagram",
+            "```",
+            "```sh",  # 5
+            "python manage.py runserver",
+            "```",
+            "It prints:",
+            "```text",  # 9: prose between: flagged
+            "Serving gRPC on 127.0.0.1:50051",
+            "```",
+            "```sh",  # 12
+            "python manage.py check",
+            "```",
+            "```text",  # 15: a sample
+            "System check identified no issues (0 silenced).",
+            "```",
+            "```text",  # 18: after a sample's output: flagged
+            "CommandError: 127.0.0.1:9464 is already in use",
+            "```",
+            "<!-- not-run: a production server's log -->",
+            "```text",  # 22: marked
+            "... INFO 4242 microframe.server [- - -] stopped",
+            "```",
+            "## Two",
+            "```text",  # 26: a new section
+            "orders/",
+            "```",
+            "```python",
+            "# ```sh in a python block is no block",
+            "```",
+        ]
+    )
+    assert unrun_outputs(page) == [9, 18]
+    assert [s.kind for s in steps(page)] == ["sample"]
