@@ -253,15 +253,25 @@ def test_each_new_service_gets_ports_of_its_own_written_everywhere_it_is_served(
         product = (tmp_path / name / "conf" / "product" / "settings.yaml").read_text()
         assert f"PORT: {grpc_port}" in product and f"PORT: {metrics_port}" in product
         assert f"EXPOSE {grpc_port} {metrics_port}" in (tmp_path / name / "Dockerfile").read_text()
-    # The same name always gets the same pair, unless a port of it is taken here at render time.
-    (tmp_path / "elsewhere").mkdir()
-    assert _settings_ports(start_service(tmp_path / "elsewhere", "orders")) == ports["orders"]
+    # A port of the pair taken here at render time: the next pair.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", ports["orders"][1]))
         taken.listen()
         (tmp_path / "third").mkdir()
         moved = _settings_ports(start_service(tmp_path / "third", "orders"))
     assert moved != ports["orders"] and ports["orders"][1] not in moved
+
+
+def test_the_ports_of_a_name_are_always_the_same_unless_taken() -> None:
+    """The derivation itself, with the machine's ports replaced by a set of taken ones (the
+    machine's own may be in use by anything)."""
+    from microframe.management.commands.startservice import service_ports
+
+    pair = service_ports("orders", is_free=lambda port: True)
+    assert pair == service_ports("orders", is_free=lambda port: True) == (25324, 25325)
+    assert service_ports("users", is_free=lambda port: True) != pair
+    assert service_ports("orders", is_free=lambda port: port not in {25325}) == (25326, 25327)
+    assert service_ports("orders", is_free=lambda port: port not in {25324, 25326}) == (25328, 25329)
 
 
 def test_two_checkouts_of_a_service_do_not_share_a_registry_but_neighbours_do(tmp_path: Path) -> None:
