@@ -270,3 +270,23 @@ def test_an_unwritable_log_directory_is_a_clear_error(tmp_path):
     )
     assert result.returncode != 0
     assert 'LOG["DIR"]: the log directory' in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_queue_keeps_its_handlers_alive_between_configuration_and_start():
+    """The console and file handlers are attached to no logger, only to the queue, and logging
+    names them through weak references: a garbage collection between ``dictConfig`` and the
+    writer's start must not lose them ('no handler named 'console' is configured')."""
+    code = (
+        "import gc, logging.config\n"
+        "from microframe.contrib.logging.config import default_logging\n"
+        "from microframe.contrib.logging.handlers import QueueHandler\n"
+        "gc.disable()\n"  # only the collection below may run
+        "logging.config.dictConfig(default_logging({'DIR': None}, 'probe'))\n"
+        "gc.collect()\n"
+        "queue = next(h() for h in logging._handlerList if isinstance(h(), QueueHandler))\n"
+        "queue.start()\n"
+        "print([type(h).__name__ for h in queue.handlers])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['ConsoleHandler']", result.stdout

@@ -94,7 +94,15 @@ class QueueHandler(logging.Handler):
         self.queue_size = queue_size
         self.flush_interval = flush_interval
         self.report_every = report_every
-        self.targets = list(handlers)
+        # The handlers named here are resolved at once, and held: logging keeps its named
+        # handlers only through weak references, and these are attached to no logger, so a
+        # garbage collection before start() would lose them. A name configured later (not
+        # the case under dictConfig, which configures handlers in name order, ``queue`` last)
+        # is resolved by start().
+        self.targets = [
+            (_handler_by_name(target) or target) if isinstance(target, str) else target
+            for target in handlers
+        ]
         self.handlers: list[logging.Handler] = []
         self.dropped = 0
         self.unreported = 0
