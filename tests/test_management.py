@@ -167,3 +167,15 @@ def test_a_port_in_use_stops_runserver_under_the_reloader_too(tmp_path: Path, ta
     setting = 'GRPC["PORT"]' if busy == "grpc" else 'METRICS["PORT"]'
     assert f"127.0.0.1:{taken_port} is already in use ({setting})" in result.stderr, result.stderr
     assert "Watching" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_both_ports_in_use_are_both_named(tmp_path: Path, taken_port: int):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        metrics_port = other.getsockname()[1]
+        result = run("manage.py", "runserver", f"127.0.0.1:{taken_port}", "--noreload",
+                     "--metrics-port", str(metrics_port))
+    assert result.returncode == 1, result.stdout
+    assert f"127.0.0.1:{taken_port} is already in use (runserver's address argument)" in result.stderr
+    assert f"127.0.0.1:{metrics_port} is already in use (--metrics-port)" in result.stderr

@@ -159,10 +159,34 @@ class RouterImportError(ImproperlyConfigured):
         where = (
             f"{self.filename}, line {self.lineno}" if self.filename else "the module that raised"
         )
+        install = ""
+        if isinstance(self.error, ModuleNotFoundError) and self.error.name:
+            install = (
+                f" If {self.error.name!r} is a package, install it in this environment (and add "
+                "it to requirements.txt)."
+            )
         return (
             f"Fix {where}: the router module exists, but it, or a module it imports, raised "
-            f"while being imported. `python -c 'import {self.path}'` shows the whole traceback."
+            f"while being imported.{install} {self.traceback_command()} shows the whole traceback."
         )
+
+
+    def traceback_command(self) -> str:
+        """A shell command that imports the router where it imports (the directory on
+        ``sys.path`` that holds its top package: for a service, the one above its own)."""
+        import importlib.util
+        import shlex
+
+        top = self.path.partition(".")[0]
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        places = list(spec.submodule_search_locations or []) if spec else []
+        command = f"python -c 'import {self.path}'"
+        if places:
+            command = f"cd {shlex.quote(os.path.dirname(os.path.abspath(places[0])))} && {command}"
+        return f"`{command}`"
 
 
 def _generated_by_genproto(filename: str) -> bool:

@@ -309,8 +309,11 @@ def controller_plan(
             defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
         wanted = {snake(m): (m, cs, ss) for m, cs, ss in service.methods}
         missing = [wanted[name] for name in wanted if name not in defined]
-        orphans += [f"{path.name}: {name}() (no RPC {service.name}.{name} in the protos any more)"
-                    for name in sorted(defined - set(wanted)) if not name.startswith("_")]
+        orphans += [
+            f"{path.name}: {name}() (no RPC of {service.name} is named so: a helper, or the "
+            "controller of an RPC renamed or removed)"
+            for name in sorted(defined - set(wanted)) if not name.startswith("_")
+        ]
         if not missing:
             continue
         stubs = "\n\n".join(stub_text(service, *m) for m in missing)

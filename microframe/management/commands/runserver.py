@@ -110,11 +110,13 @@ class Command(BaseCommand):
         if not 0 <= metrics_port <= 65535:
             raise CommandError(f"Metrics port {metrics_port} is out of range (0-65535).")
 
+        if not os.environ.get(RUN_MAIN_ENV) and not os.environ.get(WORKER_ID_ENV):
+            # Before anything binds, with both ports named when both are taken; under the
+            # reloader, here, where the status reaches the shell (the reloader would restart a
+            # child that cannot bind, and keep watching).
+            self.refuse_ports_in_use(host, port, metrics_port)
         if options["use_reloader"] and settings.DEBUG and not os.environ.get(RUN_MAIN_ENV) \
                 and not os.environ.get(WORKER_ID_ENV):
-            # The reloader would restart a child that cannot bind, and keep watching: refuse
-            # here, where the status reaches the shell.
-            self.refuse_ports_in_use(host, port, metrics_port)
             return self.run_with_reloader()
         if workers > 1 and not os.environ.get(WORKER_ID_ENV):
             return self.run_supervisor(host, port, workers, metrics_port)
@@ -199,12 +201,15 @@ class Command(BaseCommand):
         from microframe.conf import settings
         from microframe.core.server import address_in_use
 
+        taken = []
         if port and address_in_use(host, port):
-            raise CommandError(self.in_use(host, port, metrics=False))
+            taken.append(self.in_use(host, port, metrics=False))
         metrics_host = settings.METRICS["HOST"]
         metrics = settings.METRICS["ENABLED"] and metrics_port
         if metrics and address_in_use(metrics_host, metrics_port):
-            raise CommandError(self.in_use(metrics_host, metrics_port, metrics=True))
+            taken.append(self.in_use(metrics_host, metrics_port, metrics=True))
+        if taken:
+            raise CommandError("\n".join(taken))
 
     def start_metrics(self, host: str, port: int, multiprocess_dir: str | None = None) -> Any:
         from microframe.conf import settings
@@ -224,7 +229,6 @@ class Command(BaseCommand):
     def run_supervisor(self, host: str, port: int, workers: int, metrics_port: int) -> None:
         from microframe.conf import settings
 
-        self.refuse_ports_in_use(host, port, metrics_port)  # every worker would fail to bind
         reserved = None
         if port == 0:
             # Every worker must bind the same port: pick it once and hold it (bound, not
