@@ -58,8 +58,8 @@ async def drive(call, calls: int, concurrency: int) -> float:
 async def measure(address: str, registry_dir: str, rounds: int, calls: int, concurrency: int) -> tuple[list[float], list[float]]:
     import grpc
 
-    from microframe.contrib.registry.cache import DiscoveryCache
     from microframe.contrib.registry.file import FileRegistry
+    from microframe.discovery.cache import DiscoveryCache
 
     from example.generate import hello_pb2, hello_pb2_grpc
     from example.generate.hello_client import GreeterClient

@@ -14,9 +14,9 @@ from microframe.client import Client
 from microframe.client.balancers import P2CEwmaBalancer, RoundRobinBalancer
 from microframe.client.middleware import RetryBudget, is_retryable
 from microframe.contrib.registry import ServiceInstance
-from microframe.contrib.registry.cache import DiscoveryCache
 from microframe.contrib.registry.file import FileRegistry
 from microframe.core.exceptions import DeadlineExceeded, NotFound, Unavailable
+from microframe.discovery.cache import DiscoveryCache
 
 from example.generate import hello_pb2
 from example.generate.hello_client import GreeterClient

@@ -181,8 +181,8 @@ async def test_generated_typed_client_calls_a_real_server(tmp_path, monkeypatch)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        from microframe.contrib.registry.cache import DiscoveryCache
         from microframe.contrib.registry.static import StaticRegistry
+        from microframe.discovery.cache import DiscoveryCache
 
         discovery = DiscoveryCache(StaticRegistry({"orders": [f"127.0.0.1:{port}"]}), None)
         client = clients.OrdersClient("orders", discovery=discovery)

@@ -297,9 +297,9 @@ async def test_calls_cut_by_a_stop_are_not_run_again(fleet, how):
     instances; and the same calls on an instance killed outright."""
     import asyncio
 
-    from microframe.contrib.registry.cache import DiscoveryCache
     from microframe.contrib.registry.file import FileRegistry
     from microframe.core.exceptions import RpcError
+    from microframe.discovery.cache import DiscoveryCache
 
     from example.generate.hello_client import GreeterClient
 

@@ -247,8 +247,8 @@ def test_wait_mode_queues_within_the_deadline(limited):
 
 def test_client_limit_qps_fails_fast_without_the_network(limited):
     from microframe.client import Client
-    from microframe.contrib.registry.cache import DiscoveryCache
     from microframe.contrib.registry.static import StaticRegistry
+    from microframe.discovery.cache import DiscoveryCache
 
     server = limited({"ENABLED": False})
 

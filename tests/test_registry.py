@@ -16,13 +16,13 @@ import grpc
 import pytest
 
 from microframe.contrib.registry import ServiceInstance
-from microframe.contrib.registry.base import RegistryUnavailable
-from microframe.contrib.registry.cache import DiscoveryCache
 from microframe.contrib.registry.file import FileRegistry
-from microframe.contrib.registry.instance import InvalidInstance
-from microframe.contrib.registry.metrics import registry_metrics
 from microframe.contrib.registry.static import StaticRegistry
 from microframe.core.checks import run_checks
+from microframe.discovery.cache import DiscoveryCache
+from microframe.discovery.instance import InvalidInstance
+from microframe.discovery.metrics import registry_metrics
+from microframe.discovery.registry import RegistryUnavailable
 from microframe.test.utils import override_settings
 
 from conftest import ROOT, base_env, free_port, service_settings, wait_until
@@ -378,3 +378,15 @@ def test_registry_deploy_check_reports_what_it_found(tmp_path):
         assert "registry.W001" in messages  # advertised on 127.0.0.1
     finally:
         asyncio.run(registry.close())
+
+
+def test_discovery_and_the_client_load_no_battery():
+    """ServiceInstance, the Registry protocol, the backend of the settings and the discovery
+    cache are core (microframe.discovery): the client library imports no battery to use them."""
+    code = (
+        "import sys, microframe.client, microframe.discovery, microframe.discovery.cache\n"
+        "print(sorted(m for m in sys.modules if m.startswith('microframe.contrib')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

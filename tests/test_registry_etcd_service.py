@@ -50,7 +50,7 @@ def _keys(cluster: EtcdCluster, prefix: str, service: str) -> dict[str, dict]:
 def _resolve_in_new_process(tmp_path: Path, settings: str, service: str) -> subprocess.CompletedProcess[str]:
     code = (
         "import asyncio, microframe\n"
-        "from microframe.contrib.registry.cache import get_discovery_cache\n"
+        "from microframe.discovery.cache import get_discovery_cache\n"
         "microframe.setup()\n"
         "async def main():\n"
         f"    found = await get_discovery_cache().instances({service!r})\n"
@@ -128,9 +128,9 @@ async def test_client_balances_over_etcd_and_rides_out_a_killed_instance(start_s
     import asyncio
     import collections
 
-    from microframe.contrib.registry.cache import DiscoveryCache
     from microframe.contrib.registry.etcd import EtcdRegistry
     from microframe.core.exceptions import RpcError
+    from microframe.discovery.cache import DiscoveryCache
 
     from example.generate.hello_client import GreeterClient
 

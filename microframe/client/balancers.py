@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from microframe.contrib.registry.instance import ServiceInstance
+from microframe.discovery.instance import ServiceInstance
 
 
 class Balancer(Protocol):

@@ -9,7 +9,7 @@ from microframe.core.router import RpcKind
 
 if TYPE_CHECKING:
     from microframe.client.client import Client
-    from microframe.contrib.registry.instance import ServiceInstance
+    from microframe.discovery.instance import ServiceInstance
 
 
 class ClientCall:

@@ -81,7 +81,7 @@ class Client:
     def discovery(self) -> Any:
         """The discovery cache (the event loop's, unless one was given)."""
         if self._discovery is None:
-            from microframe.contrib.registry.cache import get_discovery_cache
+            from microframe.discovery.cache import get_discovery_cache
 
             return get_discovery_cache()
         return self._discovery

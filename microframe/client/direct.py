@@ -17,7 +17,7 @@ class DirectDiscovery:
     """The instances at ``addresses`` (``host:port``), whatever the service asked for."""
 
     def __init__(self, addresses: str | Sequence[str]) -> None:
-        from microframe.contrib.registry.instance import ServiceInstance, split_address
+        from microframe.discovery.instance import ServiceInstance, split_address
 
         if isinstance(addresses, str):
             addresses = [addresses]

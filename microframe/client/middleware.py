@@ -19,10 +19,10 @@ import grpc
 import grpc.aio
 
 from microframe.client.call import ClientCall
-from microframe.contrib.registry.base import RegistryError
 from microframe.core.context import current_context
 from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
 from microframe.core.handlers import HANDLED_TRAILER
+from microframe.discovery.registry import RegistryError
 from microframe.utils.timeouts import with_timeout
 
 ClientHandler = Callable[[ClientCall], Awaitable[Any]]

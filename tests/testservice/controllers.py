@@ -54,7 +54,7 @@ async def say_hello(ctx, request: HelloRequest):
         return HelloReply(message=reply.message)
     if name.startswith("discover:"):
         # Find another service through the registry, from inside a serving process.
-        from microframe.contrib.registry.cache import get_discovery_cache
+        from microframe.discovery.cache import get_discovery_cache
 
         found = await get_discovery_cache().instances(name.split(":", 1)[1])
         return HelloReply(message=",".join(sorted(i.address for i in found)))

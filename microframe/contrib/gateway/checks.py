@@ -39,7 +39,7 @@ def check_gateway_setting(**kwargs: Any) -> list[CheckMessage]:
         errors.append(_error(f'GATEWAY["EXPOSE_ERRORS"] must be True, False or None, not {expose!r}.'))
     address = config.get("ADDRESS")
     if address is not None:
-        from microframe.contrib.registry.instance import InvalidInstance, split_address
+        from microframe.discovery.instance import InvalidInstance, split_address
 
         try:
             split_address(str(address))

@@ -43,10 +43,10 @@ except ImportError as err:  # pragma: no cover - depends on the installed extras
         f"the etcd registry needs the aetcd package ({err}): pip install 'microframe-grpc[etcd]'"
     ) from err
 
-from microframe.contrib.registry.base import RegistryError, RegistryUnavailable
-from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance, split_address
-from microframe.contrib.registry.metrics import registry_metrics
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.discovery.instance import InvalidInstance, ServiceInstance, split_address
+from microframe.discovery.metrics import registry_metrics
+from microframe.discovery.registry import RegistryError, RegistryUnavailable
 from microframe.utils.timeouts import with_timeout
 
 __all__ = ["EtcdRegistry", "EtcdStatus"]

@@ -38,9 +38,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from microframe.contrib.registry.base import RegistryUnavailable
-from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance
-from microframe.contrib.registry.metrics import registry_metrics
+from microframe.discovery.instance import InvalidInstance, ServiceInstance
+from microframe.discovery.metrics import registry_metrics
+from microframe.discovery.registry import RegistryUnavailable
 from microframe.utils.files import atomic_write_text
 from microframe.utils.timeouts import with_timeout
 

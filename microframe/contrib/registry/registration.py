@@ -15,10 +15,10 @@ import logging
 import socket
 from typing import Any
 
-from microframe.contrib.registry.base import Registry, RegistryError
-from microframe.contrib.registry.instance import ServiceInstance, split_address
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.signals import server_started, server_stopping
+from microframe.discovery.instance import ServiceInstance, split_address
+from microframe.discovery.registry import Registry, RegistryError
 from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.registry")

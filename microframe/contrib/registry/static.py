@@ -23,8 +23,8 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance, split_address
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.discovery.instance import InvalidInstance, ServiceInstance, split_address
 
 
 def _instance(service: str, entry: str | Mapping[str, Any]) -> ServiceInstance:

@@ -183,7 +183,7 @@ class Command(BaseCommand):
         if options["timeout"] is not None and options["timeout"] <= 0:
             raise CommandError("--timeout must be a positive number of seconds.")
         if options["address"]:
-            from microframe.contrib.registry.instance import InvalidInstance, split_address
+            from microframe.discovery.instance import InvalidInstance, split_address
 
             try:
                 split_address(options["address"])
@@ -300,8 +300,8 @@ async def _instances(
     """The instances of ``registry_name`` that discovery knows; a CommandError saying how to
     fix it (which registry was searched, --address, starting or registering the service) when
     there are none or the registry cannot say. ``given``: the name came from --service."""
-    from microframe.contrib.registry import RegistryError, describe_registry
-    from microframe.contrib.registry.cache import get_discovery_cache
+    from microframe.discovery import RegistryError, describe_registry
+    from microframe.discovery.cache import get_discovery_cache
 
     try:
         cache = get_discovery_cache()

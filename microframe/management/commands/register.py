@@ -156,7 +156,7 @@ class Command(BaseCommand):
 
     async def _register(self, registry: Any, options: dict[str, Any], timeout: float) -> None:
         from microframe.conf import settings
-        from microframe.contrib.registry.instance import split_address
+        from microframe.discovery.instance import split_address
         from microframe.contrib.registry.registration import instance_from_settings
 
         if options["address"]:

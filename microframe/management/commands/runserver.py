@@ -178,8 +178,8 @@ class Command(BaseCommand):
     def in_use(self, host: str, port: int, *, metrics: bool) -> str:
         """The message for ``host:port`` already in use: the setting or the option it came
         from, and how to serve elsewhere."""
-        from microframe.contrib.registry.instance import format_address
         from microframe.core.checks.core_checks import settings_location
+        from microframe.discovery.instance import format_address
 
         where = settings_location()
         if metrics:
@@ -283,14 +283,14 @@ class Command(BaseCommand):
 
         if not settings.REGISTRY.get("REGISTER", True):
             return None, None
-        from microframe.contrib.registry import build_registry
-        from microframe.contrib.registry.instance import format_address
+        from microframe.discovery import build_registry
         from microframe.contrib.registry.registration import (
             WILDCARDS,
             Registration,
             instance_from_settings,
             wait_until_serving,
         )
+        from microframe.discovery.instance import format_address
 
         instance = instance_from_settings(host, port)
         local = format_address("127.0.0.1" if host.strip("[]") in WILDCARDS else host, port)

@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from microframe.contrib.registry.base import Registry, RegistryError, RegistryUnavailable
-from microframe.contrib.registry.instance import InvalidInstance, ServiceInstance
-from microframe.contrib.registry.metrics import registry_metrics
 from microframe.core.signals import setting_changed
+from microframe.discovery.instance import InvalidInstance, ServiceInstance
+from microframe.discovery.metrics import registry_metrics
+from microframe.discovery.registry import Registry, RegistryError, RegistryUnavailable
 from microframe.utils.files import atomic_write_text
 from microframe.utils.loops import PerLoop
 from microframe.utils.timeouts import with_timeout
@@ -244,7 +244,7 @@ class DiscoveryCache:
 
 def _new_cache() -> DiscoveryCache:
     from microframe.conf import settings
-    from microframe.contrib.registry import get_registry
+    from microframe.discovery.backend import get_registry
 
     return DiscoveryCache(get_registry(), settings.REGISTRY.get("CACHE_DIR"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from microframe.contrib.registry.instance import ServiceInstance
+from microframe.discovery.instance import ServiceInstance
 
 
 class RegistryError(Exception):
