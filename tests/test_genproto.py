@@ -360,7 +360,7 @@ def test_stub_import_passes_the_lint_before_and_after_the_stub_is_written(tmp_pa
 
 
 def test_the_stub_import_beside_a_star_import_compiles():
-    from microframe.management.commands.genproto import with_unimplemented_import
+    from microframe.codegen import with_unimplemented_import
 
     module = '"""Doc."""\n\nfrom microframe import *\n\nfrom shop.generate.x_pb2 import A\n'
     written = with_unimplemented_import(module, "shop")

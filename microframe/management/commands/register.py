@@ -156,8 +156,8 @@ class Command(BaseCommand):
 
     async def _register(self, registry: Any, options: dict[str, Any], timeout: float) -> None:
         from microframe.conf import settings
-        from microframe.discovery.instance import split_address
         from microframe.contrib.registry.registration import instance_from_settings
+        from microframe.discovery.instance import split_address
 
         if options["address"]:
             try:

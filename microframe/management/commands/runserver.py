@@ -283,13 +283,13 @@ class Command(BaseCommand):
 
         if not settings.REGISTRY.get("REGISTER", True):
             return None, None
-        from microframe.discovery import build_registry
         from microframe.contrib.registry.registration import (
             WILDCARDS,
             Registration,
             instance_from_settings,
             wait_until_serving,
         )
+        from microframe.discovery import build_registry
         from microframe.discovery.instance import format_address
 
         instance = instance_from_settings(host, port)
