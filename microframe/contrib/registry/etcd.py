@@ -23,19 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 try:
-    import aetcd
-    import aetcd.watcher
+    import aetcd  # noqa: F401 - to fail here, with the extra to install, when it is missing
     from aetcd import rpc as etcdrpc
     from aetcd.utils import prefix_range_end
 except ImportError as err:  # pragma: no cover - depends on the installed extras
@@ -43,6 +39,13 @@ except ImportError as err:  # pragma: no cover - depends on the installed extras
         f"the etcd registry needs the aetcd package ({err}): pip install 'microframe-grpc[etcd]'"
     ) from err
 
+from microframe.contrib.registry.etcd_transport import (
+    AuthenticationFailed,
+    EtcdClient,
+    describe_error,
+    grpc_status,
+    read_option_file,
+)
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.discovery.instance import InvalidInstance, ServiceInstance, split_address
 from microframe.discovery.metrics import registry_metrics
@@ -57,23 +60,11 @@ BACKEND = "etcd"
 DEFAULT_ENDPOINTS = ("127.0.0.1:2379",)
 DEFAULT_PREFIX = "/microframe/services"
 RETRY_INTERVAL = 0.5  # seconds between attempts while etcd is unreachable (at most ttl / 3)
-KEEPALIVE_PING_MS = 10_000  # HTTP/2 pings on idle-looking connections; etcd refuses < 5 s
-MAX_MESSAGE_BYTES = 64 << 20
-
 T = TypeVar("T")
-Metadata = tuple[tuple[str, str], ...]
-
-
-class _AuthenticationFailed(Exception):
-    """etcd refused the user name or password."""
 
 
 class _LeaseNotFound(RegistryError):
     """etcd no longer knows the lease (expired, revoked, data lost)."""
-
-
-class _WatchBroken(Exception):
-    """etcd cancelled or ended a watch stream."""
 
 
 @dataclass(frozen=True)
@@ -87,222 +78,6 @@ class EtcdStatus:
     version: str
     revision: int
     members: int
-
-
-class _EtcdClient(aetcd.Client):  # type: ignore[misc]
-    """An aetcd client that dials every etcd member, over TLS when configured.
-
-    aetcd 1.0's ``Client.connect()`` opens an insecure channel to one ``host:port``: it can
-    neither fail over to another member when that one dies nor speak TLS. This subclass builds
-    the channel itself and leaves every request to aetcd:
-
-    - the target lists every member (``ipv4:10.0.0.1:2379,10.0.0.2:2379``) with the
-      ``pick_first`` policy, so gRPC moves to the next member when the current one goes away.
-      Host names are resolved here, at each connection, because gRPC's DNS resolver takes a
-      single name; reconnection backoff is capped at 1 s so that the client is back within a
-      second or so of etcd's return, rather than gRPC's default of up to two minutes;
-    - with TLS options the channel uses ``grpc.ssl_channel_credentials`` (CA, client
-      certificate and key) and checks every member's certificate against one ``server_name``;
-    - connecting is bounded by ``dial_timeout`` and proves that a member answers: it
-      authenticates (user and password) or asks for the member's status, so an unreachable
-      cluster or bad credentials fail there with etcd's own reason.
-
-    It also opens watch streams itself (:meth:`open_watch`): aetcd's shared ``Watcher`` ignores
-    a watch that etcd cancels (permission denied, member without a leader) and a stream that
-    ends, which would leave a watcher waiting forever, and hands out events one at a time,
-    losing the boundaries of etcd's revisions. Every call carries the auth token, the watch
-    streams and the lease keep-alives included.
-    """
-
-    def __init__(
-        self,
-        addresses: Sequence[tuple[str, int]],
-        *,
-        username: str | None,
-        password: str | None,
-        timeout: float,
-        dial_timeout: float,
-        credentials: grpc.ChannelCredentials | None,
-        server_name: str | None,
-    ) -> None:
-        options: dict[str, Any] = {
-            "grpc.lb_policy_name": "pick_first",
-            "grpc.initial_reconnect_backoff_ms": 200,
-            "grpc.max_reconnect_backoff_ms": 1000,
-            # Despite its name, gRPC's bound on one connection attempt (default 20 s).
-            "grpc.min_reconnect_backoff_ms": int(dial_timeout * 1000),
-            "grpc.keepalive_time_ms": KEEPALIVE_PING_MS,
-            "grpc.keepalive_timeout_ms": max(1000, int(timeout * 1000)),
-            "grpc.http2.max_pings_without_data": 0,
-            "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
-            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-        }
-        if credentials is not None and server_name:
-            options["grpc.ssl_target_name_override"] = server_name
-        host, port = addresses[0]
-        super().__init__(
-            host=host, port=port, username=username, password=password,
-            timeout=timeout, options=options,
-        )
-        self._addresses = list(addresses)
-        self._dial_timeout = dial_timeout
-        self._credentials = credentials
-        self._connect_lock = asyncio.Lock()
-        self.watchstub: Any = None
-
-    @property
-    def connected(self) -> bool:
-        return bool(self._connected.is_set())
-
-    async def connect(self) -> None:
-        """Open the channel and check that a member answers, within ``dial_timeout``."""
-        async with self._connect_lock:
-            if self._connected.is_set():
-                return
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._dial_timeout
-            target = await self._target(deadline)
-            options = list(self._options.items())
-            if self._credentials is not None:
-                channel = grpc.aio.secure_channel(target, self._credentials, options=options)
-            else:
-                channel = grpc.aio.insecure_channel(target, options=options)
-            try:
-                remaining = max(0.01, deadline - loop.time())
-                if self._username is not None:
-                    self.metadata = await self._authenticate(channel, remaining)
-                else:
-                    self.metadata = None
-                    await etcdrpc.MaintenanceStub(channel).Status(
-                        etcdrpc.StatusRequest(), timeout=remaining
-                    )
-            except BaseException:
-                await channel.close()
-                raise
-            self.channel = channel
-            self.auth_stub = etcdrpc.AuthStub(channel)
-            self.kvstub = etcdrpc.KVStub(channel)
-            self.clusterstub = etcdrpc.ClusterStub(channel)
-            self.leasestub = etcdrpc.LeaseStub(channel)
-            self.maintenancestub = etcdrpc.MaintenanceStub(channel)
-            self.watchstub = etcdrpc.WatchStub(channel)
-            self._watcher = aetcd.watcher.Watcher(
-                self.watchstub, timeout=self._timeout, metadata=self.metadata
-            )
-            self._connected.set()
-
-    async def reauthenticate(self, stale: Metadata | None) -> None:
-        """Get a new token when etcd forgot ``stale`` (it keeps simple tokens in memory)."""
-        async with self._connect_lock:
-            if self.channel is None or self.metadata != stale:
-                return  # closed, or another task already got a new token
-            self.metadata = await self._authenticate(self.channel, self._timeout)
-            old, self._watcher = self._watcher, aetcd.watcher.Watcher(
-                self.watchstub, timeout=self._timeout, metadata=self.metadata
-            )
-            if old is not None:
-                await old.shutdown()
-
-    async def _authenticate(self, channel: grpc.aio.Channel, timeout: float) -> Metadata | None:
-        request = etcdrpc.AuthenticateRequest(name=self._username, password=self._password)
-        try:
-            reply = await etcdrpc.AuthStub(channel).Authenticate(request, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
-            details = err.details() or ""
-            if "authentication is not enabled" in details:
-                return None  # etcd without auth: send no token, as etcd's own client does
-            if "authentication failed" in details:
-                raise _AuthenticationFailed(details) from err
-            raise
-        return (("token", reply.token),)
-
-    async def _target(self, deadline: float) -> str:
-        """Return a gRPC target listing the addresses of every endpoint."""
-        loop = asyncio.get_running_loop()
-        found: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = []
-        failures: list[str] = []
-        for host, port in self._addresses:
-            try:
-                found.append((ipaddress.ip_address(host), port))
-                continue
-            except ValueError:
-                pass
-            try:
-                infos = await with_timeout(
-                    loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
-                    max(0.01, deadline - loop.time()),
-                )
-            except (TimeoutError, OSError) as err:
-                failures.append(f"{host}: {err or 'no answer from DNS'}")
-                continue
-            for info in infos:
-                found.append((ipaddress.ip_address(str(info[4][0]).split("%")[0]), port))
-        unique = list(dict.fromkeys(found))
-        if not unique:
-            raise OSError(f"cannot resolve {'; '.join(failures)}")
-        if failures:
-            logger.warning("etcd endpoints not resolved, skipped: %s", "; ".join(failures))
-        v4 = [f"{ip}:{port}" for ip, port in unique if ip.version == 4]
-        v6 = [f"[{ip}]:{port}" for ip, port in unique if ip.version == 6]
-        # One gRPC target holds one address family; IPv4 wins when endpoints mix them.
-        return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
-
-    async def open_watch(self, key: bytes, range_end: bytes, start_revision: int) -> _WatchStream:
-        """Open a watch stream of ``[key, range_end)`` from ``start_revision``."""
-        await self.connect()
-        stream = _WatchStream(self.watchstub, self.metadata, self._timeout)
-        await stream.open(key, range_end, start_revision)
-        return stream
-
-
-class _WatchStream:
-    """One etcd watch on a stream of its own; :meth:`read` returns a response's events."""
-
-    def __init__(self, stub: Any, metadata: Metadata | None, timeout: float) -> None:
-        # "hasleader": etcd ends the stream when its member loses the cluster's leader, rather
-        # than keeping a watch that no longer sees anything.
-        self._call = stub.Watch(metadata=(*(metadata or ()), ("hasleader", "true")))
-        self._timeout = timeout
-
-    async def open(self, key: bytes, range_end: bytes, start_revision: int) -> None:
-        request = etcdrpc.WatchCreateRequest(
-            key=key, range_end=range_end, start_revision=start_revision
-        )
-        try:
-            await with_timeout(
-                self._call.write(etcdrpc.WatchRequest(create_request=request)), self._timeout
-            )
-            while True:
-                reply = await with_timeout(self._call.read(), self._timeout)
-                self._check(reply)
-                if reply.created:
-                    return
-        except TimeoutError:
-            self.cancel()
-            raise _WatchBroken(f"etcd did not create the watch within {self._timeout} s") from None
-        except BaseException:
-            self.cancel()
-            raise
-
-    async def read(self) -> list[Any]:
-        """Return the events of the next response that has some; raise when the watch ends."""
-        while True:
-            reply = await self._call.read()
-            self._check(reply)
-            if reply.events:
-                return list(reply.events)
-
-    @staticmethod
-    def _check(reply: Any) -> None:
-        if reply is grpc.aio.EOF:
-            raise _WatchBroken("etcd ended the watch stream")
-        if reply.compact_revision:
-            raise _WatchBroken(f"revisions compacted up to {reply.compact_revision}")
-        if reply.canceled:
-            raise _WatchBroken(f"etcd cancelled the watch: {reply.cancel_reason or 'no reason'}")
-
-    def cancel(self) -> None:
-        self._call.cancel()
 
 
 @dataclass(eq=False)
@@ -375,12 +150,12 @@ class EtcdRegistry:
         self._credentials: grpc.ChannelCredentials | None = None
         if https or ca_cert or cert:
             self._credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(ca_cert, "ca_cert"),
-                private_key=_read(key, "key"),
-                certificate_chain=_read(cert, "cert"),
+                root_certificates=read_option_file(ca_cert, "ca_cert"),
+                private_key=read_option_file(key, "key"),
+                certificate_chain=read_option_file(cert, "cert"),
             )
         self.server_name = server_name or self._addresses[0][0]
-        self._client: _EtcdClient | None = None
+        self._client: EtcdClient | None = None
         self._registrations: dict[tuple[str, str], _Registration] = {}
         self._broken_watches: set[str] = set()
         self._closing = False  # close() called: no new work
@@ -645,11 +420,11 @@ class EtcdRegistry:
     def _where(self) -> str:
         return f"etcd at {', '.join(self.endpoints)}"
 
-    async def _connect(self) -> _EtcdClient:
+    async def _connect(self) -> EtcdClient:
         if self._closed:
             raise RegistryError(f"{self!r} is closed")
         if self._client is None:
-            self._client = _EtcdClient(
+            self._client = EtcdClient(
                 self._addresses,
                 username=self.user,
                 password=self._password,
@@ -665,21 +440,21 @@ class EtcdRegistry:
             await with_timeout(client.connect(), self.dial_timeout + 1)
         except asyncio.CancelledError:
             raise
-        except _AuthenticationFailed as err:
+        except AuthenticationFailed as err:
             self._metrics.errors.labels(BACKEND, "connect").inc()
             raise RegistryUnavailable(
                 f"{self._where()}: authentication failed for user {self.user!r} ({err})"
             ) from None
         except Exception as err:
             self._metrics.errors.labels(BACKEND, "connect").inc()
-            if isinstance(err, TimeoutError) or _status(err)[0] == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if isinstance(err, TimeoutError) or grpc_status(err)[0] == grpc.StatusCode.DEADLINE_EXCEEDED:
                 reason = f"no answer within {self.dial_timeout:g} s"
             else:
-                reason = _describe(err)
+                reason = describe_error(err)
             raise RegistryUnavailable(f"cannot connect to {self._where()}: {reason}") from None
         return client
 
-    async def _rpc(self, operation: str, call: Callable[[_EtcdClient], Awaitable[T]]) -> T:
+    async def _rpc(self, operation: str, call: Callable[[EtcdClient], Awaitable[T]]) -> T:
         """Run ``call`` on the connected client, bounded by ``timeout``, with etcd errors mapped.
 
         An UNAVAILABLE answer is tried once more (gRPC moves to another member meanwhile), and
@@ -696,7 +471,7 @@ class EtcdRegistry:
                     raise
                 raise RegistryError(f"{self!r} was closed during {operation}") from None
             except Exception as err:
-                code, details = _status(err)
+                code, details = grpc_status(err)
                 if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
                     raise _LeaseNotFound(details) from err
                 if (
@@ -708,7 +483,7 @@ class EtcdRegistry:
                     reauthenticated = True
                     try:
                         await with_timeout(client.reauthenticate(metadata), self.timeout + 1)
-                    except _AuthenticationFailed as auth_err:
+                    except AuthenticationFailed as auth_err:
                         self._metrics.errors.labels(BACKEND, operation).inc()
                         raise RegistryUnavailable(
                             f"{self._where()}: authentication failed for user {self.user!r} "
@@ -726,7 +501,7 @@ class EtcdRegistry:
                 raise self._unavailable(operation, err) from err
 
     def _unavailable(self, operation: str, err: BaseException) -> RegistryUnavailable:
-        code, details = _status(err)
+        code, details = grpc_status(err)
         if isinstance(err, TimeoutError) or code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return RegistryUnavailable(
                 f"{self._where()}: {operation} got no answer within {self.timeout:g} s"
@@ -761,32 +536,6 @@ def _parse_endpoints(endpoints: Sequence[str] | str) -> tuple[list[str], list[tu
         except InvalidInstance as err:
             raise ImproperlyConfigured(f"etcd registry: bad endpoint {endpoint!r}: {err}") from None
     return list(endpoints), addresses, https
-
-
-def _read(path: str | None, option: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise ImproperlyConfigured(f"etcd registry: cannot read {option} {path!r}: {err}") from None
-
-
-def _status(err: BaseException) -> tuple[grpc.StatusCode | None, str]:
-    """Return the gRPC status code and details behind ``err`` (aetcd wraps them)."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, grpc.aio.AioRpcError):
-            return seen.code(), seen.details() or ""
-        if isinstance(seen, _WatchBroken) and "invalid auth token" in str(seen):
-            return grpc.StatusCode.UNAUTHENTICATED, str(seen)  # a watch refused at creation
-        seen = seen.__cause__
-    return None, str(err) or type(err).__name__
-
-
-def _describe(err: BaseException) -> str:
-    code, details = _status(err)
-    return f"{code.name}: {details}" if code is not None else details
 
 
 def _being_cancelled() -> bool:
