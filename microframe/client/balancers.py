@@ -16,9 +16,10 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from microframe.contrib.registry.instance import ServiceInstance
+if TYPE_CHECKING:
+    from microframe.contrib.registry.instance import ServiceInstance
 
 
 class Balancer(Protocol):

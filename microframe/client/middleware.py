@@ -19,7 +19,6 @@ import grpc
 import grpc.aio
 
 from microframe.client.call import ClientCall
-from microframe.contrib.registry.base import RegistryError
 from microframe.core.context import current_context
 from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
 from microframe.core.handlers import HANDLED_TRAILER
@@ -180,7 +179,12 @@ class DiscoveryMiddleware:
         client = call.client
         try:
             instances = await client.discovery().instances(call.service)
-        except RegistryError as err:
+        except Exception as err:
+            # Imported here: the client library loads without the registry battery.
+            from microframe.contrib.registry.base import RegistryError
+
+            if not isinstance(err, RegistryError):
+                raise
             raise Unavailable(f"no instance of {call.service!r} is known: {err}") from None
         if not instances:
             raise Unavailable(f"no instance of {call.service!r} is registered")
