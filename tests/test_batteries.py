@@ -15,7 +15,7 @@ from microframe.conf import global_settings
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.test.utils import override_settings
 
-from conftest import ROOT, base_env
+from conftest import ROOT, base_env, service_settings
 
 
 def write(path: Path, text: str) -> None:
@@ -129,3 +129,101 @@ def test_each_battery_is_imported_and_readied_once(tmp_path, monkeypatch):
 def test_a_malformed_setting_is_left_to_the_checks() -> None:
     with override_settings(BATTERIES="microframe.contrib.registry"):
         assert get_batteries() == []
+
+
+# A service's own package as a battery. ----------------------------------------------------------
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> tuple[Path, str]:
+    static = {"BACKEND": "microframe.contrib.registry.static.StaticRegistry"}
+    module = service_settings(tmp_path, "shop", "shop", static)
+    with (tmp_path / "shop" / "settings.py").open("a") as settings_file:
+        settings_file.write(
+            "from microframe.conf import global_settings\n"
+            'BATTERIES = [*global_settings.BATTERIES, "shop"]\n'
+        )
+    write(
+        tmp_path / "shop" / "battery.py",
+        '''
+        from microframe.batteries import Battery
+
+
+        class ShopBattery(Battery):
+            name = "shop"
+
+            def ready(self) -> None:
+                import shop.checks  # noqa: F401
+        ''',
+    )
+    write(
+        tmp_path / "shop" / "checks.py",
+        '''
+        from microframe.core.checks import Warning, register
+
+
+        @register("shop")
+        def check_shop(**kwargs):
+            return [Warning("The shop is closed.", id="shop.W001")]
+        ''',
+    )
+    write(tmp_path / "shop" / "management" / "__init__.py", "")
+    write(tmp_path / "shop" / "management" / "commands" / "__init__.py", "")
+    write(
+        tmp_path / "shop" / "management" / "commands" / "hello.py",
+        '''
+        from microframe.management.base import BaseCommand
+
+
+        class Command(BaseCommand):
+            help = "Say hello."
+            requires_system_checks = []
+
+            def handle(self, *args, **options):
+                return "hello from the shop"
+        ''',
+    )
+    return tmp_path, module
+
+
+def run_shop(shop: tuple[Path, str], *args: str) -> subprocess.CompletedProcess[str]:
+    directory, module = shop
+    return subprocess.run(
+        [sys.executable, "-m", "microframe", *args, "--settings", module,
+         "--pythonpath", str(directory)],
+        cwd=directory, env=base_env(), capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_a_service_battery_registers_its_checks(shop) -> None:
+    result = run_shop(shop, "check")
+    assert result.returncode == 0, result.stderr
+    assert "?: (shop.W001) The shop is closed." in result.stderr
+    result = run_shop(shop, "check", "--tag", "shop")
+    assert result.returncode == 0, result.stderr
+    assert "shop.W001" in result.stderr
+
+
+def test_a_service_battery_adds_its_commands(shop) -> None:
+    result = run_shop(shop, "help")
+    assert result.returncode == 0, result.stderr
+    assert "[shop]\n    hello\n" in result.stdout
+    assert "[microframe.contrib.registry]\n    register\n" in result.stdout
+    result = run_shop(shop, "hello")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello from the shop"
+
+
+def test_a_battery_that_does_not_load_is_reported(shop) -> None:
+    directory, module = shop
+    with (directory / "shop" / "settings.py").open("a") as settings_file:
+        settings_file.write('BATTERIES = [*BATTERIES, "no_such_battery"]\n')
+    result = run_shop(shop, "check")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "ImproperlyConfigured: BATTERIES entry 'no_such_battery' does not import: "
+        "no such package or module."
+    )
+    result = run_shop(shop, "register", "--list")
+    assert result.returncode == 1
+    assert "ImproperlyConfigured: BATTERIES entry 'no_such_battery'" in result.stderr
