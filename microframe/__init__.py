@@ -48,7 +48,13 @@ __all__ = [
 
 
 def setup() -> None:
-    """Configure logging from the settings; call once before serving (commands do)."""
+    """Configure logging from the settings and set the batteries up; call once before serving.
+
+    Commands that serve do. The batteries' ``ready()`` runs once per process, however often
+    this is called.
+    """
+    from microframe.batteries import setup_batteries
     from microframe.contrib.logging.config import configure_from_settings
 
     configure_from_settings()
+    setup_batteries()

@@ -252,5 +252,10 @@ def test_every_setting_check_and_command_is_in_the_reference():
     assert len(ids) > 30
     assert not sorted(i for i in ids if f"**{i}**" not in checks_ref and not i.startswith("myapp."))
     commands_ref = (DOCS / "ref" / "commands.md").read_text(encoding="utf-8")
-    commands = [p.stem for p in (ROOT / "microframe" / "management" / "commands").glob("[!_]*.py")]
+    commands = [
+        p.stem
+        for pattern in ("management/commands/[!_]*.py", "contrib/*/management/commands/[!_]*.py")
+        for p in (ROOT / "microframe").glob(pattern)
+    ]
+    assert "register" in commands
     assert not [c for c in commands if f"## `{c}`" not in commands_ref]

@@ -104,6 +104,20 @@ REGISTRY = {
     "CACHE_DIR": None,
 }
 
+# The batteries plugged in (microframe.batteries), in order: dotted paths of packages with a
+# battery.py module, or of Battery subclasses. Each one's ready() runs once, before the checks
+# (it registers its checks), and its management/commands/ are commands of manage.py. A service
+# adds its own: BATTERIES = [*global_settings.BATTERIES, "orders"].
+BATTERIES = [
+    "microframe.contrib.metrics",
+    "microframe.contrib.logging",
+    "microframe.contrib.tracing",
+    "microframe.contrib.limiter",
+    "microframe.contrib.registry",
+    "microframe.contrib.gateway",
+    "microframe.contrib.auth",
+]
+
 MIDDLEWARE = [
     "microframe.contrib.metrics.middleware.MetricsMiddleware",
     "microframe.contrib.tracing.middleware.TracingMiddleware",

@@ -51,23 +51,42 @@ def _service_package() -> str | None:
     return module.rpartition(".")[0] or None
 
 
+def _package_commands(package: str) -> list[str]:
+    """Return the commands of ``package.management.commands`` (none if it has no management)."""
+    try:
+        mod = import_module(f"{package}.management")
+    except ImportError:
+        return []
+    return [name for path in getattr(mod, "__path__", ()) for name in find_commands(path)]
+
+
+def _battery_packages() -> list[str]:
+    """Return the packages of the batteries in ``BATTERIES`` (none if one does not load).
+
+    A battery that does not load is reported by the command run (its checks, ``fetch_command``).
+    """
+    from microframe.batteries import get_batteries
+
+    try:
+        return [battery.name for battery in get_batteries()]
+    except ImproperlyConfigured:
+        return []
+
+
 @functools.cache
 def get_commands() -> dict[str, str]:
     """Map every command name to the package that provides it.
 
-    The framework's own commands first, then the service package's
-    ``management/commands/``, which may override them (as Django apps do).
+    The framework's own commands first, then those of each battery of ``BATTERIES`` (in its
+    ``management/commands/``), then the service package's, which may override them (as
+    Django apps do).
     """
     commands = {name: "microframe" for name in find_commands(os.path.dirname(__file__))}
+    for battery in _battery_packages():
+        commands.update({name: battery for name in _package_commands(battery)})
     package = _service_package()
     if package:
-        try:
-            mod = import_module(f"{package}.management")
-        except ImportError:
-            mod = None
-        if mod is not None and getattr(mod, "__path__", None):
-            for path in mod.__path__:
-                commands.update({name: package for name in find_commands(path)})
+        commands.update({name: package for name in _package_commands(package)})
     return commands
 
 
@@ -136,7 +155,10 @@ class ManagementUtility:
             settings.SERVICE_NAME  # noqa: B018 - loads the settings
         except ImproperlyConfigured as err:
             lines.append("")
-            lines.append(f"Note: only the framework's commands are listed ({err}).")
+            lines.append(
+                "Note: only the commands of the framework and its default batteries are listed "
+                f"({err})."
+            )
         return "\n".join(lines)
 
     def fetch_command(self, subcommand: str) -> BaseCommand:
@@ -151,6 +173,9 @@ class ManagementUtility:
             if os.environ.get(ENVIRONMENT_VARIABLE):
                 try:
                     settings.SERVICE_NAME  # noqa: B018 - broken settings hide the service's commands
+                    from microframe.batteries import get_batteries
+
+                    get_batteries()  # and a battery that does not load hides its own
                 except ImproperlyConfigured as err:
                     sys.stderr.write(f"ImproperlyConfigured: {err}\n")
                     sys.exit(1)

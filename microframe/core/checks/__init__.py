@@ -22,12 +22,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import microframe.client.checks  # noqa: F401 - the client library's checks
-import microframe.contrib.auth.checks  # noqa: F401 - the auth battery's checks
-import microframe.contrib.gateway.checks  # noqa: F401 - the gateway battery's checks
-import microframe.contrib.limiter.checks  # noqa: F401 - the limiter battery's checks
-import microframe.contrib.logging.checks  # noqa: F401 - the logging battery's checks
-import microframe.contrib.registry.checks  # noqa: F401 - the registry battery's checks
-import microframe.contrib.tracing.checks  # noqa: F401 - the tracing battery's checks
 import microframe.core.checks.core_checks  # noqa: F401 - registers the built-in checks
 import microframe.core.checks.middleware_checks  # noqa: F401
 import microframe.core.checks.proto_checks  # noqa: F401

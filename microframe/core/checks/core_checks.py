@@ -198,6 +198,8 @@ Rule = tuple[str, Callable[[Any], bool], str, str | None]
 TOP_LEVEL_RULES: list[Rule] = [
     ("DEBUG", lambda v: isinstance(v, bool), "a bool", "Set DEBUG = True or DEBUG = False."),
     ("SERVICE_NAME", _non_empty_str, "a non-empty str", None),
+    ("BATTERIES", _str_list, "a list of dotted paths (str)",
+     'List packages with a battery.py, e.g. BATTERIES = [*global_settings.BATTERIES, "orders"].'),
     ("SILENCED_SYSTEM_CHECKS", _str_list, "a list of check ids (str)",
      'List the ids to silence, e.g. SILENCED_SYSTEM_CHECKS = ["microframe.W001"].'),
     ("CONF_DIR", _path_or_none, "a directory path (str) or None", None),

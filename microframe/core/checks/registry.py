@@ -41,12 +41,15 @@ def _accepts_kwargs(func: Callable[..., Any]) -> bool:
 class CheckRegistry:
     """Check functions, each with its tags; deployment checks apart.
 
-    Checks run in the order they were registered.
+    Checks run in the order they were registered. ``prepare``, if given, is called before the
+    checks are listed or run: the global registry sets the batteries up there, so that they
+    have registered theirs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prepare: Callable[[], None] | None = None) -> None:
         self.registered_checks: dict[Callable[..., Any], None] = {}
         self.deployment_checks: dict[Callable[..., Any], None] = {}
+        self.prepare = prepare
 
     @overload
     def register(self, check: F, *tags: str, deploy: bool = False) -> F: ...
@@ -118,13 +121,22 @@ class CheckRegistry:
 
     def get_checks(self, include_deployment_checks: bool = False) -> list[Callable[..., Any]]:
         """Return the registered checks, then the deployment checks if asked."""
+        if self.prepare is not None:
+            self.prepare()
         checks = list(self.registered_checks)
         if include_deployment_checks:
             checks.extend(c for c in self.deployment_checks if c not in self.registered_checks)
         return checks
 
 
-registry = CheckRegistry()
+def _setup_batteries() -> None:
+    """Have the batteries of ``BATTERIES`` register their checks (once)."""
+    from microframe.batteries import setup_batteries
+
+    setup_batteries()
+
+
+registry = CheckRegistry(prepare=_setup_batteries)
 register = registry.register
 run_checks = registry.run_checks
 tag_exists = registry.tag_exists

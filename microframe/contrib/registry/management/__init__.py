@@ -1,0 +1,1 @@
+"""The registry battery's commands."""
