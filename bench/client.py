@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,11 +34,7 @@ END_MARK = "<!-- bench:client:end -->"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from microframe.test.ports import free_port  # noqa: E402
 
 
 async def drive(call, calls: int, concurrency: int) -> float:

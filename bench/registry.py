@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ SERVICE = "benchsvc"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from microframe.test.ports import free_port  # noqa: E402
+
 WATCHER = r"""
 import asyncio, json, sys, time
 from microframe.contrib.registry import build_registry
@@ -58,10 +59,6 @@ asyncio.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:

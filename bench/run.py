@@ -33,7 +33,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -50,6 +49,8 @@ BENCH = Path(__file__).resolve().parent
 DOC = ROOT / "docs" / "performance.md"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from microframe.test.ports import free_port  # noqa: E402
 
 from example.generate import hello_pb2  # noqa: E402
 
@@ -129,10 +130,6 @@ def write_helper_settings(directory: Path, dev_settings: str | None) -> None:
 # Processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vm_rss_kb(pid: int) -> int | None:

@@ -22,6 +22,7 @@ from microframe.client.call import ClientCall
 from microframe.core.context import current_context
 from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
 from microframe.core.handlers import HANDLED_TRAILER
+from microframe.core.router import RpcKind
 from microframe.discovery.registry import RegistryError
 from microframe.utils.timeouts import with_timeout
 
@@ -363,17 +364,12 @@ def _from_aio(err: grpc.aio.AioRpcError) -> RpcError:
     return error_for(err.code(), err.details() or err.code().name.lower(), trailers)
 
 
-def connection_handler(client: Any, method: str, kind: Any) -> ClientHandler:
+def connection_handler(client: Any, method: str, kind: RpcKind) -> ClientHandler:
     """The innermost handler: the call itself, on the chosen instance's channel."""
     serializer = _serialize
     balancer = client.balancer
 
-    factory_name = {
-        "unary": "unary_unary",
-        "server_stream": "unary_stream",
-        "client_stream": "stream_unary",
-        "bidi_stream": "stream_stream",
-    }[kind.grpc_type]
+    factory_name = str(kind)  # RpcKind's values are grpc's names of its multicallables
     # Per address: [the channel, its multicallable, whether it answered the last call], built on
     # first use (building a multicallable per call costs more than the rest of the chain). A
     # channel the pool closed and replaced is noticed, and its entry made anew.

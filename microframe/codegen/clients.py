@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from microframe.codegen.naming import HEADER, module_of, relative_import
+from microframe.core.router import RpcKind
 
 
 def typed_clients(descriptor_set: Path, protos: list[Path]) -> dict[Path, str]:
@@ -60,14 +61,13 @@ def typed_clients(descriptor_set: Path, protos: list[Path]) -> dict[Path, str]:
                     param = f"request: {req}"
                     arg = "request"
                 args = call_args.format(arg=arg)
+                kind = RpcKind.of(m.client_streaming, m.server_streaming).client_method
                 if m.server_streaming:
-                    kind = "stream_stream" if m.client_streaming else "unary_stream"
                     methods.append(
                         f"    def {m.name}(self, {param}, {sig_common}) -> AsyncIterator[{rep}]:\n"
                         f"        return self.client.{kind}({args})\n"
                     )
                 else:
-                    kind = "stream_unary" if m.client_streaming else "unary"
                     methods.append(
                         f"    async def {m.name}(self, {param}, {sig_common}) -> {rep}:\n"
                         f"        return await self.client.{kind}({args})\n"

@@ -9,6 +9,7 @@ from typing import Any
 
 from microframe.codegen.naming import HEADER, module_of
 from microframe.codegen.services import ServiceInfo
+from microframe.core.router import RpcKind
 from microframe.utils.names import snake
 
 
@@ -40,8 +41,7 @@ def router_text(package: str, services: list[ServiceInfo]) -> str:
 
 def stub_text(service: ServiceInfo, method: str, client_streaming: bool, server_streaming: bool) -> str:
     request = "requests" if client_streaming else "request"
-    kind = {(False, False): "unary", (False, True): "server streaming", (True, False): "client streaming",
-            (True, True): "bidirectional"}[(client_streaming, server_streaming)]
+    kind = RpcKind.of(client_streaming, server_streaming).description
     body = ['    raise Unimplemented("' + f'{service.name}.{method} is not implemented yet")']
     if server_streaming:
         body.append("    yield  # a server-streaming controller is an async generator")

@@ -54,6 +54,16 @@ class RpcKind(enum.StrEnum):
         """Name used in the ``grpc_type`` label of go-grpc-prometheus."""
         return _GRPC_TYPES[self]
 
+    @property
+    def description(self) -> str:
+        """In words: ``unary``, ``server streaming``, ``client streaming``, ``bidirectional``."""
+        return _DESCRIPTIONS[self]
+
+    @property
+    def client_method(self) -> str:
+        """The method of :class:`microframe.client.Client` that makes a call of this kind."""
+        return "unary" if self is RpcKind.UNARY_UNARY else self.value
+
     @classmethod
     def of(cls, client_streaming: bool, server_streaming: bool) -> RpcKind:
         if client_streaming:
@@ -66,6 +76,12 @@ _GRPC_TYPES = {
     RpcKind.UNARY_STREAM: "server_stream",
     RpcKind.STREAM_UNARY: "client_stream",
     RpcKind.STREAM_STREAM: "bidi_stream",
+}
+_DESCRIPTIONS = {
+    RpcKind.UNARY_UNARY: "unary",
+    RpcKind.UNARY_STREAM: "server streaming",
+    RpcKind.STREAM_UNARY: "client streaming",
+    RpcKind.STREAM_STREAM: "bidirectional",
 }
 
 
