@@ -35,10 +35,10 @@ from microframe.core.checks import (
     Info,
     Tags,
     Warning,
-    run_and_report,
     run_checks,
 )
 from microframe.management.base import OutputWrapper, SystemCheckError
+from microframe.management.checks import run_and_report
 from microframe.test import override_settings
 
 ROOT = Path(__file__).resolve().parents[1]

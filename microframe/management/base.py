@@ -155,14 +155,15 @@ class BaseCommand:
         fail_level: int | None = None,
     ) -> None:
         """Run the system checks; raise SystemCheckError if any is at ``fail_level`` or above."""
-        from microframe.core import checks
+        from microframe.core.checks import ERROR
+        from microframe.management.checks import run_and_report
 
-        checks.run_and_report(
+        run_and_report(
             self,
             tags=tags,
             display_num_errors=display_num_errors,
             include_deployment_checks=include_deployment_checks,
-            fail_level=checks.ERROR if fail_level is None else fail_level,
+            fail_level=ERROR if fail_level is None else fail_level,
         )
 
     def handle(self, *args: Any, **options: Any) -> str | None:

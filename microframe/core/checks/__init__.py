@@ -18,9 +18,6 @@ whose id is in ``SILENCED_SYSTEM_CHECKS`` are not reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 import microframe.client.checks  # noqa: F401 - the client library's checks
 import microframe.core.checks.core_checks  # noqa: F401 - registers the built-in checks
 import microframe.core.checks.middleware_checks  # noqa: F401
@@ -65,7 +62,7 @@ __all__ = [
     "Warning",
     "register",
     "registry",
-    "run_and_report",
+    "format_report",
     "run_checks",
     "tag_exists",
 ]
@@ -79,28 +76,11 @@ _GROUPS = (
 )
 
 
-def _write(stream: Any, text: str) -> None:
-    stream.write(text if text.endswith("\n") else text + "\n")
-
-
-def run_and_report(
-    command: Any,
-    *,
-    tags: Iterable[str] | None = None,
-    display_num_errors: bool = False,
-    include_deployment_checks: bool = False,
-    fail_level: int = ERROR,
-) -> None:
-    """Run the checks and write what they found to ``command.stdout`` / ``command.stderr``.
-
-    Messages are grouped by level (``ERRORS:``, ``WARNINGS:``...), silenced ones left out.
-    With ``display_num_errors``, end with "System check identified N issues (M silenced)."
-    Raise :class:`~microframe.management.base.SystemCheckError` when a message not silenced
-    is at ``fail_level`` or above.
-    """
-    from microframe.management.base import SystemCheckError
-
-    all_issues = run_checks(tags=tags, include_deployment_checks=include_deployment_checks)
+def format_report(all_issues: list[CheckMessage], *, display_num_errors: bool = False) -> str:
+    """What ``check`` prints of ``all_issues``: the messages not silenced, grouped by level
+    (``ERRORS:``, ``WARNINGS:``...) under "System check identified some issues:"; with
+    ``display_num_errors``, ending with "System check identified N issues (M silenced)."
+    Empty when there is nothing to say."""
     visible = [issue for issue in all_issues if not issue.is_silenced()]
     body = ""
     for group, low, high in _GROUPS:
@@ -119,8 +99,4 @@ def run_and_report(
         footer = ("\n" if visible else "") + (
             f"System check identified {counted} ({len(all_issues) - count} silenced)."
         )
-    if any(issue.is_serious(fail_level) for issue in visible):
-        raise SystemCheckError(f"SystemCheckError: {header}{body}{footer}")
-    message = header + body + footer
-    if message:
-        _write(command.stderr if visible else command.stdout, message)
+    return header + body + footer
