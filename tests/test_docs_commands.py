@@ -509,15 +509,7 @@ class Reader:
 
     def command(self, command: str) -> tuple[int, str, str]:
         """Run ``command`` to its end (within ``COMMAND_TIMEOUT``): its status, stdout, stderr."""
-        proc = subprocess.Popen(
-            [*self.namespace.enter(), "bash", "-c", command],
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its group, to kill what it started if it hangs
-        )
+        proc = self.spawn(command)
         try:
             out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -526,16 +518,21 @@ class Reader:
             err += f"\n(killed: still running after {COMMAND_TIMEOUT} s)".encode()
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
-    def start(self, command: str) -> Server:
-        proc = subprocess.Popen(
+    def spawn(self, command: str) -> subprocess.Popen[bytes]:
+        """``command`` under bash in the page's namespace and directory, in a process group of
+        its own (CONTROL-C reaches all it started; a hung one is killed with all of it)."""
+        return subprocess.Popen(
             [*self.namespace.enter(), "bash", "-c", command],
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,  # its group: CONTROL-C reaches all
+            start_new_session=True,
         )
+
+    def start(self, command: str) -> Server:
+        proc = self.spawn(command)
         assert proc.stdout is not None and proc.stderr is not None
         server = Server(command, proc, Lines(proc.stdout), Lines(proc.stderr))
         self.servers.append(server)
