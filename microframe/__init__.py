@@ -48,13 +48,15 @@ __all__ = [
 
 
 def setup() -> None:
-    """Configure logging from the settings and set the batteries up; call once before serving.
+    """Configure logging (``LOGGING_SETUP``) and set the batteries up; call once before serving.
 
     Commands that serve do. The batteries' ``ready()`` runs once per process, however often
     this is called.
     """
     from microframe.batteries import setup_batteries
-    from microframe.contrib.logging.config import configure_from_settings
+    from microframe.conf import settings
+    from microframe.utils.module_loading import import_string
 
-    configure_from_settings()
+    if settings.LOGGING_SETUP:
+        import_string(settings.LOGGING_SETUP)()
     setup_batteries()

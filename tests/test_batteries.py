@@ -227,3 +227,70 @@ def test_a_battery_that_does_not_load_is_reported(shop) -> None:
     result = run_shop(shop, "register", "--list")
     assert result.returncode == 1
     assert "ImproperlyConfigured: BATTERIES entry 'no_such_battery'" in result.stderr
+
+
+# Signals: the batteries act on the server's life cycle; the runtime names none of them. --------
+
+
+def test_a_receiver_that_raises_is_logged_and_the_others_run(caplog) -> None:
+    import asyncio
+
+    from microframe.utils.signals import Signal
+
+    signal = Signal("probe")
+    seen: list[str] = []
+
+    def broken(sender, **kwargs):
+        raise RuntimeError("broken receiver")
+
+    async def later(sender, **kwargs):
+        seen.append(kwargs["value"])
+
+    signal.connect(broken)
+    signal.connect(later)
+    with caplog.at_level("ERROR", logger="microframe.signals"):
+        asyncio.run(signal.asend(None, value="sent"))
+    assert seen == ["sent"]
+    assert "a probe receiver" in caplog.text and "broken receiver" in caplog.text
+
+
+def test_a_server_a_test_starts_is_not_registered(tmp_path) -> None:
+    """The registry battery registers runserver's server only (``server.process``), not one a
+    program or a test starts, even with REGISTER on; and runserver's, with the same settings."""
+    import asyncio
+
+    from microframe.core.server import Server, ServerConfig
+    from microframe.core.serving import ServingProcess
+    from microframe.discovery import build_registry
+    from microframe.test import serve
+
+    setup_batteries()
+    registry = {
+        "BACKEND": "microframe.contrib.registry.file.FileRegistry",
+        "OPTIONS": {"directory": str(tmp_path / "registry")}, "REGISTER": True,
+    }
+
+    async def instances() -> list[str]:
+        reg = build_registry()
+        try:
+            return [i.address for i in await reg.instances("testservice")]
+        finally:
+            await reg.close()
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        async with serve(routes=[], middleware=[]):
+            by_test = await instances()
+        process = ServingProcess("server", "127.0.0.1", 0)
+        server = Server([], config=ServerConfig.from_settings(port=0), process=process)
+        await server.start()
+        try:
+            by_runserver = await instances()
+        finally:
+            await server.stop(0.5)
+        return by_test, by_runserver, await instances()
+
+    with override_settings(REGISTRY=registry, SERVICE_NAME="testservice"):
+        by_test, by_runserver, after = asyncio.run(scenario())
+    assert by_test == []
+    assert len(by_runserver) == 1 and by_runserver[0].startswith("127.0.0.1:")
+    assert after == []

@@ -96,6 +96,8 @@ REPO_FILES = ["example", "manage.py", "gunicorn.conf.py", "tests/testservice"]
 # the commands (and, for those that serve, a line that says they are ready) that come before.
 HOME_PAGES: dict[str, list[tuple[str, str | None]]] = {
     "intro/new-service.md": [],
+    # "The orders service made by startservice", in its directory.
+    "howto/battery.md": [("microframe-admin startservice orders", None), ("cd orders", None)],
     # "From the service's directory, with runserver serving", gunicorn started.
     "topics/gateway.md": [
         ("microframe-admin startservice orders", None),

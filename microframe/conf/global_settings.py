@@ -271,6 +271,9 @@ LOG = {
 
 # logging.config.dictConfig settings merged deeply over the default built from LOG.
 LOGGING_CONFIG = "logging.config.dictConfig"
+# The function microframe.setup() calls first to configure logging from LOG, LOGGING_CONFIG and
+# LOGGING (the logging battery's); None leaves logging as the program set it.
+LOGGING_SETUP = "microframe.contrib.logging.config.configure_from_settings"
 LOGGING: dict = {}
 
 # The access log (microframe.contrib.logging.middleware.AccessLogMiddleware): a line per call

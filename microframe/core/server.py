@@ -25,6 +25,7 @@ from microframe.core.handlers import controller_handler, grpc_method_handler
 from microframe.core.limits import CallLimits, CallTracker, ReceiveSlots, Watchdog
 from microframe.core.middleware import MiddlewareFactory, build_chain
 from microframe.core.router import Route
+from microframe.core.serving import ServingProcess
 from microframe.core.signals import server_started, server_stopped, server_stopping
 from microframe.utils.memory import MemoryTrimmer
 from microframe.utils.resources import connections_within_files_limit, raise_open_files_limit
@@ -201,21 +202,13 @@ def _server_credentials(tls: dict[str, Any]) -> grpc.ServerCredentials:
     )
 
 
-async def _send_and_await(signal: Any, **kwargs: Any) -> None:
-    """Send ``signal``; await the receivers that are coroutines; log (not raise) their errors."""
-    for receiver, result in signal.send(**kwargs):
-        if asyncio.iscoroutine(result):
-            try:
-                await result
-            except Exception:
-                logger.exception("a %s receiver (%r) failed", signal.name, receiver)
-
-
 class Server:
     """A grpc.aio server serving ``routes`` through ``middleware``.
 
     ``start()`` binds and serves; ``stop()`` marks health NOT_SERVING, stops accepting and
-    lets in-flight calls finish for the grace period.
+    lets in-flight calls finish for the grace period. ``process`` is runserver's description
+    of the process this server serves in (None for a server a program or a test starts): the
+    batteries receiving the server's signals read it (:mod:`microframe.core.signals`).
     """
 
     def __init__(
@@ -224,8 +217,10 @@ class Server:
         *,
         middleware: Sequence[str | MiddlewareFactory] = (),
         config: ServerConfig | None = None,
+        process: ServingProcess | None = None,
     ) -> None:
         self.routes = list(routes)
+        self.process = process
         self.middleware = list(middleware)
         self.config = config or ServerConfig()
         self.executor = ThreadPoolExecutor(
@@ -323,7 +318,7 @@ class Server:
         await server.start()
         self.memory.start()
         await self._set_health(True)
-        await _send_and_await(server_started, sender=self.__class__, server=self, address=self.address)
+        await server_started.asend(self.__class__, server=self, address=self.address)
         logger.info(
             "serving %d methods of %s on %s (pid %d)",
             len(self.routes),
@@ -353,7 +348,7 @@ class Server:
         grace = self.config.grace if grace is None else grace
         logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
         await self._set_health(False)
-        await _send_and_await(server_stopping, sender=self.__class__, server=self)
+        await server_stopping.asend(self.__class__, server=self)
         if self.config.shutdown_delay > 0:
             logger.info(
                 "still serving for %.1f s (SHUTDOWN_DELAY) while clients move away",
@@ -388,7 +383,7 @@ class Server:
                 "stopped: %d call(s) accepted, all completed (%d were in flight at the stop)",
                 self.calls.accepted, running,
             )
-        await _send_and_await(server_stopped, sender=self.__class__, server=self)
+        await server_stopped.asend(self.__class__, server=self)
 
     async def serve_until_signal(
         self,

@@ -14,9 +14,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from microframe.core.serving import ServingProcess
+from microframe.core.signals import pool_started, pool_stopped, pool_stopping, worker_exited
 from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.server")
@@ -54,7 +55,15 @@ def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGTERM) ->
 
 
 class Supervisor:
-    """Start ``count`` copies of ``command`` and supervise them until a signal arrives."""
+    """Start ``count`` copies of ``command`` and supervise them until a signal arrives.
+
+    It sends the pool's signals (:mod:`microframe.core.signals`) with itself as ``pool``:
+    ``pool_started`` once the workers are started (a task, cancelled if the pool stops first),
+    ``worker_exited`` for each worker that exits, ``pool_stopping`` before the workers are told
+    to drain (awaited, up to the grace period: deregistration comes first, while every worker
+    still serves), ``pool_stopped`` once they all have exited. ``process`` is runserver's
+    description of the supervisor's process (None when a program runs a pool itself).
+    """
 
     def __init__(
         self,
@@ -63,17 +72,13 @@ class Supervisor:
         *,
         grace: float = 10.0,
         env: dict[str, str] | None = None,
-        on_worker_exit: Callable[[int], None] | None = None,
-        after_start: Callable[[], Coroutine[Any, Any, None]] | None = None,
-        before_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        process: ServingProcess | None = None,
     ) -> None:
         self.command = list(command)
         self.count = count
         self.grace = grace
         self.env = dict(os.environ if env is None else env)
-        self.on_worker_exit = on_worker_exit
-        self.after_start = after_start
-        self.before_stop = before_stop
+        self.process = process
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = 0
         self._stopping = asyncio.Event()
@@ -90,8 +95,7 @@ class Supervisor:
             self.processes[worker_id] = proc
             logger.info("worker %d started (pid %d)", worker_id, proc.pid)
             code = await proc.wait()
-            if self.on_worker_exit is not None:
-                self.on_worker_exit(proc.pid)
+            await worker_exited.asend(self.__class__, pool=self, pid=proc.pid)
             if self._stopping.is_set():
                 logger.info("worker %d (pid %d) stopped with code %s", worker_id, proc.pid, code)
                 return
@@ -122,18 +126,14 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         tasks = [asyncio.create_task(self._keep_running(i)) for i in range(self.count)]
-        hook: asyncio.Task[None] | None = None
-        if self.after_start is not None:
-            hook = asyncio.create_task(self.after_start())
+        started = asyncio.create_task(pool_started.asend(self.__class__, pool=self))
         await self._stopping.wait()
-        if hook is not None and not hook.done():
-            hook.cancel()
-        if self.before_stop is not None:
-            # Deregistration and the like come first, while every worker still serves.
-            try:
-                await with_timeout(self.before_stop(), self.grace + 5)
-            except Exception:
-                logger.exception("stopping: the supervisor's before_stop hook failed")
+        if not started.done():
+            started.cancel()
+        try:
+            await with_timeout(pool_stopping.asend(self.__class__, pool=self), self.grace + 5)
+        except TimeoutError:
+            logger.error("stopping: the pool_stopping receivers took over %.1f s", self.grace + 5)
         logger.info("stopping %d workers", len(self.processes))
         self._signal_workers(signal.SIGTERM)
         try:
@@ -142,4 +142,5 @@ class Supervisor:
             logger.error("workers still running after %.1f s: killing them", self.grace + 5)
             self._signal_workers(signal.SIGKILL)
             await asyncio.gather(*tasks, return_exceptions=True)
+        await pool_stopped.asend(self.__class__, pool=self)
         return 0

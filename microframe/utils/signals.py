@@ -6,10 +6,14 @@ with weak references, and pulling in a dispatcher package for that is not worth 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger("microframe.signals")
 
 
 class Signal:
@@ -54,6 +58,23 @@ class Signal:
             if receiver is not None:
                 answers.append((receiver, receiver(sender=sender, **kwargs)))
         return answers
+
+    async def asend(self, sender: Any, **kwargs: Any) -> None:
+        """Call the live receivers in connection order, awaiting those that are coroutines
+        (``async def``), and log, not raise, what a receiver raises: one failing battery does
+        not stop the others, nor the server's start or drain."""
+        with self._lock:
+            receivers = list(self._receivers)
+        for _, ref in receivers:
+            receiver = ref()
+            if receiver is None:
+                continue
+            try:
+                answer = receiver(sender=sender, **kwargs)
+                if asyncio.iscoroutine(answer):
+                    await answer
+            except Exception:
+                logger.exception("a %s receiver (%r) failed", self.name, receiver)
 
     def __repr__(self) -> str:
         return f"<Signal {self.name}>"

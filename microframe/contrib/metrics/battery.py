@@ -11,4 +11,9 @@ class MetricsBattery(Battery):
     name = "microframe.contrib.metrics"
     label = "metrics"
 
-    # Its checks are the framework's own (Tags.metrics): nothing to plug in.
+    def ready(self) -> None:
+        """Serve runserver's /metrics endpoint (its checks are the framework's own,
+        ``Tags.metrics``)."""
+        from microframe.contrib.metrics import serving
+
+        serving.connect()

@@ -12,5 +12,8 @@ class RegistryBattery(Battery):
     label = "registry"
 
     def ready(self) -> None:
-        """Register the registry checks."""
+        """Register the registry checks; register runserver's instance while it serves."""
         import microframe.contrib.registry.checks  # noqa: F401 - registers them
+        from microframe.contrib.registry import serving
+
+        serving.connect()

@@ -1,9 +1,6 @@
-"""Registering the serving instance: what is advertised, and when.
-
-``runserver`` registers the instance once the server is serving and its health says SERVING,
-and deregisters it first thing when it stops (before draining), so that clients stop choosing
-it while its last calls finish. With ``--workers N`` the supervisor does it, once for the pool,
-when the port answers the health service.
+"""Registering the serving instance: what is advertised (:func:`instance_from_settings`), and
+a registration's life (:class:`Registration`). When runserver registers is the battery's
+receivers' business (:mod:`microframe.contrib.registry.serving`).
 """
 
 from __future__ import annotations
@@ -13,10 +10,8 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from typing import Any
 
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.core.signals import server_started, server_stopping
 from microframe.discovery.instance import ServiceInstance, split_address
 from microframe.discovery.registry import Registry, RegistryError
 from microframe.utils.timeouts import with_timeout
@@ -175,35 +170,3 @@ async def wait_until_serving(address: str, timeout: float, *, health: bool = Tru
                 pass
             await asyncio.sleep(0.1)
     return False
-
-
-class ServerRegistration:
-    """Register a :class:`~microframe.core.server.Server` while it serves.
-
-    Connected to the ``server_started`` and ``server_stopping`` signals of that server (and no
-    other): on start, the instance is built from settings and the port really bound, and
-    registered in a registry built for the server's event loop; on stop, deregistered before
-    the server drains. Keep a reference to this object for as long as the server runs.
-    """
-
-    def __init__(self, server: Any, registry: Registry | None = None) -> None:
-        self.server = server
-        self._registry = registry
-        self.registration: Registration | None = None
-        server_started.connect(self._started)
-        server_stopping.connect(self._stopping)
-
-    async def _started(self, sender: Any, *, server: Any, **kwargs: Any) -> None:
-        if server is not self.server:
-            return
-        from microframe.contrib.registry import build_registry
-
-        instance = instance_from_settings(server.config.host, server.port)
-        self.registration = Registration(instance, self._registry or build_registry())
-        await self.registration.start()
-
-    async def _stopping(self, sender: Any, *, server: Any, **kwargs: Any) -> None:
-        if server is not self.server or self.registration is None:
-            return
-        registration, self.registration = self.registration, None
-        await registration.stop()

@@ -204,6 +204,7 @@ TOP_LEVEL_RULES: list[Rule] = [
      'List the ids to silence, e.g. SILENCED_SYSTEM_CHECKS = ["microframe.W001"].'),
     ("CONF_DIR", _path_or_none, "a directory path (str) or None", None),
     ("LOGGING_CONFIG", _str_or_none, "a dotted path (str) or None", None),
+    ("LOGGING_SETUP", _str_or_none, "a dotted path (str) or None", None),
     ("LOGGING", lambda v: isinstance(v, dict), "a dict (logging.config.dictConfig format)", None),
 ]
 

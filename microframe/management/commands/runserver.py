@@ -6,19 +6,18 @@ import asyncio
 import errno
 import os
 import re
-import shutil
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from microframe.core.serving import AddressInUse, Role, ServingProcess
+from microframe.core.signals import serving_starting, serving_stopped
 from microframe.core.supervisor import PARENT_PID_ENV, WORKER_ID_ENV, Supervisor, die_with_parent
 from microframe.management.base import BaseCommand, CommandError, CommandParser
 
 RUN_MAIN_ENV = "MICROFRAME_RUN_MAIN"
 WORKER_ADDR_ENV = "MICROFRAME_WORKER_ADDR"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 ADDR_RE = re.compile(r"^(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^:]+))?:?(?P<port>\d+)?$")
 
@@ -140,40 +139,49 @@ class Command(BaseCommand):
         except RouterImportError as err:  # with --skip-checks: what microframe.E010 says
             raise CommandError(f"{err}\n\tHINT: {err.hint}") from err
         config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
-        server = Server(routes, middleware=settings.MIDDLEWARE, config=config)
-        metrics = None
-        if settings.METRICS["ENABLED"] and not in_pool:
-            metrics = self.start_metrics(settings.METRICS["HOST"], metrics_port)
+        process = self.serving_process("worker" if in_pool else "server", host, port, metrics_port)
+        server = Server(routes, middleware=settings.MIDDLEWARE, config=config, process=process)
         loop_factory = new_event_loop_factory(settings.GRPC.get("EVENT_LOOP", "auto"))
 
         def started() -> None:
-            where = f" (metrics on http://{metrics.host}:{metrics.port}/metrics)" if metrics else ""
+            where = f" ({', '.join(process.endpoints)})" if process.endpoints else ""
             worker = f" [worker {os.environ[WORKER_ID_ENV]}]" if in_pool else ""
             self.stdout.write(
-                f"Serving gRPC on {server.address}{where}{worker}, pid {os.getpid()}. Quit with CONTROL-C."
+                f"Serving gRPC on {server.address}{where}{worker}, pid {os.getpid()}. "
+                "Quit with CONTROL-C."
             )
             self.stdout.flush()
-
-        registration = None
-        if settings.REGISTRY.get("REGISTER", True) and not in_pool:
-            from microframe.contrib.registry.registration import ServerRegistration
-
-            registration = ServerRegistration(server)
 
         async def serve() -> None:
             await server.serve_until_signal(on_started=started)
 
         try:
+            self.start_serving(process)
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 runner.run(serve())
-            del registration
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
                 raise CommandError(self.in_use(config.host, port, metrics=False)) from err
             raise CommandError(str(err)) from err
         finally:
-            if metrics is not None:
-                metrics.close()
+            serving_stopped.send(self.__class__, process=process)
+
+    def serving_process(self, role: Role, host: str, port: int, metrics_port: int) -> ServingProcess:
+        return ServingProcess(role, host, port, metrics_port=metrics_port)
+
+    def start_serving(self, process: ServingProcess) -> None:
+        """Send ``serving_starting``: the batteries start what the process serves besides gRPC
+        (/metrics); a port a battery cannot bind is a CommandError naming its setting."""
+        try:
+            serving_starting.send(self.__class__, process=process)
+        except AddressInUse as err:
+            serving_stopped.send(self.__class__, process=process)
+            raise CommandError(
+                self.in_use(err.host, err.port, metrics=err.purpose == "metrics")
+            ) from err
+        except OSError as err:
+            serving_stopped.send(self.__class__, process=process)
+            raise CommandError(str(err)) from err
 
     def in_use(self, host: str, port: int, *, metrics: bool) -> str:
         """The message for ``host:port`` already in use: the setting or the option it came
@@ -211,19 +219,6 @@ class Command(BaseCommand):
         if taken:
             raise CommandError("\n".join(taken))
 
-    def start_metrics(self, host: str, port: int, multiprocess_dir: str | None = None) -> Any:
-        from microframe.conf import settings
-        from microframe.contrib.metrics.exposition import start_http_server
-
-        try:
-            return start_http_server(
-                host, port, labels=settings.METRICS.get("LABELS") or {}, multiprocess_dir=multiprocess_dir
-            )
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise CommandError(self.in_use(host, port, metrics=True)) from err
-            raise CommandError(f"Cannot serve metrics on {host}:{port}: {err}") from err
-
     # -- N workers -----------------------------------------------------------------------------
 
     def run_supervisor(self, host: str, port: int, workers: int, metrics_port: int) -> None:
@@ -237,79 +232,33 @@ class Command(BaseCommand):
             reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             reserved.bind((host, 0))
             port = reserved.getsockname()[1]
-        multiproc_dir = tempfile.mkdtemp(prefix="microframe-metrics-")
-        os.environ[MULTIPROC_ENV] = multiproc_dir
-        argv = list(sys.orig_argv)
-        argv[0] = sys.executable
-        command = _worker_command(argv)
-        env = dict(os.environ)
-        # The address every worker serves on, whatever the command line said (port 0...).
-        env[WORKER_ADDR_ENV] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        metrics = None
+        process = self.serving_process("supervisor", host, port, metrics_port)
         try:
-            mark_dead = None
-            if settings.METRICS["ENABLED"]:
-                from microframe.contrib.metrics.exposition import mark_process_dead
-
-                metrics = self.start_metrics(settings.METRICS["HOST"], metrics_port, multiproc_dir)
-
-                def mark_dead(pid: int) -> None:
-                    mark_process_dead(pid, multiproc_dir)
-
-            after_start, before_stop = self.pool_registration(host, port)
+            self.start_serving(process)  # before the workers' environment is copied
+            argv = list(sys.orig_argv)
+            argv[0] = sys.executable
+            env = dict(os.environ)
+            # The address every worker serves on, whatever the command line said (port 0...).
+            env[WORKER_ADDR_ENV] = process.address
             supervisor = Supervisor(
-                command,
+                _worker_command(argv),
                 workers,
-                grace=float(settings.GRPC.get("SHUTDOWN_DELAY", 0.0)) + float(settings.GRPC.get("GRACE", 10.0)),
+                grace=float(settings.GRPC.get("SHUTDOWN_DELAY", 0.0))
+                + float(settings.GRPC.get("GRACE", 10.0)),
                 env=env,
-                on_worker_exit=mark_dead,
-                after_start=after_start,
-                before_stop=before_stop,
+                process=process,
             )
-            where = f" (metrics on http://{metrics.host}:{metrics.port}/metrics)" if metrics else ""
-            self.stdout.write(f"Serving gRPC on {host}:{port} with {workers} workers{where}, supervisor pid {os.getpid()}.")
+            where = f" ({', '.join(process.endpoints)})" if process.endpoints else ""
+            self.stdout.write(
+                f"Serving gRPC on {process.address} with {workers} workers{where}, "
+                f"supervisor pid {os.getpid()}."
+            )
             self.stdout.flush()
             asyncio.run(supervisor.run())
         finally:
-            if metrics is not None:
-                metrics.close()
+            serving_stopped.send(self.__class__, process=process)
             if reserved is not None:
                 reserved.close()
-            shutil.rmtree(multiproc_dir, ignore_errors=True)
-
-    def pool_registration(self, host: str, port: int) -> tuple[Any, Any]:
-        """Return the supervisor's hooks registering the pool once, or ``(None, None)``."""
-        from microframe.conf import settings
-
-        if not settings.REGISTRY.get("REGISTER", True):
-            return None, None
-        from microframe.contrib.registry.registration import (
-            WILDCARDS,
-            Registration,
-            instance_from_settings,
-            wait_until_serving,
-        )
-        from microframe.discovery import build_registry
-        from microframe.discovery.instance import format_address
-
-        instance = instance_from_settings(host, port)
-        local = format_address("127.0.0.1" if host.strip("[]") in WILDCARDS else host, port)
-        health = bool(settings.GRPC.get("HEALTH", True)) and not settings.GRPC.get("TLS")
-        state: dict[str, Registration] = {}
-
-        async def after_start() -> None:
-            while not await wait_until_serving(local, 30, health=health):
-                self.stderr.write(f"Workers are not serving on {local} yet; registration waits.")
-            registration = Registration(instance, build_registry())
-            state["registration"] = registration
-            await registration.start()
-
-        async def before_stop() -> None:
-            registration = state.pop("registration", None)
-            if registration is not None:
-                await registration.stop()
-
-        return after_start, before_stop
 
     # -- autoreload ----------------------------------------------------------------------------
 
