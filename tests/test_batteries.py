@@ -24,7 +24,12 @@ def write(path: Path, text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["microframe.core.checks", "microframe.core.server", "microframe.management"]
+    "module",
+    [
+        "microframe.core.checks", "microframe.core.server", "microframe.client",
+        "microframe.management", "microframe.conf", "microframe.discovery", "microframe.codegen",
+        "microframe.management.commands.runserver",
+    ],
 )
 def test_the_framework_imports_no_battery(module: str) -> None:
     code = (

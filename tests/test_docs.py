@@ -259,3 +259,10 @@ def test_every_setting_check_and_command_is_in_the_reference():
     ]
     assert "register" in commands
     assert not [c for c in commands if f"## `{c}`" not in commands_ref]
+    from microframe.core import signals
+    from microframe.utils.signals import Signal
+
+    signals_ref = (DOCS / "ref" / "signals.md").read_text(encoding="utf-8")
+    sent = [n for n, v in vars(signals).items() if isinstance(v, Signal)]
+    assert len(sent) >= 10
+    assert not [n for n in sent if f"### `{n}`" not in signals_ref]
