@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from . import BenchError
-from .load import GREETING, METHOD_PATH
+from .load import GREETING, grpc_request_args, method_url
 from example.generate import hello_pb2
 
 
@@ -38,17 +38,7 @@ def verify_raw(port: int, body: Path) -> str:
     if nghttp is None:
         return "nghttp missing: trailer not checked"
     out = subprocess.run(
-        [
-            nghttp,
-            "-v",
-            "-d",
-            str(body),
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-            f"http://127.0.0.1:{port}{METHOD_PATH}",
-        ],
+        [nghttp, "-v", *grpc_request_args(body), method_url(port)],
         capture_output=True,
         text=True,
         timeout=15,
@@ -61,6 +51,7 @@ def verify_raw(port: int, body: Path) -> str:
 
 
 def metrics_url(output: str) -> str | None:
+    """The /metrics URL runserver printed in ``output``, if it serves one."""
     match = re.search(r"metrics on (http://\S+/metrics)", output)
     return match.group(1) if match else None
 

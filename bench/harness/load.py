@@ -23,6 +23,16 @@ METHOD_PATH = "/helloworld.Greeter/SayHello"
 GREETING = "Hello, world!"
 
 
+def grpc_request_args(body: Path) -> list[str]:
+    """The arguments of h2load and of nghttp that post ``body`` as a gRPC request."""
+    return ["-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
+def method_url(port: int) -> str:
+    """The URL of ``SayHello`` on ``127.0.0.1:port``."""
+    return f"http://127.0.0.1:{port}{METHOD_PATH}"
+
+
 @dataclass
 class LoadResult:
     """The figures of one h2load run (latencies in ms)."""
@@ -70,17 +80,12 @@ def h2load(
         str(streams),
         "-t",
         "1",
-        "-d",
-        str(body),
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
+        *grpc_request_args(body),
     ]
     if log_path is not None:
         log_path.unlink(missing_ok=True)  # h2load appends to an existing log
         args.append(f"--log-file={log_path}")
-    args.append(f"http://127.0.0.1:{port}{METHOD_PATH}")
+    args.append(method_url(port))
     seconds = parse_duration(duration)
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
@@ -132,6 +137,7 @@ def h2load(
 
 
 def parse_duration(value: str) -> float:
+    """Seconds of an h2load duration (``6s``, ``300ms``, ``1m``); ValueError if it is none."""
     match = re.fullmatch(r"(\d+)(ms|s|m|h)?", value)
     if not match:
         raise ValueError(f"bad h2load duration {value!r}")

@@ -33,10 +33,12 @@ TARGETS = [
 
 
 def fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or a dash where there is none."""
     return "–" if value is None else format(value, spec)
 
 
 def results_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The results table: a row per configuration, its medians over the rounds."""
     lines = [
         "| config | loop | QPS (median) | QPS per round | p50 ms | p99 ms "
         "| p50 / p99 ms at c=1 m=1 | server CPU µs/call | CPU cores: server + h2load "
@@ -65,11 +67,13 @@ def results_table(summary: dict[str, dict[str, Any]]) -> str:
 
 
 def verdict(value: float, op: str, bound: float) -> str:
+    """Whether ``value`` meets the target ``op bound`` (``>=`` or ``<=``), in words."""
     ok = value >= bound if op == ">=" else value <= bound
     return "met" if ok else "**missed**"
 
 
 def ratios_table(r: dict[str, dict[str, float]]) -> str:
+    """The ratios table: the targets with their verdicts, then the ratios for information."""
     lines = [
         "| ratio | of the medians | median of per-round ratios | from server CPU per call "
         "| target | verdict |",
@@ -112,6 +116,7 @@ def ratios_table(r: dict[str, dict[str, float]]) -> str:
 
 
 def machine() -> dict[str, str]:
+    """What the figures depend on: CPUs, memory, kernel, Python and the versions measured."""
     cpuinfo: dict[str, str] = {}
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:

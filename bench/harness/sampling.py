@@ -13,6 +13,7 @@ import time
 
 
 def vm_rss_kb(pid: int) -> int | None:
+    """Resident memory of ``pid`` in KiB (None once it has gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -24,6 +25,7 @@ def vm_rss_kb(pid: int) -> int | None:
 
 
 def children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (the workers of a supervisor), sorted."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -41,6 +43,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def listen_inodes(port: int) -> set[str]:
+    """The socket inodes listening on TCP ``port`` (IPv4 and IPv6)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -57,6 +60,7 @@ def listen_inodes(port: int) -> set[str]:
 
 
 def holds_listener(pid: int, inodes: set[str]) -> bool:
+    """Whether ``pid`` has one of the sockets ``inodes`` open: it serves the port."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -72,6 +76,7 @@ def holds_listener(pid: int, inodes: set[str]) -> bool:
 
 
 def uses_uvloop(pid: int) -> bool:
+    """Whether ``pid`` has uvloop loaded: its event loop is uvloop's."""
     try:
         with open(f"/proc/{pid}/maps") as f:
             return any("uvloop" in line for line in f)
@@ -101,6 +106,7 @@ def machine_cpu() -> tuple[float, float]:
 
 
 def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (h2load, nghttp)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 

@@ -168,6 +168,7 @@ class ServerUnderTest:
 
     @property
     def output(self) -> str:
+        """What the server has printed so far."""
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:

@@ -15,16 +15,19 @@ from .servers import Config
 
 
 def med(values: list[float | int | None]) -> float | None:
+    """The median of the values present (None if there are none)."""
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
 
 
 def mb(values_kb: list[float | int | None]) -> float | None:
+    """The median of KiB values, in MiB."""
     value = med(values_kb)
     return None if value is None else value / 1024
 
 
 def summarize(samples: list[Sample], configs: dict[str, Config]) -> dict[str, dict[str, Any]]:
+    """Per configuration, its label and the medians of its samples over the rounds."""
     summary: dict[str, dict[str, Any]] = {}
     for key, config in configs.items():
         mine = [s for s in samples if s.config == key]
