@@ -72,7 +72,8 @@ async def measure(
 
     await drive(bare, 2000, concurrency)  # warm up both: connections, caches
     await drive(framework, 2000, concurrency)
-    bare_cpu, framework_cpu = [], []
+    bare_cpu: list[float] = []
+    framework_cpu: list[float] = []
     for n in range(rounds):
         first, second = (bare, framework) if n % 2 == 0 else (framework, bare)
         a = await drive(first, calls, concurrency)

@@ -13,7 +13,8 @@ it with the same h2load command, and reads its memory:
 
 ``--workers 1`` is (c): runserver serves in-process when it is given one worker. Rounds are
 interleaved (a, b, b2, ca, c, d, then again in a rotated order) and every figure is the median over
-the rounds. ``--write`` replaces the results block of docs/performance.md.
+the rounds. ``--write`` replaces the results block of docs/performance.md. The measuring is
+``bench/harness``'s (see bench/README.md); this file is the command line and a run's sequence.
 
     python bench/run.py                 # the full run (about 8 minutes)
     python bench/run.py --quick         # a smoke run of a few seconds
