@@ -18,26 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "performance.md"
+from harness.report import write_block
+from harness.servers import Config, running, wait_for
+
 BEGIN_MARK = "<!-- bench:client:begin -->"
 END_MARK = "<!-- bench:client:end -->"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from microframe.test.ports import free_port  # noqa: E402
 
 
-async def drive(call, calls: int, concurrency: int) -> float:
+async def drive(call: Callable[[], Awaitable[None]], calls: int, concurrency: int) -> float:
     """Make ``calls`` calls, ``concurrency`` at a time; return the CPU seconds per call."""
     per_task = calls // concurrency
 
@@ -50,7 +44,10 @@ async def drive(call, calls: int, concurrency: int) -> float:
     return (time.process_time() - cpu) / (per_task * concurrency)
 
 
-async def measure(address: str, registry_dir: str, rounds: int, calls: int, concurrency: int) -> tuple[list[float], list[float]]:
+async def measure(
+    address: str, registry_dir: str, rounds: int, calls: int, concurrency: int
+) -> tuple[list[float], list[float]]:
+    """Interleaved rounds of the bare stub and of the client; their CPU seconds per call."""
     import grpc
 
     from microframe.contrib.registry.file import FileRegistry
@@ -75,7 +72,8 @@ async def measure(address: str, registry_dir: str, rounds: int, calls: int, conc
 
     await drive(bare, 2000, concurrency)  # warm up both: connections, caches
     await drive(framework, 2000, concurrency)
-    bare_cpu, framework_cpu = [], []
+    bare_cpu: list[float] = []
+    framework_cpu: list[float] = []
     for n in range(rounds):
         first, second = (bare, framework) if n % 2 == 0 else (framework, bare)
         a = await drive(first, calls, concurrency)
@@ -94,45 +92,38 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
-        port = free_port()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), MICROFRAME_REGISTRY_DIR=tmp)
-        server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--metrics-port", "0"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not list(Path(tmp, "hello").glob("*.json")):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the example server did not register")
-                time.sleep(0.05)
-            from microframe.conf import settings
+    example = Config("c", "example, default settings", "runserver")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-client-") as tmp,
+        running(example, Path(tmp), env={"MICROFRAME_REGISTRY_DIR": tmp}) as server,
+    ):
+        if not wait_for(lambda: any(Path(tmp, "hello").glob("*.json")), 30, server.proc):
+            raise SystemExit("the example server did not register")
+        from microframe.conf import settings
 
-            settings.configure()
-            bare, framework = asyncio.run(measure(f"127.0.0.1:{port}", tmp, args.rounds, args.calls, args.concurrency))
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(30)
+        settings.configure()
+        bare, framework = asyncio.run(
+            measure(f"127.0.0.1:{server.port}", tmp, args.rounds, args.calls, args.concurrency)
+        )
     b, f = statistics.median(bare), statistics.median(framework)
     ratios = [y / x for x, y in zip(bare, framework, strict=True)]
+
+    def per_round(seconds: list[float]) -> str:
+        return ", ".join(f"{x * 1e6:.0f}" for x in seconds)
+
     block = (
-        f"`python bench/client.py` ({time.strftime('%Y-%m-%d')}; {args.rounds} interleaved rounds of "
-        f"{args.calls} calls, {args.concurrency} in flight, default asyncio loop; CPU of the calling "
-        "process per call, all its threads):\n\n"
+        f"`python bench/client.py` ({time.strftime('%Y-%m-%d')}; {args.rounds} interleaved "
+        f"rounds of {args.calls} calls, {args.concurrency} in flight, default asyncio loop; CPU "
+        "of the calling process per call, all its threads):\n\n"
         "| client | CPU µs per call (median) | per round |\n|---|---:|---|\n"
-        f"| bare grpc.aio stub, one channel | {b * 1e6:.0f} | {', '.join(f'{x * 1e6:.0f}' for x in bare)} |\n"
-        f"| `GreeterClient`, default client chain | {f * 1e6:.0f} | {', '.join(f'{x * 1e6:.0f}' for x in framework)} |\n\n"
-        f"Ratio: {f / b:.2f} of the medians, {statistics.median(ratios):.2f} as the median of the per-round "
-        f"ratios (target <= 1.15: **{'met' if f / b <= 1.15 else 'missed'}**).\n"
+        f"| bare grpc.aio stub, one channel | {b * 1e6:.0f} | {per_round(bare)} |\n"
+        f"| `GreeterClient`, default client chain | {f * 1e6:.0f} | {per_round(framework)} |\n\n"
+        f"Ratio: {f / b:.2f} of the medians, {statistics.median(ratios):.2f} as the median of the "
+        f"per-round ratios (target <= 1.15: **{'met' if f / b <= 1.15 else 'missed'}**).\n"
     )
     print(block)
     if args.write:
-        text = DOC.read_text(encoding="utf-8")
-        begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
-        if begin < 0 or end < begin:
-            raise SystemExit(f"{DOC} has no {BEGIN_MARK} ... {END_MARK} block")
-        DOC.write_text(text[: begin + len(BEGIN_MARK)] + "\n\n" + block + "\n" + text[end:], encoding="utf-8")
+        write_block(block, BEGIN_MARK, END_MARK)
 
 
 if __name__ == "__main__":

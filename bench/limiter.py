@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the rate limiter costs per call: each local backend and Redis, against no limiter.
 
-In interleaved rounds (``bench/run.py``'s machinery), the example service with:
+In interleaved rounds (``bench/harness``, as ``bench/run.py``), the example service with:
 
     none     LIMITER["ENABLED"] = False
     token    the default: TokenBucket(rate=50000, burst=50000)
@@ -20,24 +20,36 @@ refusing. Target (issue "Rate limiting"): a local limiter costs <= 2 % QPS.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import run
-from variants import main
+from harness.servers import accepts_connections, wait_for
+from harness.variants import main
 
 BACKENDS = "microframe.contrib.limiter.backends"
 VARIANTS = {
     "none": ("no limiter", 'LIMITER = {"ENABLED": False}\n'),
     "token": ("TokenBucket (the default)", "\n"),
-    "leaky": ("LeakyBucket", f'LIMITER = {{"BACKEND": "{BACKENDS}.LeakyBucket", "OPTIONS": {{"rate": 1000000}}}}\n'),
-    "fixed": ("FixedWindowCounter", f'LIMITER = {{"BACKEND": "{BACKENDS}.FixedWindowCounter", "OPTIONS": {{"limit": 1000000}}}}\n'),
-    "sliding": ("SlidingWindow", f'LIMITER = {{"BACKEND": "{BACKENDS}.SlidingWindow", "OPTIONS": {{"limit": 1000000}}}}\n'),
-    "redis": ("RedisLimiter (local redis-server)", 'LIMITER = {"BACKEND": "microframe.contrib.limiter.redis.RedisLimiter", '
-              '"OPTIONS": {"rate": 1000000, "burst": 1000000, "url": "redis://127.0.0.1:$redis_port/0"}}\n'),
+    "leaky": (
+        "LeakyBucket",
+        f'LIMITER = {{"BACKEND": "{BACKENDS}.LeakyBucket", "OPTIONS": {{"rate": 1000000}}}}\n',
+    ),
+    "fixed": (
+        "FixedWindowCounter",
+        f'LIMITER = {{"BACKEND": "{BACKENDS}.FixedWindowCounter", '
+        '"OPTIONS": {"limit": 1000000}}\n',
+    ),
+    "sliding": (
+        "SlidingWindow",
+        f'LIMITER = {{"BACKEND": "{BACKENDS}.SlidingWindow", "OPTIONS": {{"limit": 1000000}}}}\n',
+    ),
+    "redis": (
+        "RedisLimiter (local redis-server)",
+        'LIMITER = {"BACKEND": "microframe.contrib.limiter.redis.RedisLimiter", '
+        '"OPTIONS": {"rate": 1000000, "burst": 1000000, '
+        '"url": "redis://127.0.0.1:$redis_port/0"}}\n',
+    ),
 }
 
 
@@ -45,19 +57,30 @@ def start_redis(workdir: Path) -> dict[str, object]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is missing: apt-get install redis-server")
-    port = run.free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("redis-server did not start") from None
-            time.sleep(0.05)
+    from microframe.test import free_port  # once harness has put this checkout on sys.path
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if not wait_for(lambda: accepts_connections(port), 10, proc):
+        proc.kill()
+        proc.wait(10)
+        raise SystemExit("redis-server did not start")
 
     def stop() -> None:
         proc.kill()
@@ -67,9 +90,15 @@ def start_redis(workdir: Path) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(
-        doc=__doc__, script="limiter.py", variants=VARIANTS, baseline="none",
-        targets=[(k, 0.02) for k in ("token", "leaky", "fixed", "sliding")],
-        begin_mark="<!-- bench:limiter:begin -->", end_mark="<!-- bench:limiter:end -->",
-        setup=start_redis,
-    ))
+    sys.exit(
+        main(
+            doc=__doc__,
+            script="limiter.py",
+            variants=VARIANTS,
+            baseline="none",
+            targets=[(k, 0.02) for k in ("token", "leaky", "fixed", "sliding")],
+            begin_mark="<!-- bench:limiter:begin -->",
+            end_mark="<!-- bench:limiter:end -->",
+            setup=start_redis,
+        )
+    )

@@ -78,19 +78,31 @@ def svg() -> str:
         y = top + plot_h - value / top_value * plot_h
         return f"{x:.1f},{y:.1f}"
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{width}" height="{height}" fill="white"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
     for value in range(0, 451, 100):
         y = top + plot_h - value / top_value * plot_h
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#ddd"/>'
+        )
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
     for second in range(int(SECONDS) + 1):
         x = left + second / SECONDS * plot_w
-        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{second} s</text>')
-    parts.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
-                 'text-anchor="middle">calls per second (100 ms bins)</text>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{second} s</text>'
+        )
+    parts.append(
+        f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
+        'text-anchor="middle">calls per second (100 ms bins)</text>'
+    )
     points = " ".join(point(i, v) for i, v in enumerate(offered))
-    parts.append(f'<polyline points="{points}" fill="none" stroke="#999" stroke-dasharray="4 3" stroke-width="1.5"/>')
+    parts.append(
+        f'<polyline points="{points}" fill="none" stroke="#999" stroke-dasharray="4 3" '
+        'stroke-width="1.5"/>'
+    )
     legend = [("offered", "#999", "4 3")] + [(name, color, "") for name, _, color in series]
     for _, (_, admitted), color in series:
         points = " ".join(point(i, v) for i, v in enumerate(admitted))
@@ -98,8 +110,10 @@ def svg() -> str:
     for n, (name, color, dash) in enumerate(legend):
         y = top + 14 + n * 20
         x = left + plot_w + 16
-        parts.append(f'<line x1="{x}" y1="{y - 4}" x2="{x + 24}" y2="{y - 4}" stroke="{color}" stroke-width="2"'
-                     + (f' stroke-dasharray="{dash}"' if dash else "") + "/>")
+        parts.append(
+            f'<line x1="{x}" y1="{y - 4}" x2="{x + 24}" y2="{y - 4}" stroke="{color}" '
+            'stroke-width="2"' + (f' stroke-dasharray="{dash}"' if dash else "") + "/>"
+        )
         parts.append(f'<text x="{x + 30}" y="{y}">{name}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

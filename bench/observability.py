@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What tracing and the access log cost the example service, side by side with h2load.
 
-One run measures, in interleaved rounds (``bench/run.py``'s machinery: same h2load load, same
-checks that every call really succeeded and was counted):
+One run measures, in interleaved rounds (``bench/harness``, as ``bench/run.py``: same h2load
+load, same checks that every call really succeeded and was counted):
 
     b     bare grpc.aio servicer, uvloop (the reference)
     off   example service, default stack with tracing off and the access log off
@@ -23,16 +23,31 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from variants import main
+from harness.variants import main
 
-JAEGER = ('TRACING = {"ENABLED": True, "BACKEND": "jaeger", "SAMPLER": {"type": "probabilistic", "param": %s}, '
-          '"REPORTER": {"LOCAL_AGENT_HOST_PORT": "127.0.0.1:$udp"}}\n')
+JAEGER = (
+    'TRACING = {"ENABLED": True, "BACKEND": "jaeger", '
+    '"SAMPLER": {"type": "probabilistic", "param": %s}, '
+    '"REPORTER": {"LOCAL_AGENT_HOST_PORT": "127.0.0.1:$udp"}}\n'
+)
 VARIANTS = {
-    "off": ("default stack, tracing off, access log off", 'TRACING = {"ENABLED": False}\nACCESS_LOG = {"ENABLED": False}\n'),
-    "t0": ("... tracing on (jaeger), sampling rate 0", 'ACCESS_LOG = {"ENABLED": False}\n' + JAEGER % 0.0),
-    "t1": ("... tracing on (jaeger), sampling rate 1 %", 'ACCESS_LOG = {"ENABLED": False}\n' + JAEGER % 0.01),
-    "log": ("... access log on, to a file", 'TRACING = {"ENABLED": False}\nACCESS_LOG = {"ENABLED": True}\n'
-            'LOG = {"DIR": "$workdir/logs-log"}\n'),
+    "off": (
+        "default stack, tracing off, access log off",
+        'TRACING = {"ENABLED": False}\nACCESS_LOG = {"ENABLED": False}\n',
+    ),
+    "t0": (
+        "... tracing on (jaeger), sampling rate 0",
+        'ACCESS_LOG = {"ENABLED": False}\n' + JAEGER % 0.0,
+    ),
+    "t1": (
+        "... tracing on (jaeger), sampling rate 1 %",
+        'ACCESS_LOG = {"ENABLED": False}\n' + JAEGER % 0.01,
+    ),
+    "log": (
+        "... access log on, to a file",
+        'TRACING = {"ENABLED": False}\nACCESS_LOG = {"ENABLED": True}\n'
+        'LOG = {"DIR": "$workdir/logs-log"}\n',
+    ),
 }
 
 
@@ -44,9 +59,15 @@ def lines_written(workdir: Path, configs: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(
-        doc=__doc__, script="observability.py", variants=VARIANTS, baseline="off",
-        targets=[("t0", 0.03), ("log", 0.05)],
-        begin_mark="<!-- bench:observability:begin -->", end_mark="<!-- bench:observability:end -->",
-        epilogue=lines_written,
-    ))
+    sys.exit(
+        main(
+            doc=__doc__,
+            script="observability.py",
+            variants=VARIANTS,
+            baseline="off",
+            targets=[("t0", 0.03), ("log", 0.05)],
+            begin_mark="<!-- bench:observability:begin -->",
+            end_mark="<!-- bench:observability:end -->",
+            epilogue=lines_written,
+        )
+    )

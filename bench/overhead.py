@@ -30,12 +30,10 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import harness  # noqa: F401  (this checkout first on sys.path, before microframe is imported)
+
 os.environ.setdefault("MICROFRAME_SETTINGS_MODULE", "example.settings")
 
 from microframe.conf import settings  # noqa: E402
@@ -125,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--multiprocess",
         action="store_true",
-        help="record the metrics as a --workers N worker does (prometheus_client multiprocess mode)",
+        help="record the metrics as a --workers N worker does "
+        "(prometheus_client multiprocess mode)",
     )
     args = parser.parse_args(argv)
     if args.multiprocess:

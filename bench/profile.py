@@ -25,9 +25,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run  # noqa: E402
+from harness import BenchError
+from harness.checks import verify_grpc
+from harness.load import h2load, request_body
+from harness.servers import configurations, running, write_helper_settings
 
 
 def load_in_background(
@@ -35,8 +36,8 @@ def load_in_background(
 ) -> threading.Thread:
     def target() -> None:
         try:
-            run.h2load(port, body, frame, f"{opts.duration + 2}s", opts.clients, opts.streams, None)
-        except run.BenchError as err:
+            h2load(port, body, frame, f"{opts.duration + 2}s", opts.clients, opts.streams, None)
+        except BenchError as err:
             print(f"h2load: {err}", file=sys.stderr)
 
     thread = threading.Thread(target=target, daemon=True)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is missing", file=sys.stderr)
             return 2
-    configs = run.configurations(opts.settings, tuple(opts.runserver_arg))
+    configs = configurations(opts.settings, tuple(opts.runserver_arg))
     if opts.config not in configs or configs[opts.config].workers != 1:
         print(
             "--config must be one of the one-process configurations: a, b, ca, c", file=sys.stderr
@@ -111,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="microframe-profile-") as tmp:
         workdir = Path(tmp)
-        run.write_helper_settings(workdir, opts.settings)
-        body, frame = run.request_body(workdir)
+        write_helper_settings(workdir, opts.settings)
+        body, frame = request_body(workdir)
         raw = opts.output or workdir / "profile.txt"
-        with run.running(configs[opts.config], workdir) as server:
-            run.verify_grpc(server.port)
+        with running(configs[opts.config], workdir) as server:
+            verify_grpc(server.port)
             loader = load_in_background(server.port, body, frame, opts)
             time.sleep(1.5)  # past the connection set-up
             args = [

@@ -37,15 +37,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "performance.md"
+from harness import ROOT
+from harness.report import write_block
+from harness.servers import wait_for
+
 BEGIN_MARK = "<!-- bench:registry:begin -->"
 END_MARK = "<!-- bench:registry:end -->"
 SERVICE = "benchsvc"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from microframe.test.ports import free_port  # noqa: E402
+from microframe.test import free_port  # noqa: E402  (once harness put this checkout first)
 
 WATCHER = r"""
 import asyncio, json, sys, time
@@ -57,8 +57,6 @@ async def main():
         print(json.dumps({"t": now, "ids": sorted(i.id for i in found)}), flush=True)
 asyncio.run(main())
 """
-
-
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,27 +72,28 @@ def etcd_server(workdir: Path) -> Iterator[list[str]]:
     if binary is None:
         raise SystemExit("etcd is not installed (apt-get install etcd-server)")
     client, peer = free_port(), free_port()
-    data = Path(tempfile.mkdtemp(prefix="bench-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    data = Path(tempfile.mkdtemp(prefix="bench-etcd-", dir=shm))
     log = open(workdir / "etcd.log", "wb")
+    client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
     proc = subprocess.Popen(
         [binary, "--name", "bench", "--data-dir", str(data),
-         "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"bench=http://127.0.0.1:{peer}"],
+         "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+         "--initial-cluster", f"bench={peer_url}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    )  # fmt: skip
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{client_url}/health", timeout=1) as reply:
+                return json.load(reply).get("health") == "true"
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{client}/health", timeout=1) as reply:
-                    if json.load(reply).get("health") == "true":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"etcd did not become healthy; see {workdir / 'etcd.log'}")
-            time.sleep(0.05)
+        if not wait_for(healthy, 20, proc):
+            raise SystemExit(f"etcd did not become healthy; see {workdir / 'etcd.log'}")
         yield [f"127.0.0.1:{client}"]
     finally:
         proc.kill()
@@ -109,7 +108,9 @@ class Watcher:
     def __init__(self, backend: str, options: dict[str, Any], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WATCHER, backend, json.dumps(options), SERVICE],
-            stdout=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         first = self.next(20)
         if first is None:
@@ -140,26 +141,43 @@ class Watcher:
         self.proc.wait(10)
 
 
-async def register_rounds(backend: str, options: dict[str, Any], watcher: Watcher, rounds: int) -> tuple[list[float], list[float]]:
+async def register_rounds(
+    backend: str, options: dict[str, Any], watcher: Watcher, rounds: int
+) -> tuple[list[float], list[float]]:
     from microframe.contrib.registry import ServiceInstance, build_registry
 
     registry = build_registry(backend, options)
     seen, gone = [], []
     try:
         for n in range(rounds):
-            instance = ServiceInstance(id=f"bench-{n}", name=SERVICE, host="127.0.0.1", port=10000 + n)
+            instance = ServiceInstance(
+                id=f"bench-{n}", name=SERVICE, host="127.0.0.1", port=10000 + n
+            )
             await registry.register(instance)
             returned = time.monotonic()
-            seen.append(await asyncio.to_thread(watcher.until, lambda ids, i=instance.id: i in ids, 10) - returned)
+            seen.append(
+                await asyncio.to_thread(watcher.until, lambda ids, i=instance.id: i in ids, 10)
+                - returned
+            )
             await registry.deregister(instance)
             returned = time.monotonic()
-            gone.append(await asyncio.to_thread(watcher.until, lambda ids, i=instance.id: i not in ids, 10) - returned)
+            gone.append(
+                await asyncio.to_thread(watcher.until, lambda ids, i=instance.id: i not in ids, 10)
+                - returned
+            )
     finally:
         await registry.close()
     return seen, gone
 
 
-def sigterm_rounds(backend: str, options: dict[str, Any], watcher: Watcher, rounds: int, env: dict[str, str], workdir: Path) -> list[float]:
+def sigterm_rounds(
+    backend: str,
+    options: dict[str, Any],
+    watcher: Watcher,
+    rounds: int,
+    env: dict[str, str],
+    workdir: Path,
+) -> list[float]:
     package = workdir / "benchsvc"
     package.mkdir(exist_ok=True)
     (package / "__init__.py").write_text("")
@@ -174,15 +192,27 @@ def sigterm_rounds(backend: str, options: dict[str, Any], watcher: Watcher, roun
     for _ in range(rounds):
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload",
-             "--settings", "benchsvc.settings"],
-            cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                str(ROOT / "manage.py"),
+                "runserver",
+                f"127.0.0.1:{port}",
+                "--noreload",
+                "--settings",
+                "benchsvc.settings",
+            ],
+            cwd=ROOT,
+            env=run_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             watcher.until(lambda ids, p=port: f"127.0.0.1:{p}" in ids, 30)
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            results.append(watcher.until(lambda ids, p=port: f"127.0.0.1:{p}" not in ids, 30) - sent)
+            results.append(
+                watcher.until(lambda ids, p=port: f"127.0.0.1:{p}" not in ids, 30) - sent
+            )
             proc.wait(30)
         finally:
             if proc.poll() is None:
@@ -208,7 +238,11 @@ def run(backends: list[str], rounds: int, stops: int) -> str:
                 if name == "etcd":
                     endpoints = stack.enter_context(etcd_server(workdir))
                     backend = "microframe.contrib.registry.etcd.EtcdRegistry"
-                    options: dict[str, Any] = {"endpoints": endpoints, "ttl": 10, "prefix": "/bench/services"}
+                    options: dict[str, Any] = {
+                        "endpoints": endpoints,
+                        "ttl": 10,
+                        "prefix": "/bench/services",
+                    }
                 else:
                     backend = "microframe.contrib.registry.file.FileRegistry"
                     options = {"directory": str(workdir / "registry"), "ttl": 10}
@@ -221,32 +255,30 @@ def run(backends: list[str], rounds: int, stops: int) -> str:
             rows.append(f"| {name} | runserver SIGTERM -> gone | {len(stopped)} | {ms(stopped)} |")
             print("\n".join(rows[-3:]), flush=True)
     header = (
-        f"`python bench/registry.py` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs; the watcher is "
-        "a separate process, times in ms):\n\n"
+        f"`python bench/registry.py` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs; "
+        "the watcher is a separate process, times in ms):\n\n"
         "| backend | from -> to | samples | median | p99 | max |\n|---|---|---:|---:|---:|---:|"
     )
     return header + "\n" + "\n".join(rows) + "\n"
 
 
-def write(block: str) -> None:
-    text = DOC.read_text(encoding="utf-8")
-    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
-    if begin < 0 or end < begin:
-        raise SystemExit(f"{DOC} has no {BEGIN_MARK} ... {END_MARK} block")
-    DOC.write_text(text[: begin + len(BEGIN_MARK)] + "\n\n" + block + "\n" + text[end:], encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="file,etcd", help="comma-separated: file, etcd")
-    parser.add_argument("--rounds", type=int, default=200, help="registrations per backend (default 200)")
-    parser.add_argument("--stops", type=int, default=10, help="runserver SIGTERMs per backend (default 10)")
-    parser.add_argument("--write", action="store_true", help="write the table into docs/performance.md")
+    parser.add_argument(
+        "--rounds", type=int, default=200, help="registrations per backend (default 200)"
+    )
+    parser.add_argument(
+        "--stops", type=int, default=10, help="runserver SIGTERMs per backend (default 10)"
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="write the table into docs/performance.md"
+    )
     args = parser.parse_args()
     block = run([b.strip() for b in args.backends.split(",") if b.strip()], args.rounds, args.stops)
     print(block)
     if args.write:
-        write(block)
+        write_block(block, BEGIN_MARK, END_MARK)
 
 
 if __name__ == "__main__":
