@@ -385,8 +385,7 @@ async def test_retry_budget_caps_retries_when_every_instance_fails():
     from prometheus_client import REGISTRY
 
     from microframe.contrib.registry.static import StaticRegistry
-
-    from conftest import free_port
+    from microframe.test.ports import free_port
 
     # Three registered instances whose ports refuse connections: every attempt fails before a
     # handler, so every failure is retryable; only the budget holds retries back.

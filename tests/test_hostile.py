@@ -31,8 +31,9 @@ from raw_h2 import (
     send_messages,
 )
 
-from conftest import ServerProcess, say_hello, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.polling import wait_until
+from support.servers import ServerProcess, say_hello
 
 MiB = 1 << 20
 DEADLINE_EXCEEDED = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
@@ -342,7 +343,8 @@ def test_the_gateway_keeps_serving_under_2000_hostile_connections(example):
     halfway, bodies that never end and NDJSON streams nobody reads, 2,000 in all."""
     import json
 
-    from conftest import ROOT, GunicornProcess, base_env
+    from support.env import ROOT, base_env
+    from support.servers import GunicornProcess
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:

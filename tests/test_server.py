@@ -14,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import require_binary, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import require_binary
+from support.polling import wait_until
 
 Req = hello_pb2.HelloRequest
 

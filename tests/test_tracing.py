@@ -9,9 +9,11 @@ import time
 import grpc
 import pytest
 
-from conftest import ROOT, ServerProcess, service_settings, wait_until
-from conftest import say_hello as call
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import ROOT, service_settings
+from support.polling import wait_until
+from support.servers import ServerProcess
+from support.servers import say_hello as call
 from tracing_receivers import JaegerAgent, OtlpCollector
 
 METHOD = "/helloworld.Greeter/SayHello"
