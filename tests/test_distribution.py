@@ -26,8 +26,8 @@ import pytest
 import microframe
 from microframe.test.ports import free_port
 
-from etcd_cluster import EtcdCluster
 from support.env import ROOT
+from support.etcd_cluster import EtcdCluster
 from support.polling import wait_until
 
 pytestmark = pytest.mark.timeout(900)

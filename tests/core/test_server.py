@@ -228,7 +228,7 @@ def test_burst_on_one_connection_is_answered_never_cancelled(test_server):
 
     The connection may hold a quarter of the test service's 200 call slots at once
     (MAX_CALLS_PER_CONNECTION's default): the rest of the burst is refused, the slots of other
-    connections are left alone (tests/test_hostile.py attacks that).
+    connections are left alone (tests/core/test_hostile.py attacks that).
     """
 
     async def burst() -> collections.Counter[str]:

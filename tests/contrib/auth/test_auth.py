@@ -32,7 +32,7 @@ class Secured:
     def __init__(self, tmp: Path) -> None:
         if not os.environ.get("CI"):
             pytest.importorskip("cryptography")
-        from etcd_cluster import generate_tls
+        from support.etcd_cluster import generate_tls
 
         self.pki = generate_tls(tmp / "pki")
         registry = {"BACKEND": "microframe.contrib.registry.file.FileRegistry",
