@@ -15,7 +15,7 @@ from microframe.conf import global_settings
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.test.utils import override_settings
 
-from conftest import ROOT, base_env, service_settings
+from support.env import ROOT, base_env, service_settings
 
 
 def write(path: Path, text: str) -> None:

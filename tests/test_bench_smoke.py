@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, base_env, require_binary
+from support.env import ROOT, base_env, require_binary
 
 
 def test_bench_quick_measures_every_configuration(tmp_path: Path) -> None:

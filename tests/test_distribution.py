@@ -24,13 +24,14 @@ import grpc
 import pytest
 
 import microframe
+from microframe.test.ports import free_port
 
-from conftest import free_port, wait_until
-from etcd_cluster import EtcdCluster
+from support.env import ROOT
+from support.etcd_cluster import EtcdCluster
+from support.polling import wait_until
 
 pytestmark = pytest.mark.timeout(900)
 
-ROOT = Path(__file__).resolve().parents[1]
 VERSION = microframe.__version__
 WHEEL = f"microframe_grpc-{VERSION}-py3-none-any.whl"
 SDIST = f"microframe_grpc-{VERSION}.tar.gz"

@@ -15,8 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import ROOT, base_env, free_port, wait_until
+from microframe.test.ports import free_port
+
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import ROOT, base_env
+from support.polling import wait_until
 
 Req = hello_pb2.HelloRequest
 

@@ -1,6 +1,6 @@
 """Hostile clients against the real example service, on its default settings, over loopback.
 
-Each test plays one attack of docs/topics/security.md with raw HTTP/2 frames (tests/raw_h2.py)
+Each test plays one attack of docs/topics/security.md with raw HTTP/2 frames (support/raw_h2.py)
 or plain sockets, while a bystander on its own connection keeps calling, and asserts a bound:
 the memory the server holds during and after the attack (read from /proc), the share of the
 bystander's calls (and health checks) answered, the time the attacker's calls are held. The
@@ -22,7 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from raw_h2 import (
+
+from example.generate import hello_pb2, hello_pb2_grpc
+from support.polling import wait_until
+from support.raw_h2 import (
     INITIAL_WINDOW_SIZE,
     RawH2,
     fill_window,
@@ -30,9 +33,7 @@ from raw_h2 import (
     literal_header,
     send_messages,
 )
-
-from conftest import ServerProcess, say_hello, wait_until
-from example.generate import hello_pb2, hello_pb2_grpc
+from support.servers import ServerProcess, say_hello
 
 MiB = 1 << 20
 DEADLINE_EXCEEDED = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
@@ -342,7 +343,8 @@ def test_the_gateway_keeps_serving_under_2000_hostile_connections(example):
     halfway, bodies that never end and NDJSON streams nobody reads, 2,000 in all."""
     import json
 
-    from conftest import ROOT, GunicornProcess, base_env
+    from support.env import ROOT, base_env
+    from support.servers import GunicornProcess
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:

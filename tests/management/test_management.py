@@ -14,7 +14,7 @@ import pytest
 from microframe.management import call_command
 from microframe.management.base import CommandError
 
-from conftest import ROOT, base_env
+from support.env import ROOT, base_env
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import require_binary, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import require_binary
+from support.polling import wait_until
 
 Req = hello_pb2.HelloRequest
 
@@ -227,7 +228,7 @@ def test_burst_on_one_connection_is_answered_never_cancelled(test_server):
 
     The connection may hold a quarter of the test service's 200 call slots at once
     (MAX_CALLS_PER_CONNECTION's default): the rest of the burst is refused, the slots of other
-    connections are left alone (tests/test_hostile.py attacks that).
+    connections are left alone (tests/core/test_hostile.py attacks that).
     """
 
     async def burst() -> collections.Counter[str]:

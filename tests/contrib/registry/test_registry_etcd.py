@@ -29,9 +29,10 @@ from microframe.contrib.registry import (
     build_registry,
 )
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.test.ports import free_port
 
-from conftest import ROOT, base_env, free_port
-from etcd_cluster import EtcdCluster, EtcdMember, TlsFiles, generate_tls
+from support.env import ROOT, base_env
+from support.etcd_cluster import EtcdCluster, EtcdMember, TlsFiles, generate_tls
 
 
 def _require_module(name: str) -> None:

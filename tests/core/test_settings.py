@@ -12,7 +12,7 @@ from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.signals import setting_changed
 from microframe.test import override_settings
 
-from conftest import ROOT, base_env, service_settings
+from support.env import ROOT, base_env, service_settings
 
 
 def manage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

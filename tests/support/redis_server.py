@@ -6,7 +6,10 @@ import socket
 import subprocess
 from pathlib import Path
 
-from conftest import free_port, require_binary, wait_until
+from microframe.test.ports import free_port
+
+from support.env import require_binary
+from support.polling import wait_until
 
 
 class RedisServer:

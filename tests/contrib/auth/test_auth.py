@@ -14,8 +14,10 @@ import pytest
 
 from microframe.contrib.auth.middleware import Credentials
 
-from conftest import ROOT, ServerProcess, base_env, require_binary, service_settings, wait_until
 from example.generate.hello_pb2 import HelloReply, HelloRequest
+from support.env import ROOT, base_env, require_binary, service_settings
+from support.polling import wait_until
+from support.servers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +32,7 @@ class Secured:
     def __init__(self, tmp: Path) -> None:
         if not os.environ.get("CI"):
             pytest.importorskip("cryptography")
-        from etcd_cluster import generate_tls
+        from support.etcd_cluster import generate_tls
 
         self.pki = generate_tls(tmp / "pki")
         registry = {"BACKEND": "microframe.contrib.registry.file.FileRegistry",

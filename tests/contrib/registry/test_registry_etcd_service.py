@@ -15,9 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import ROOT, base_env, service_settings, wait_until
-from etcd_cluster import EtcdCluster
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import ROOT, base_env, service_settings
+from support.etcd_cluster import EtcdCluster
+from support.polling import wait_until
 
 if not os.environ.get("CI"):  # under CI a missing etcd extra fails the import below
     pytest.importorskip("aetcd")

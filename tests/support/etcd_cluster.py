@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port, require_binary
+from microframe.test.ports import free_port
+
+from support.env import require_binary
 
 # Fast enough for tests, slow enough that a CPU-starved member on a busy 2-core machine does
 # not keep calling elections (50/500 ms made a 3-member cluster flap under load).

@@ -20,9 +20,10 @@ from microframe.contrib.logging.config import configure_logging, default_logging
 from microframe.contrib.logging.formatters import JsonFormatter
 from microframe.contrib.logging.handlers import QueueHandler, dropped_counter
 
-from conftest import ROOT, ServerProcess, base_env, service_settings
-from conftest import say_hello as call
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import ROOT, base_env, service_settings
+from support.servers import ServerProcess
+from support.servers import say_hello as call
 
 METHOD = "/helloworld.Greeter/SayHello"
 

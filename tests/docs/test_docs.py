@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.env import ROOT
+
 DOCS = ROOT / "docs"
 
 

@@ -23,10 +23,12 @@ from microframe.discovery.cache import DiscoveryCache
 from microframe.discovery.instance import InvalidInstance
 from microframe.discovery.metrics import registry_metrics
 from microframe.discovery.registry import RegistryUnavailable
+from microframe.test.ports import free_port
 from microframe.test.utils import override_settings
 
-from conftest import ROOT, base_env, free_port, service_settings, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import ROOT, base_env, service_settings
+from support.polling import wait_until
 
 Req = hello_pb2.HelloRequest
 

@@ -82,7 +82,8 @@ from typing import IO
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.env import ROOT
+
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
@@ -717,7 +718,7 @@ def test_command_samples_print_what_the_page_shows(
 ) -> None:
     markdown = (DOCS / page if (DOCS / page).is_file() else ROOT / page).read_text(encoding="utf-8")
     if "curl " in markdown:
-        from conftest import require_binary
+        from support.env import require_binary
 
         require_binary("curl")
     if page in HOME_PAGES:

@@ -41,7 +41,8 @@ from microframe.management.base import OutputWrapper, SystemCheckError
 from microframe.management.checks import run_and_report
 from microframe.test import override_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.env import ROOT
+
 PACKAGE = "mfcheck_svc"  # unique: the in-process tests import its modules
 
 MIDDLEWARE_PY = '''

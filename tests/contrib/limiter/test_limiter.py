@@ -20,9 +20,11 @@ from microframe.contrib.limiter.backends import (
 )
 from microframe.core.exceptions import ResourceExhausted
 
-from conftest import ROOT, ServerProcess, service_settings, wait_until
 from example.generate import hello_pb2, hello_pb2_grpc
-from redis_server import RedisServer
+from support.env import ROOT, service_settings
+from support.polling import wait_until
+from support.redis_server import RedisServer
+from support.servers import ServerProcess
 
 
 class Clock:

@@ -9,10 +9,12 @@ import time
 import grpc
 import pytest
 
-from conftest import ROOT, ServerProcess, service_settings, wait_until
-from conftest import say_hello as call
 from example.generate import hello_pb2, hello_pb2_grpc
-from tracing_receivers import JaegerAgent, OtlpCollector
+from support.env import ROOT, service_settings
+from support.polling import wait_until
+from support.servers import ServerProcess
+from support.servers import say_hello as call
+from support.tracing_receivers import JaegerAgent, OtlpCollector
 
 METHOD = "/helloworld.Greeter/SayHello"
 
@@ -244,7 +246,7 @@ def test_ratelimiting_sampler_keeps_at_most_the_rate():
 
 
 def test_otlp_over_tls(traced, tmp_path):
-    from etcd_cluster import generate_tls
+    from support.etcd_cluster import generate_tls
 
     pki = generate_tls(tmp_path / "pki")
     collector = OtlpCollector(tls=(pki.server_cert.read_bytes(), pki.server_key.read_bytes()))

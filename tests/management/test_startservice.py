@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import GunicornProcess, ServerProcess, ruff_check
+from support.env import ruff_check
+from support.servers import GunicornProcess, ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
 

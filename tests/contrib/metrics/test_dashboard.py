@@ -9,9 +9,10 @@ from pathlib import Path
 
 import grpc
 
-from conftest import ROOT, ServerProcess, require_binary
 from example.generate.hello_pb2 import HelloRequest
 from example.generate.hello_pb2_grpc import GreeterStub
+from support.env import ROOT, require_binary
+from support.servers import ServerProcess
 
 DASHBOARD = ROOT / "docs" / "grafana" / "microframe-dashboard.json"
 METRIC = re.compile(r"\b((?:grpc|microframe|process)_[a-z_]+)\b")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, ServerProcess, base_env, service_settings
+from support.env import ROOT, base_env, service_settings
+from support.servers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 

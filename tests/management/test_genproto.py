@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, base_env, ruff_check
+from support.env import ROOT, base_env, ruff_check
 
 ITEM = """syntax = "proto3";
 package shop;

@@ -385,8 +385,7 @@ async def test_retry_budget_caps_retries_when_every_instance_fails():
     from prometheus_client import REGISTRY
 
     from microframe.contrib.registry.static import StaticRegistry
-
-    from conftest import free_port
+    from microframe.test.ports import free_port
 
     # Three registered instances whose ports refuse connections: every attempt fails before a
     # handler, so every failure is retryable; only the budget holds retries back.
@@ -500,7 +499,7 @@ async def test_connect_timeout_moves_on_from_an_unreachable_instance(fleet):
 async def test_tls_and_mutual_tls(fleet, tmp_path):
     if not os.environ.get("CI"):  # under CI the dev extra installs it: a failed import fails
         pytest.importorskip("cryptography")
-    from etcd_cluster import generate_tls
+    from support.etcd_cluster import generate_tls
 
     pki = generate_tls(tmp_path / "pki")
     fleet("secure", 1, tls={"CERT": str(pki.server_cert), "KEY": str(pki.server_key), "CLIENT_CA": str(pki.ca)})

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GunicornProcess, ServerProcess, wait_until
+from support.polling import wait_until
+from support.servers import GunicornProcess, ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -38,8 +38,8 @@ from microframe.core.middleware import build_chain
 from microframe.core.router import Route, rpc
 from microframe.test import override_settings
 
-from conftest import ROOT, base_env, require_binary
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.env import ROOT, base_env, require_binary
 
 MW = "microframe.contrib.metrics.middleware.MetricsMiddleware"
 SERVICE = "helloworld.Greeter"
