@@ -12,7 +12,8 @@ import pytest
 
 from microframe.client import Client
 from microframe.client.balancers import P2CEwmaBalancer, RoundRobinBalancer
-from microframe.client.middleware import RetryBudget, is_retryable
+from microframe.client.middleware import is_retryable
+from microframe.client.outliers import RetryBudget
 from microframe.contrib.registry import ServiceInstance
 from microframe.contrib.registry.file import FileRegistry
 from microframe.core.exceptions import DeadlineExceeded, NotFound, Unavailable
@@ -163,6 +164,16 @@ def test_retry_budget_caps_retries():
     assert sum(budget.try_retry() for _ in range(50)) == 10
     now[0] = 11  # the window moved on: no recent calls, no retries
     assert not budget.try_retry()
+
+
+def test_retry_budget_forgets_old_calls_without_retries():
+    now = [0.0]
+    budget = RetryBudget(ratio=0.1, min_per_second=0, window=10, clock=lambda: now[0])
+    for n in range(10_000):  # calls that never fail, 100 a second: no retry is asked for
+        now[0] = n / 100
+        budget.record_call()
+    assert len(budget._calls) <= 1001  # the last 10 s only
+    assert sum(budget.try_retry() for _ in range(200)) == 100
 
 
 def test_retryable_only_when_no_handler_answered():
@@ -460,6 +471,13 @@ async def test_a_hung_instance_trips_the_breaker(fleet):
         ({"orders": {"TIMEOUT": 0}}, None, "client.E001", "positive"),
         ({"orders": "fast"}, None, "client.E001", "dict"),
         ({}, ["microframe.client.middleware.Nope"], "client.E002", "Nope"),
+        (
+            {},
+            ["microframe.client.middleware.BalancerMiddleware",
+             "microframe.client.middleware.RetryMiddleware"],
+            "client.E003",
+            "BalancerMiddleware before RetryMiddleware",
+        ),
     ],
 )
 def test_client_checks(clients, middleware, check_id, text):
@@ -520,3 +538,45 @@ async def test_tls_and_mutual_tls(fleet, tmp_path):
         with pytest.raises(Unavailable):
             await other.SayHello(Req(name="x"), timeout=2)
     await cache.close()
+
+
+class _Recorder:
+    """A user-written step in the contract's first form (no ``**kwargs``): it sees each call
+    after the steps inside it are done with it."""
+
+    seen: list[tuple[list[str], int, str]] = []
+
+    def __init__(self, next, *, client, method, kind):
+        self.next = next
+        self.client = client
+
+    async def __call__(self, call):
+        try:
+            return await self.next(call)
+        finally:
+            self.seen.append((list(call.tried), call.attempt, call.instance.address))
+
+
+async def test_each_attempt_picks_an_instance_of_its_own(fleet):
+    from microframe.client.client import DEFAULT_CLIENT_MIDDLEWARE
+    from microframe.test import free_port
+
+    good = fleet("tries", 1)[0]
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    _Recorder.seen = []
+    client = Client(
+        "tries", address=[*dead, good.address], balancer="round_robin",
+        middleware=[_Recorder, *DEFAULT_CLIENT_MIDDLEWARE], breaker={"ENABLED": False},
+        retry={"MAX_ATTEMPTS": 3, "BACKOFF": 0.0},
+    )
+    for n in range(6):
+        reply = await client.unary(
+            "/helloworld.Greeter/SayHello", Req(name=f"n{n}"), hello_pb2.HelloReply, timeout=5
+        )
+        assert reply.message == f"Hello, n{n}!"
+    for tried, attempt, answered in _Recorder.seen:
+        # Never the same instance twice in one call; the last one tried is the one that answered.
+        assert len(set(tried)) == len(tried) == attempt and tried[-1] == answered == good.address
+    # A dead instance refused once is kept away from: later calls go straight to the good one.
+    assert max(len(tried) for tried, _, _ in _Recorder.seen) > 1
+    assert [len(tried) for tried, _, _ in _Recorder.seen[-3:]] == [1, 1, 1]

@@ -243,8 +243,8 @@ CLIENT_MIDDLEWARE = [
     "microframe.contrib.limiter.middleware.ClientRateLimitMiddleware",
     "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",
-    "microframe.client.middleware.BalancerMiddleware",
     "microframe.client.middleware.RetryMiddleware",
+    "microframe.client.middleware.BalancerMiddleware",
 ]
 
 # Options of the clients of each service, by registered name: {"orders": {"TIMEOUT": 0.5}}.
