@@ -26,6 +26,7 @@ from typing import Any
 
 from microframe.client.balancers import Balancer, make_balancer
 from microframe.client.call import ClientCall, ClientHandler
+from microframe.client.channels import ChannelPool, get_channel_pool
 from microframe.client.options import ClientOptions
 from microframe.client.outliers import Ejections, RetryBudget
 from microframe.client.transport import connection_handler
@@ -113,6 +114,8 @@ class Client:
         # (method as given, kind) -> (its handler, its /package.Service/Method path)
         self._chains: dict[tuple[str, RpcKind], tuple[ClientHandler, str]] = {}
         self._watching = False
+        # What the channel pool is given besides the address, on every call: worked out once.
+        self._channel_args = (self.options.channel_options, self.options.tls, service)
 
     # -- what the chain uses -------------------------------------------------------------------
 
@@ -128,23 +131,23 @@ class Client:
         """The channel to ``address`` (the event loop's shared one). The first call follows
         discovery for this client: channels to instances that left are closed, their ejections
         and balancer statistics dropped."""
-        from microframe.client.channels import get_channel_pool
-
         pool = get_channel_pool()
         if not self._watching:
-            self._watching = True
-            cache = self.discovery()
+            self._watch(pool)
+        return pool.get(address, *self._channel_args)
 
-            def changed(service: str, instances: list[Any]) -> None:
-                pool.retain(service, {i.address for i in instances})
-                for instance in instances:
-                    self.ejections.clear(instance.id)
-                forget = getattr(self.balancer, "forget", None)
-                if forget is not None:
-                    forget({i.id for i in instances})
+    def _watch(self, pool: ChannelPool) -> None:
+        self._watching = True
 
-            cache.subscribe(self.service, changed)
-        return pool.get(address, self.options.channel_options, self.options.tls, self.service)
+        def changed(service: str, instances: list[Any]) -> None:
+            pool.retain(service, {i.address for i in instances})
+            for instance in instances:
+                self.ejections.clear(instance.id)
+            forget = getattr(self.balancer, "forget", None)
+            if forget is not None:
+                forget({i.id for i in instances})
+
+        self.discovery().subscribe(self.service, changed)
 
     def middleware_keywords(self, method: str, kind: RpcKind) -> dict[str, Any]:
         """What each middleware factory of ``method`` is given, besides the next handler:
