@@ -5,7 +5,7 @@ One example server (``manage.py runserver``, registered in a private file regist
 both. In this process, interleaved rounds make the same number of ``SayHello`` calls, the same
 number in flight, once through a bare ``grpc.aio`` stub on one channel and once through
 ``GreeterClient`` with the default client chain (prepare, access log (off), metrics, circuit
-breaker, discovery, balancer, retry). The figure is the CPU time of this process per call
+breaker, discovery, retry, balancer). The figure is the CPU time of this process per call
 (``time.process_time``: every thread, grpc's included), and the ratio of the two.
 
     python bench/client.py                 # printed
@@ -50,7 +50,9 @@ async def drive(call, calls: int, concurrency: int) -> float:
     return (time.process_time() - cpu) / (per_task * concurrency)
 
 
-async def measure(address: str, registry_dir: str, rounds: int, calls: int, concurrency: int) -> tuple[list[float], list[float]]:
+async def measure(
+    address: str, registry_dir: str, rounds: int, calls: int, concurrency: int
+) -> tuple[list[float], list[float]]:
     import grpc
 
     from microframe.contrib.registry.file import FileRegistry
@@ -98,7 +100,10 @@ def main() -> None:
         port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT), MICROFRAME_REGISTRY_DIR=tmp)
         server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--metrics-port", "0"],
+            [
+                sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload",
+                "--metrics-port", "0",
+            ],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
@@ -110,21 +115,27 @@ def main() -> None:
             from microframe.conf import settings
 
             settings.configure()
-            bare, framework = asyncio.run(measure(f"127.0.0.1:{port}", tmp, args.rounds, args.calls, args.concurrency))
+            bare, framework = asyncio.run(
+                measure(f"127.0.0.1:{port}", tmp, args.rounds, args.calls, args.concurrency)
+            )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
     b, f = statistics.median(bare), statistics.median(framework)
     ratios = [y / x for x, y in zip(bare, framework, strict=True)]
+
+    def per_round(figures: list[float]) -> str:
+        return ", ".join(f"{x * 1e6:.0f}" for x in figures)
+
     block = (
-        f"`python bench/client.py` ({time.strftime('%Y-%m-%d')}; {args.rounds} interleaved rounds of "
-        f"{args.calls} calls, {args.concurrency} in flight, default asyncio loop; CPU of the calling "
-        "process per call, all its threads):\n\n"
+        f"`python bench/client.py` ({time.strftime('%Y-%m-%d')}; {args.rounds} interleaved "
+        f"rounds of {args.calls} calls, {args.concurrency} in flight, default asyncio loop; CPU "
+        "of the calling process per call, all its threads):\n\n"
         "| client | CPU µs per call (median) | per round |\n|---|---:|---|\n"
-        f"| bare grpc.aio stub, one channel | {b * 1e6:.0f} | {', '.join(f'{x * 1e6:.0f}' for x in bare)} |\n"
-        f"| `GreeterClient`, default client chain | {f * 1e6:.0f} | {', '.join(f'{x * 1e6:.0f}' for x in framework)} |\n\n"
-        f"Ratio: {f / b:.2f} of the medians, {statistics.median(ratios):.2f} as the median of the per-round "
-        f"ratios (target <= 1.15: **{'met' if f / b <= 1.15 else 'missed'}**).\n"
+        f"| bare grpc.aio stub, one channel | {b * 1e6:.0f} | {per_round(bare)} |\n"
+        f"| `GreeterClient`, default client chain | {f * 1e6:.0f} | {per_round(framework)} |\n\n"
+        f"Ratio: {f / b:.2f} of the medians, {statistics.median(ratios):.2f} as the median of the "
+        f"per-round ratios (target <= 1.15: **{'met' if f / b <= 1.15 else 'missed'}**).\n"
     )
     print(block)
     if args.write:
@@ -132,7 +143,9 @@ def main() -> None:
         begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
         if begin < 0 or end < begin:
             raise SystemExit(f"{DOC} has no {BEGIN_MARK} ... {END_MARK} block")
-        DOC.write_text(text[: begin + len(BEGIN_MARK)] + "\n\n" + block + "\n" + text[end:], encoding="utf-8")
+        DOC.write_text(
+            text[: begin + len(BEGIN_MARK)] + "\n\n" + block + "\n" + text[end:], encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microframe.client.outliers import UNHEALTHY
 from microframe.core.exceptions import (
@@ -42,6 +42,9 @@ from microframe.core.exceptions import (
     RpcError,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from microframe.client.options import ClientOptions
 
 DEFAULTS: dict[str, Any] = {
     "ENABLED": True,
@@ -250,7 +253,7 @@ class CircuitBreakerMiddleware:
     """The client chain's breaker step: refuse with UNAVAILABLE while the circuit is open."""
 
     def __init__(
-        self, next: Any, *, service: str, method: str, options: Any, **kwargs: Any
+        self, next: Any, *, service: str, method: str, options: ClientOptions, **kwargs: Any
     ) -> None:
         breaker = options.breaker
         if not breaker["ENABLED"]:

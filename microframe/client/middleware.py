@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,6 +26,12 @@ from microframe.core.context import current_context
 from microframe.core.exceptions import DeadlineExceeded, MiddlewareNotUsed, RpcError, Unavailable
 from microframe.core.handlers import HANDLED_TRAILER
 from microframe.discovery.registry import RegistryError
+
+if TYPE_CHECKING:
+    from microframe.client.balancers import Balancer
+    from microframe.client.options import ClientOptions
+    from microframe.client.outliers import Ejections, RetryBudget
+    from microframe.core.router import RpcKind
 
 __all__ = [
     "AccessLogMiddleware",
@@ -58,7 +64,7 @@ class PrepareMiddleware:
     """
 
     def __init__(
-        self, next: ClientHandler, *, service: str, options: Any, **kwargs: Any
+        self, next: ClientHandler, *, service: str, options: ClientOptions, **kwargs: Any
     ) -> None:
         self.next = next
         self.timeout: float = options.timeout
@@ -86,7 +92,7 @@ class MetricsMiddleware:
     """``grpc_client_*`` metrics (go-grpc-prometheus names), per service and method."""
 
     def __init__(
-        self, next: ClientHandler, *, method: str, kind: Any, **kwargs: Any
+        self, next: ClientHandler, *, method: str, kind: RpcKind, **kwargs: Any
     ) -> None:
         from microframe.conf import settings
         from microframe.contrib.metrics.metrics import client_metrics
@@ -222,7 +228,7 @@ class BalancerMiddleware:
     """
 
     def __init__(
-        self, next: ClientHandler, *, balancer: Any, ejections: Any, **kwargs: Any
+        self, next: ClientHandler, *, balancer: Balancer, ejections: Ejections, **kwargs: Any
     ) -> None:
         self.next = next
         self.pick = balancer.pick
@@ -303,9 +309,9 @@ class RetryMiddleware:
         *,
         service: str,
         method: str,
-        kind: Any,
-        options: Any,
-        budget: Any,
+        kind: RpcKind,
+        options: ClientOptions,
+        budget: RetryBudget,
         **kwargs: Any,
     ) -> None:
         retry = options.retry
