@@ -5,7 +5,7 @@ One example server (``manage.py runserver``, registered in a private file regist
 both. In this process, interleaved rounds make the same number of ``SayHello`` calls, the same
 number in flight, once through a bare ``grpc.aio`` stub on one channel and once through
 ``GreeterClient`` with the default client chain (prepare, access log (off), metrics, circuit
-breaker, discovery, balancer, retry). The figure is the CPU time of this process per call
+breaker, discovery, retry, balancer). The figure is the CPU time of this process per call
 (``time.process_time``: every thread, grpc's included), and the ratio of the two.
 
     python bench/client.py                 # printed

@@ -17,8 +17,9 @@ Two modes (``BREAKER["MODE"]``):
     share of their calls themselves, and take it back as soon as calls succeed again.
 
 Only failures that say the backend is unhealthy count: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL,
-RESOURCE_EXHAUSTED, UNKNOWN. A business error (INVALID_ARGUMENT, NOT_FOUND, ...) is an answer
-from a healthy backend and counts as a success.
+RESOURCE_EXHAUSTED, UNKNOWN (:data:`microframe.client.outliers.UNHEALTHY`, the set the balancers'
+feedback uses too), and an exception that is no RPC error at all. A business error
+(INVALID_ARGUMENT, NOT_FOUND, ...) is an answer from a healthy backend and counts as a success.
 
 This is written here rather than taken from a package: the Python circuit breakers on PyPI
 (pybreaker, aiobreaker, circuitbreaker) count consecutive failures, not an error rate over a
@@ -32,20 +33,18 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
+from microframe.client.outliers import UNHEALTHY
+from microframe.core.exceptions import (
+    ImproperlyConfigured,
+    MiddlewareNotUsed,
+    RpcError,
+    Unavailable,
+)
 
-from microframe.core.exceptions import ImproperlyConfigured, RpcError, Unavailable
-
-#: Failures that count against the backend.
-FAILURES = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNKNOWN,
-})
+if TYPE_CHECKING:
+    from microframe.client.options import ClientOptions
 
 DEFAULTS: dict[str, Any] = {
     "ENABLED": True,
@@ -102,11 +101,19 @@ class Window:
 class CircuitBreaker:
     """The breaker of one service method (see the module's description)."""
 
-    def __init__(self, name: tuple[str, str], options: dict[str, Any], clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        name: tuple[str, str],
+        options: dict[str, Any],
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.name = name
         self.mode = options["MODE"]
         if self.mode not in ("hystrix", "sre"):
-            raise ImproperlyConfigured(f'BREAKER["MODE"] must be "hystrix" or "sre", not {self.mode!r}.')
+            raise ImproperlyConfigured(
+                f'BREAKER["MODE"] must be "hystrix" or "sre", not {self.mode!r}.'
+            )
         self.options = options
         self._clock = clock
         self._rng = rng or random.Random()
@@ -135,7 +142,8 @@ class CircuitBreaker:
                 ok, failed = self.window.totals()
                 requests = ok + failed
                 p = max(0.0, (requests - float(self.options["K"]) * ok) / (requests + 1))
-                if requests >= int(self.options["REQUEST_VOLUME_THRESHOLD"]) and self._rng.random() < p:
+                volume = int(self.options["REQUEST_VOLUME_THRESHOLD"])
+                if requests >= volume and self._rng.random() < p:
                     self._set(OPEN)
                     return self._reject()
                 if self.state != CLOSED and p == 0:
@@ -200,7 +208,8 @@ def _metrics() -> tuple[Any, Any]:
                 _metric_objects = (
                     Gauge(
                         "microframe_client_circuit_state",
-                        "State of the circuit breaker of a called method: 0 closed, 1 open, 2 half-open.",
+                        "State of the circuit breaker of a called method: "
+                        "0 closed, 1 open, 2 half-open.",
                         ("service", "method"),
                         registry=REGISTRY,
                         multiprocess_mode="max",
@@ -223,7 +232,9 @@ def breaker_options(configured: dict[str, Any] | None) -> dict[str, Any]:
     options = dict(DEFAULTS)
     for key, value in (configured or {}).items():
         if key not in DEFAULTS:
-            raise ImproperlyConfigured(f"Unknown BREAKER option {key!r}; known: {', '.join(sorted(DEFAULTS))}.")
+            raise ImproperlyConfigured(
+                f"Unknown BREAKER option {key!r}; known: {', '.join(sorted(DEFAULTS))}."
+            )
         options[key] = value
     return options
 
@@ -241,25 +252,27 @@ def get_breaker(service: str, method: str, options: dict[str, Any]) -> CircuitBr
 class CircuitBreakerMiddleware:
     """The client chain's breaker step: refuse with UNAVAILABLE while the circuit is open."""
 
-    def __init__(self, next: Any, *, client: Any, method: str, **kwargs: Any) -> None:
-        from microframe.core.exceptions import MiddlewareNotUsed
-
-        options = client.options.breaker
-        if not options["ENABLED"]:
+    def __init__(
+        self, next: Any, *, service: str, method: str, options: ClientOptions, **kwargs: Any
+    ) -> None:
+        breaker = options.breaker
+        if not breaker["ENABLED"]:
             raise MiddlewareNotUsed
         self.next = next
-        self.breaker = get_breaker(client.service, method, options)
-        self._message = f"circuit open for {client.service}{method}: failing fast"
+        self.breaker = get_breaker(service, method, breaker)
+        self._message = f"circuit open for {service}{method}: failing fast"
 
     async def __call__(self, call: Any) -> Any:
         breaker = self.breaker
         if not breaker.allow():
-            raise Unavailable(self._message, trailers={"x-microframe-circuit": STATE_NAMES[breaker.state]})
+            raise Unavailable(
+                self._message, trailers={"x-microframe-circuit": STATE_NAMES[breaker.state]}
+            )
         ok = True
         try:
             return await self.next(call)
         except RpcError as err:
-            ok = err.code not in FAILURES
+            ok = err.code not in UNHEALTHY
             raise
         except BaseException:
             ok = False
@@ -284,5 +297,7 @@ def retry_counter(refused: bool = False) -> Any:
                 if refused
                 else ("microframe_client_retries", "Calls retried on another attempt.")
             )
-            counter = _retry_counters[refused] = Counter(name, text, ("service", "method"), registry=REGISTRY)
+            counter = _retry_counters[refused] = Counter(
+                name, text, ("service", "method"), registry=REGISTRY
+            )
     return counter

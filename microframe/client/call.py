@@ -1,28 +1,34 @@
-"""``ClientCall``: what the client middleware chain knows about one outgoing call."""
+"""``ClientCall``: what the client middleware chain knows about one outgoing call.
+
+The call carries its own data only; what a step needs of its client (options, discovery, the
+balancer, the outlier state) it is given when the chain is built (see
+:meth:`~microframe.client.Client.chain`).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from microframe.core.router import RpcKind
 
 if TYPE_CHECKING:
-    from microframe.client.client import Client
     from microframe.discovery.instance import ServiceInstance
 
 
 class ClientCall:
     """One call through a client's chain.
 
-    Middleware read and set its attributes: ``deadline`` (a ``time.monotonic()`` value),
-    ``metadata`` (a list of pairs), ``instances`` (what discovery found), ``instance`` (what the
-    balancer chose for this attempt), ``tried`` (the ids of the instances tried so far),
-    ``attempt`` (1 for the first).
+    ``service`` (the registered name called), ``method`` (``/package.Service/Method``),
+    ``kind``, ``request``, ``response_class`` and ``timeout`` say what is called. Middleware
+    read and set the rest: ``deadline`` (a ``time.monotonic()`` value), ``metadata`` (a list of
+    pairs), ``instances`` (what discovery found), ``instance`` (what the balancer chose for this
+    attempt), ``tried`` (the ids of the instances tried so far), ``attempt`` (1 for the first).
     """
 
     __slots__ = (
-        "client",
+        "service",
         "method",
         "kind",
         "request",
@@ -38,7 +44,7 @@ class ClientCall:
 
     def __init__(
         self,
-        client: Client,
+        service: str,
         method: str,
         kind: RpcKind,
         request: Any,
@@ -46,7 +52,7 @@ class ClientCall:
         timeout: float | None,
         metadata: list[tuple[str, str]],
     ) -> None:
-        self.client = client
+        self.service = service
         self.method = method
         self.kind = kind
         self.request = request
@@ -59,22 +65,13 @@ class ClientCall:
         self.tried: list[str] = []
         self.attempt = 1
 
-    @property
-    def service(self) -> str:
-        """The name of the service called (as registered)."""
-        return self.client.service
-
-    def repick(self) -> None:
-        """Choose the instance of the next attempt with the client's balancer: never one that
-        failed this call, nor one the client keeps away from, while another is available."""
-        client = self.client
-        avoid = set(self.tried)
-        if client.ejections:
-            avoid.update(client.ejections.current())
-        self.instance = client.balancer.pick(self.instances, frozenset(avoid))
-
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative; infinite without one)."""
         if self.deadline is None:
             return float("inf")
         return max(0.0, self.deadline - time.monotonic())
+
+
+#: A step of the client chain, built once per client and method: it takes the call and returns
+#: the response (for a server-streaming method, an async iterator of the responses).
+ClientHandler = Callable[[ClientCall], Awaitable[Any]]

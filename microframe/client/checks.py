@@ -4,6 +4,9 @@
   service are invalid (an unknown key, a bad type, a non-positive timeout, an unknown
   balancer or breaker mode).
 - ``client.E002``: an entry of ``CLIENT_MIDDLEWARE`` does not import.
+- ``client.E003``: ``CLIENT_MIDDLEWARE`` lists ``BalancerMiddleware`` before (outside)
+  ``RetryMiddleware``: the balancer would choose once per call, and every retry would go to the
+  instance that just failed.
 """
 
 from __future__ import annotations
@@ -36,22 +39,46 @@ def check_clients(**kwargs: Any) -> list[CheckMessage]:
             make_balancer(options.balancer)
             mode = options.breaker["MODE"]
             if mode not in ("hystrix", "sre"):
-                raise ImproperlyConfigured(f'BREAKER["MODE"] must be "hystrix" or "sre", not {mode!r}.')
+                raise ImproperlyConfigured(
+                    f'BREAKER["MODE"] must be "hystrix" or "sre", not {mode!r}.'
+                )
         except ImproperlyConfigured as err:
             errors.append(Error(
                 f"CLIENTS[{service!r}]: {err}",
                 hint="See the client options in the docs (topics/client.md).",
                 id="client.E001",
             ))
-    for entry in getattr(settings, "CLIENT_MIDDLEWARE", []):
+    chain = list(getattr(settings, "CLIENT_MIDDLEWARE", []))
+    factories: list[Any] = []
+    for entry in chain:
         if isinstance(entry, str):
             try:
-                import_string(entry)
+                factories.append(import_string(entry))
             except ImportError as err:
                 errors.append(Error(
                     f"CLIENT_MIDDLEWARE entry {entry!r} cannot be imported: {err}",
-                    hint="Check the dotted path; the built-in steps live in microframe.client.middleware "
-                    "and microframe.client.breaker.",
+                    hint="Check the dotted path; the built-in steps live in "
+                    "microframe.client.middleware and microframe.client.breaker.",
                     id="client.E002",
                 ))
+        else:
+            factories.append(entry)
+    errors.extend(_check_retry_order(factories))
     return errors
+
+
+def _check_retry_order(factories: list[Any]) -> list[CheckMessage]:
+    """Each retry must choose its own instance: the balancer step inside the retry step."""
+    from microframe.client.middleware import BalancerMiddleware, RetryMiddleware
+
+    if BalancerMiddleware not in factories or RetryMiddleware not in factories:
+        return []
+    if factories.index(BalancerMiddleware) > factories.index(RetryMiddleware):
+        return []
+    return [Error(
+        "CLIENT_MIDDLEWARE lists BalancerMiddleware before RetryMiddleware: every retry would "
+        "go to the instance that just failed.",
+        hint="List microframe.client.middleware.BalancerMiddleware after RetryMiddleware "
+        "(the default's order).",
+        id="client.E003",
+    )]

@@ -5,12 +5,14 @@
     from microframe.client import Client
 
     client = Client("hello", timeout=0.5)
-    reply = await client.unary("/helloworld.Greeter/SayHello", HelloRequest(name="Ada"), HelloReply)
+    reply = await client.unary(
+        "/helloworld.Greeter/SayHello", HelloRequest(name="Ada"), HelloReply
+    )
 
 Every call goes through the client middleware chain (``CLIENT_MIDDLEWARE``): the deadline and
-metadata are prepared, metrics recorded, the instances found through discovery, one chosen by
-the balancer, the call retried on another instance where it is safe, and made over a channel
-shared by every client of the event loop. Errors are raised as microframe's
+metadata are prepared, metrics recorded, the instances found through discovery, the call
+retried where it is safe (each attempt on an instance the balancer chooses for it), and made
+over a channel shared by every client of the event loop. Errors are raised as microframe's
 :class:`~microframe.core.exceptions.RpcError` subclasses (``Unavailable``, ``NotFound``...), with
 the status code, message and trailing metadata of the answer; a controller that lets one through
 answers its own caller with the same code.
@@ -18,13 +20,16 @@ answers its own caller with the same code.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import inspect
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from microframe.client.balancers import Balancer, make_balancer
-from microframe.client.call import ClientCall
-from microframe.client.middleware import ClientHandler, Ejections, RetryBudget, connection_handler
+from microframe.client.call import ClientCall, ClientHandler
+from microframe.client.channels import ChannelPool, get_channel_pool
 from microframe.client.options import ClientOptions
+from microframe.client.outliers import Ejections, RetryBudget
+from microframe.client.transport import connection_handler
 from microframe.conf import global_settings
 from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from microframe.core.router import RpcKind
@@ -41,6 +46,38 @@ def _middleware_setting() -> list[Any]:
         return list(getattr(settings, "CLIENT_MIDDLEWARE", DEFAULT_CLIENT_MIDDLEWARE))
     except ImproperlyConfigured:
         return list(DEFAULT_CLIENT_MIDDLEWARE)
+
+
+class LoopDiscovery:
+    """The discovery cache of the running event loop, for a client given none: a client may
+    serve calls on several loops over its life (``asyncio.run`` twice, the blocking facade's
+    loop), and each loop has its own cache."""
+
+    def __init__(self) -> None:
+        from microframe.discovery.cache import get_discovery_cache
+
+        self._cache = get_discovery_cache
+
+    def instances(self, service: str) -> Any:
+        return self._cache().instances(service)
+
+    def subscribe(self, service: str, listener: Callable[[str, list[Any]], None]) -> None:
+        self._cache().subscribe(service, listener)
+
+
+def _keywords_for(factory: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``factory`` accepts out of ``given``: all of them when it takes
+    ``**kwargs`` (the documented contract), else the ones it names, so that a middleware
+    written for fewer keywords (``next, *, client, method, kind``) keeps working as more are
+    given."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return given
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return given
+    names = {p.name for p in parameters}
+    return {key: value for key, value in given.items() if key in names}
 
 
 class Client:
@@ -69,12 +106,16 @@ class Client:
         self.service = service
         self.options = ClientOptions.resolve(service, **options)
         self.balancer: Balancer = make_balancer(self.options.balancer)
-        self.retry_budget = RetryBudget(self.options.retry.budget_ratio, self.options.retry.budget_min_per_second)
+        retry = self.options.retry
+        self.retry_budget = RetryBudget(retry.budget_ratio, retry.budget_min_per_second)
         self.ejections = Ejections()
         self._middleware = middleware if middleware is not None else _middleware_setting()
         self._discovery = discovery
-        self._chains: dict[tuple[str, RpcKind], ClientHandler] = {}
+        # (method as given, kind) -> (its handler, its /package.Service/Method path)
+        self._chains: dict[tuple[str, RpcKind], tuple[ClientHandler, str]] = {}
         self._watching = False
+        # What the channel pool is given besides the address, on every call: worked out once.
+        self._channel_args = (self.options.channel_options, self.options.tls, service)
 
     # -- what the chain uses -------------------------------------------------------------------
 
@@ -87,37 +128,73 @@ class Client:
         return self._discovery
 
     def channel(self, address: str) -> Any:
-        from microframe.client.channels import get_channel_pool
-
+        """The channel to ``address`` (the event loop's shared one). The first call follows
+        discovery for this client: channels to instances that left are closed, their ejections
+        and balancer statistics dropped."""
         pool = get_channel_pool()
         if not self._watching:
-            self._watching = True
-            cache = self.discovery()
+            self._watch(pool)
+        return pool.get(address, *self._channel_args)
 
-            def changed(service: str, instances: list[Any]) -> None:
-                pool.retain(service, {i.address for i in instances})
-                for instance in instances:
-                    self.ejections.clear(instance.id)
-                forget = getattr(self.balancer, "forget", None)
-                if forget is not None:
-                    forget({i.id for i in instances})
+    def _watch(self, pool: ChannelPool) -> None:
+        self._watching = True
 
-            cache.subscribe(self.service, changed)
-        return pool.get(address, self.options.channel_options, self.options.tls, self.service)
+        def changed(service: str, instances: list[Any]) -> None:
+            pool.retain(service, {i.address for i in instances})
+            for instance in instances:
+                self.ejections.clear(instance.id)
+            forget = getattr(self.balancer, "forget", None)
+            if forget is not None:
+                forget({i.id for i in instances})
+
+        self.discovery().subscribe(self.service, changed)
+
+    def middleware_keywords(self, method: str, kind: RpcKind) -> dict[str, Any]:
+        """What each middleware factory of ``method`` is given, besides the next handler:
+        ``service``, ``method``, ``kind``, ``options`` (the :class:`ClientOptions`),
+        ``discovery`` (``async instances(service)``), ``balancer``, ``ejections``, ``budget``
+        (the retry budget), and ``client`` (this client, for middleware written against it)."""
+        return {
+            "client": self,
+            "service": self.service,
+            "method": method,
+            "kind": kind,
+            "options": self.options,
+            "discovery": self._discovery if self._discovery is not None else LoopDiscovery(),
+            "balancer": self.balancer,
+            "ejections": self.ejections,
+            "budget": self.retry_budget,
+        }
 
     def chain(self, method: str, kind: RpcKind) -> ClientHandler:
         """The handler of ``method``, built once (middleware outermost first)."""
+        return self._chain(method, kind)[0]
+
+    def _chain(self, method: str, kind: RpcKind) -> tuple[ClientHandler, str]:
         key = (method, kind)
-        handler = self._chains.get(key)
-        if handler is None:
-            handler = connection_handler(self, method, kind)
-            for entry in reversed(self._middleware):
-                factory = import_string(entry) if isinstance(entry, str) else entry
-                try:
-                    handler = factory(handler, client=self, method=method, kind=kind)
-                except MiddlewareNotUsed:
-                    continue
-            self._chains[key] = handler
+        built = self._chains.get(key)
+        if built is None:
+            path = self._path(method)
+            if path != method:
+                built = self._chains.get((path, kind))
+            if built is None:
+                built = (self._build(path, kind), path)
+                self._chains[(path, kind)] = built
+            self._chains[key] = built
+        return built
+
+    def _build(self, method: str, kind: RpcKind) -> ClientHandler:
+        handler = connection_handler(
+            method, kind, service=self.service, options=self.options,
+            balancer=self.balancer, ejections=self.ejections, channel=self.channel,
+        )
+        keywords = self.middleware_keywords(method, kind)
+        for entry in reversed(self._middleware):
+            factory = import_string(entry) if isinstance(entry, str) else entry
+            try:
+                handler = factory(handler, **_keywords_for(factory, keywords))
+            except MiddlewareNotUsed:
+                continue
         return handler
 
     # -- calls ---------------------------------------------------------------------------------
@@ -129,30 +206,80 @@ class Client:
             raise ValueError(f"method {method!r} is not /package.Service/Method")
         return path
 
-    def _call(self, method: str, kind: RpcKind, request: Any, response_class: Any, timeout: float | None, metadata: Any) -> tuple[ClientHandler, ClientCall]:
-        path = self._path(method)
-        call = ClientCall(self, path, kind, request, response_class, timeout, list(metadata or ()))
-        return self.chain(path, kind), call
+    def _call(
+        self,
+        method: str,
+        kind: RpcKind,
+        request: Any,
+        response_class: Any,
+        timeout: float | None,
+        metadata: Any,
+    ) -> tuple[ClientHandler, ClientCall]:
+        built = self._chains.get((method, kind)) or self._chain(method, kind)
+        call = ClientCall(
+            self.service, built[1], kind, request, response_class, timeout, list(metadata or ())
+        )
+        return built[0], call
 
-    async def unary(self, method: str, request: Any, response_class: Any, *, timeout: float | None = None, metadata: Any = None) -> Any:
+    async def unary(
+        self,
+        method: str,
+        request: Any,
+        response_class: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Any:
         """Call a unary method; return its response."""
-        handler, call = self._call(method, RpcKind.UNARY_UNARY, request, response_class, timeout, metadata)
+        handler, call = self._call(
+            method, RpcKind.UNARY_UNARY, request, response_class, timeout, metadata
+        )
         return await handler(call)
 
-    async def unary_stream(self, method: str, request: Any, response_class: Any, *, timeout: float | None = None, metadata: Any = None) -> AsyncIterator[Any]:
+    async def unary_stream(
+        self,
+        method: str,
+        request: Any,
+        response_class: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> AsyncIterator[Any]:
         """Call a server-streaming method; yield its responses."""
-        handler, call = self._call(method, RpcKind.UNARY_STREAM, request, response_class, timeout, metadata)
+        handler, call = self._call(
+            method, RpcKind.UNARY_STREAM, request, response_class, timeout, metadata
+        )
         async for message in await handler(call):
             yield message
 
-    async def stream_unary(self, method: str, requests: Any, response_class: Any, *, timeout: float | None = None, metadata: Any = None) -> Any:
+    async def stream_unary(
+        self,
+        method: str,
+        requests: Any,
+        response_class: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Any:
         """Call a client-streaming method with ``requests`` (an iterable or async iterable)."""
-        handler, call = self._call(method, RpcKind.STREAM_UNARY, requests, response_class, timeout, metadata)
+        handler, call = self._call(
+            method, RpcKind.STREAM_UNARY, requests, response_class, timeout, metadata
+        )
         return await handler(call)
 
-    async def stream_stream(self, method: str, requests: Any, response_class: Any, *, timeout: float | None = None, metadata: Any = None) -> AsyncIterator[Any]:
+    async def stream_stream(
+        self,
+        method: str,
+        requests: Any,
+        response_class: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> AsyncIterator[Any]:
         """Call a bidirectional method; yield its responses."""
-        handler, call = self._call(method, RpcKind.STREAM_STREAM, requests, response_class, timeout, metadata)
+        handler, call = self._call(
+            method, RpcKind.STREAM_STREAM, requests, response_class, timeout, metadata
+        )
         async for message in await handler(call):
             yield message
 

@@ -1,32 +1,51 @@
-"""The client middleware chain: ``Middleware(next, client=..., method=...) -> handler``.
+"""The client middleware chain: ``Middleware(next, *, service, method, kind, options, ...)``.
 
 A handler takes the :class:`~microframe.client.call.ClientCall` and returns the response (or,
 for a server-streaming method, an async iterator of responses). ``CLIENT_MIDDLEWARE`` lists the
-chain, outermost first, in the seed's order; the innermost step, the call on the wire over the
-chosen instance's channel, is :func:`connection_handler`. Built once per client and method.
+chain, outermost first; the innermost step, the call on the wire over the chosen instance's
+channel, is :func:`microframe.client.transport.connection_handler`. Built once per client and
+method: each step is given what it needs of its client then, as keyword arguments (see
+:meth:`microframe.client.Client.chain`), and keeps what it can work out once.
+
+The retry rules (:func:`is_retryable`) live here, next to :class:`RetryMiddleware` that applies
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import grpc.aio
 
-from microframe.client.call import ClientCall
+from microframe.client.call import ClientCall, ClientHandler
 from microframe.core.context import current_context
-from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
+from microframe.core.exceptions import DeadlineExceeded, MiddlewareNotUsed, RpcError, Unavailable
 from microframe.core.handlers import HANDLED_TRAILER
-from microframe.core.router import RpcKind
 from microframe.discovery.registry import RegistryError
-from microframe.utils.timeouts import with_timeout
 
-ClientHandler = Callable[[ClientCall], Awaitable[Any]]
+if TYPE_CHECKING:
+    from microframe.client.balancers import Balancer
+    from microframe.client.options import ClientOptions
+    from microframe.client.outliers import Ejections, RetryBudget
+    from microframe.core.router import RpcKind
+
+__all__ = [
+    "AccessLogMiddleware",
+    "BalancerMiddleware",
+    "ClientHandler",
+    "DiscoveryMiddleware",
+    "HANDLED_MARK",
+    "MetricsMiddleware",
+    "PrepareMiddleware",
+    "RetryMiddleware",
+    "is_retryable",
+    "lost_in_flight",
+    "reached_a_handler",
+]
 
 #: Trailing metadata microframe servers add to an error answered by application code, so that
 #: a client can tell "the handler ran and said UNAVAILABLE" from "the call never reached one".
@@ -41,36 +60,43 @@ class PrepareMiddleware:
     The deadline is the call's ``timeout`` (else the client's ``TIMEOUT``), and never later than
     the deadline of the request being served when the call is made from a controller: a
     downstream call never outlives its caller's caller. The trace id of that request travels
-    as ``x-request-id``.
+    as ``x-request-id``; the client's ``METADATA`` follows.
     """
 
-    def __init__(self, next: ClientHandler, **kwargs: Any) -> None:
+    def __init__(
+        self, next: ClientHandler, *, service: str, options: ClientOptions, **kwargs: Any
+    ) -> None:
         self.next = next
+        self.timeout: float = options.timeout
+        self.metadata: tuple[tuple[str, str], ...] = options.metadata
+        self._late = f"the request being served has no time left to call {service}"
 
     async def __call__(self, call: ClientCall) -> Any:
         now = time.monotonic()
-        timeout = call.timeout if call.timeout is not None else call.client.options.timeout
-        deadline = now + timeout
+        deadline = now + (call.timeout if call.timeout is not None else self.timeout)
         ctx = current_context()
         if ctx is not None:
             upstream = ctx.time_remaining()
             if upstream is not None:
                 if upstream <= 0:
-                    raise DeadlineExceeded(f"the request being served has no time left to call {call.service}")
+                    raise DeadlineExceeded(self._late)
                 deadline = min(deadline, now + upstream)
             call.metadata.append(("x-request-id", ctx.trace_id))
         call.deadline = deadline
-        call.metadata.extend(call.client.options.metadata)
+        if self.metadata:
+            call.metadata.extend(self.metadata)
         return await self.next(call)
 
 
 class MetricsMiddleware:
     """``grpc_client_*`` metrics (go-grpc-prometheus names), per service and method."""
 
-    def __init__(self, next: ClientHandler, *, client: Any, method: str, kind: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, next: ClientHandler, *, method: str, kind: RpcKind, **kwargs: Any
+    ) -> None:
         from microframe.conf import settings
         from microframe.contrib.metrics.metrics import client_metrics
-        from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+        from microframe.core.exceptions import ImproperlyConfigured
 
         try:
             enabled = settings.METRICS.get("ENABLED", True)
@@ -88,11 +114,12 @@ class MetricsMiddleware:
         self._sent = metrics.msg_sent.labels(*self._labels)
         self._received = metrics.msg_received.labels(*self._labels)
         self._streaming = kind.server_streaming
+        self._one_request = not kind.client_streaming
         self._by_code: dict[grpc.StatusCode, Any] = {}
 
     async def __call__(self, call: ClientCall) -> Any:
         self._started.inc()
-        if not call.kind.client_streaming:
+        if self._one_request:
             self._sent.inc()
         start = time.perf_counter()
         try:
@@ -141,12 +168,12 @@ class AccessLogMiddleware:
     not enabled for INFO, the step costs one level check per call.
     """
 
-    def __init__(self, next: ClientHandler, *, client: Any, method: str, **kwargs: Any) -> None:
+    def __init__(self, next: ClientHandler, *, service: str, method: str, **kwargs: Any) -> None:
         import logging
 
         self.next = next
         self.logger = logging.getLogger("microframe.client.access")
-        self.target = f"{client.service}{method}"
+        self.target = f"{service}{method}"
 
     async def __call__(self, call: ClientCall) -> Any:
         logger = self.logger
@@ -174,106 +201,56 @@ class AccessLogMiddleware:
 class DiscoveryMiddleware:
     """Find the instances of the service in the discovery cache (watch-fed, kept on disk)."""
 
-    def __init__(self, next: ClientHandler, **kwargs: Any) -> None:
+    def __init__(
+        self, next: ClientHandler, *, service: str, discovery: Any, **kwargs: Any
+    ) -> None:
         self.next = next
+        self.service = service
+        self.discovery = discovery
 
     async def __call__(self, call: ClientCall) -> Any:
-        client = call.client
         try:
-            instances = await client.discovery().instances(call.service)
+            instances = await self.discovery.instances(self.service)
         except RegistryError as err:
-            raise Unavailable(f"no instance of {call.service!r} is known: {err}") from None
+            raise Unavailable(f"no instance of {self.service!r} is known: {err}") from None
         if not instances:
-            raise Unavailable(f"no instance of {call.service!r} is registered")
+            raise Unavailable(f"no instance of {self.service!r} is registered")
         call.instances = instances
         return await self.next(call)
 
 
 class BalancerMiddleware:
-    """Choose the instance of each attempt with the client's balancer (``BALANCER``).
+    """Choose the instance of the attempt with the client's balancer (``BALANCER``).
 
-    A retry (see :class:`RetryMiddleware`) chooses again with ``call.repick()``.
+    It sits inside :class:`RetryMiddleware`, so that every attempt picks its own instance:
+    never one that failed this call, nor one the client keeps away from (its ejections), while
+    another is available.
     """
 
-    def __init__(self, next: ClientHandler, **kwargs: Any) -> None:
+    def __init__(
+        self, next: ClientHandler, *, balancer: Balancer, ejections: Ejections, **kwargs: Any
+    ) -> None:
         self.next = next
+        self.pick = balancer.pick
+        self.ejections = ejections
 
     async def __call__(self, call: ClientCall) -> Any:
-        call.repick()
+        ejections = self.ejections
+        if call.tried or ejections:
+            avoid = set(call.tried)
+            if ejections:
+                avoid.update(ejections.current())
+            call.instance = self.pick(call.instances, frozenset(avoid))
+        else:  # the first attempt, nothing kept away from: the common case, kept cheap
+            call.instance = self.pick(call.instances)
         return await self.next(call)
-
-
-class Ejections:
-    """Instances a client keeps away from for a while after they refused a connection.
-
-    An instance that answers UNAVAILABLE without reaching a handler (refused connection, reset,
-    shutting down) is not chosen for ``base`` seconds, doubling with each new failure up to
-    ``maximum``, unless every instance is ejected; one success, or discovery listing it anew,
-    brings it back. This is what keeps a dead instance from taking a share of the calls until
-    discovery drops it (grpc's own balancers skip subchannels in TRANSIENT_FAILURE the same way).
-    """
-
-    def __init__(self, base: float = 1.0, maximum: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.base = base
-        self.maximum = maximum
-        self._clock = clock
-        self._until: dict[str, float] = {}
-        self._strikes: dict[str, int] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._until)
-
-    def eject(self, instance_id: str) -> None:
-        strikes = self._strikes.get(instance_id, 0) + 1
-        self._strikes[instance_id] = strikes
-        self._until[instance_id] = self._clock() + min(self.maximum, self.base * 2 ** (strikes - 1))
-
-    def clear(self, instance_id: str) -> None:
-        self._until.pop(instance_id, None)
-        self._strikes.pop(instance_id, None)
-
-    def current(self) -> set[str]:
-        now = self._clock()
-        for key in [k for k, until in self._until.items() if until <= now]:
-            del self._until[key]
-        return set(self._until)
-
-
-class RetryBudget:
-    """Retries allowed as a share of recent calls: ``ratio`` of the calls of the last ``window``
-    seconds, plus ``min_per_second`` per second (Finagle's retry budget). In an outage where
-    every call fails, retries add at most that share of load."""
-
-    def __init__(self, ratio: float, min_per_second: float, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ratio = ratio
-        self.min_per_second = min_per_second
-        self.window = window
-        self._clock = clock
-        self._calls: collections.deque[float] = collections.deque()
-        self._retries: collections.deque[float] = collections.deque()
-
-    def _trim(self, now: float) -> None:
-        limit = now - self.window
-        for times in (self._calls, self._retries):
-            while times and times[0] < limit:
-                times.popleft()
-
-    def record_call(self) -> None:
-        self._calls.append(self._clock())
-
-    def try_retry(self) -> bool:
-        now = self._clock()
-        self._trim(now)
-        allowed = self.ratio * len(self._calls) + self.min_per_second * self.window
-        if len(self._retries) + 1 > allowed:
-            return False
-        self._retries.append(now)
-        return True
 
 
 #: How grpc words the end of a call whose connection was lost after the call was sent (the
 #: server went away mid-call): the handler may have run, or be running still.
-LOST_IN_FLIGHT = ("Stream removed", "Socket closed", "Connection reset", "Broken pipe", "Transport closed")
+LOST_IN_FLIGHT = (
+    "Stream removed", "Socket closed", "Connection reset", "Broken pipe", "Transport closed",
+)
 #: ... except a stream the server refused before reading it (RST_STREAM REFUSED_STREAM), and
 #: a connection that failed before the call was sent on it (grpc's "failed to connect to all
 #: addresses; last error: ...: Socket closed", microframe's "cannot connect to ...").
@@ -289,7 +266,9 @@ def lost_in_flight(err: RpcError) -> bool:
     """Whether ``err`` says the connection was lost while the call was on it (see
     :data:`LOST_IN_FLIGHT`): it may have been executed."""
     message = err.message
-    return any(words in message for words in LOST_IN_FLIGHT) and not any(words in message for words in NEVER_SENT)
+    return any(words in message for words in LOST_IN_FLIGHT) and not any(
+        words in message for words in NEVER_SENT
+    )
 
 
 def is_retryable(err: RpcError, codes: frozenset[grpc.StatusCode]) -> bool:
@@ -320,33 +299,46 @@ class RetryMiddleware:
     budget; never past the deadline.
 
     Only calls whose request is one message are retried (a request stream cannot be replayed),
-    and a server stream only before its first message.
+    and a server stream only before its first message. The instance of each attempt is chosen
+    by the steps inside this one (:class:`BalancerMiddleware`).
     """
 
-    def __init__(self, next: ClientHandler, *, client: Any, method: str, kind: Any, **kwargs: Any) -> None:
-        from microframe.core.exceptions import MiddlewareNotUsed
-
-        options = client.options.retry
-        if options.max_attempts <= 1 or kind.client_streaming:
+    def __init__(
+        self,
+        next: ClientHandler,
+        *,
+        service: str,
+        method: str,
+        kind: RpcKind,
+        options: ClientOptions,
+        budget: RetryBudget,
+        **kwargs: Any,
+    ) -> None:
+        retry = options.retry
+        if retry.max_attempts <= 1 or kind.client_streaming:
             raise MiddlewareNotUsed
         self.next = next
-        self.options = options
-        self.budget = client.retry_budget
+        self.budget = budget
+        self.max_attempts: int = retry.max_attempts
+        self.codes: frozenset[grpc.StatusCode] = retry.codes
+        self.backoff: float = retry.backoff
+        self.backoff_max: float = retry.backoff_max
         from microframe.client.breaker import retry_counter
 
-        self._retries = retry_counter().labels(client.service, method)
-        self._refused = retry_counter(refused=True).labels(client.service, method)
+        self._retries = retry_counter().labels(service, method)
+        self._refused = retry_counter(refused=True).labels(service, method)
 
     async def __call__(self, call: ClientCall) -> Any:
-        options = self.options
         self.budget.record_call()
         while True:
             try:
                 return await self.next(call)
             except RpcError as err:
-                if call.attempt >= options.max_attempts or not is_retryable(err, options.codes):
+                if call.attempt >= self.max_attempts or not is_retryable(err, self.codes):
                     raise
-                pause = random.uniform(0, min(options.backoff_max, options.backoff * 2 ** (call.attempt - 1)))
+                pause = random.uniform(
+                    0, min(self.backoff_max, self.backoff * 2 ** (call.attempt - 1))
+                )
                 if call.remaining() <= pause:
                     raise
                 if not self.budget.try_retry():
@@ -356,144 +348,3 @@ class RetryMiddleware:
                 if pause:
                     await asyncio.sleep(pause)
                 call.attempt += 1
-                call.repick()
-
-
-def _from_aio(err: grpc.aio.AioRpcError) -> RpcError:
-    trailers = tuple((str(k), str(v)) for k, v in (err.trailing_metadata() or ()))
-    return error_for(err.code(), err.details() or err.code().name.lower(), trailers)
-
-
-def connection_handler(client: Any, method: str, kind: RpcKind) -> ClientHandler:
-    """The innermost handler: the call itself, on the chosen instance's channel."""
-    serializer = _serialize
-    balancer = client.balancer
-
-    factory_name = str(kind)  # RpcKind's values are grpc's names of its multicallables
-    # Per address: [the channel, its multicallable, whether it answered the last call], built on
-    # first use (building a multicallable per call costs more than the rest of the chain). A
-    # channel the pool closed and replaced is noticed, and its entry made anew.
-    entries: dict[str, list[Any]] = {}
-
-    def entry_for(call: ClientCall) -> list[Any]:
-        assert call.instance is not None
-        address = call.instance.address
-        channel = client.channel(address)
-        entry = entries.get(address)
-        if entry is None or entry[0] is not channel:
-            multicallable = getattr(channel, factory_name)(
-                method, request_serializer=serializer, response_deserializer=call.response_class.FromString
-            )
-            entry = entries[address] = [channel, multicallable, False]
-        return entry
-
-    connect_timeout = client.options.connect_timeout
-    ready = grpc.ChannelConnectivity.READY
-    failed = grpc.ChannelConnectivity.TRANSIENT_FAILURE
-
-    async def connect(call: ClientCall, channel: Any) -> None:
-        """Make sure the instance's connection is up (called unless the channel answered the
-        last call: asking grpc costs more than the rest of the chain): while it is being set
-        up, wait up to ``CONNECT_TIMEOUT``; when the last attempt failed (refused, reset), give
-        up at once. Either way an unreachable instance costs little, and the call is retried on
-        another, instead of spending its whole deadline on one connection."""
-        assert call.instance is not None
-        state = channel.get_state(try_to_connect=True)
-        if state is ready:
-            return
-        loop = asyncio.get_running_loop()
-        until = loop.time() + min(connect_timeout, call.remaining())
-        while state is not ready:
-            if state is failed:
-                raise Unavailable(f"cannot connect to {call.service} at {call.instance.address}")
-            left = until - loop.time()
-            if left <= 0:
-                raise Unavailable(
-                    f"cannot connect to {call.service} at {call.instance.address} within "
-                    f"{connect_timeout:g} s"
-                )
-            try:
-                await with_timeout(channel.wait_for_state_change(state), left)
-            except TimeoutError:
-                continue
-            state = channel.get_state(try_to_connect=True)
-
-    def timeout_of(call: ClientCall) -> float | None:
-        remaining = call.remaining()
-        if remaining <= 0:
-            raise DeadlineExceeded(f"deadline exceeded before calling {call.service}{method}")
-        return None if remaining == float("inf") else remaining
-
-    if not kind.server_streaming:
-
-        async def unary_response(call: ClientCall) -> Any:
-            instance = call.instance
-            if instance is None:
-                raise Unavailable(f"no instance of {call.service!r} to call")
-            call.tried.append(instance.id)
-            entry = entry_for(call)
-            token = balancer.start(instance)
-            ok = False
-            try:
-                if not entry[2]:
-                    await connect(call, entry[0])
-                response = await entry[1](call.request, timeout=timeout_of(call), metadata=call.metadata)
-                ok = entry[2] = True
-                return response
-            except Unavailable:
-                entry[2] = False
-                client.ejections.eject(instance.id)
-                raise
-            except grpc.aio.AioRpcError as err:
-                ok = err.code() not in _UNHEALTHY
-                error = _from_aio(err)
-                if error.code is _UNAVAILABLE and not reached_a_handler(error):  # the instance is gone or refusing
-                    entry[2] = False
-                    client.ejections.eject(instance.id)
-                raise error from None
-            finally:
-                balancer.done(instance, token, ok)
-                if ok and client.ejections:
-                    client.ejections.clear(instance.id)
-
-        return unary_response
-
-    async def stream_response(call: ClientCall) -> AsyncIterator[Any]:
-        instance = call.instance
-        if instance is None:
-            raise Unavailable(f"no instance of {call.service!r} to call")
-        call.tried.append(instance.id)
-        multicallable, timeout = entry_for(call)[1], timeout_of(call)
-        token = balancer.start(instance)
-        responses = multicallable(call.request, timeout=timeout, metadata=call.metadata)
-
-        async def messages() -> AsyncIterator[Any]:
-            ok = False
-            try:
-                async for message in responses:
-                    yield message
-                ok = True
-            except grpc.aio.AioRpcError as err:
-                ok = err.code() not in _UNHEALTHY
-                raise _from_aio(err) from None
-            finally:
-                balancer.done(instance, token, ok)
-                responses.cancel()
-
-        return messages()
-
-    return stream_response
-
-
-#: Codes that say the instance is unhealthy (they count against it in the balancer).
-_UNHEALTHY = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNKNOWN,
-})
-
-
-def _serialize(message: Any) -> bytes:
-    return message.SerializeToString()  # type: ignore[no-any-return]

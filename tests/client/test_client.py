@@ -12,7 +12,8 @@ import pytest
 
 from microframe.client import Client
 from microframe.client.balancers import P2CEwmaBalancer, RoundRobinBalancer
-from microframe.client.middleware import RetryBudget, is_retryable
+from microframe.client.middleware import is_retryable
+from microframe.client.outliers import RetryBudget
 from microframe.contrib.registry import ServiceInstance
 from microframe.contrib.registry.file import FileRegistry
 from microframe.core.exceptions import DeadlineExceeded, NotFound, Unavailable
@@ -25,7 +26,9 @@ Req = hello_pb2.HelloRequest
 
 
 def _cache(fleet) -> DiscoveryCache:
-    return DiscoveryCache(FileRegistry(fleet.registry_dir, ttl=1.5), fleet.registry_dir.parent / "client-cache")
+    return DiscoveryCache(
+        FileRegistry(fleet.registry_dir, ttl=1.5), fleet.registry_dir.parent / "client-cache"
+    )
 
 
 async def _wait_instances(cache: DiscoveryCache, service: str, count: int) -> None:
@@ -35,7 +38,9 @@ async def _wait_instances(cache: DiscoveryCache, service: str, count: int) -> No
         await asyncio.sleep(0.05)
 
 
-async def _call_loop(client: GreeterClient, results: collections.Counter[str], stop: asyncio.Event) -> None:
+async def _call_loop(
+    client: GreeterClient, results: collections.Counter[str], stop: asyncio.Event
+) -> None:
     """Call until ``stop``; count the answers by outcome ("OK" or the exception's class)."""
     while not stop.is_set():
         try:
@@ -69,7 +74,9 @@ async def test_weighted_random_follows_weights(fleet):
     cache = _cache(fleet)
     await _wait_instances(cache, "weighted", 3)
     client = GreeterClient("weighted", balancer="weighted_random", discovery=cache)
-    seen = collections.Counter([(await client.SayHello(Req(name="pid"))).message for _ in range(1000)])
+    seen = collections.Counter(
+        [(await client.SayHello(Req(name="pid"))).message for _ in range(1000)]
+    )
     share = seen[str(heavy.proc.pid)] / 1000
     assert 0.5 < share < 0.7, seen  # 300 / (300 + 100 + 100) = 0.6
     assert all(seen[str(s.proc.pid)] > 100 for s in light), seen
@@ -92,7 +99,8 @@ async def test_killed_instance_under_load_costs_only_the_calls_it_held(fleet):
     total = sum(results.values())
     # Only the calls in flight on the killed instance (8 callers: at most 8) fail, with a clear
     # UNAVAILABLE: they may have run, so they are not sent again (is_retryable, rule 4).
-    assert total > 500 and results["OK"] >= total - 8 and set(results) <= {"OK", "Unavailable"}, results
+    assert total > 500 and results["OK"] >= total - 8, results
+    assert set(results) <= {"OK", "Unavailable"}, results
     assert [i.port for i in await cache.instances("steady")] == sorted(s.port for s in servers[1:])
     await cache.close()
 
@@ -122,7 +130,9 @@ async def test_one_connection_per_instance_and_errors_keep_their_code(fleet):
     await _wait_instances(cache, "pooled", 2)
     clients = [GreeterClient("pooled", balancer="round_robin", discovery=cache) for _ in range(3)]
     peers = collections.defaultdict(set)
-    replies = await asyncio.gather(*[c.SayHello(Req(name="peer")) for c in clients for _ in range(50)])
+    replies = await asyncio.gather(
+        *[c.SayHello(Req(name="peer")) for c in clients for _ in range(50)]
+    )
     for reply in replies:
         pid, peer = reply.message.split(" ", 1)
         peers[pid].add(peer)
@@ -165,16 +175,29 @@ def test_retry_budget_caps_retries():
     assert not budget.try_retry()
 
 
+def test_retry_budget_forgets_old_calls_without_retries():
+    now = [0.0]
+    budget = RetryBudget(ratio=0.1, min_per_second=0, window=10, clock=lambda: now[0])
+    for n in range(10_000):  # calls that never fail, 100 a second: no retry is asked for
+        now[0] = n / 100
+        budget.record_call()
+    assert len(budget._calls) <= 1001  # the last 10 s only
+    assert sum(budget.try_retry() for _ in range(200)) == 100
+
+
 def test_retryable_only_when_no_handler_answered():
     import grpc
 
     assert is_retryable(Unavailable("connection refused"), frozenset())
-    assert not is_retryable(Unavailable("busy", trailers={"x-microframe-handled": "1"}), frozenset())
+    handled = Unavailable("busy", trailers={"x-microframe-handled": "1"})
+    assert not is_retryable(handled, frozenset())
     assert not is_retryable(NotFound("x"), frozenset())
     # Lost with its connection mid-call: it may have run. A refused stream never did.
     assert not is_retryable(Unavailable("Stream removed (Socket closed)"), frozenset())
-    assert is_retryable(Unavailable("Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"), frozenset())
-    assert is_retryable(Unavailable("failed to connect to all addresses; last error: Connection refused"), frozenset())
+    refused = "Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"
+    assert is_retryable(Unavailable(refused), frozenset())
+    never_connected = "failed to connect to all addresses; last error: Connection refused"
+    assert is_retryable(Unavailable(never_connected), frozenset())
     assert is_retryable(Unavailable("failed to connect to all addresses; last error: UNAVAILABLE: "
                                     "ipv4:10.0.0.7:50051: Socket closed"), frozenset())
     assert is_retryable(NotFound("x"), frozenset({grpc.StatusCode.NOT_FOUND}))
@@ -231,11 +254,15 @@ def _breaker(mode: str = "hystrix", **options: object):
     from microframe.client.breaker import CircuitBreaker, breaker_options
 
     now = [0.0]
-    config = breaker_options({"MODE": mode, "WINDOW": 10, "BUCKETS": 10, "REQUEST_VOLUME_THRESHOLD": 20,
-                              "ERROR_PERCENT_THRESHOLD": 50, "SLEEP_WINDOW": 5, "HALF_OPEN_PROBES": 3, **options})
+    config = breaker_options({
+        "MODE": mode, "WINDOW": 10, "BUCKETS": 10, "REQUEST_VOLUME_THRESHOLD": 20,
+        "ERROR_PERCENT_THRESHOLD": 50, "SLEEP_WINDOW": 5, "HALF_OPEN_PROBES": 3, **options,
+    })
     import random as _random
 
-    breaker = CircuitBreaker((f"svc-{mode}-{id(now)}", "/x.Y/Z"), config, clock=lambda: now[0], rng=_random.Random(7))
+    breaker = CircuitBreaker(
+        (f"svc-{mode}-{id(now)}", "/x.Y/Z"), config, clock=lambda: now[0], rng=_random.Random(7)
+    )
     return breaker, now
 
 
@@ -289,7 +316,8 @@ async def test_breaker_trips_on_an_unhealthy_backend_never_on_business_errors(fl
 
     def state() -> float | None:
         return REGISTRY.get_sample_value(
-            "microframe_client_circuit_state", {"service": "fragile", "method": "/helloworld.Greeter/SayHello"}
+            "microframe_client_circuit_state",
+            {"service": "fragile", "method": "/helloworld.Greeter/SayHello"},
         )
 
     for _ in range(30):  # business errors: a healthy backend's answers
@@ -328,7 +356,10 @@ def _handled(text: str, code: str) -> float:
     return sum(
         float(m.group(1))
         for m in re.finditer(
-            rf'^grpc_server_handled_total{{[^}}]*grpc_code="{code}"[^}}]*grpc_method="SayHello"[^}}]*}} (\S+)$', text, re.M
+            rf'^grpc_server_handled_total{{[^}}]*grpc_code="{code}"'
+            rf'[^}}]*grpc_method="SayHello"[^}}]*}} (\S+)$',
+            text,
+            re.M,
         )
     )
 
@@ -375,7 +406,8 @@ async def test_access_log_line_names_the_instance_and_the_tries(fleet, caplog):
         logger.setLevel(old)
     lines = [r.getMessage() for r in caplog.records if r.name == "microframe.client.access"]
     address = f"127.0.0.1:{servers[0].port}"
-    assert lines[0].startswith("logged/helloworld.Greeter/SayHello OK ") and f"instance={address}" in lines[0]
+    assert lines[0].startswith("logged/helloworld.Greeter/SayHello OK ")
+    assert f"instance={address}" in lines[0]
     assert f"tried=127.0.0.1:{servers[0].port}" in lines[0] and "attempts=1" in lines[0]
     assert " NOT_FOUND " in lines[1]
     await cache.close()
@@ -391,9 +423,11 @@ async def test_retry_budget_caps_retries_when_every_instance_fails():
     # handler, so every failure is retryable; only the budget holds retries back.
     dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     cache = DiscoveryCache(StaticRegistry(services={"gone": dead}), None)
-    client = GreeterClient("gone", discovery=cache, retry={"BUDGET_RATIO": 0.1, "BUDGET_MIN_PER_SECOND": 0,
-                                                           "BACKOFF": 0.0, "MAX_ATTEMPTS": 3},
-                           breaker={"ENABLED": False})
+    client = GreeterClient(
+        "gone", discovery=cache,
+        retry={"BUDGET_RATIO": 0.1, "BUDGET_MIN_PER_SECOND": 0, "BACKOFF": 0.0, "MAX_ATTEMPTS": 3},
+        breaker={"ENABLED": False},
+    )
     labels = {"service": "gone", "method": "/helloworld.Greeter/SayHello"}
     for _ in range(300):
         with pytest.raises(Unavailable):
@@ -431,7 +465,9 @@ async def test_a_hung_instance_trips_the_breaker(fleet):
     server = fleet("hung", 1)[0]
     cache = _cache(fleet)
     await _wait_instances(cache, "hung", 1)
-    client = GreeterClient("hung", discovery=cache, breaker={"REQUEST_VOLUME_THRESHOLD": 5, "SLEEP_WINDOW": 30})
+    client = GreeterClient(
+        "hung", discovery=cache, breaker={"REQUEST_VOLUME_THRESHOLD": 5, "SLEEP_WINDOW": 30}
+    )
     await client.SayHello(Req(name="x"))
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
@@ -459,6 +495,13 @@ async def test_a_hung_instance_trips_the_breaker(fleet):
         ({"orders": {"TIMEOUT": 0}}, None, "client.E001", "positive"),
         ({"orders": "fast"}, None, "client.E001", "dict"),
         ({}, ["microframe.client.middleware.Nope"], "client.E002", "Nope"),
+        (
+            {},
+            ["microframe.client.middleware.BalancerMiddleware",
+             "microframe.client.middleware.RetryMiddleware"],
+            "client.E003",
+            "BalancerMiddleware before RetryMiddleware",
+        ),
     ],
 )
 def test_client_checks(clients, middleware, check_id, text):
@@ -486,7 +529,9 @@ async def test_connect_timeout_moves_on_from_an_unreachable_instance(fleet):
     try:
         addresses = [f"127.0.0.1:{silent.getsockname()[1]}", good.address]
         cache = DiscoveryCache(StaticRegistry(services={"reach": addresses}), None)
-        client = GreeterClient("reach", discovery=cache, balancer="round_robin", connect_timeout=0.3)
+        client = GreeterClient(
+            "reach", discovery=cache, balancer="round_robin", connect_timeout=0.3
+        )
         for n in range(4):
             started = time.monotonic()
             assert (await client.SayHello(Req(name=f"n{n}"), timeout=5)).message == f"Hello, n{n}!"
@@ -502,7 +547,9 @@ async def test_tls_and_mutual_tls(fleet, tmp_path):
     from support.etcd_cluster import generate_tls
 
     pki = generate_tls(tmp_path / "pki")
-    fleet("secure", 1, tls={"CERT": str(pki.server_cert), "KEY": str(pki.server_key), "CLIENT_CA": str(pki.ca)})
+    fleet("secure", 1, tls={
+        "CERT": str(pki.server_cert), "KEY": str(pki.server_key), "CLIENT_CA": str(pki.ca),
+    })
     cache = _cache(fleet)
     await _wait_instances(cache, "secure", 1)
     good = {"CA": str(pki.ca), "CERT": str(pki.client_cert), "KEY": str(pki.client_key)}
@@ -511,7 +558,8 @@ async def test_tls_and_mutual_tls(fleet, tmp_path):
     refused = [
         None,  # plaintext to a TLS port
         {"CA": str(pki.ca)},  # no client certificate under mTLS
-        {"CA": str(pki.other_ca), "CERT": str(pki.client_cert), "KEY": str(pki.client_key)},  # wrong CA
+        # a wrong CA
+        {"CA": str(pki.other_ca), "CERT": str(pki.client_cert), "KEY": str(pki.client_key)},
     ]
     for tls in refused:
         other = GreeterClient("secure", discovery=cache, tls=tls, retry={"MAX_ATTEMPTS": 1},
@@ -519,3 +567,45 @@ async def test_tls_and_mutual_tls(fleet, tmp_path):
         with pytest.raises(Unavailable):
             await other.SayHello(Req(name="x"), timeout=2)
     await cache.close()
+
+
+class _Recorder:
+    """A user-written step in the contract's first form (no ``**kwargs``): it sees each call
+    after the steps inside it are done with it."""
+
+    seen: list[tuple[list[str], int, str]] = []
+
+    def __init__(self, next, *, client, method, kind):
+        self.next = next
+        self.client = client
+
+    async def __call__(self, call):
+        try:
+            return await self.next(call)
+        finally:
+            self.seen.append((list(call.tried), call.attempt, call.instance.address))
+
+
+async def test_each_attempt_picks_an_instance_of_its_own(fleet):
+    from microframe.client.client import DEFAULT_CLIENT_MIDDLEWARE
+    from microframe.test import free_port
+
+    good = fleet("tries", 1)[0]
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    _Recorder.seen = []
+    client = Client(
+        "tries", address=[*dead, good.address], balancer="round_robin",
+        middleware=[_Recorder, *DEFAULT_CLIENT_MIDDLEWARE], breaker={"ENABLED": False},
+        retry={"MAX_ATTEMPTS": 3, "BACKOFF": 0.0},
+    )
+    for n in range(6):
+        reply = await client.unary(
+            "/helloworld.Greeter/SayHello", Req(name=f"n{n}"), hello_pb2.HelloReply, timeout=5
+        )
+        assert reply.message == f"Hello, n{n}!"
+    for tried, attempt, answered in _Recorder.seen:
+        # Never the same instance twice in one call; the last one tried is the one that answered.
+        assert len(set(tried)) == len(tried) == attempt and tried[-1] == answered == good.address
+    # A dead instance refused once is kept away from: later calls go straight to the good one.
+    assert max(len(tried) for tried, _, _ in _Recorder.seen) > 1
+    assert [len(tried) for tried, _, _ in _Recorder.seen[-3:]] == [1, 1, 1]

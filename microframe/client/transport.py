@@ -1,0 +1,173 @@
+"""The innermost step of the client chain: the call on the wire, on the chosen instance's
+channel.
+
+:func:`connection_handler` builds it once per client and method. It makes the call with the
+method's grpc multicallable, turns grpc's errors into microframe's
+(:class:`~microframe.core.exceptions.RpcError` subclasses, trailers kept), and reports how the
+call went: to the balancer (latency, success: :data:`~microframe.client.outliers.UNHEALTHY`
+codes count against the instance) and to the client's ejections (an instance that refused the
+call before any handler is kept away from for a while).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from microframe.client.balancers import Balancer
+from microframe.client.call import ClientCall, ClientHandler
+from microframe.client.middleware import reached_a_handler
+from microframe.client.options import ClientOptions
+from microframe.client.outliers import UNHEALTHY, Ejections
+from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
+from microframe.core.router import RpcKind
+from microframe.utils.timeouts import with_timeout
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_INFINITE = float("inf")
+
+
+def _from_aio(err: grpc.aio.AioRpcError) -> RpcError:
+    trailers = tuple((str(k), str(v)) for k, v in (err.trailing_metadata() or ()))
+    return error_for(err.code(), err.details() or err.code().name.lower(), trailers)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
+def connection_handler(
+    method: str,
+    kind: RpcKind,
+    *,
+    service: str,
+    options: ClientOptions,
+    balancer: Balancer,
+    ejections: Ejections,
+    channel: Callable[[str], Any],
+) -> ClientHandler:
+    """The handler that calls ``method`` of ``service`` on ``call.instance``.
+
+    ``channel(address)`` returns the channel to an address (the event loop's shared one).
+    """
+    factory_name = str(kind)  # RpcKind's values are grpc's names of its multicallables
+    # Per address: [the channel, its multicallable, whether it answered the last call], built on
+    # first use (building a multicallable per call costs more than the rest of the chain). A
+    # channel the pool closed and replaced is noticed, and its entry made anew.
+    entries: dict[str, list[Any]] = {}
+
+    def entry_for(call: ClientCall, address: str) -> list[Any]:
+        current = channel(address)
+        entry = entries.get(address)
+        if entry is None or entry[0] is not current:
+            multicallable = getattr(current, factory_name)(
+                method,
+                request_serializer=_serialize,
+                response_deserializer=call.response_class.FromString,
+            )
+            entry = entries[address] = [current, multicallable, False]
+        return entry
+
+    connect_timeout = options.connect_timeout
+    ready = grpc.ChannelConnectivity.READY
+    failed = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    late = f"deadline exceeded before calling {service}{method}"
+    missing = f"no instance of {service!r} to call"
+
+    async def connect(call: ClientCall, address: str, channel: Any) -> None:
+        """Make sure the instance's connection is up (called unless the channel answered the
+        last call: asking grpc costs more than the rest of the chain): while it is being set
+        up, wait up to ``CONNECT_TIMEOUT``; when the last attempt failed (refused, reset), give
+        up at once. Either way an unreachable instance costs little, and the call is retried on
+        another, instead of spending its whole deadline on one connection."""
+        state = channel.get_state(try_to_connect=True)
+        if state is ready:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(connect_timeout, call.remaining())
+        while state is not ready:
+            if state is failed:
+                raise Unavailable(f"cannot connect to {service} at {address}")
+            left = until - loop.time()
+            if left <= 0:
+                raise Unavailable(
+                    f"cannot connect to {service} at {address} within {connect_timeout:g} s"
+                )
+            try:
+                await with_timeout(channel.wait_for_state_change(state), left)
+            except TimeoutError:
+                continue
+            state = channel.get_state(try_to_connect=True)
+
+    def timeout_of(call: ClientCall) -> float | None:
+        remaining = call.remaining()
+        if remaining <= 0:
+            raise DeadlineExceeded(late)
+        return None if remaining == _INFINITE else remaining
+
+    if not kind.server_streaming:
+
+        async def unary_response(call: ClientCall) -> Any:
+            instance = call.instance
+            if instance is None:
+                raise Unavailable(missing)
+            call.tried.append(instance.id)
+            entry = entry_for(call, instance.address)
+            token = balancer.start(instance)
+            ok = False
+            try:
+                if not entry[2]:
+                    await connect(call, instance.address, entry[0])
+                response = await entry[1](
+                    call.request, timeout=timeout_of(call), metadata=call.metadata
+                )
+                ok = entry[2] = True
+                return response
+            except Unavailable:
+                entry[2] = False
+                ejections.eject(instance.id)
+                raise
+            except grpc.aio.AioRpcError as err:
+                ok = err.code() not in UNHEALTHY
+                error = _from_aio(err)
+                if error.code is _UNAVAILABLE and not reached_a_handler(error):
+                    # the instance is gone or refusing
+                    entry[2] = False
+                    ejections.eject(instance.id)
+                raise error from None
+            finally:
+                balancer.done(instance, token, ok)
+                if ok and ejections:
+                    ejections.clear(instance.id)
+
+        return unary_response
+
+    async def stream_response(call: ClientCall) -> AsyncIterator[Any]:
+        instance = call.instance
+        if instance is None:
+            raise Unavailable(missing)
+        call.tried.append(instance.id)
+        multicallable, timeout = entry_for(call, instance.address)[1], timeout_of(call)
+        token = balancer.start(instance)
+        responses = multicallable(call.request, timeout=timeout, metadata=call.metadata)
+
+        async def messages() -> AsyncIterator[Any]:
+            ok = False
+            try:
+                async for message in responses:
+                    yield message
+                ok = True
+            except grpc.aio.AioRpcError as err:
+                ok = err.code() not in UNHEALTHY
+                raise _from_aio(err) from None
+            finally:
+                balancer.done(instance, token, ok)
+                responses.cancel()
+
+        return messages()
+
+    return stream_response
