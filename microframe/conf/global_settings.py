@@ -80,7 +80,9 @@ METRICS = {
     "PORT": 9464,
     # Constant labels added to every exported sample (env, cluster, idc...).
     "LABELS": {},
-    "BUCKETS": (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    "BUCKETS": (
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ),
 }
 
 REGISTRY = {
@@ -133,8 +135,9 @@ MIDDLEWARE = [
 # from the environment), TOKEN_HASHES to the SHA-256 hex of its token; MTLS_IDENTITIES maps a
 # certificate's common name or SAN to an identity ("*": any certificate the CA signed, named
 # by its common name). PERMISSIONS maps "/pkg.Svc/Method" or "/pkg.Svc/*" to the identities
-# allowed (methods not listed: any authenticated identity); EXEMPT lists methods (or "/pkg.Svc/*") served without
-# credentials. Refused: UNAUTHENTICATED; not allowed: PERMISSION_DENIED.
+# allowed (methods not listed: any authenticated identity); EXEMPT lists methods (or
+# "/pkg.Svc/*") served without credentials. Refused: UNAUTHENTICATED; not allowed:
+# PERMISSION_DENIED.
 AUTH = {
     "ENABLED": False,
     "TOKENS": {},
@@ -176,9 +179,19 @@ TRACING = {
     "SAMPLER": {"type": "const", "param": 1},
     # jaeger: the agent's UDP address; every backend: how often spans are sent and how many may
     # wait (more are dropped, never blocking a request).
-    "REPORTER": {"LOCAL_AGENT_HOST_PORT": "127.0.0.1:6831", "FLUSH_INTERVAL": 1.0, "QUEUE_SIZE": 2048},
+    "REPORTER": {
+        "LOCAL_AGENT_HOST_PORT": "127.0.0.1:6831",
+        "FLUSH_INTERVAL": 1.0,
+        "QUEUE_SIZE": 2048,
+    },
     # otlp: the collector's OTLP/gRPC address, extra headers (auth), plaintext or TLS (CA file).
-    "OTLP": {"ENDPOINT": "127.0.0.1:4317", "HEADERS": {}, "INSECURE": True, "CA": None, "TIMEOUT": 10.0},
+    "OTLP": {
+        "ENDPOINT": "127.0.0.1:4317",
+        "HEADERS": {},
+        "INSECURE": True,
+        "CA": None,
+        "TIMEOUT": 10.0,
+    },
     # Tags of every span of the process (jaeger process tags, OpenTelemetry resource attributes).
     "TAGS": {},
 }
@@ -226,7 +239,9 @@ GATEWAY = {
     # Request headers passed to the service as metadata ("Grpc-Metadata-<key>" headers pass
     # too, as <key>, except credentials and the keys named here: those pass only under their
     # own header; the caller's address is added to x-forwarded-for).
-    "FORWARD_HEADERS": ["authorization", "x-request-id", "traceparent", "tracestate", "uber-trace-id"],
+    "FORWARD_HEADERS": [
+        "authorization", "x-request-id", "traceparent", "tracestate", "uber-trace-id",
+    ],
     # Print the fields that hold their default value in replies.
     "EMIT_DEFAULTS": False,
     # Pass the messages of UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS and DEADLINE_EXCEEDED
@@ -278,12 +293,15 @@ LOGGING: dict = {}
 
 # The access log (microframe.contrib.logging.middleware.AccessLogMiddleware): a line per call
 # on the "microframe.access" logger (off by default, as in gunicorn: it costs a busy service
-# about a fifth of its throughput, see docs/performance.md), with the status code, duration, peer, sizes, the fields
-# controllers add with ctx.add_field(), and the request's metadata if METADATA says so: True
-# for every key, a list for those keys, False (the default: it costs a copy per call) for none.
+# about a fifth of its throughput, see docs/performance.md), with the status code, duration,
+# peer, sizes, the fields controllers add with ctx.add_field(), and the request's metadata if
+# METADATA says so: True for every key, a list for those keys, False (the default: it costs a
+# copy per call) for none.
 # The values of the REDACTED keys (and of any key ending in "-bin") are never written.
 ACCESS_LOG = {
     "ENABLED": False,
     "METADATA": False,
-    "REDACTED": ["authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key", "x-auth-token"],
+    "REDACTED": [
+        "authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key", "x-auth-token",
+    ],
 }

@@ -40,17 +40,16 @@ import grpc
 import h11
 from gunicorn.workers.base import Worker
 
+from microframe.conf import global_settings
 from microframe.contrib.gateway.errors import error_json
 from microframe.utils.resources import raise_open_files_limit
 from microframe.utils.timeouts import with_timeout
 
-#: Defaults when the gateway's settings cannot be read (a WSGI application of another kind).
+#: Defaults when the gateway's settings cannot be read (a WSGI application of another kind):
+#: those of ``global_settings.GATEWAY``.
 DEFAULTS = {
-    "HEADER_TIMEOUT": 10.0,
-    "BODY_TIMEOUT": 30.0,
-    "SEND_TIMEOUT": 30.0,
-    "MAX_HEADER_BYTES": 64 * 1024,
-    "MAX_BODY_BYTES": 4 << 20,
+    key: global_settings.GATEWAY[key]
+    for key in ("HEADER_TIMEOUT", "BODY_TIMEOUT", "SEND_TIMEOUT", "MAX_HEADER_BYTES", "MAX_BODY_BYTES")
 }
 _END = object()
 #: The gRPC code of the JSON error body of each answer the worker gives by itself.

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from microframe.conf import dict_setting
 from microframe.core.serving import AddressInUse, Role, ServingProcess
 from microframe.core.signals import serving_starting, serving_stopped
 from microframe.core.supervisor import PARENT_PID_ENV, WORKER_ID_ENV, Supervisor, die_with_parent
@@ -48,6 +49,13 @@ def new_event_loop_factory(choice: str) -> Any:
             raise CommandError('GRPC["EVENT_LOOP"] is "uvloop" but uvloop is not installed.') from None
         return None
     return uvloop.new_event_loop
+
+
+def stop_sequence_seconds() -> float:
+    """Seconds a server takes at most to stop after SIGTERM: ``GRPC["SHUTDOWN_DELAY"]``, then
+    ``GRPC["GRACE"]`` for the calls in flight."""
+    grpc = dict_setting("GRPC")
+    return float(grpc["SHUTDOWN_DELAY"]) + float(grpc["GRACE"])
 
 
 def _worker_command(argv: list[str]) -> list[str]:
@@ -141,7 +149,7 @@ class Command(BaseCommand):
         config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
         process = self.serving_process("worker" if in_pool else "server", host, port, metrics_port)
         server = Server(routes, middleware=settings.MIDDLEWARE, config=config, process=process)
-        loop_factory = new_event_loop_factory(settings.GRPC.get("EVENT_LOOP", "auto"))
+        loop_factory = new_event_loop_factory(dict_setting("GRPC")["EVENT_LOOP"])
 
         def started() -> None:
             where = f" ({', '.join(process.endpoints)})" if process.endpoints else ""
@@ -222,8 +230,6 @@ class Command(BaseCommand):
     # -- N workers -----------------------------------------------------------------------------
 
     def run_supervisor(self, host: str, port: int, workers: int, metrics_port: int) -> None:
-        from microframe.conf import settings
-
         reserved = None
         if port == 0:
             # Every worker must bind the same port: pick it once and hold it (bound, not
@@ -243,8 +249,7 @@ class Command(BaseCommand):
             supervisor = Supervisor(
                 _worker_command(argv),
                 workers,
-                grace=float(settings.GRPC.get("SHUTDOWN_DELAY", 0.0))
-                + float(settings.GRPC.get("GRACE", 10.0)),
+                grace=stop_sequence_seconds(),
                 env=env,
                 process=process,
             )
@@ -284,7 +289,5 @@ class Command(BaseCommand):
                 f"{len(changes)} file(s) changed ({sorted(p for _, p in changes)[0]}...), reloading."
             ),
             # The server drains on SIGINT like on SIGTERM: give it the whole stop sequence.
-            sigint_timeout=int(
-                settings.GRPC.get("SHUTDOWN_DELAY", 0.0) + settings.GRPC.get("GRACE", 10.0) + 5
-            ),
+            sigint_timeout=int(stop_sequence_seconds() + 5),
         )
