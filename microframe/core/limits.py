@@ -31,6 +31,8 @@ from typing import Any
 
 from microframe.conf import global_settings
 
+_GRPC: dict[str, Any] = global_settings.GRPC
+
 #: How often the watchdog looks at the waits it follows, in seconds: a limit is enforced
 #: between ``limit`` and ``limit + TICK`` seconds.
 TICK = 0.25
@@ -278,9 +280,9 @@ class CallLimits:
     calls: CallTracker
     slots: ReceiveSlots
     watchdog: Watchdog
-    receive_timeout: float = global_settings.GRPC["RECEIVE_TIMEOUT"]
-    stream_idle_timeout: float | None = global_settings.GRPC["STREAM_IDLE_TIMEOUT"]
-    send_timeout: float = global_settings.GRPC["SEND_TIMEOUT"]
+    receive_timeout: float = _GRPC["RECEIVE_TIMEOUT"]
+    stream_idle_timeout: float | None = _GRPC["STREAM_IDLE_TIMEOUT"]
+    send_timeout: float = _GRPC["SEND_TIMEOUT"]
 
     @classmethod
     def default(cls) -> CallLimits:

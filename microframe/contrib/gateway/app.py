@@ -124,10 +124,10 @@ class GatewayApplication:
         self, routes: list[Any] | None = None, *, options: dict[str, Any] | None = None
     ) -> None:
         from microframe.client import Client
-        from microframe.conf import settings
+        from microframe.conf import dict_setting, settings
         from microframe.core.descriptors import LocalService
 
-        config = dict(settings.GATEWAY)
+        config = dict(dict_setting("GATEWAY"))
         config.update(options or {})
         local = LocalService(load_router=routes is None)
         routes = local.routes if routes is None else routes

@@ -54,6 +54,8 @@ from microframe.conf import global_settings
 from microframe.utils.once import once
 
 _formatter = logging.Formatter()
+#: The defaults of ``LOG`` (``global_settings.LOG``).
+_LOG: dict[str, Any] = global_settings.LOG
 
 
 @once
@@ -85,7 +87,7 @@ class QueueHandler(logging.Handler):
     def __init__(
         self,
         handlers: Sequence[str | logging.Handler] = (),
-        queue_size: int = global_settings.LOG["QUEUE_SIZE"],
+        queue_size: int = _LOG["QUEUE_SIZE"],
         flush_interval: float = 0.05,
         report_every: float = 10.0,
     ) -> None:

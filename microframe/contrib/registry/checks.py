@@ -48,10 +48,12 @@ def _planned_instance() -> Any:
     host = grpc.get("HOST")
     port = grpc.get("PORT")
     name = getattr(settings, "SERVICE_NAME", None)
-    valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port <= 65535
+    defaults: dict[str, Any] = global_settings.GRPC
     return instance_from_settings(
-        host if isinstance(host, str) and host else global_settings.GRPC["HOST"],
-        port if valid_port else global_settings.GRPC["PORT"],
+        host if isinstance(host, str) and host else defaults["HOST"],
+        port
+        if isinstance(port, int) and not isinstance(port, bool) and 0 < port <= 65535
+        else defaults["PORT"],
         name if isinstance(name, str) and name and "/" not in name else "service",
     )
 

@@ -16,7 +16,8 @@ from microframe.core.checks.messages import CheckMessage, Error, Warning, unknow
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 
-KNOWN_KEYS = set(global_settings.TRACING)
+DEFAULTS: dict[str, Any] = global_settings.TRACING
+KNOWN_KEYS = set(DEFAULTS)
 BACKENDS = ("jaeger", "otlp", "log")
 
 
@@ -69,7 +70,7 @@ def check_tracing_deployment(**kwargs: Any) -> list[CheckMessage]:
     config = dict_setting("TRACING")
     if not isinstance(config, dict) or not config["ENABLED"]:
         return []
-    sampler = config["SAMPLER"] or global_settings.TRACING["SAMPLER"]
+    sampler: Any = config["SAMPLER"] or DEFAULTS["SAMPLER"]
     const = isinstance(sampler, dict) and sampler.get("type") == "const"
     if const and sampler.get("param"):
         return [Warning(

@@ -31,6 +31,8 @@ from microframe.core.exceptions import ImproperlyConfigured
 from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.tracing")
+#: The defaults of ``TRACING`` (``global_settings.TRACING``).
+_DEFAULTS: dict[str, Any] = global_settings.TRACING
 
 SAMPLER_TYPES = ("const", "probabilistic", "ratelimiting")
 
@@ -213,7 +215,7 @@ class LogTracing(OpenTelemetryTracing):
 def _completed(key: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options[key]`` (``REPORTER`` or ``OTLP``) over its defaults: options built by hand (a
     test, a factory of one's own calling these) may give only some keys, or none."""
-    return {**global_settings.TRACING[key], **(options.get(key) or {})}
+    return {**_DEFAULTS[key], **(options.get(key) or {})}
 
 
 def _host_port(value: Any, key: str) -> tuple[str, int]:
@@ -229,7 +231,7 @@ def check_sampler(sampler: Any) -> tuple[str, float]:
         raise ImproperlyConfigured(
             'TRACING["SAMPLER"] must be a dict such as {"type": "probabilistic", "param": 0.01}.'
         )
-    default = global_settings.TRACING["SAMPLER"]
+    default = _DEFAULTS["SAMPLER"]
     kind = sampler.get("type", default["type"])
     param = sampler.get("param", default["param"])
     if kind not in SAMPLER_TYPES:

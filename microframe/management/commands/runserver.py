@@ -46,7 +46,9 @@ def new_event_loop_factory(choice: str) -> Any:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise CommandError('GRPC["EVENT_LOOP"] is "uvloop" but uvloop is not installed.') from None
+            raise CommandError(
+                'GRPC["EVENT_LOOP"] is "uvloop" but uvloop is not installed.'
+            ) from None
         return None
     return uvloop.new_event_loop
 
@@ -83,16 +85,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "addrport", nargs="?", help='Address to serve on: "HOST:PORT" or "PORT" (default: GRPC HOST and PORT).'
+            "addrport", nargs="?",
+            help='Address to serve on: "HOST:PORT" or "PORT" (default: GRPC HOST and PORT).',
         )
         parser.add_argument(
-            "--noreload", action="store_false", dest="use_reloader", help="Do not reload on code changes."
+            "--noreload", action="store_false", dest="use_reloader",
+            help="Do not reload on code changes.",
         )
         parser.add_argument(
             "--workers", type=int, default=1, help="Worker processes sharing the port (default 1)."
         )
         parser.add_argument(
-            "--metrics-port", type=int, default=None, help='Port of the /metrics endpoint (default: METRICS["PORT"]; 0 picks a free one).'
+            "--metrics-port", type=int, default=None,
+            help='Port of the /metrics endpoint (default: METRICS["PORT"]; 0 picks a free one).',
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -174,7 +179,9 @@ class Command(BaseCommand):
         finally:
             serving_stopped.send(self.__class__, process=process)
 
-    def serving_process(self, role: Role, host: str, port: int, metrics_port: int) -> ServingProcess:
+    def serving_process(
+        self, role: Role, host: str, port: int, metrics_port: int
+    ) -> ServingProcess:
         return ServingProcess(role, host, port, metrics_port=metrics_port)
 
     def start_serving(self, process: ServingProcess) -> None:
@@ -286,7 +293,8 @@ class Command(BaseCommand):
             target_type="command",
             watch_filter=watchfiles.PythonFilter(extra_extensions=(".yaml", ".yml", ".proto")),
             callback=lambda changes: self.stdout.write(
-                f"{len(changes)} file(s) changed ({sorted(p for _, p in changes)[0]}...), reloading."
+                f"{len(changes)} file(s) changed ({sorted(p for _, p in changes)[0]}...), "
+                "reloading."
             ),
             # The server drains on SIGINT like on SIGTERM: give it the whole stop sequence.
             sigint_timeout=int(stop_sequence_seconds() + 5),
