@@ -305,8 +305,8 @@ class GatewayWorker(Worker):
             # with unread input makes the kernel reset the connection, and the answer is lost.
             if writer.can_write_eof():
                 writer.write_eof()
-            until = asyncio.get_running_loop().time() + 1.0
             loop = asyncio.get_running_loop()
+            until = loop.time() + 1.0
             while await with_timeout(reader.read(65536), max(0.01, until - loop.time())):
                 pass
         except (TimeoutError, ConnectionError, OSError):
