@@ -53,7 +53,9 @@ def typed_clients(descriptor_set: Path, protos: list[Path]) -> dict[Path, str]:
             for m in service.method:
                 req, rep = type_ref(m.input_type), type_ref(m.output_type)
                 sig_common = "*, timeout: float | None = None, metadata: Any = None"
-                call_args = f'self._path("{m.name}"), {{arg}}, {rep}, timeout=timeout, metadata=metadata'
+                call_args = (
+                    f'self._path("{m.name}"), {{arg}}, {rep}, timeout=timeout, metadata=metadata'
+                )
                 if m.client_streaming:
                     param = f"requests: Iterable[{req}] | AsyncIterable[{req}]"
                     arg = "requests"
@@ -74,16 +76,19 @@ def typed_clients(descriptor_set: Path, protos: list[Path]) -> dict[Path, str]:
                     )
             classes.append(
                 f"class {service.name}Client(ServiceClient):\n"
-                f'    """Calls of {full}: ``await {service.name}Client("<registered service name>").<Rpc>(request)``."""\n\n'
+                f'    """Calls of {full}: ``await {service.name}Client'
+                f'("<registered service name>").<Rpc>(request)``."""\n\n'
                 f'    grpc_service = "{full}"\n\n' + "\n".join(methods)
             )
         import_lines = []
         for module, alias in sorted(imports.items()):
             if module.startswith("google.protobuf."):
-                import_lines.append(f"from google.protobuf import {module.rsplit('.', 1)[1]} as {alias}")
+                name = module.rsplit(".", 1)[1]
+                import_lines.append(f"from google.protobuf import {name} as {alias}")
             else:
                 package, _, name = module.rpartition(".")
-                import_lines.append(f"from {relative_import(package, module_dir)} import {name} as {alias}")
+                relative = relative_import(package, module_dir)
+                import_lines.append(f"from {relative} import {name} as {alias}")
         text = (
             HEADER.format(source=f"idl/{f.name}")
             + f'"""Typed clients of the services of {f.name}, on the client library."""\n\n'

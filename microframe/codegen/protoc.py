@@ -3,8 +3,8 @@
 Runs protoc from ``grpcio-tools`` (``python -m grpc_tools.protoc``: no system protoc needed) on
 every ``.proto`` under the idl directory, with the well-known types (``google/protobuf/*.proto``)
 and googleapis' ``google/api/*.proto`` (``google.api.http`` annotations, from
-googleapis-common-protos) on the include path, and writes ``*_pb2.py``, ``*_pb2.pyi`` (for editors and mypy) and
-``*_pb2_grpc.py`` under the generate directory, mirroring the idl tree:
+googleapis-common-protos) on the include path, and writes ``*_pb2.py``, ``*_pb2.pyi`` (for
+editors and mypy) and ``*_pb2_grpc.py`` under the generate directory, mirroring the idl tree:
 
 - protoc's flat imports (``import hello_pb2``, ``from shop import item_pb2``) become package
   imports (``from . import hello_pb2``, ``from .shop import item_pb2``), so ``generate`` works
@@ -96,7 +96,10 @@ def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
     result = subprocess.run(command, cwd=idl, capture_output=True, text=True)
     if result.returncode != 0:
         errors = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        located = [f"  {idl / line}" if re.match(r"^[\w./-]+\.proto:\d+:\d+:", line) else f"  {line}" for line in errors]
+        located = [
+            f"  {idl / line}" if re.match(r"^[\w./-]+\.proto:\d+:\d+:", line) else f"  {line}"
+            for line in errors
+        ]
         raise ProtoError("The protos do not compile (nothing was written):\n" + "\n".join(located))
     return protos
 
@@ -122,7 +125,8 @@ def generate(idl: Path) -> tuple[dict[Path, str], list[ServiceInfo]]:
         # The package records which protos it was made from (the freshness check reads it).
         files[Path("__init__.py")] = (
             HEADER.format(source="the protos of idl/")
-            + '"""Code generated from the service\'s protos: messages, stubs and typed clients."""\n\n'
+            + '"""Code generated from the service\'s protos: messages, stubs and '
+            + 'typed clients."""\n\n'
             + f'{FINGERPRINT_NAME} = "{protos_fingerprint(idl)}"\n'
         )
         # Every directory of generated modules is a package.

@@ -23,7 +23,8 @@ def router_text(package: str, services: list[ServiceInfo]) -> str:
         "from microframe.core.router import rpc",
         "",
     ]
-    lines += [f"from {package}.controller import {c}" for c in sorted({snake(s.name) for s in services})]
+    controllers = sorted({snake(s.name) for s in services})
+    lines += [f"from {package}.controller import {c}" for c in controllers]
     for module in modules:
         parent, _, name = module.rpartition(".")
         lines.append(f"from {package}.generate{'.' + parent if parent else ''} import {name}")
@@ -39,7 +40,9 @@ def router_text(package: str, services: list[ServiceInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stub_text(service: ServiceInfo, method: str, client_streaming: bool, server_streaming: bool) -> str:
+def stub_text(
+    service: ServiceInfo, method: str, client_streaming: bool, server_streaming: bool
+) -> str:
     request = "requests" if client_streaming else "request"
     kind = RpcKind.of(client_streaming, server_streaming).description
     body = ['    raise Unimplemented("' + f'{service.name}.{method} is not implemented yet")']
@@ -47,7 +50,8 @@ def stub_text(service: ServiceInfo, method: str, client_streaming: bool, server_
         body.append("    yield  # a server-streaming controller is an async generator")
     return (
         f"async def {snake(method)}(ctx, {request}):\n"
-        f'    """{service.name}.{method} ({kind}). Written by genproto as a stub: yours to edit."""\n'
+        f'    """{service.name}.{method} ({kind}). '
+        'Written by genproto as a stub: yours to edit."""\n'
         + "\n".join(body) + "\n"
     )
 
@@ -68,7 +72,8 @@ def controller_plan(
         defined: set[str] = set()
         if existing is not None:
             tree = ast.parse(existing, filename=str(path))
-            defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+            functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+            defined = {n.name for n in tree.body if isinstance(n, functions)}
         wanted = {snake(m): (m, cs, ss) for m, cs, ss in service.methods}
         missing = [wanted[name] for name in wanted if name not in defined]
         orphans += [
@@ -80,7 +85,8 @@ def controller_plan(
             continue
         stubs = "\n\n".join(stub_text(service, *m) for m in missing)
         if existing is None:
-            text = (f'"""Controllers of {service.name} ({service.proto}): the business code of each RPC."""\n\n'
+            text = (f'"""Controllers of {service.name} ({service.proto}): '
+                    'the business code of each RPC."""\n\n'
                     f"{UNIMPLEMENTED_IMPORT}\n\n\n" + stubs)
         else:
             own = (package or controllers.parent.name).partition(".")[0]

@@ -18,6 +18,8 @@ def services_of(descriptor_set: Path, protos: list[Path]) -> list[ServiceInfo]:
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
     ours = {p.as_posix() for p in protos}
     return [
-        ServiceInfo(f.name, svc.name, [(m.name, m.client_streaming, m.server_streaming) for m in svc.method])
+        ServiceInfo(
+            f.name, svc.name, [(m.name, m.client_streaming, m.server_streaming) for m in svc.method]
+        )
         for f in fds.file if f.name in ours for svc in f.service
     ]

@@ -36,9 +36,24 @@ def deep_merge(base: Any, overlay: Any) -> Any:
     if isinstance(base, dict) and isinstance(overlay, dict):
         merged = dict(base)
         for key, value in overlay.items():
-            merged[key] = deep_merge(base[key], value) if key in base and key not in ATOMIC_KEYS else value
+            merges = key in base and key not in ATOMIC_KEYS
+            merged[key] = deep_merge(base[key], value) if merges else value
         return merged
     return overlay
+
+
+def dict_setting(name: str) -> Any:
+    """Return the dict setting ``name`` completed with its defaults of ``global_settings``.
+
+    A settings module, its YAML overlays and ``settings.configure()`` are merged over the
+    defaults already, but a dict given to ``override_settings`` replaces the setting whole, as
+    in Django, and may lack keys. Code that reads single keys of a dict setting reads it through
+    this function, so that each default is written once, in ``global_settings``, and never again
+    as a ``.get()`` fallback. A value that is not a dict (a broken setting the checks report) is
+    returned as it is; the result is not to be mutated (it shares values with the defaults).
+    """
+    value = getattr(settings, name, None)
+    return deep_merge(getattr(global_settings, name), value) if isinstance(value, dict) else value
 
 
 def load_yaml_overlays(conf_dir: Path, env: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -113,10 +128,15 @@ class Settings:
         self.SETTINGS_FILES: list[str] = [module_file] if module_file else []
         if self.ENV:
             conf_dir_setting = getattr(self, "CONF_DIR", None)
-            conf_dir = Path(conf_dir_setting) if conf_dir_setting else Path(self.SERVICE_ROOT) / "conf"
+            if conf_dir_setting:
+                conf_dir = Path(conf_dir_setting)
+            else:
+                conf_dir = Path(self.SERVICE_ROOT) / "conf"
             for path, overlay in load_yaml_overlays(conf_dir, self.ENV):
                 for key, value in overlay.items():
-                    setattr(self, key, deep_merge(getattr(self, key, None), value) if hasattr(self, key) else value)
+                    if hasattr(self, key):
+                        value = deep_merge(getattr(self, key), value)
+                    setattr(self, key, value)
                     self._explicit_settings.add(key)
                 self.SETTINGS_FILES.append(str(path))
         time_zone = getattr(self, "TIME_ZONE", None)

@@ -26,7 +26,8 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
 #: A secret in a query string (``?password=...``, ``&token=...``).
 QUERY_SECRET = re.compile(
-    r"(?P<key>[?&;](?:pass(?:wd|word)?|secret|token|api_?key|access_token|auth)=)[^&;#\s]*", re.IGNORECASE
+    r"(?P<key>[?&;](?:pass(?:wd|word)?|secret|token|api_?key|access_token|auth)=)[^&;#\s]*",
+    re.IGNORECASE,
 )
 
 
@@ -50,7 +51,8 @@ def redact(value: Any, name: Any = None) -> Any:
         return {k: redact(v, k) for k, v in value.items()}
     if isinstance(value, list | tuple):
         items = [redact(v) for v in value]
-        return type(value)(items) if isinstance(value, tuple) and not hasattr(value, "_fields") else items
+        plain_tuple = isinstance(value, tuple) and not hasattr(value, "_fields")
+        return type(value)(items) if plain_tuple else items
     if isinstance(value, str) and "://" in value:
         value = URL_USERINFO.sub(_redact_url, value)
         return QUERY_SECRET.sub(rf"\g<key>{REDACTED}", value)

@@ -44,7 +44,8 @@ class LocalService:
             for path in sorted((root / "generate").rglob("*_pb2.py")):
                 parts = path.relative_to(root).with_suffix("").parts
                 generated = importlib.import_module(".".join((self.package, *parts)))
-                self.services.update(s.full_name for s in generated.DESCRIPTOR.services_by_name.values())
+                declared = generated.DESCRIPTOR.services_by_name.values()
+                self.services.update(s.full_name for s in declared)
         if load_router and getattr(settings, "ROOT_ROUTER", None):
             from microframe.core.router import load_routes
 
@@ -81,4 +82,5 @@ def find_service(pool: Any, name: str, known: list[str]) -> Any:
         return pool.FindServiceByName(matches[0])
     if len(matches) > 1:
         raise LookupError(f"{name!r} is ambiguous: write one of {', '.join(sorted(matches))}.")
-    raise LookupError(f"Unknown service {name!r}. Known services: {', '.join(sorted(known)) or 'none'}.")
+    listed = ", ".join(sorted(known)) or "none"
+    raise LookupError(f"Unknown service {name!r}. Known services: {listed}.")

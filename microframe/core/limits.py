@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
+from microframe.conf import global_settings
+
+_GRPC: dict[str, Any] = global_settings.GRPC
+
 #: How often the watchdog looks at the waits it follows, in seconds: a limit is enforced
 #: between ``limit`` and ``limit + TICK`` seconds.
 TICK = 0.25
@@ -61,7 +65,9 @@ class Watchdog:
     def __len__(self) -> int:
         return len(self._receives) + len(self._sends)
 
-    def receiving(self, task: asyncio.Task[Any], now: float, limit: float, peer: str, later: bool) -> None:
+    def receiving(
+        self, task: asyncio.Task[Any], now: float, limit: float, peer: str, later: bool
+    ) -> None:
         """``task`` waits for a request message from ``peer`` (the connection; ``later``: not
         the call's first message) until ``limit``; past ``now + QUICK`` it needs a receive
         slot (times of ``time.monotonic()``). Call :meth:`received` when the wait ends,
@@ -162,8 +168,8 @@ class ReceiveSlots:
     when none is free for its connection, its call is refused (RESOURCE_EXHAUSTED) at once and
     its buffer freed; a client stream waiting for its next message holds a slot meanwhile (it
     may be sent a large message at any moment), so many streams idle between messages need a
-    smaller MAX_MESSAGE_BYTES or a larger RECEIVE_BUFFER_BYTES. So the memory of messages being received is at
-    most ``total`` messages, plus what arrives in :data:`QUICK` seconds.
+    smaller MAX_MESSAGE_BYTES or a larger RECEIVE_BUFFER_BYTES. So the memory of messages being
+    received is at most ``total`` messages, plus what arrives in :data:`QUICK` seconds.
     """
 
     __slots__ = ("total", "per_connection", "streams", "in_use", "streams_in_use", "by_peer")
@@ -186,7 +192,9 @@ class ReceiveSlots:
     def take(self, peer: str, later: bool) -> bool:
         """Take a slot for ``peer`` (the connection); False when none is free for it."""
         on_peer = self.by_peer.get(peer, 0)
-        if self.in_use >= self.total or on_peer >= self.per_connection or (later and self.streams_in_use >= self.streams):
+        if self.in_use >= self.total or on_peer >= self.per_connection:
+            return False
+        if later and self.streams_in_use >= self.streams:
             return False
         self.in_use += 1
         self.by_peer[peer] = on_peer + 1
@@ -210,7 +218,9 @@ class CallTracker:
     handlers answer those calls themselves (see :mod:`microframe.core.handlers`).
     """
 
-    __slots__ = ("accepted", "active", "limit", "per_connection", "by_peer", "tasks", "cutting", "_idle")
+    __slots__ = (
+        "accepted", "active", "limit", "per_connection", "by_peer", "tasks", "cutting", "_idle",
+    )
 
     def __init__(self, limit: int | None = None, per_connection: int | None = None) -> None:
         self.accepted = 0
@@ -270,12 +280,14 @@ class CallLimits:
     calls: CallTracker
     slots: ReceiveSlots
     watchdog: Watchdog
-    receive_timeout: float = 5.0
-    stream_idle_timeout: float | None = 60.0
-    send_timeout: float = 10.0
+    receive_timeout: float = _GRPC["RECEIVE_TIMEOUT"]
+    stream_idle_timeout: float | None = _GRPC["STREAM_IDLE_TIMEOUT"]
+    send_timeout: float = _GRPC["SEND_TIMEOUT"]
 
     @classmethod
     def default(cls) -> CallLimits:
-        """Limits of a server built without settings (tests, :func:`microframe.test.serve`)."""
-        slots = ReceiveSlots.for_budget(256 << 20, 4 << 20)
-        return cls(CallTracker(1000, 250), slots, Watchdog(slots))
+        """Limits of a server built without settings (tests, :func:`microframe.test.serve`):
+        those of the default ``GRPC``, worked out as the server works them out."""
+        from microframe.core.server import ServerConfig
+
+        return ServerConfig().call_limits()

@@ -94,7 +94,10 @@ def build_chain(
         if built is None or not callable(built):
             raise ImproperlyConfigured(f"Middleware {entry!r} returned {built!r}, not a handler.")
         handler = built
-        used.append(entry if isinstance(entry, str) else getattr(entry, "__qualname__", repr(entry)))
+        if isinstance(entry, str):
+            used.append(entry)
+        else:
+            used.append(getattr(entry, "__qualname__", repr(entry)))
     used.reverse()
     return handler, used
 

@@ -288,11 +288,13 @@ def load_routes(path: str | None) -> list[Route]:
     for entry in _flatten(raw):
         if not isinstance(entry, Route):
             raise ImproperlyConfigured(
-                f"Router {path!r}: {entry!r} is not a Route (build routes with microframe.core.router.rpc)."
+                f"Router {path!r}: {entry!r} is not a Route "
+                "(build routes with microframe.core.router.rpc)."
             )
         if not callable(entry.controller):
             raise ImproperlyConfigured(
-                f"Router {path!r}: the controller of {entry.full_method} is not callable: {entry.controller!r}."
+                f"Router {path!r}: the controller of {entry.full_method} is not callable: "
+                f"{entry.controller!r}."
             )
         if entry.full_method in seen:
             raise ImproperlyConfigured(f"Router {path!r}: {entry.full_method} is routed twice.")

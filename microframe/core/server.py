@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from microframe.conf import dict_setting, global_settings
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.handlers import controller_handler, grpc_method_handler
 from microframe.core.limits import CallLimits, CallTracker, ReceiveSlots, Watchdog
@@ -64,64 +65,71 @@ def address_in_use(host: str, port: int) -> bool:
     return False
 
 
+#: The defaults of ``GRPC`` (``global_settings.GRPC``): a :class:`ServerConfig` built by hand
+#: starts from them too.
+DEFAULTS: dict[str, Any] = global_settings.GRPC
+
+
 @dataclass
 class ServerConfig:
-    """What the runtime needs from settings, resolved once (see :meth:`from_settings`)."""
+    """What the runtime needs from settings, resolved once (see :meth:`from_settings`).
 
-    host: str = "127.0.0.1"
-    port: int = 50051
-    max_message_bytes: int = 4 << 20
-    max_concurrent_rpcs: int | None = 1000
-    max_calls_per_connection: int | None = None
-    max_streams_per_connection: int = 2000
-    max_connections: int = 4096
-    max_metadata_bytes: int = 16 * 1024
-    receive_buffer_bytes: int = 256 << 20
-    receive_timeout: float = 5.0
-    stream_idle_timeout: float | None = 60.0
-    send_timeout: float = 10.0
-    stream_window_bytes: int = 64 * 1024
-    handshake_timeout: float = 5.0
-    keepalive_time: float | None = 60.0
-    keepalive_timeout: float = 20.0
-    grace: float = 10.0
-    shutdown_delay: float = 0.0
-    health: bool = True
-    reflection: bool = True
-    threads: int | None = None
-    tls: dict[str, Any] | None = None
+    Each field is the ``GRPC`` key of its name in upper case.
+    """
+
+    host: str = DEFAULTS["HOST"]
+    port: int = DEFAULTS["PORT"]
+    max_message_bytes: int = DEFAULTS["MAX_MESSAGE_BYTES"]
+    max_concurrent_rpcs: int | None = DEFAULTS["MAX_CONCURRENT_RPCS"]
+    max_calls_per_connection: int | None = DEFAULTS["MAX_CALLS_PER_CONNECTION"]
+    max_streams_per_connection: int = DEFAULTS["MAX_STREAMS_PER_CONNECTION"]
+    max_connections: int = DEFAULTS["MAX_CONNECTIONS"]
+    max_metadata_bytes: int = DEFAULTS["MAX_METADATA_BYTES"]
+    receive_buffer_bytes: int = DEFAULTS["RECEIVE_BUFFER_BYTES"]
+    receive_timeout: float = DEFAULTS["RECEIVE_TIMEOUT"]
+    stream_idle_timeout: float | None = DEFAULTS["STREAM_IDLE_TIMEOUT"]
+    send_timeout: float = DEFAULTS["SEND_TIMEOUT"]
+    stream_window_bytes: int = DEFAULTS["STREAM_WINDOW_BYTES"]
+    handshake_timeout: float = DEFAULTS["HANDSHAKE_TIMEOUT"]
+    keepalive_time: float | None = DEFAULTS["KEEPALIVE_TIME"]
+    keepalive_timeout: float = DEFAULTS["KEEPALIVE_TIMEOUT"]
+    grace: float = DEFAULTS["GRACE"]
+    shutdown_delay: float = DEFAULTS["SHUTDOWN_DELAY"]
+    health: bool = DEFAULTS["HEALTH"]
+    reflection: bool = DEFAULTS["REFLECTION"]
+    threads: int | None = DEFAULTS["THREADS"]
+    tls: dict[str, Any] | None = DEFAULTS["TLS"]
     reuse_port: bool = False
     options: list[tuple[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> ServerConfig:
-        from microframe.conf import settings
-
-        g = settings.GRPC
+        """Read ``GRPC`` (completed with its defaults), then apply ``overrides`` (fields)."""
+        g = dict_setting("GRPC")
         config = cls(
-            host=g.get("HOST", "127.0.0.1"),
-            port=int(g.get("PORT", 50051)),
-            max_message_bytes=int(g.get("MAX_MESSAGE_BYTES", 4 << 20)),
-            max_concurrent_rpcs=g.get("MAX_CONCURRENT_RPCS"),
-            max_calls_per_connection=g.get("MAX_CALLS_PER_CONNECTION"),
-            max_streams_per_connection=int(g.get("MAX_STREAMS_PER_CONNECTION", 2000)),
-            max_connections=int(g.get("MAX_CONNECTIONS", 4096)),
-            max_metadata_bytes=int(g.get("MAX_METADATA_BYTES", 16 * 1024)),
-            receive_buffer_bytes=int(g.get("RECEIVE_BUFFER_BYTES", 256 << 20)),
-            receive_timeout=float(g.get("RECEIVE_TIMEOUT", 5.0)),
-            stream_idle_timeout=g.get("STREAM_IDLE_TIMEOUT", 60.0),
-            send_timeout=float(g.get("SEND_TIMEOUT", 10.0)),
-            stream_window_bytes=int(g.get("STREAM_WINDOW_BYTES", 64 * 1024)),
-            handshake_timeout=float(g.get("HANDSHAKE_TIMEOUT", 5.0)),
-            keepalive_time=g.get("KEEPALIVE_TIME", 60.0),
-            keepalive_timeout=float(g.get("KEEPALIVE_TIMEOUT", 20.0)),
-            grace=float(g.get("GRACE", 10.0)),
-            shutdown_delay=float(g.get("SHUTDOWN_DELAY", 0.0)),
-            health=bool(g.get("HEALTH", True)),
-            reflection=bool(g.get("REFLECTION", True)),
-            threads=g.get("THREADS"),
-            tls=g.get("TLS"),
-            options=[tuple(o) for o in g.get("OPTIONS", ())],  # type: ignore[misc]
+            host=g["HOST"],
+            port=int(g["PORT"]),
+            max_message_bytes=int(g["MAX_MESSAGE_BYTES"]),
+            max_concurrent_rpcs=g["MAX_CONCURRENT_RPCS"],
+            max_calls_per_connection=g["MAX_CALLS_PER_CONNECTION"],
+            max_streams_per_connection=int(g["MAX_STREAMS_PER_CONNECTION"]),
+            max_connections=int(g["MAX_CONNECTIONS"]),
+            max_metadata_bytes=int(g["MAX_METADATA_BYTES"]),
+            receive_buffer_bytes=int(g["RECEIVE_BUFFER_BYTES"]),
+            receive_timeout=float(g["RECEIVE_TIMEOUT"]),
+            stream_idle_timeout=g["STREAM_IDLE_TIMEOUT"],
+            send_timeout=float(g["SEND_TIMEOUT"]),
+            stream_window_bytes=int(g["STREAM_WINDOW_BYTES"]),
+            handshake_timeout=float(g["HANDSHAKE_TIMEOUT"]),
+            keepalive_time=g["KEEPALIVE_TIME"],
+            keepalive_timeout=float(g["KEEPALIVE_TIMEOUT"]),
+            grace=float(g["GRACE"]),
+            shutdown_delay=float(g["SHUTDOWN_DELAY"]),
+            health=bool(g["HEALTH"]),
+            reflection=bool(g["REFLECTION"]),
+            threads=g["THREADS"],
+            tls=g["TLS"],
+            options=[tuple(o) for o in g["OPTIONS"]],  # type: ignore[misc]
         )
         for key, value in overrides.items():
             setattr(config, key, value)
@@ -154,7 +162,10 @@ class ServerConfig:
             ("grpc.server.max_pending_requests_hard_limit", pending),
             ("grpc.max_unrequested_time_in_server", 3600),
             ("grpc.max_concurrent_streams", self.max_streams_per_connection),
-            ("grpc.max_allowed_incoming_connections", connections_within_files_limit(self.max_connections)),
+            (
+                "grpc.max_allowed_incoming_connections",
+                connections_within_files_limit(self.max_connections),
+            ),
             ("grpc.max_metadata_size", self.max_metadata_bytes),
             ("grpc.absolute_max_metadata_size", self.max_metadata_bytes),
             ("grpc.http2.bdp_probe", 0),
@@ -262,10 +273,12 @@ class Server:
         server = grpc.aio.server(options=self.config.channel_options())
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         for route in self.routes:
-            chain, used = build_chain(route, controller_handler(route, self.executor), self.middleware)
+            controller = controller_handler(route, self.executor)
+            chain, used = build_chain(route, controller, self.middleware)
             self.chains[route.full_method] = chain
             self.middleware_in_use[route.full_method] = used
-            by_service.setdefault(route.service, {})[route.method] = grpc_method_handler(route, chain, self.limits)
+            handler = grpc_method_handler(route, chain, self.limits)
+            by_service.setdefault(route.service, {})[route.method] = handler
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
         names = self.service_names
@@ -359,7 +372,8 @@ class Server:
         # grpc gets a moment past the cut for the answers of the calls cut to leave.
         stopping = asyncio.ensure_future(self.grpc_server.stop(grace + CUT_MARGIN))
         try:
-            await with_timeout(self.calls.wait_idle(), max(0.0, grace - min(CUT_MARGIN, grace / 10)))
+            cut_at = max(0.0, grace - min(CUT_MARGIN, grace / 10))
+            await with_timeout(self.calls.wait_idle(), cut_at)
         except TimeoutError:
             cut = self.calls.cut()
             logger.warning(
@@ -375,7 +389,8 @@ class Server:
         left = self.calls.active
         if left:
             logger.warning(
-                "stopped: %d call(s) had not ended after the %.1f s grace period (%d accepted in all)",
+                "stopped: %d call(s) had not ended after the %.1f s grace period "
+                "(%d accepted in all)",
                 left, grace, self.calls.accepted,
             )
         else:
@@ -401,7 +416,8 @@ class Server:
 
         def on_signal(sig: int) -> None:
             if stop_requested.is_set():
-                logger.info("%s received while stopping: the drain goes on", signal.Signals(sig).name)
+                name = signal.Signals(sig).name
+                logger.info("%s received while stopping: the drain goes on", name)
             stop_requested.set()
 
         for sig in signals:

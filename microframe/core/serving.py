@@ -24,7 +24,8 @@ Role = Literal["server", "supervisor", "worker"]
 class ServingProcess:
     """The process: its role, the gRPC address it serves, and what runserver was asked for.
 
-    ``metrics_port`` is ``--metrics-port`` or ``METRICS["PORT"]``. ``endpoints`` collects what the batteries serve besides gRPC (``"metrics on http://..."``).
+    ``metrics_port`` is ``--metrics-port`` or ``METRICS["PORT"]``. ``endpoints`` collects what
+    the batteries serve besides gRPC (``"metrics on http://..."``).
     """
 
     role: Role

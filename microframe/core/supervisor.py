@@ -88,7 +88,11 @@ class Supervisor:
         while not self._stopping.is_set():
             env = dict(
                 self.env,
-                **{WORKER_ID_ENV: str(worker_id), WORKERS_ENV: str(self.count), PARENT_PID_ENV: str(os.getpid())},
+                **{
+                    WORKER_ID_ENV: str(worker_id),
+                    WORKERS_ENV: str(self.count),
+                    PARENT_PID_ENV: str(os.getpid()),
+                },
             )
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(*self.command, env=env)

@@ -26,11 +26,15 @@ def build_registry(backend: str | None = None, options: dict[str, Any] | None = 
         config = settings.REGISTRY
     path = backend or config.get("BACKEND")
     if not path or not isinstance(path, str):
-        raise ImproperlyConfigured('REGISTRY["BACKEND"] must be the dotted path of a registry class.')
+        raise ImproperlyConfigured(
+            'REGISTRY["BACKEND"] must be the dotted path of a registry class.'
+        )
     try:
         cls = import_string(path)
     except ImportError as err:
-        raise ImproperlyConfigured(f'REGISTRY["BACKEND"] {path!r} cannot be imported: {err}') from err
+        raise ImproperlyConfigured(
+            f'REGISTRY["BACKEND"] {path!r} cannot be imported: {err}'
+        ) from err
     kwargs = dict(config.get("OPTIONS") or {}) if options is None else dict(options)
     try:
         return cls(**kwargs)  # type: ignore[no-any-return]

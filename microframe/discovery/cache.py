@@ -46,7 +46,9 @@ Listener = Callable[[str, list[ServiceInstance]], None]
 
 
 class _Entry:
-    __slots__ = ("instances", "known", "fresh", "stale_since", "ready", "task", "listeners", "version")
+    __slots__ = (
+        "instances", "known", "fresh", "stale_since", "ready", "task", "listeners", "version",
+    )
 
     def __init__(self) -> None:
         self.instances: list[ServiceInstance] = []
@@ -132,7 +134,9 @@ class DiscoveryCache:
                 entry.stale_since = time.monotonic()
                 registry_metrics().stale.labels(service).set(1)
                 registry_metrics().instances.labels(service).set(len(snapshot))
-            entry.task = asyncio.create_task(self._watch(service, entry), name=f"microframe-discovery-{service}")
+            entry.task = asyncio.create_task(
+                self._watch(service, entry), name=f"microframe-discovery-{service}"
+            )
         return entry
 
     async def _watch(self, service: str, entry: _Entry) -> None:
@@ -146,7 +150,10 @@ class DiscoveryCache:
                     self._set(service, entry, list(found))
                     backoff = BACKOFF_START
                     if failures:
-                        logger.info("discovery: %s: the registry answers again (%d instances)", service, len(found))
+                        logger.info(
+                            "discovery: %s: the registry answers again (%d instances)",
+                            service, len(found),
+                        )
                         failures = 0
                 raise RegistryUnavailable("the watch ended")
             except asyncio.CancelledError:
@@ -253,8 +260,8 @@ _caches: PerLoop[DiscoveryCache] = PerLoop(_new_cache)
 
 
 def get_discovery_cache() -> DiscoveryCache:
-    """Return this event loop's discovery cache, on :func:`~microframe.contrib.registry.get_registry`
-    and ``REGISTRY["CACHE_DIR"]``."""
+    """Return this event loop's discovery cache, on
+    :func:`~microframe.contrib.registry.get_registry` and ``REGISTRY["CACHE_DIR"]``."""
     return _caches.get()
 
 

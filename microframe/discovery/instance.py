@@ -58,7 +58,9 @@ class ServiceInstance:
         if not self.id or "/" in self.id:
             raise InvalidInstance(f"instance id {self.id!r} must be non-empty and contain no '/'")
         if not self.name or "/" in self.name:
-            raise InvalidInstance(f"service name {self.name!r} must be non-empty and contain no '/'")
+            raise InvalidInstance(
+                f"service name {self.name!r} must be non-empty and contain no '/'"
+            )
         if not isinstance(self.port, int) or not 0 < self.port <= 65535:
             raise InvalidInstance(f"port {self.port!r} of {self.id!r} is not in 1-65535")
         if not isinstance(self.weight, int) or self.weight < 0:

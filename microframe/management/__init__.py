@@ -19,7 +19,9 @@ from microframe.management.base import (
     handle_default_options,
 )
 
-__all__ = ["BaseCommand", "CommandError", "call_command", "execute_from_command_line", "get_commands"]
+__all__ = [
+    "BaseCommand", "CommandError", "call_command", "execute_from_command_line", "get_commands",
+]
 
 
 def find_commands(management_dir: str) -> list[str]:
@@ -114,7 +116,8 @@ def call_command(command_name: str | BaseCommand, *args: Any, **options: Any) ->
     parse_args = [str(a) for a in args]
     defaults = parser.parse_args(args=parse_args)
     defaults_dict = dict(vars(defaults), **arg_options)
-    valid = {a.dest for a in parser._actions} | set(command.base_stealth_options) | set(command.stealth_options)
+    stealth = set(command.base_stealth_options) | set(command.stealth_options)
+    valid = {a.dest for a in parser._actions} | stealth
     unknown = set(arg_options) - valid
     if unknown:
         raise TypeError(
@@ -191,7 +194,12 @@ class ManagementUtility:
     def execute(self) -> None:
         subcommand = self.argv[1] if len(self.argv) > 1 else "help"
         # Apply --settings and --pythonpath early: they decide which commands exist.
-        parser = CommandParser(prog=self.prog_name, usage="%(prog)s subcommand [options] [args]", add_help=False, allow_abbrev=False)
+        parser = CommandParser(
+            prog=self.prog_name,
+            usage="%(prog)s subcommand [options] [args]",
+            add_help=False,
+            allow_abbrev=False,
+        )
         parser.add_argument("--settings")
         parser.add_argument("--pythonpath")
         parser.add_argument("args", nargs="*")

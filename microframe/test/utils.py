@@ -33,7 +33,10 @@ class override_settings:  # noqa: N801 - named like Django's
         settings._wrapped = override
         for key in self.options:
             setting_changed.send(
-                sender=settings._wrapped.__class__, setting=key, value=getattr(override, key), enter=True
+                sender=settings._wrapped.__class__,
+                setting=key,
+                value=getattr(override, key),
+                enter=True,
             )
 
     def disable(self) -> None:
@@ -41,7 +44,9 @@ class override_settings:  # noqa: N801 - named like Django's
         self.wrapped = None
         for key in self.options:
             new_value = getattr(settings, key, None)
-            setting_changed.send(sender=settings._wrapped.__class__, setting=key, value=new_value, enter=False)
+            setting_changed.send(
+                sender=settings._wrapped.__class__, setting=key, value=new_value, enter=False
+            )
 
     def __enter__(self) -> override_settings:
         self.enable()

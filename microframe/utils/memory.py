@@ -25,7 +25,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 class _Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost",
     )]
 
 
@@ -86,7 +87,9 @@ class MemoryTrimmer:
     (doubling, up to ``longest`` seconds).
     """
 
-    def __init__(self, interval: float = 2.0, growth: int = 16 << 20, longest: float = 60.0) -> None:
+    def __init__(
+        self, interval: float = 2.0, growth: int = 16 << 20, longest: float = 60.0
+    ) -> None:
         self.interval = interval
         self.growth = growth
         self.longest = longest
@@ -102,7 +105,9 @@ class MemoryTrimmer:
 
     def start(self) -> None:
         if self.available and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="microframe-memory-trim")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="microframe-memory-trim"
+            )
 
     def due(self) -> bool:
         """Whether a trim would give memory back now."""

@@ -22,7 +22,8 @@ def parse_requests(value: Any, request_class: Any, streaming: bool) -> list[Any]
         try:
             messages.append(json_format.ParseDict(item, request_class()))
         except json_format.ParseError as err:
-            raise ValueError(f"{where} is not a valid {request_class.DESCRIPTOR.full_name}: {err}") from None
+            kind = request_class.DESCRIPTOR.full_name
+            raise ValueError(f"{where} is not a valid {kind}: {err}") from None
     return messages
 
 
@@ -30,7 +31,9 @@ def to_json(message: Any, *, indent: int | None = None, emit_defaults: bool = Fa
     """``message`` in the proto3 JSON mapping (lowerCamelCase names)."""
     from google.protobuf import json_format
 
-    return json_format.MessageToJson(message, indent=indent, always_print_fields_with_no_presence=emit_defaults)
+    return json_format.MessageToJson(
+        message, indent=indent, always_print_fields_with_no_presence=emit_defaults
+    )
 
 
 def message_class(descriptor: Any) -> Any:

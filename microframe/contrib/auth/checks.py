@@ -38,17 +38,28 @@ def check_auth_setting(**kwargs: Any) -> list[CheckMessage]:
     if not isinstance(tokens, dict) or not all(isinstance(t, str) and t for t in tokens.values()):
         errors.append(_error('AUTH["TOKENS"] must map identities to non-empty token strings.'))
     hashes = config.get("TOKEN_HASHES") or {}
-    if not isinstance(hashes, dict) or not all(isinstance(h, str) and re.fullmatch(r"[0-9a-fA-F]{64}", h) for h in hashes.values()):
-        errors.append(_error('AUTH["TOKEN_HASHES"] must map identities to SHA-256 hex digests (64 hex digits).'))
+    if not isinstance(hashes, dict) or not all(
+        isinstance(h, str) and re.fullmatch(r"[0-9a-fA-F]{64}", h) for h in hashes.values()
+    ):
+        errors.append(_error(
+            'AUTH["TOKEN_HASHES"] must map identities to SHA-256 hex digests (64 hex digits).'
+        ))
     if not isinstance(config.get("MTLS_IDENTITIES") or {}, dict):
         errors.append(_error('AUTH["MTLS_IDENTITIES"] must map certificate names to identities.'))
     permissions = config.get("PERMISSIONS") or {}
     if not isinstance(permissions, dict) or not all(
-        isinstance(k, str) and _PATH.match(k) and isinstance(v, list | tuple | set | frozenset) for k, v in permissions.items()
+        isinstance(k, str) and _PATH.match(k) and isinstance(v, list | tuple | set | frozenset)
+        for k, v in permissions.items()
     ):
-        errors.append(_error('AUTH["PERMISSIONS"] must map "/pkg.Service/Method" (or "/pkg.Service/*") to lists of identities.'))
+        errors.append(_error(
+            'AUTH["PERMISSIONS"] must map "/pkg.Service/Method" (or "/pkg.Service/*") to lists '
+            "of identities."
+        ))
     exempt = config.get("EXEMPT") or []
-    if not isinstance(exempt, list | tuple) or not all(isinstance(m, str) and _PATH.match(m) for m in exempt):
+    paths = isinstance(exempt, list | tuple) and all(
+        isinstance(m, str) and _PATH.match(m) for m in exempt
+    )
+    if not paths:
         errors.append(_error('AUTH["EXEMPT"] must list "/pkg.Service/Method" paths.'))
     return errors
 
@@ -59,9 +70,13 @@ def check_tokens_over_plaintext(**kwargs: Any) -> list[CheckMessage]:
     if not isinstance(config, dict) or not config.get("ENABLED"):
         return []
     if (config.get("TOKENS") or config.get("TOKEN_HASHES")) and not settings.GRPC.get("TLS"):
-        return [Warning("Bearer tokens are accepted over plaintext gRPC: anyone on the path can read and replay them.",
-                        hint='Serve TLS (GRPC["TLS"] = {"CERT": ..., "KEY": ...}) or terminate it in front of the service.',
-                        id="auth.W001")]
+        return [Warning(
+            "Bearer tokens are accepted over plaintext gRPC: anyone on the path can read and "
+            "replay them.",
+            hint='Serve TLS (GRPC["TLS"] = {"CERT": ..., "KEY": ...}) or terminate it in front of '
+            "the service.",
+            id="auth.W001",
+        )]
     return []
 
 
@@ -78,9 +93,12 @@ def check_auth_in_middleware(**kwargs: Any) -> list[CheckMessage]:
     middleware = getattr(settings, "MIDDLEWARE", None) or []
     if any(entry == AUTH_MIDDLEWARE or entry is AuthMiddleware for entry in middleware):
         return []
-    return [Error('AUTH["ENABLED"] is true but MIDDLEWARE has no AuthMiddleware: every call is served unauthenticated.',
-                  hint=f'Add "{AUTH_MIDDLEWARE}" to MIDDLEWARE (after the access log, before the limiter).',
-                  id="auth.E002")]
+    return [Error(
+        'AUTH["ENABLED"] is true but MIDDLEWARE has no AuthMiddleware: every call is served '
+        "unauthenticated.",
+        hint=f'Add "{AUTH_MIDDLEWARE}" to MIDDLEWARE (after the access log, before the limiter).',
+        id="auth.E002",
+    )]
 
 
 @register(Tags.auth, Tags.router)
@@ -100,7 +118,10 @@ def check_auth_methods(**kwargs: Any) -> list[CheckMessage]:
     unknown = sorted({str(n) for n in named if n not in methods and n not in services})
     if not unknown:
         return []
-    return [Warning(f'AUTH names methods the router does not serve: {", ".join(unknown)}.',
-                    hint="Write them as /package.Service/Method (or /package.Service/*), as the router serves them: "
-                         + ", ".join(sorted(methods)[:5]) + (" ..." if len(methods) > 5 else ""),
-                    id="auth.W002")]
+    served = ", ".join(sorted(methods)[:5]) + (" ..." if len(methods) > 5 else "")
+    return [Warning(
+        f'AUTH names methods the router does not serve: {", ".join(unknown)}.',
+        hint="Write them as /package.Service/Method (or /package.Service/*), as the router serves "
+        f"them: {served}",
+        id="auth.W002",
+    )]

@@ -16,8 +16,8 @@ log the method, the peer and why, not what was presented.
 
 ``AUTH["PERMISSIONS"]`` maps ``"/pkg.Service/Method"`` (or ``"/pkg.Service/*"``) to the
 identities allowed; a method not listed admits every authenticated identity. Methods in
-``AUTH["EXEMPT"]`` (or all of a service's, ``"/pkg.Service/*"``) are served without credentials (the health and reflection services are
-never behind the chain).
+``AUTH["EXEMPT"]`` (or all of a service's, ``"/pkg.Service/*"``) are served without credentials
+(the health and reflection services are never behind the chain).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import hmac
 import logging
 from typing import Any
 
+from microframe.conf import global_settings
 from microframe.core.context import RequestContext
 from microframe.core.exceptions import MiddlewareNotUsed, PermissionDenied, Unauthenticated
 from microframe.core.middleware import Handler
@@ -47,8 +48,10 @@ class Credentials:
         for identity, hexdigest in (config.get("TOKEN_HASHES") or {}).items():
             digests.append((bytes.fromhex(str(hexdigest)), str(identity)))
         self.digests = digests
-        self.mtls = bool(config.get("MTLS", True))
-        self.mtls_identities = {str(k): str(v) for k, v in (config.get("MTLS_IDENTITIES") or {}).items()}
+        # AUTH replaced whole by override_settings, or a dict of a test's, may lack MTLS.
+        self.mtls = bool(config.get("MTLS", global_settings.AUTH["MTLS"]))
+        identities = config.get("MTLS_IDENTITIES") or {}
+        self.mtls_identities = {str(k): str(v) for k, v in identities.items()}
 
     def token_identity(self, token: str) -> str | None:
         """The identity of ``token``, comparing its digest with every known one."""
@@ -64,7 +67,8 @@ class Credentials:
         if not self.mtls or not self.mtls_identities:
             return None
         names = [n.decode(errors="replace") for n in auth_context.get("x509_common_name", ())]
-        sans = [n.decode(errors="replace") for n in auth_context.get("x509_subject_alternative_name", ())]
+        alternative = auth_context.get("x509_subject_alternative_name", ())
+        sans = [n.decode(errors="replace") for n in alternative]
         for name in (*names, *sans):
             if name in self.mtls_identities:
                 return self.mtls_identities[name]

@@ -41,7 +41,9 @@ NDJSON = "application/x-ndjson"
 
 #: Metadata that carries credentials: passed by the gateway only under its own header, and only
 #: when FORWARD_HEADERS names it, never as Grpc-Metadata-*.
-SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key", "x-auth-token"})
+SENSITIVE = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-api-key", "x-auth-token"}
+)
 #: Metadata keys gRPC reserves for itself (HTTP/2 pseudo-headers start with ":", grpc-* too).
 RESERVED = frozenset({"te", "content-type", "user-agent", "host", "connection", "upgrade",
                       "transfer-encoding", "keep-alive", "proxy-connection"})
@@ -84,9 +86,11 @@ def metadata_pair(name: str, value: str) -> tuple[str, Any]:
         try:
             return name, base64.b64decode(value, validate=True)
         except ValueError:
-            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"header {name}: a -bin value must be base64") from None
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"header {name}: a -bin value must be base64") from None
     if not all(" " <= c <= "~" for c in value):
-        raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"header {name}: only printable ASCII can be passed on")
+        raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"header {name}: only printable ASCII can be passed on")
     return name, value
 
 
@@ -101,20 +105,29 @@ def retry_after(seconds: str) -> str:
 class HttpError(Exception):
     """An answer without a call: a bad request, a route that does not exist..."""
 
-    def __init__(self, http_status: int, code: grpc.StatusCode, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        http_status: int,
+        code: grpc.StatusCode,
+        message: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.http_status, self.code, self.message, self.headers = http_status, code, message, headers or []
+        self.http_status, self.code, self.message = http_status, code, message
+        self.headers = headers or []
 
 
 class GatewayApplication:
     """Serve ``routes`` (the service's router, by default) as HTTP/JSON; see the module."""
 
-    def __init__(self, routes: list[Any] | None = None, *, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, routes: list[Any] | None = None, *, options: dict[str, Any] | None = None
+    ) -> None:
         from microframe.client import Client
-        from microframe.conf import settings
+        from microframe.conf import dict_setting, settings
         from microframe.core.descriptors import LocalService
 
-        config = dict(settings.GATEWAY)
+        config = dict(dict_setting("GATEWAY"))
         config.update(options or {})
         local = LocalService(load_router=routes is None)
         routes = local.routes if routes is None else routes
@@ -126,10 +139,15 @@ class GatewayApplication:
         self.expose_errors = bool(settings.DEBUG) if expose is None else bool(expose)
         self.emit_defaults = bool(config["EMIT_DEFAULTS"])
         # WSGI key of each forwarded header -> its metadata name.
-        self.forward = {f"HTTP_{h.upper().replace('-', '_')}": h.lower() for h in config["FORWARD_HEADERS"]}
+        self.forward = {
+            f"HTTP_{h.upper().replace('-', '_')}": h.lower() for h in config["FORWARD_HEADERS"]
+        }
         self.forwarded = frozenset(self.forward.values())
         service = config["SERVICE"] or settings.SERVICE_NAME
-        self.client = Client(service, address=config["ADDRESS"]) if config["ADDRESS"] else Client(service)
+        if config["ADDRESS"]:
+            self.client = Client(service, address=config["ADDRESS"])
+        else:
+            self.client = Client(service)
         self.exact: dict[tuple[str, str], Binding] = {}
         self.templates: list[Binding] = []
         pool = local.pool
@@ -140,8 +158,12 @@ class GatewayApplication:
                     self.templates.append(binding)
                 else:
                     self.exact.setdefault((binding.verb, binding.template), binding)
-        self._health = message_class(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest"))
-        self._health_reply = message_class(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse"))
+        self._health = message_class(
+            pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")
+        )
+        self._health_reply = message_class(
+            pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")
+        )
         # The request and reply classes of every method, by path.
         self.classes = {
             b.path: (message_class(b.method.input_type), message_class(b.method.output_type))
@@ -156,8 +178,8 @@ class GatewayApplication:
             verb = environ.get("REQUEST_METHOD", "GET").upper()
             if path == "/healthz":
                 if verb not in ("GET", "HEAD"):
-                    raise HttpError(405, grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not allowed on /healthz",
-                                    [("Allow", "GET, HEAD")])
+                    raise HttpError(405, grpc.StatusCode.UNIMPLEMENTED,
+                                    f"{verb} is not allowed on /healthz", [("Allow", "GET, HEAD")])
                 return self._healthz(start_response)
             binding, variables = self._route(verb, path)
             requests = self._requests(binding, variables, environ)
@@ -168,9 +190,11 @@ class GatewayApplication:
         except RpcError as err:
             return self._rpc_error(start_response, err)
         except RecursionError:  # a structure nested past what protobuf's converter follows
-            return _error(start_response, 400, grpc.StatusCode.INVALID_ARGUMENT, "the body is nested too deeply")
+            return _error(start_response, 400, grpc.StatusCode.INVALID_ARGUMENT,
+                          "the body is nested too deeply")
         except Exception:
-            logger.exception("gateway: %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            logger.exception("gateway: %s %s failed",
+                             environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             return _error(start_response, 500, grpc.StatusCode.INTERNAL, "internal error")
 
     # -- routing and decoding ------------------------------------------------------------------
@@ -207,7 +231,8 @@ class GatewayApplication:
         stream = environ["wsgi.input"]
         data = stream.read(length) if length is not None else stream.read(self.max_body + 1)
         if len(data) > self.max_body:
-            raise HttpError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is more than the {self.max_body} bytes accepted")
+            raise HttpError(413, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the body is more than the {self.max_body} bytes accepted")
         if not data.strip():
             return None
         # The body is JSON whatever Content-Type says (as grpc-gateway's default marshaler reads
@@ -215,15 +240,19 @@ class GatewayApplication:
         try:
             value = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {err}") from None
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the body is not JSON: {err}") from None
         except RecursionError:
-            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT, "the body is nested too deeply") from None
+            raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
+                            "the body is nested too deeply") from None
         if not _within_depth(value, self.max_depth):
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
                             f"the body is nested more than {self.max_depth} levels deep")
         return value
 
-    def _requests(self, binding: Binding, variables: dict[str, str], environ: dict[str, Any]) -> list[Any]:
+    def _requests(
+        self, binding: Binding, variables: dict[str, str], environ: dict[str, Any]
+    ) -> list[Any]:
         request_class, _ = self.classes[binding.path]
         descriptor = binding.method.input_type
         body = self._body(environ) if binding.body else None
@@ -232,7 +261,8 @@ class GatewayApplication:
             if streaming:
                 if isinstance(body, list) and len(body) > self.max_messages:
                     raise HttpError(413, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"the body holds {len(body)} messages, more than the {self.max_messages} accepted")
+                                    f"the body holds {len(body)} messages, more than the "
+                                    f"{self.max_messages} accepted")
                 return parse_requests(body if body is not None else [], request_class, True)
             if binding.body == "*":
                 value: dict[str, Any] = body if body is not None else {}
@@ -271,7 +301,8 @@ class GatewayApplication:
                     continue
                 if not METADATA_KEY.match(name) or name.startswith("grpc-") or name in RESERVED:
                     raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"header Grpc-Metadata-{name}: {name!r} cannot be passed as gRPC metadata")
+                                    f"header Grpc-Metadata-{name}: {name!r} cannot be passed "
+                                    "as gRPC metadata")
                 pairs.append((name, value))
         peer = environ.get("REMOTE_ADDR")
         if peer:
@@ -287,8 +318,12 @@ class GatewayApplication:
         return OPAQUE_MESSAGES[err.code]
 
     def _rpc_error(self, start_response: StartResponse, err: RpcError) -> list[bytes]:
-        headers = [("Retry-After", retry_after(value)) for key, value in err.trailers if key == "retry-after"]
-        return _error(start_response, HTTP_STATUS.get(err.code, 500), err.code, self._message(err), headers)
+        headers = [
+            ("Retry-After", retry_after(value))
+            for key, value in err.trailers if key == "retry-after"
+        ]
+        http_status = HTTP_STATUS.get(err.code, 500)
+        return _error(start_response, http_status, err.code, self._message(err), headers)
 
     # -- calling -------------------------------------------------------------------------------
 
@@ -303,11 +338,15 @@ class GatewayApplication:
         client = self.client
         if not method.server_streaming:
             if method.client_streaming:
-                reply = self._run(client.stream_unary(binding.path, requests, reply_class, **options))
+                reply = self._run(
+                    client.stream_unary(binding.path, requests, reply_class, **options)
+                )
             else:
                 reply = self._run(client.unary(binding.path, requests[0], reply_class, **options))
             body = self._encode(reply, binding.response_body).encode()
-            start_response(status_line(200), [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+            start_response(
+                status_line(200), [("Content-Type", JSON), ("Content-Length", str(len(body)))]
+            )
             return [body]
         if method.client_streaming:
             stream = client.stream_stream(binding.path, requests, reply_class, **options)
@@ -315,7 +354,8 @@ class GatewayApplication:
             stream = client.unary_stream(binding.path, requests[0], reply_class, **options)
         replies = iterate(stream, background_loop())
         try:
-            first = next(replies, None)  # an error before the first reply is answered with its status
+            # An error before the first reply is answered with its status.
+            first = next(replies, None)
         except BaseException:
             self._close(stream)
             raise
@@ -356,12 +396,17 @@ class GatewayApplication:
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         path = "/grpc.health.v1.Health/Check"
         try:
-            reply = self._run(self.client.unary(path, self._health(), self._health_reply, timeout=min(self.timeout, 5.0)))
+            reply = self._run(self.client.unary(
+                path, self._health(), self._health_reply, timeout=min(self.timeout, 5.0)
+            ))
         except RpcError as err:
             return _error(start_response, 503, err.code, self._message(err))
         serving = reply.status == reply.SERVING
         body = json.dumps({"status": reply.ServingStatus.Name(reply.status)}).encode()
-        start_response(status_line(200 if serving else 503), [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+        start_response(
+            status_line(200 if serving else 503),
+            [("Content-Type", JSON), ("Content-Length", str(len(body)))],
+        )
         return [body]
 
 

@@ -16,7 +16,10 @@ from microframe.conf import global_settings, settings
 from microframe.core.checks.messages import CheckMessage, Error, unknown_keys
 from microframe.core.checks.registry import Tags, register
 
-HINT = 'e.g. GATEWAY = {"TIMEOUT": 5.0, "MAX_BODY_BYTES": 1 << 20, "FORWARD_HEADERS": ["authorization"]}'
+HINT = (
+    'e.g. GATEWAY = {"TIMEOUT": 5.0, "MAX_BODY_BYTES": 1 << 20, '
+    '"FORWARD_HEADERS": ["authorization"]}'
+)
 
 
 def _error(message: str) -> Error:
@@ -29,14 +32,16 @@ def check_gateway_setting(**kwargs: Any) -> list[CheckMessage]:
     if not isinstance(config, dict):
         return [_error(f"GATEWAY must be a dict, not {type(config).__name__}.")]
     errors = unknown_keys("GATEWAY", config, frozenset(global_settings.GATEWAY), "gateway.E001")
-    for key in ("TIMEOUT", "MAX_BODY_BYTES", "MAX_STREAM_MESSAGES", "MAX_JSON_DEPTH", "HEADER_TIMEOUT",
-                "BODY_TIMEOUT", "SEND_TIMEOUT", "MAX_HEADER_BYTES"):
+    for key in ("TIMEOUT", "MAX_BODY_BYTES", "MAX_STREAM_MESSAGES", "MAX_JSON_DEPTH",
+                "HEADER_TIMEOUT", "BODY_TIMEOUT", "SEND_TIMEOUT", "MAX_HEADER_BYTES"):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(_error(f'GATEWAY["{key}"] must be a positive number, not {value!r}.'))
     expose = config.get("EXPOSE_ERRORS")
     if expose is not None and not isinstance(expose, bool):
-        errors.append(_error(f'GATEWAY["EXPOSE_ERRORS"] must be True, False or None, not {expose!r}.'))
+        errors.append(_error(
+            f'GATEWAY["EXPOSE_ERRORS"] must be True, False or None, not {expose!r}.'
+        ))
     address = config.get("ADDRESS")
     if address is not None:
         from microframe.discovery.instance import InvalidInstance, split_address
@@ -47,7 +52,9 @@ def check_gateway_setting(**kwargs: Any) -> list[CheckMessage]:
             errors.append(_error(f'GATEWAY["ADDRESS"]: {err}.'))
     headers = config.get("FORWARD_HEADERS")
     if not isinstance(headers, list | tuple) or not all(isinstance(h, str) and h for h in headers):
-        errors.append(_error(f'GATEWAY["FORWARD_HEADERS"] must be a list of header names, not {headers!r}.'))
+        errors.append(_error(
+            f'GATEWAY["FORWARD_HEADERS"] must be a list of header names, not {headers!r}.'
+        ))
     return errors
 
 
@@ -62,11 +69,14 @@ def check_http_rules(**kwargs: Any) -> list[CheckMessage]:
         return []
     errors: list[CheckMessage] = []
     for route in routes:
-        descriptor = route.request_class.DESCRIPTOR.file.pool.FindMethodByName(f"{route.service}.{route.method}")
+        pool = route.request_class.DESCRIPTOR.file.pool
+        descriptor = pool.FindMethodByName(f"{route.service}.{route.method}")
         try:
             bindings_of(descriptor)
         except TemplateError as err:
-            errors.append(Error(f"{route.full_method}: its google.api.http rule cannot be served: {err}.",
-                                hint='Path templates look like "/v1/{name=shelves/*}/books/{id}:verb".',
-                                id="gateway.E002"))
+            errors.append(Error(
+                f"{route.full_method}: its google.api.http rule cannot be served: {err}.",
+                hint='Path templates look like "/v1/{name=shelves/*}/books/{id}:verb".',
+                id="gateway.E002",
+            ))
     return errors

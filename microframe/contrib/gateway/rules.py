@@ -117,13 +117,21 @@ def bindings_of(method: Any) -> list[Binding]:
                     try:
                         field_of(where, field_path)
                     except KeyError:
-                        raise TemplateError(f"{template!r}: {what} {field_path!r} is not a field of {where.full_name}") from None
+                        raise TemplateError(
+                            f"{template!r}: {what} {field_path!r} is not a field of "
+                            f"{where.full_name}"
+                        ) from None
             for variable in variables:
                 try:
                     field_of(method.input_type, variable)
                 except KeyError:
-                    raise TemplateError(f"{template!r}: {variable!r} is not a field of {method.input_type.full_name}") from None
-            found.append(Binding(verb, template, regex, variables, each.body, each.response_body, method, path))
+                    raise TemplateError(
+                        f"{template!r}: {variable!r} is not a field of "
+                        f"{method.input_type.full_name}"
+                    ) from None
+            found.append(Binding(
+                verb, template, regex, variables, each.body, each.response_body, method, path
+            ))
     found.append(Binding("POST", path, re.compile(re.escape(path)), (), "*", "", method, path))
     return found
 

@@ -40,17 +40,18 @@ import grpc
 import h11
 from gunicorn.workers.base import Worker
 
+from microframe.conf import global_settings
 from microframe.contrib.gateway.errors import error_json
 from microframe.utils.resources import raise_open_files_limit
 from microframe.utils.timeouts import with_timeout
 
-#: Defaults when the gateway's settings cannot be read (a WSGI application of another kind).
+#: Defaults when the gateway's settings cannot be read (a WSGI application of another kind):
+#: those of ``global_settings.GATEWAY``.
 DEFAULTS = {
-    "HEADER_TIMEOUT": 10.0,
-    "BODY_TIMEOUT": 30.0,
-    "SEND_TIMEOUT": 30.0,
-    "MAX_HEADER_BYTES": 64 * 1024,
-    "MAX_BODY_BYTES": 4 << 20,
+    key: global_settings.GATEWAY[key]
+    for key in (
+        "HEADER_TIMEOUT", "BODY_TIMEOUT", "SEND_TIMEOUT", "MAX_HEADER_BYTES", "MAX_BODY_BYTES",
+    )
 }
 _END = object()
 #: The gRPC code of the JSON error body of each answer the worker gives by itself.
@@ -109,7 +110,9 @@ class GatewayWorker(Worker):
         self.connections = 0
         self.requests = 0
         self.in_flight = 0
-        self.pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.threads), thread_name_prefix="gateway")
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, self.cfg.threads), thread_name_prefix="gateway"
+        )
         try:
             asyncio.run(self._serve())
         finally:
@@ -123,12 +126,14 @@ class GatewayWorker(Worker):
             from gunicorn import sock as gsock
 
             ssl_context = gsock.ssl_context(self.cfg)
+        # A TLS handshake is part of the time a connection has to send its request.
+        handshake: dict[str, Any] = (
+            {"ssl_handshake_timeout": self.header_timeout} if ssl_context is not None else {}
+        )
         servers = [
             await asyncio.start_server(
                 self._connection, sock=listener.sock, ssl=ssl_context, limit=self.max_header,
-                backlog=self.cfg.backlog,
-                # A TLS handshake is part of the time a connection has to send its request.
-                **({"ssl_handshake_timeout": self.header_timeout} if ssl_context is not None else {}),
+                backlog=self.cfg.backlog, **handshake,
             )
             for listener in self.sockets
         ]
@@ -168,7 +173,9 @@ class GatewayWorker(Worker):
             elif not transport.is_closing():
                 transport.close()
 
-    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader, until: float) -> Any:
+    async def _next_event(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, until: float
+    ) -> Any:
         """The next h11 event, reading from ``reader`` until loop time ``until``."""
         loop = asyncio.get_running_loop()
         while True:
@@ -183,7 +190,9 @@ class GatewayWorker(Worker):
             if not data and conn.their_state is not h11.DONE:
                 raise _ClientGone
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         loop = asyncio.get_running_loop()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header)
         peer = writer.get_extra_info("peername") or ("", 0)
@@ -199,7 +208,9 @@ class GatewayWorker(Worker):
                 event = await self._next_event(conn, reader, loop.time() + wait)
             except TimeoutError:
                 if first:
-                    await self._refuse(conn, reader, writer, 408, "the request did not arrive in time")
+                    await self._refuse(
+                        conn, reader, writer, 408, "the request did not arrive in time"
+                    )
                 return
             except h11.RemoteProtocolError as err:
                 status = err.error_status_hint if err.error_status_hint >= 400 else 400
@@ -227,12 +238,18 @@ class GatewayWorker(Worker):
                 return
             conn.start_next_cycle()
 
-    async def _body(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: h11.Request) -> bytes | None:
+    async def _body(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: h11.Request,
+    ) -> bytes | None:
         """The request's body, whole, within BODY_TIMEOUT and MAX_BODY_BYTES (None: refused)."""
+        too_large = f"the body is more than the {self.max_body} bytes accepted"
         for name, value in request.headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await self._refuse(conn, reader, writer, 413, f"the body is more than the {self.max_body} bytes accepted")
+                await self._refuse(conn, reader, writer, 413, too_large)
                 return None
         if conn.they_are_waiting_for_100_continue:
             writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -243,7 +260,9 @@ class GatewayWorker(Worker):
             try:
                 event = await self._next_event(conn, reader, until)
             except TimeoutError:
-                await self._refuse(conn, reader, writer, 408, "the request body did not arrive in time")
+                await self._refuse(
+                    conn, reader, writer, 408, "the request body did not arrive in time"
+                )
                 return None
             except h11.RemoteProtocolError:
                 await self._refuse(conn, reader, writer, 400, "malformed request body")
@@ -251,7 +270,7 @@ class GatewayWorker(Worker):
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
-                    await self._refuse(conn, reader, writer, 413, f"the body is more than the {self.max_body} bytes accepted")
+                    await self._refuse(conn, reader, writer, 413, too_large)
                     return None
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -259,15 +278,23 @@ class GatewayWorker(Worker):
             else:
                 return None
 
-    async def _refuse(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      status: int, message: str) -> None:
+    async def _refuse(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        status: int,
+        message: str,
+    ) -> None:
         """Answer ``status`` with a JSON error and close (when a response may still be sent)."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         body = error_json(_CODES.get(status, grpc.StatusCode.INTERNAL), message)
         try:
             data = conn.send(h11.Response(status_code=status, headers=[
-                ("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+                ("connection", "close"),
             ])) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             return
@@ -278,8 +305,9 @@ class GatewayWorker(Worker):
             # with unread input makes the kernel reset the connection, and the answer is lost.
             if writer.can_write_eof():
                 writer.write_eof()
-            until = asyncio.get_running_loop().time() + 1.0
-            while await with_timeout(reader.read(65536), max(0.01, until - asyncio.get_running_loop().time())):
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.0
+            while await with_timeout(reader.read(65536), max(0.01, until - loop.time())):
                 pass
         except (TimeoutError, ConnectionError, OSError):
             pass
@@ -315,7 +343,8 @@ class GatewayWorker(Worker):
         }
         for raw_name, raw_value in request.headers:
             name = raw_name.decode("latin-1")
-            if "_" in name:  # as gunicorn and nginx do: X_Forwarded_For must not pass for X-Forwarded-For
+            # As gunicorn and nginx do: X_Forwarded_For must not pass for X-Forwarded-For.
+            if "_" in name:
                 continue
             value = raw_value.decode("latin-1")
             if name == "content-type":
@@ -327,10 +356,14 @@ class GatewayWorker(Worker):
             environ[key] = f"{environ[key]},{value}" if key in environ else value
         return environ
 
-    def _start(self, environ: dict[str, Any], response: _Response) -> tuple[Iterable[bytes], Iterator[bytes], Any]:
+    def _start(
+        self, environ: dict[str, Any], response: _Response
+    ) -> tuple[Iterable[bytes], Iterator[bytes], Any]:
         """Run the application up to its first non-empty chunk (in a thread)."""
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
             if exc_info is not None and response.sent:
                 raise exc_info[1].with_traceback(exc_info[2])
             response.status = status
@@ -348,20 +381,32 @@ class GatewayWorker(Worker):
                 return chunk
         return _END
 
-    async def _respond(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       request: h11.Request, body: bytes,
-                       peer: Any, local: Any, started: datetime.datetime) -> bool:
+    async def _respond(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: h11.Request,
+        body: bytes,
+        peer: Any,
+        local: Any,
+        started: datetime.datetime,
+    ) -> bool:
         loop = asyncio.get_running_loop()
         environ = self._environ(request, body, peer, local)
         response = _Response()
         result: Any = None
         try:
-            result, iterator, chunk = await loop.run_in_executor(self.pool, self._start, environ, response)
+            result, iterator, chunk = await loop.run_in_executor(
+                self.pool, self._start, environ, response
+            )
             code_text, _, reason = response.status.partition(" ")
             headers = [(k, v) for k, v in response.headers]
             if not self.alive or self.requests >= self.max_requests:  # no next request on it
                 headers.append(("Connection", "close"))
-            head = conn.send(h11.Response(status_code=int(code_text), reason=reason.encode("latin-1"), headers=headers))
+            head = conn.send(h11.Response(
+                status_code=int(code_text), reason=reason.encode("latin-1"), headers=headers
+            ))
             await self._write(writer, head)
             head_only = request.method == b"HEAD"
             while chunk is not _END:
@@ -381,13 +426,15 @@ class GatewayWorker(Worker):
             if result is not None and hasattr(result, "close"):
                 await loop.run_in_executor(self.pool, result.close)
             try:
-                self.log.access(response, _Request([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]),
-                                environ, datetime.datetime.now() - started)
+                received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
+                self.log.access(response, _Request(received), environ,
+                                datetime.datetime.now() - started)
             except Exception:
                 self.log.exception("Failed to log the request")
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        """Write ``data``; raise _ClientGone when the client does not read it within SEND_TIMEOUT."""
+        """Write ``data``; raise _ClientGone when the client does not read it within
+        SEND_TIMEOUT."""
         if writer.is_closing():
             raise _ClientGone
         writer.write(data)

@@ -103,7 +103,9 @@ class _LocalLimiter:
 class TokenBucket(_LocalLimiter):
     """``rate`` permits per second, up to ``burst`` saved up (the bucket starts full)."""
 
-    def __init__(self, rate: float, burst: float | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, *, clock: Clock | None = None
+    ) -> None:
         super().__init__(clock)
         self.rate = _positive("rate", rate)
         self.burst = _positive("burst", burst if burst is not None else max(1.0, self.rate))
@@ -230,7 +232,8 @@ class SlidingWindow(_LocalLimiter):
             return 0.0
         # When will the weighted previous count have decayed enough (or the next window come)?
         over = estimate + count - self.limit
-        if self._previous > 0 and over <= self._previous * (1.0 - (now / self.window - self._index)):
+        still_counted = 1.0 - (now / self.window - self._index)
+        if self._previous > 0 and over <= self._previous * still_counted:
             wait = over / self._previous * self.window
         else:
             wait = (self._index + 1) * self.window - now

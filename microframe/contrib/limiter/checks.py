@@ -19,14 +19,18 @@ from microframe.core.checks.messages import CheckMessage, Error, unknown_keys
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 
-HINT = 'e.g. LIMITER = {"BACKEND": "microframe.contrib.limiter.backends.TokenBucket", "OPTIONS": {"rate": 100, "burst": 200}}'
+HINT = (
+    'e.g. LIMITER = {"BACKEND": "microframe.contrib.limiter.backends.TokenBucket", '
+    '"OPTIONS": {"rate": 100, "burst": 200}}'
+)
 
 
 def _check_backend(config: Any, where: str) -> list[CheckMessage]:
     if "RedisLimiter" in config.backend:
         if not config.options.get("url"):
             return [Error(f'{where} uses RedisLimiter without a Redis url.',
-                          hint='OPTIONS = {"url": "redis://127.0.0.1:6379/0", "rate": 100, "burst": 200}',
+                          hint='OPTIONS = {"url": "redis://127.0.0.1:6379/0", "rate": 100, '
+                          '"burst": 200}',
                           id="limiter.E003")]
         try:
             import redis  # noqa: F401
@@ -40,7 +44,8 @@ def _check_backend(config: Any, where: str) -> list[CheckMessage]:
     try:
         factory(**config.options)
     except (TypeError, ValueError) as err:
-        return [Error(f"{where}: the backend cannot be built with its OPTIONS: {err}", hint=HINT, id="limiter.E002")]
+        return [Error(f"{where}: the backend cannot be built with its OPTIONS: {err}",
+                      hint=HINT, id="limiter.E002")]
     return []
 
 
@@ -50,17 +55,21 @@ def check_limiter_settings(**kwargs: Any) -> list[CheckMessage]:
 
     configured = getattr(settings, "LIMITER", None)
     if not isinstance(configured, dict):
-        return [Error(f"LIMITER must be a dict, not {type(configured).__name__}.", hint=HINT, id="limiter.E001")]
+        return [Error(f"LIMITER must be a dict, not {type(configured).__name__}.",
+                      hint=HINT, id="limiter.E001")]
     errors: list[CheckMessage] = unknown_keys("LIMITER", configured, KNOWN_KEYS, "limiter.E001")
     methods = configured.get("METHODS") or {}
     if not isinstance(methods, dict):
-        return [*errors, Error('LIMITER["METHODS"] must be a dict of "/pkg.Service/Method" to a dict or None.',
-                               id="limiter.E001")]
+        return [*errors, Error(
+            'LIMITER["METHODS"] must be a dict of "/pkg.Service/Method" to a dict or None.',
+            id="limiter.E001",
+        )]
     for name in [None, *methods]:
         where = "LIMITER" if name is None else f'LIMITER["METHODS"][{name!r}]'
-        if name is not None and (not isinstance(name, str) or name.count("/") != 2 or not name.startswith("/")):
-            errors.append(Error(f"{where}: {name!r} is not a method path.", hint='"/package.Service/Method"',
-                                id="limiter.E001"))
+        path = isinstance(name, str) and name.count("/") == 2 and name.startswith("/")
+        if name is not None and not path:
+            errors.append(Error(f"{where}: {name!r} is not a method path.",
+                                hint='"/package.Service/Method"', id="limiter.E001"))
             continue
         try:
             config = method_config(name)

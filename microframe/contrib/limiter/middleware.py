@@ -1,4 +1,5 @@
-"""``RateLimitMiddleware`` (server) and ``ClientRateLimitMiddleware`` (the client chain's limit step).
+"""``RateLimitMiddleware`` (server) and ``ClientRateLimitMiddleware`` (the client chain's limit
+step).
 
 Server side, ``LIMITER`` decides (see :mod:`microframe.contrib.limiter.settings`)::
 
@@ -82,7 +83,8 @@ def shared_limiter(config: LimitConfig, scope: str) -> Any:
 
 
 class _PerKey:
-    """Backends by key (a peer, a metadata value), the least recently used dropped past ``MAX_KEYS``."""
+    """Backends by key (a peer, a metadata value), the least recently used dropped past
+    ``MAX_KEYS``."""
 
     def __init__(self, config: LimitConfig, scope: str) -> None:
         self.config = config
@@ -118,7 +120,9 @@ def _key_function(key: str) -> Callable[[RequestContext], str]:
 def _rejection(what: str, wait: float | None) -> RpcError:
     if wait is None or wait == float("inf"):
         return ResourceExhausted(f"rate limit of {what} exceeded")
-    return ResourceExhausted(f"rate limit of {what} exceeded", trailers=((RETRY_AFTER, f"{wait:.3f}"),))
+    return ResourceExhausted(
+        f"rate limit of {what} exceeded", trailers=((RETRY_AFTER, f"{wait:.3f}"),)
+    )
 
 
 class RateLimitMiddleware:
@@ -136,7 +140,10 @@ class RateLimitMiddleware:
         self._allowed = metrics.allowed.labels(service, method)
         self._rejected = metrics.rejected.labels(service, method)
         self._waited = metrics.wait_seconds.labels(service, method)
-        scope = "service" if config.key == "service" and not config.own else (route.full_method if route else "-")
+        if config.key == "service" and not config.own:
+            scope = "service"
+        else:
+            scope = route.full_method if route else "-"
         self._limiter: Any = None
         self._per_key: _PerKey | None = None
         self._key_of: Callable[[RequestContext], str] | None = None

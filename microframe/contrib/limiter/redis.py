@@ -89,7 +89,10 @@ class RedisLimiter:
         retry_interval: float = 1.0,
     ) -> None:
         if not url:
-            raise ValueError('RedisLimiter needs the url of the Redis server: OPTIONS={"url": "redis://host:6379/0", ...}')
+            raise ValueError(
+                "RedisLimiter needs the url of the Redis server: "
+                'OPTIONS={"url": "redis://host:6379/0", ...}'
+            )
         self.rate = _positive("rate", rate)
         self.burst = _positive("burst", burst if burst is not None else max(1.0, self.rate))
         self.url = url
@@ -113,7 +116,8 @@ class RedisLimiter:
             from redis.exceptions import ConnectionError as RedisConnectionError
         except ImportError as err:  # pragma: no cover - the checks report it first
             raise RuntimeError(
-                f'RedisLimiter needs the redis package: pip install "microframe-grpc[redis]" ({err})'
+                "RedisLimiter needs the redis package: "
+                f'pip install "microframe-grpc[redis]" ({err})'
             ) from err
         # One immediate retry on a new connection (a connection left over from before a Redis
         # restart fails once), no backoff: a dead Redis must cost a call one timeout at most.
@@ -149,14 +153,19 @@ class RedisLimiter:
             if not self._down:
                 self._down = True
                 self._metrics.redis_up.set(0)
-                logger.warning("limiter: Redis at %s cannot be reached (%s): limiting locally until it is back",
-                               self.shown_url, type(err).__name__ if not str(err) else err)
+                logger.warning(
+                    "limiter: Redis at %s cannot be reached (%s): limiting locally until it is "
+                    "back",
+                    self.shown_url, type(err).__name__ if not str(err) else err,
+                )
             self._metrics.redis_fallbacks.inc()
             return None
         if self._down:
             self._down = False
             self._metrics.redis_up.set(1)
-            logger.warning("limiter: Redis at %s is back: the limit is shared again", self.shown_url)
+            logger.warning(
+                "limiter: Redis at %s is back: the limit is shared again", self.shown_url
+            )
         return int(wait_us) / 1e6, bool(taken)
 
     async def try_acquire(self, count: int = 1) -> float:  # type: ignore[override]
@@ -183,4 +192,7 @@ class RedisLimiter:
         self._clients.clear()
 
     def __repr__(self) -> str:
-        return f"RedisLimiter(rate={self.rate:g}, burst={self.burst:g}, url={self.shown_url!r}, key={self.key!r})"
+        return (
+            f"RedisLimiter(rate={self.rate:g}, burst={self.burst:g}, url={self.shown_url!r}, "
+            f"key={self.key!r})"
+        )

@@ -34,9 +34,9 @@ MODES = ("reject", "wait")
 class LimitConfig:
     backend: str
     options: dict[str, Any] = field(default_factory=dict)
-    mode: str = "reject"
-    max_wait: float = 1.0
-    key: str = "service"
+    mode: str = DEFAULTS["MODE"]
+    max_wait: float = DEFAULTS["MAX_WAIT"]
+    key: str = DEFAULTS["KEY"]
     own: bool = False  # a method's own BACKEND/OPTIONS: not the service's shared limit
 
     def factory(self) -> Any:
@@ -45,7 +45,9 @@ class LimitConfig:
         try:
             return import_string(self.backend)
         except ImportError as err:
-            raise ImproperlyConfigured(f"LIMITER backend {self.backend!r} cannot be imported: {err}") from err
+            raise ImproperlyConfigured(
+                f"LIMITER backend {self.backend!r} cannot be imported: {err}"
+            ) from err
 
 
 def limiter_options() -> dict[str, Any]:
@@ -59,12 +61,18 @@ def limiter_options() -> dict[str, Any]:
 
 def validate(config: LimitConfig, where: str) -> LimitConfig:
     if config.mode not in MODES:
-        raise ImproperlyConfigured(f'{where}["MODE"] must be "reject" or "wait", not {config.mode!r}.')
-    if isinstance(config.max_wait, bool) or not isinstance(config.max_wait, int | float) or config.max_wait < 0 \
-            or math.isnan(config.max_wait):
-        raise ImproperlyConfigured(f'{where}["MAX_WAIT"] must be a number of seconds >= 0, not {config.max_wait!r}.')
+        raise ImproperlyConfigured(
+            f'{where}["MODE"] must be "reject" or "wait", not {config.mode!r}.'
+        )
+    max_wait = config.max_wait
+    number = isinstance(max_wait, int | float) and not isinstance(max_wait, bool)
+    if not number or max_wait < 0 or math.isnan(max_wait):
+        raise ImproperlyConfigured(
+            f'{where}["MAX_WAIT"] must be a number of seconds >= 0, not {max_wait!r}.'
+        )
     key = config.key
-    if not isinstance(key, str) or not (key in ("service", "method", "peer") or (key.startswith("metadata:") and len(key) > 9)):
+    by_metadata = isinstance(key, str) and key.startswith("metadata:") and len(key) > 9
+    if not isinstance(key, str) or not (key in ("service", "method", "peer") or by_metadata):
         raise ImproperlyConfigured(
             f'{where}["KEY"] must be "service", "method", "peer" or "metadata:<key>", not {key!r}.'
         )
@@ -76,11 +84,14 @@ def validate(config: LimitConfig, where: str) -> LimitConfig:
 def method_config(full_method: str | None) -> LimitConfig | None:
     """The limit of ``full_method`` (None: the method is exempt, or the limiter is off)."""
     options = limiter_options()
-    if not options.get("ENABLED", True):
+    if not options["ENABLED"]:
         return None
     base = LimitConfig(
-        backend=options["BACKEND"], options=dict(options.get("OPTIONS") or {}), mode=options["MODE"],
-        max_wait=options["MAX_WAIT"], key=options["KEY"],
+        backend=options["BACKEND"],
+        options=dict(options.get("OPTIONS") or {}),
+        mode=options["MODE"],
+        max_wait=options["MAX_WAIT"],
+        key=options["KEY"],
     )
     methods = options.get("METHODS") or {}
     if full_method is not None and full_method in methods:
@@ -88,10 +99,14 @@ def method_config(full_method: str | None) -> LimitConfig | None:
         if override is None:
             return None
         if not isinstance(override, dict):
-            raise ImproperlyConfigured(f'LIMITER["METHODS"][{full_method!r}] must be a dict or None.')
+            raise ImproperlyConfigured(
+                f'LIMITER["METHODS"][{full_method!r}] must be a dict or None.'
+            )
         unknown = set(override) - METHOD_KEYS
         if unknown:
-            raise ImproperlyConfigured(f'LIMITER["METHODS"][{full_method!r}] has unknown keys: {sorted(unknown)}.')
+            raise ImproperlyConfigured(
+                f'LIMITER["METHODS"][{full_method!r}] has unknown keys: {sorted(unknown)}.'
+            )
         own = "BACKEND" in override or "OPTIONS" in override
         base = LimitConfig(
             backend=override.get("BACKEND", base.backend),

@@ -63,7 +63,10 @@ def cgroup_cores(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 
 def usable_cores() -> float:
     """Cores this worker may use: the cgroup quota, the CPUs it may run on, and at most one."""
-    cores = float(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else float(os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        cores = float(len(os.sched_getaffinity(0)))
+    else:
+        cores = float(os.cpu_count() or 1)
     quota = cgroup_cores()
     if quota is not None:
         cores = min(cores, quota)
@@ -85,7 +88,9 @@ class CpuSampler:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="microframe-cpu-sampler", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="microframe-cpu-sampler", daemon=True
+            )
             self._thread.start()
 
     def _run(self) -> None:
@@ -104,8 +109,16 @@ class CpuSampler:
 class BBR:
     """BBR's admission rule over a window of ``buckets`` buckets of ``window / buckets`` s."""
 
-    def __init__(self, *, window: float = 10.0, buckets: int = 100, cpu_threshold: float = 0.8,
-                 cool_off: float = 1.0, cpu: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        window: float = DEFAULTS["WINDOW"],
+        buckets: int = DEFAULTS["BUCKETS"],
+        cpu_threshold: float = DEFAULTS["CPU_THRESHOLD"],
+        cool_off: float = DEFAULTS["COOL_OFF"],
+        cpu: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.width = window / buckets
         self.size = buckets
         self.per_second = 1.0 / self.width
@@ -182,7 +195,8 @@ def get_shedder() -> BBR | None:
                                      options.get("CORES"))
                 sampler.start()
                 _shedder = BBR(window=float(options["WINDOW"]), buckets=int(options["BUCKETS"]),
-                               cpu_threshold=float(options["CPU_THRESHOLD"]), cool_off=float(options["COOL_OFF"]),
+                               cpu_threshold=float(options["CPU_THRESHOLD"]),
+                               cool_off=float(options["COOL_OFF"]),
                                cpu=lambda: sampler.usage)
     return _shedder
 

@@ -54,7 +54,11 @@ def log_file_path(log: dict[str, Any] | None, service_name: str, service_root: s
     return directory / name
 
 
-def default_logging(log: dict[str, Any] | None = None, service_name: str = "microframe", service_root: str = ".") -> dict[str, Any]:
+def default_logging(
+    log: dict[str, Any] | None = None,
+    service_name: str = global_settings.SERVICE_NAME,
+    service_root: str = ".",
+) -> dict[str, Any]:
     """The default ``dictConfig`` dictionary (see the module's documentation)."""
     options = log_options(log)
     fmt = options["FORMAT"]
@@ -64,7 +68,10 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
         raise ImproperlyConfigured(f'LOG["FORMAT"] must be "text" or "json", not {fmt!r}.')
     formatter = "microframe.json" if fmt == "json" else "microframe.text"
     handlers: dict[str, Any] = {
-        "console": {"class": "microframe.contrib.logging.handlers.ConsoleHandler", "formatter": formatter},
+        "console": {
+            "class": "microframe.contrib.logging.handlers.ConsoleHandler",
+            "formatter": formatter,
+        },
     }
     targets = ["console"]
     path = log_file_path(options, service_name, service_root)
@@ -109,7 +116,9 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_fields": {"()": "microframe.contrib.logging.filters.RequestFieldsFilter"}},
+        "filters": {
+            "request_fields": {"()": "microframe.contrib.logging.filters.RequestFieldsFilter"},
+        },
         "formatters": {
             "microframe.text": {"()": "microframe.contrib.logging.formatters.TextFormatter"},
             "microframe.json": {"()": "microframe.contrib.logging.formatters.JsonFormatter"},
@@ -126,7 +135,9 @@ def default_logging(log: dict[str, Any] | None = None, service_name: str = "micr
     }
 
 
-def merged_logging_config(logging_settings: dict[str, Any] | None, default: dict[str, Any]) -> dict[str, Any]:
+def merged_logging_config(
+    logging_settings: dict[str, Any] | None, default: dict[str, Any]
+) -> dict[str, Any]:
     """The service's ``LOGGING`` merged deeply over ``default``.
 
     A logger that should lose the default handlers says ``"handlers": []`` explicitly. An
@@ -142,7 +153,9 @@ def merged_logging_config(logging_settings: dict[str, Any] | None, default: dict
     return merged
 
 
-def configure_logging(logging_config: str | None, logging_settings: dict[str, Any] | None, default: dict[str, Any]) -> None:
+def configure_logging(
+    logging_config: str | None, logging_settings: dict[str, Any] | None, default: dict[str, Any]
+) -> None:
     """Apply ``LOGGING`` (merged over ``default``) through the ``LOGGING_CONFIG`` callable.
 
     With ``LOGGING_CONFIG = None`` only ``default`` is applied and the service configures
@@ -168,6 +181,8 @@ def configure_from_settings() -> None:
     from microframe.conf import settings
 
     default = default_logging(
-        getattr(settings, "LOG", None), settings.SERVICE_NAME, getattr(settings, "SERVICE_ROOT", os.getcwd())
+        getattr(settings, "LOG", None),
+        settings.SERVICE_NAME,
+        getattr(settings, "SERVICE_ROOT", os.getcwd()),
     )
     configure_logging(settings.LOGGING_CONFIG, settings.LOGGING, default)

@@ -17,7 +17,10 @@ import time
 from typing import Any
 
 #: The text format: time, level, pid, logger, then the request (trace id, service, method).
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s [%(trace_id)s %(service)s %(method)s] %(message)s"
+TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s %(process)d %(name)s [%(trace_id)s %(service)s %(method)s] "
+    "%(message)s"
+)
 
 #: LogRecord attributes that are not ``extra`` fields.
 _STANDARD = frozenset(

@@ -50,9 +50,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from microframe.conf import global_settings
 from microframe.utils.once import once
 
 _formatter = logging.Formatter()
+#: The defaults of ``LOG`` (``global_settings.LOG``).
+_LOG: dict[str, Any] = global_settings.LOG
 
 
 @once
@@ -84,7 +87,7 @@ class QueueHandler(logging.Handler):
     def __init__(
         self,
         handlers: Sequence[str | logging.Handler] = (),
-        queue_size: int = 10000,
+        queue_size: int = _LOG["QUEUE_SIZE"],
         flush_interval: float = 0.05,
         report_every: float = 10.0,
     ) -> None:
@@ -133,7 +136,9 @@ class QueueHandler(logging.Handler):
                 handlers.append(handler)
             self.handlers = handlers
             self._stopping = False
-            self._thread = threading.Thread(target=self._run, name="microframe-log-writer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="microframe-log-writer", daemon=True
+            )
             self._thread.start()
             atexit.register(self.stop)
 
@@ -156,7 +161,8 @@ class QueueHandler(logging.Handler):
                         handler.handle(record)
                     except Exception:  # a handler that fails must not stop the writer
                         logging.Handler.handleError(self, record)
-        if self.unreported and (self._stopping or time.monotonic() - self.reported_at >= self.report_every):
+        report_due = time.monotonic() - self.reported_at >= self.report_every
+        if self.unreported and (self._stopping or report_due):
             self._report_drops()
             wrote = True
         if wrote:
@@ -331,10 +337,12 @@ class RotatingFileHandler(BufferedHandler, logging.handlers.RotatingFileHandler)
     batch, keeping the file's size in memory instead of formatting each record twice and
     asking the file system."""
 
-    def __init__(self, filename: str, mode: str = "a", maxBytes: int = 0, backupCount: int = 0,  # noqa: N803
-                 encoding: str | None = "utf-8", delay: bool = True, errors: str | None = None) -> None:
+    def __init__(self, filename: str, mode: str = "a", maxBytes: int = 0,  # noqa: N803
+                 backupCount: int = 0, encoding: str | None = "utf-8",  # noqa: N803
+                 delay: bool = True, errors: str | None = None) -> None:
         logging.handlers.RotatingFileHandler.__init__(
-            self, filename, mode, maxBytes, backupCount, encoding=encoding, delay=delay, errors=errors
+            self, filename, mode, maxBytes, backupCount,
+            encoding=encoding, delay=delay, errors=errors,
         )
         self._init_buffer()
         self._size = -1

@@ -18,7 +18,9 @@ TRACE = 15
 logging.addLevelName(TRACE, "TRACE")
 
 
-def trace(logger: logging.Logger | logging.LoggerAdapter[Any], msg: str, *args: Any, **kwargs: Any) -> None:
+def trace(
+    logger: logging.Logger | logging.LoggerAdapter[Any], msg: str, *args: Any, **kwargs: Any
+) -> None:
     """Log ``msg % args`` at TRACE on ``logger`` (a logger or ``ctx.logger``)."""
     if logger.isEnabledFor(TRACE):
         logger.log(TRACE, msg, *args, **kwargs)

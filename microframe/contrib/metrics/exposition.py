@@ -237,7 +237,9 @@ class MetricsServer:
         self._server: asyncio.AbstractServer | None = None
         self._closed = False
         ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), name="microframe-metrics", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, args=(ready,), name="microframe-metrics", daemon=True
+        )
         self.thread.start()
         ready.wait(10)
 
@@ -245,7 +247,9 @@ class MetricsServer:
         asyncio.set_event_loop(self._loop)
 
         async def start() -> None:
-            self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_HEAD_BYTES)
+            self._server = await asyncio.start_server(
+                self._serve, sock=self._sock, limit=MAX_HEAD_BYTES
+            )
 
         self._loop.run_until_complete(start())
         ready.set()
@@ -270,13 +274,15 @@ class MetricsServer:
                 self._waiting.pop(transport, None)
                 status, headers, body, length = self._answer(head)
             except (asyncio.LimitOverrunError, ValueError):
-                status, headers, body = "431 Request Header Fields Too Large", [], b"request head too large\n"
+                status, headers = "431 Request Header Fields Too Large", []
+                body = b"request head too large\n"
                 length = len(body)
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                 return
             except Exception:  # a collector failed (a multiprocess file unreadable...)
                 logger.exception("metrics: the scrape failed")
-                status, headers, body = "500 Internal Server Error", [], b"the metrics could not be collected\n"
+                status, headers = "500 Internal Server Error", []
+                body = b"the metrics could not be collected\n"
                 length = len(body)
             lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers),
                      f"Content-Length: {length}", "Connection: close", "", ""]
@@ -302,8 +308,14 @@ class MetricsServer:
         method, target, protocol = parts
         path, _, query = target.partition("?")
         environ: dict[str, Any] = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "SERVER_PROTOCOL": protocol,
-            "SCRIPT_NAME": "", "SERVER_NAME": self.host, "SERVER_PORT": str(self.port), "wsgi.url_scheme": "http",
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "SERVER_PROTOCOL": protocol,
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": self.host,
+            "SERVER_PORT": str(self.port),
+            "wsgi.url_scheme": "http",
             "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
             "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
         }
@@ -313,7 +325,9 @@ class MetricsServer:
                 environ["HTTP_" + name.strip().upper().replace("-", "_")] = value.strip()
         answer: dict[str, Any] = {}
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
             answer["status"], answer["headers"] = status, headers
             return lambda data: None
 
@@ -323,7 +337,10 @@ class MetricsServer:
         finally:
             if hasattr(result, "close"):
                 result.close()
-        headers = [(k, v) for k, v in answer["headers"] if k.lower() not in ("content-length", "connection")]
+        headers = [
+            (k, v) for k, v in answer["headers"]
+            if k.lower() not in ("content-length", "connection")
+        ]
         return answer["status"], headers, b"" if method == "HEAD" else body, len(body)
 
     @property
@@ -366,7 +383,9 @@ WRITE_TIMEOUT = 10.0
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as err:
         raise OSError(f"cannot resolve {host!r}: {err}") from err
     family, kind, proto, _, address = infos[0]

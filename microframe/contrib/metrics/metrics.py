@@ -160,7 +160,10 @@ def _side(side: str, buckets: Iterable[float] | None) -> GrpcMetrics:
         with _lock:
             metrics = _built.get(side)
             if metrics is None:
-                chosen = _validated_buckets(buckets) if buckets is not None else configured_buckets()
+                if buckets is not None:
+                    chosen = _validated_buckets(buckets)
+                else:
+                    chosen = configured_buckets()
                 metrics = _built[side] = _build(side, _HELP[side], chosen)
     return metrics
 

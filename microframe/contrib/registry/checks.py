@@ -16,25 +16,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from microframe.conf import settings
+from microframe.conf import dict_setting, global_settings, settings
 from microframe.core.checks.messages import CheckMessage, Error, Info, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.utils.timeouts import with_timeout
 
-KNOWN_KEYS = {
-    "BACKEND", "OPTIONS", "REGISTER", "ADVERTISE", "INSTANCE_ID", "WEIGHT", "METADATA",
-    "VERSION", "CACHE_DIR",
-}
+KNOWN_KEYS = set(global_settings.REGISTRY)
 DEPLOY_TIMEOUT = 5.0
 
 
 def _config() -> tuple[dict[str, Any] | None, list[CheckMessage]]:
-    config = getattr(settings, "REGISTRY", None)
+    """``REGISTRY`` completed with its defaults, or the error saying it is no dict."""
+    config = dict_setting("REGISTRY")
     if not isinstance(config, dict):
         return None, [Error(
             f"REGISTRY must be a dict, not {type(config).__name__}.",
-            hint='REGISTRY = {"BACKEND": "microframe.contrib.registry.file.FileRegistry", "OPTIONS": {}}',
+            hint='REGISTRY = {"BACKEND": "microframe.contrib.registry.file.FileRegistry", '
+            '"OPTIONS": {}}',
             id="registry.E001",
         )]
     return config, []
@@ -49,9 +48,12 @@ def _planned_instance() -> Any:
     host = grpc.get("HOST")
     port = grpc.get("PORT")
     name = getattr(settings, "SERVICE_NAME", None)
+    defaults: dict[str, Any] = global_settings.GRPC
     return instance_from_settings(
-        host if isinstance(host, str) and host else "127.0.0.1",
-        port if isinstance(port, int) and not isinstance(port, bool) and 0 < port <= 65535 else 50051,
+        host if isinstance(host, str) and host else defaults["HOST"],
+        port
+        if isinstance(port, int) and not isinstance(port, bool) and 0 < port <= 65535
+        else defaults["PORT"],
         name if isinstance(name, str) and name and "/" not in name else "service",
     )
 
@@ -78,11 +80,13 @@ def check_registry_settings(**kwargs: Any) -> list[CheckMessage]:
         hint = etcd_hint if "etcd" in backend else (
             "Check the spelling of the dotted path."
         )
-        return [Error(f'REGISTRY["BACKEND"] {backend!r} cannot be imported: {err}', hint=hint, id="registry.E001")]
+        return [Error(f'REGISTRY["BACKEND"] {backend!r} cannot be imported: {err}',
+                      hint=hint, id="registry.E001")]
     options = config.get("OPTIONS") or {}
     if not isinstance(options, dict):
         errors.append(Error(
-            f'REGISTRY["OPTIONS"] must be a dict of keyword arguments, not {type(options).__name__}.',
+            'REGISTRY["OPTIONS"] must be a dict of keyword arguments, '
+            f"not {type(options).__name__}.",
             id="registry.E002",
         ))
     else:
@@ -116,14 +120,15 @@ def check_registry_deployment(**kwargs: Any) -> list[CheckMessage]:
     from microframe.contrib.registry.registration import is_loopback
 
     messages: list[CheckMessage] = []
-    if config.get("REGISTER", True):
+    if config["REGISTER"]:
         instance = _planned_instance()
         if is_loopback(instance.host):
             messages.append(Warning(
                 f"The instance is advertised at {instance.address}, a loopback address other "
                 "hosts cannot dial.",
-                hint='Set REGISTRY["ADVERTISE"] to the address clients reach this host at, or serve '
-                'on a routable GRPC["HOST"]; silence registry.W001 if every client runs on this host.',
+                hint='Set REGISTRY["ADVERTISE"] to the address clients reach this host at, or '
+                'serve on a routable GRPC["HOST"]; silence registry.W001 if every client runs on '
+                "this host.",
                 id="registry.W001",
             ))
 
@@ -148,6 +153,7 @@ def check_registry_deployment(**kwargs: Any) -> list[CheckMessage]:
             id="registry.W002",
         ))
         return messages
-    listing = ", ".join(f"{name} ({count})" for name, count in sorted(found.items())) or "no service"
+    counts = [f"{name} ({count})" for name, count in sorted(found.items())]
+    listing = ", ".join(counts) or "no service"
     messages.append(Info(f"The registry holds {listing}.", id="registry.I001"))
     return messages

@@ -133,10 +133,14 @@ class EtcdRegistry:
     ) -> None:
         self.endpoints, self._addresses, https = _parse_endpoints(endpoints)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
-            raise ImproperlyConfigured(f"etcd registry: ttl must be a whole number of seconds >= 1, not {ttl!r}")
+            raise ImproperlyConfigured(
+                f"etcd registry: ttl must be a whole number of seconds >= 1, not {ttl!r}"
+            )
         for name, value in (("timeout", timeout), ("dial_timeout", dial_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ImproperlyConfigured(f"etcd registry: {name} must be a number of seconds > 0, not {value!r}")
+                raise ImproperlyConfigured(
+                    f"etcd registry: {name} must be a number of seconds > 0, not {value!r}"
+                )
         if (user is None) != (password is None):
             raise ImproperlyConfigured("etcd registry: give both user and password, or neither")
         if (cert is None) != (key is None):
@@ -227,7 +231,9 @@ class EtcdRegistry:
             await self._rpc("register", lambda c: c.put(reg.key, value, lease=lease.id))
         except _LeaseNotFound as err:
             reg.lease_id = None
-            raise RegistryUnavailable(f"{self._where()}: lease {lease.id:x} vanished at once") from err
+            raise RegistryUnavailable(
+                f"{self._where()}: lease {lease.id:x} vanished at once"
+            ) from err
         self._metrics.registrations.labels(BACKEND, reg.instance.name).inc()
         logger.info(
             "registered %s/%s (%s) in etcd, lease %x, TTL %d s",
@@ -257,7 +263,8 @@ class EtcdRegistry:
                         await self._put(reg)
             except RegistryError as err:
                 log = logger.debug if reg.failing else logger.warning
-                log("cannot keep %s/%s registered, retrying: %s", reg.instance.name, reg.instance.id, err)
+                log("cannot keep %s/%s registered, retrying: %s",
+                    reg.instance.name, reg.instance.id, err)
                 reg.failing = True
                 delay = min(interval, RETRY_INTERVAL)
                 continue
@@ -447,7 +454,8 @@ class EtcdRegistry:
             ) from None
         except Exception as err:
             self._metrics.errors.labels(BACKEND, "connect").inc()
-            if isinstance(err, TimeoutError) or grpc_status(err)[0] == grpc.StatusCode.DEADLINE_EXCEEDED:
+            timed_out = grpc_status(err)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            if isinstance(err, TimeoutError) or timed_out:
                 reason = f"no answer within {self.dial_timeout:g} s"
             else:
                 reason = describe_error(err)
@@ -492,7 +500,9 @@ class EtcdRegistry:
                     except Exception as auth_err:
                         err = auth_err
                     else:
-                        logger.info("etcd forgot the auth token of %r; authenticated again", self.user)
+                        logger.info(
+                            "etcd forgot the auth token of %r; authenticated again", self.user
+                        )
                         continue
                 if code == grpc.StatusCode.UNAVAILABLE and not retried:
                     retried = True
@@ -515,7 +525,9 @@ class EtcdRegistry:
         return RegistryUnavailable(f"{self._where()}: {operation} failed: {details}")
 
 
-def _parse_endpoints(endpoints: Sequence[str] | str) -> tuple[list[str], list[tuple[str, int]], bool]:
+def _parse_endpoints(
+    endpoints: Sequence[str] | str,
+) -> tuple[list[str], list[tuple[str, int]], bool]:
     """Return the endpoints as given, their ``(host, port)``, and whether one said https."""
     if isinstance(endpoints, str):
         endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]

@@ -131,7 +131,9 @@ class FileRegistry:
             atomic_write_text(self._path(instance), json.dumps(record, sort_keys=True))
         except OSError as err:
             registry_metrics().errors.labels(BACKEND, "register").inc()
-            raise RegistryUnavailable(f"cannot write to the registry directory {self.directory}: {err}") from err
+            raise RegistryUnavailable(
+                f"cannot write to the registry directory {self.directory}: {err}"
+            ) from err
 
     def _read(self, service: str) -> list[ServiceInstance]:
         folder = self._service_dir(service)
@@ -140,7 +142,9 @@ class FileRegistry:
         except FileNotFoundError:
             return []
         except OSError as err:
-            raise RegistryUnavailable(f"cannot read the registry directory {folder}: {err}") from err
+            raise RegistryUnavailable(
+                f"cannot read the registry directory {folder}: {err}"
+            ) from err
         now = time.time()
         found: list[ServiceInstance] = []
         for name in names:
@@ -201,7 +205,9 @@ class FileRegistry:
                 # The file was removed under us (directory cleaned, expired while we hung).
                 registry_metrics().lease_losses.labels(BACKEND, instance.name).inc()
                 registry_metrics().registrations.labels(BACKEND, instance.name).inc()
-                logger.warning("registry: the entry of %s had disappeared; registered again", instance.id)
+                logger.warning(
+                    "registry: the entry of %s had disappeared; registered again", instance.id
+                )
 
     async def deregister(self, instance: ServiceInstance) -> None:
         key = (instance.name, instance.id)
@@ -225,7 +231,9 @@ class FileRegistry:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise RegistryUnavailable(f"cannot create the registry directory {folder}: {err}") from err
+            raise RegistryUnavailable(
+                f"cannot create the registry directory {folder}: {err}"
+            ) from err
         changed = asyncio.Event()
         failure: list[BaseException] = []
         pump = asyncio.create_task(self._pump_file_events(folder, changed, failure))
@@ -255,7 +263,9 @@ class FileRegistry:
             pump.cancel()
 
     @staticmethod
-    async def _pump_file_events(folder: Path, changed: asyncio.Event, failure: list[BaseException]) -> None:
+    async def _pump_file_events(
+        folder: Path, changed: asyncio.Event, failure: list[BaseException]
+    ) -> None:
         import watchfiles
 
         try:
@@ -269,11 +279,16 @@ class FileRegistry:
 
     async def services(self) -> list[str]:
         try:
-            names = sorted(p.name for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+            names = sorted(
+                p.name for p in self.directory.iterdir()
+                if p.is_dir() and not p.name.startswith(".")
+            )
         except FileNotFoundError:
             return []
         except OSError as err:
-            raise RegistryUnavailable(f"cannot read the registry directory {self.directory}: {err}") from err
+            raise RegistryUnavailable(
+                f"cannot read the registry directory {self.directory}: {err}"
+            ) from err
         return [name for name in names if self._read(name)]
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import socket
 
+from microframe.conf import dict_setting
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.discovery.instance import ServiceInstance, split_address
 from microframe.discovery.registry import Registry, RegistryError
@@ -62,7 +63,7 @@ def instance_from_settings(host: str, port: int, name: str | None = None) -> Ser
     """
     from microframe.conf import settings
 
-    config = settings.REGISTRY
+    config = dict_setting("REGISTRY")
     adv_host, adv_port = advertised_address(host, port)
     instance_id = config.get("INSTANCE_ID") or f"{adv_host}:{adv_port}"
     try:
@@ -71,7 +72,7 @@ def instance_from_settings(host: str, port: int, name: str | None = None) -> Ser
             name=name or settings.SERVICE_NAME,
             host=adv_host,
             port=adv_port,
-            weight=int(config.get("WEIGHT", 100)),
+            weight=int(config["WEIGHT"]),
             metadata={str(k): str(v) for k, v in (config.get("METADATA") or {}).items()},
             version=str(config.get("VERSION") or ""),
         )
@@ -89,7 +90,9 @@ def is_loopback(host: str) -> bool:
 class Registration:
     """Keep ``instance`` registered in ``registry`` between :meth:`start` and :meth:`stop`."""
 
-    def __init__(self, instance: ServiceInstance, registry: Registry, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, instance: ServiceInstance, registry: Registry, *, timeout: float = 5.0
+    ) -> None:
         self.instance = instance
         self.registry = registry
         self.timeout = timeout
@@ -106,7 +109,8 @@ class Registration:
             await with_timeout(self.registry.register(instance), self.timeout)
         except (RegistryError, TimeoutError) as err:
             logger.warning(
-                "registry: %s not registered yet in %s (%s); serving anyway, retrying in the background",
+                "registry: %s not registered yet in %s (%s); serving anyway, retrying in the "
+                "background",
                 instance.id, self.backend, err or "timed out",
             )
             return

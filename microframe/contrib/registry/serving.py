@@ -18,6 +18,7 @@ import logging
 import weakref
 from typing import Any
 
+from microframe.conf import dict_setting
 from microframe.contrib.registry.registration import (
     WILDCARDS,
     Registration,
@@ -39,9 +40,7 @@ POOL_WAIT_STEP = 30.0
 
 
 def _registers() -> bool:
-    from microframe.conf import settings
-
-    return bool(settings.REGISTRY.get("REGISTER", True))
+    return bool(dict_setting("REGISTRY")["REGISTER"])
 
 
 async def register_server(sender: Any, *, server: Any, **kwargs: Any) -> None:
@@ -63,12 +62,12 @@ async def register_pool(sender: Any, *, pool: Any, **kwargs: Any) -> None:
     process = pool.process
     if process is None or not _registers():
         return
-    from microframe.conf import settings
     from microframe.discovery import build_registry
 
     host, port = process.host, process.port
     local = format_address("127.0.0.1" if host.strip("[]") in WILDCARDS else host, port)
-    health = bool(settings.GRPC.get("HEALTH", True)) and not settings.GRPC.get("TLS")
+    grpc = dict_setting("GRPC")
+    health = bool(grpc["HEALTH"]) and not grpc["TLS"]
     while not await wait_until_serving(local, POOL_WAIT_STEP, health=health):
         logger.warning("registry: workers are not serving on %s yet; registration waits", local)
     registration = Registration(instance_from_settings(host, port), build_registry())

@@ -42,7 +42,9 @@ class StaticRegistry:
 
     backend_name = "static"
 
-    def __init__(self, services: Mapping[str, Sequence[str | Mapping[str, Any]]] | None = None) -> None:
+    def __init__(
+        self, services: Mapping[str, Sequence[str | Mapping[str, Any]]] | None = None
+    ) -> None:
         self._instances: dict[str, dict[str, ServiceInstance]] = {}
         for name, entries in (services or {}).items():
             if isinstance(entries, str):

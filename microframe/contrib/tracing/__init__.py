@@ -66,10 +66,13 @@ def build_tracing(options: dict[str, Any], service_name: str) -> Tracing:
         try:
             factory = import_string(backend)
         except ImportError as err:
-            raise ImproperlyConfigured(f'TRACING["BACKEND"] {backend!r} cannot be imported: {err}') from err
+            raise ImproperlyConfigured(
+                f'TRACING["BACKEND"] {backend!r} cannot be imported: {err}'
+            ) from err
         return factory(name, options)  # type: ignore[no-any-return]
     raise ImproperlyConfigured(
-        f'TRACING["BACKEND"] must be "jaeger", "otlp", "log" or the dotted path of a factory, not {backend!r}.'
+        'TRACING["BACKEND"] must be "jaeger", "otlp", "log" or the dotted path of a factory, '
+        f"not {backend!r}."
     )
 
 

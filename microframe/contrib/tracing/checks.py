@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from microframe.conf import global_settings, settings
+from microframe.conf import dict_setting, global_settings
 from microframe.core.checks.messages import CheckMessage, Error, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 
-KNOWN_KEYS = set(global_settings.TRACING)
+DEFAULTS: dict[str, Any] = global_settings.TRACING
+KNOWN_KEYS = set(DEFAULTS)
 BACKENDS = ("jaeger", "otlp", "log")
 
 
@@ -24,20 +25,22 @@ BACKENDS = ("jaeger", "otlp", "log")
 def check_tracing_settings(**kwargs: Any) -> list[CheckMessage]:
     from microframe.contrib.tracing.tracers import _host_port, check_sampler
 
-    config = getattr(settings, "TRACING", None)
+    config = dict_setting("TRACING")
     if not isinstance(config, dict):
         return [Error(f"TRACING must be a dict, not {type(config).__name__}.",
                       hint='TRACING = {"ENABLED": True, "BACKEND": "jaeger"}', id="tracing.E001")]
     errors: list[CheckMessage] = []
     errors.extend(unknown_keys("TRACING", config, KNOWN_KEYS, "tracing.E001"))
-    backend = config.get("BACKEND", "jaeger")
+    backend = config["BACKEND"]
     if backend not in BACKENDS and not (isinstance(backend, str) and "." in backend):
         errors.append(Error(f'TRACING["BACKEND"] {backend!r} is not a tracing backend.',
-                            hint='Use "jaeger", "otlp", "log" or the dotted path of a factory.', id="tracing.E001"))
+                            hint='Use "jaeger", "otlp", "log" or the dotted path of a factory.',
+                            id="tracing.E001"))
     try:
-        check_sampler(config.get("SAMPLER", {"type": "const", "param": 1}))
+        check_sampler(config["SAMPLER"])
     except ImproperlyConfigured as err:
-        errors.append(Error(str(err), hint='e.g. {"type": "probabilistic", "param": 0.01}', id="tracing.E003"))
+        errors.append(Error(str(err), hint='e.g. {"type": "probabilistic", "param": 0.01}',
+                            id="tracing.E003"))
     reporter = config.get("REPORTER") or {}
     otlp = config.get("OTLP") or {}
     try:
@@ -46,28 +49,34 @@ def check_tracing_settings(**kwargs: Any) -> list[CheckMessage]:
         if backend == "otlp" and "ENDPOINT" in otlp:
             _host_port(otlp["ENDPOINT"], 'OTLP["ENDPOINT"]')
     except ImproperlyConfigured as err:
-        errors.append(Error(str(err), hint="e.g. 127.0.0.1:6831 (Jaeger agent) or 127.0.0.1:4317 (OTLP).",
+        errors.append(Error(str(err),
+                            hint="e.g. 127.0.0.1:6831 (Jaeger agent) or 127.0.0.1:4317 (OTLP).",
                             id="tracing.E004"))
     if config.get("ENABLED") and backend in BACKENDS:
         module = "jaeger_client" if backend == "jaeger" else "opentelemetry.sdk.trace"
         try:
             __import__(module)
         except ImportError as err:
-            errors.append(Error(f'TRACING["BACKEND"] = "{backend}" needs a package that is not installed: {err}',
-                                hint='pip install "microframe-grpc[tracing]"', id="tracing.E002"))
+            errors.append(Error(
+                f'TRACING["BACKEND"] = "{backend}" needs a package that is not installed: {err}',
+                hint='pip install "microframe-grpc[tracing]"',
+                id="tracing.E002",
+            ))
     return errors
 
 
 @register(Tags.tracing, deploy=True)
 def check_tracing_deployment(**kwargs: Any) -> list[CheckMessage]:
-    config = getattr(settings, "TRACING", None)
-    if not isinstance(config, dict) or not config.get("ENABLED"):
+    config = dict_setting("TRACING")
+    if not isinstance(config, dict) or not config["ENABLED"]:
         return []
-    sampler = config.get("SAMPLER") or {"type": "const", "param": 1}
-    if isinstance(sampler, dict) and sampler.get("type", "const") == "const" and sampler.get("param", 1):
+    sampler: Any = config["SAMPLER"] or DEFAULTS["SAMPLER"]
+    const = isinstance(sampler, dict) and sampler.get("type") == "const"
+    if const and sampler.get("param"):
         return [Warning(
             "Every request is traced (a const sampler at 1): each one costs a reported span.",
-            hint='Sample a share in production: TRACING["SAMPLER"] = {"type": "probabilistic", "param": 0.01}.',
+            hint='Sample a share in production: TRACING["SAMPLER"] = {"type": "probabilistic", '
+            '"param": 0.01}.',
             id="tracing.W001",
         )]
     return []

@@ -26,10 +26,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from microframe.conf import global_settings
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.tracing")
+#: The defaults of ``TRACING`` (``global_settings.TRACING``).
+_DEFAULTS: dict[str, Any] = global_settings.TRACING
 
 SAMPLER_TYPES = ("const", "probabilistic", "ratelimiting")
 
@@ -72,7 +75,12 @@ class Tracing:
 
     def record_error(self, span: Any, exc: BaseException) -> None:
         """Log ``exc`` on ``span`` (opentracing's error event)."""
-        span.log_kv({"event": "error", "error.kind": type(exc).__name__, "error.object": exc, "message": str(exc)})
+        span.log_kv({
+            "event": "error",
+            "error.kind": type(exc).__name__,
+            "error.object": exc,
+            "message": str(exc),
+        })
 
     async def close(self, timeout: float = 5.0) -> None:
         """Send what is buffered (waiting up to ``timeout`` seconds), then stop."""
@@ -204,6 +212,12 @@ class LogTracing(OpenTelemetryTracing):
     backend = "log"
 
 
+def _completed(key: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options[key]`` (``REPORTER`` or ``OTLP``) over its defaults: options built by hand (a
+    test, a factory of one's own calling these) may give only some keys, or none."""
+    return {**_DEFAULTS[key], **(options.get(key) or {})}
+
+
 def _host_port(value: Any, key: str) -> tuple[str, int]:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -214,19 +228,32 @@ def _host_port(value: Any, key: str) -> tuple[str, int]:
 def check_sampler(sampler: Any) -> tuple[str, float]:
     """Return the sampler's type and parameter, or raise ImproperlyConfigured."""
     if not isinstance(sampler, Mapping):
-        raise ImproperlyConfigured('TRACING["SAMPLER"] must be a dict such as {"type": "probabilistic", "param": 0.01}.')
-    kind = sampler.get("type", "const")
-    param = sampler.get("param", 1)
+        raise ImproperlyConfigured(
+            'TRACING["SAMPLER"] must be a dict such as {"type": "probabilistic", "param": 0.01}.'
+        )
+    default = _DEFAULTS["SAMPLER"]
+    kind = sampler.get("type", default["type"])
+    param = sampler.get("param", default["param"])
     if kind not in SAMPLER_TYPES:
-        raise ImproperlyConfigured(f'TRACING["SAMPLER"]["type"] must be one of {", ".join(SAMPLER_TYPES)}, not {kind!r}.')
+        raise ImproperlyConfigured(
+            f'TRACING["SAMPLER"]["type"] must be one of {", ".join(SAMPLER_TYPES)}, '
+            f"not {kind!r}."
+        )
     if isinstance(param, bool) or not isinstance(param, int | float):
         raise ImproperlyConfigured(f'TRACING["SAMPLER"]["param"] must be a number, not {param!r}.')
     if kind == "const" and param not in (0, 1):
-        raise ImproperlyConfigured('TRACING["SAMPLER"]["param"] of a "const" sampler is 1 (every trace) or 0 (none).')
+        raise ImproperlyConfigured(
+            'TRACING["SAMPLER"]["param"] of a "const" sampler is 1 (every trace) or 0 (none).'
+        )
     if kind == "probabilistic" and not 0 <= param <= 1:
-        raise ImproperlyConfigured('TRACING["SAMPLER"]["param"] of a "probabilistic" sampler is a share between 0 and 1.')
+        raise ImproperlyConfigured(
+            'TRACING["SAMPLER"]["param"] of a "probabilistic" sampler is a share between 0 and 1.'
+        )
     if kind == "ratelimiting" and param < 0:
-        raise ImproperlyConfigured('TRACING["SAMPLER"]["param"] of a "ratelimiting" sampler is traces per second (>= 0).')
+        raise ImproperlyConfigured(
+            'TRACING["SAMPLER"]["param"] of a "ratelimiting" sampler is traces per second '
+            "(>= 0)."
+        )
     return kind, float(param)
 
 
@@ -239,16 +266,18 @@ def jaeger_tracing(service_name: str, options: Mapping[str, Any]) -> JaegerTraci
             f'pip install "microframe-grpc[tracing]" ({err}).'
         ) from err
     kind, param = check_sampler(options["SAMPLER"])
-    reporter = options["REPORTER"]
-    host, port = _host_port(reporter.get("LOCAL_AGENT_HOST_PORT", "127.0.0.1:6831"), 'REPORTER["LOCAL_AGENT_HOST_PORT"]')
+    reporter = _completed("REPORTER", options)
+    host, port = _host_port(
+        reporter["LOCAL_AGENT_HOST_PORT"], 'REPORTER["LOCAL_AGENT_HOST_PORT"]'
+    )
     config = Config(
         config={
             # jaeger-client reads a const sampler's param as a boolean: True, 1 or "1", not 1.0.
             "sampler": {"type": kind, "param": bool(param) if kind == "const" else param},
             "local_agent": {"reporting_host": host, "reporting_port": port},
             "generate_128bit_trace_id": True,
-            "reporter_flush_interval": float(reporter.get("FLUSH_INTERVAL", 1.0)),
-            "reporter_queue_size": int(reporter.get("QUEUE_SIZE", 2048)),
+            "reporter_flush_interval": float(reporter["FLUSH_INTERVAL"]),
+            "reporter_queue_size": int(reporter["QUEUE_SIZE"]),
             "tags": dict(options.get("TAGS") or {}),
             "logging": False,
         },
@@ -335,7 +364,9 @@ class _LoggingSpanExporter:
         return True
 
 
-def otel_tracing(service_name: str, options: Mapping[str, Any], *, log: bool = False) -> OpenTelemetryTracing:
+def otel_tracing(
+    service_name: str, options: Mapping[str, Any], *, log: bool = False
+) -> OpenTelemetryTracing:
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -346,7 +377,7 @@ def otel_tracing(service_name: str, options: Mapping[str, Any], *, log: bool = F
             f'TRACING["BACKEND"] = "{"log" if log else "otlp"}" needs the OpenTelemetry SDK: '
             f'pip install "microframe-grpc[tracing]" ({err}).'
         ) from err
-    reporter = options["REPORTER"]
+    reporter = _completed("REPORTER", options)
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name, **dict(options.get("TAGS") or {})}),
         sampler=_otel_sampler(options["SAMPLER"]),
@@ -354,11 +385,11 @@ def otel_tracing(service_name: str, options: Mapping[str, Any], *, log: bool = F
     if log:
         exporter: Any = _LoggingSpanExporter()
     else:
-        exporter = _otlp_exporter(options.get("OTLP") or {})
+        exporter = _otlp_exporter(_completed("OTLP", options))
     provider.add_span_processor(BatchSpanProcessor(
         exporter,
-        max_queue_size=int(reporter.get("QUEUE_SIZE", 2048)),
-        schedule_delay_millis=float(reporter.get("FLUSH_INTERVAL", 1.0)) * 1000,
+        max_queue_size=int(reporter["QUEUE_SIZE"]),
+        schedule_delay_millis=float(reporter["FLUSH_INTERVAL"]) * 1000,
     ))
     cls = LogTracing if log else OpenTelemetryTracing
     return cls(create_tracer(provider), provider)
@@ -368,8 +399,8 @@ def _otlp_exporter(otlp: Mapping[str, Any]) -> Any:
     import grpc
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    endpoint = str(otlp.get("ENDPOINT", "127.0.0.1:4317"))
-    insecure = bool(otlp.get("INSECURE", True))
+    endpoint = str(otlp["ENDPOINT"])
+    insecure = bool(otlp["INSECURE"])
     credentials = None
     if not insecure:
         ca = otlp.get("CA")
@@ -381,5 +412,5 @@ def _otlp_exporter(otlp: Mapping[str, Any]) -> Any:
     headers = {str(k).lower(): str(v) for k, v in (otlp.get("HEADERS") or {}).items()}
     return OTLPSpanExporter(
         endpoint=endpoint, insecure=insecure, credentials=credentials,
-        headers=headers or None, timeout=float(otlp.get("TIMEOUT", 10.0)),
+        headers=headers or None, timeout=float(otlp["TIMEOUT"]),
     )

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from microframe.conf import settings
+from microframe.conf import dict_setting, settings
 from microframe.core.checks.messages import CheckMessage, Error, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 
@@ -179,7 +179,10 @@ def _option_pairs(value: Any) -> bool:
 
 def _labels(value: Any) -> bool:
     return isinstance(value, dict) and all(
-        isinstance(k, str) and LABEL_NAME_RE.match(k) and not k.startswith("__") and isinstance(v, str)
+        isinstance(k, str)
+        and LABEL_NAME_RE.match(k)
+        and not k.startswith("__")
+        and isinstance(v, str)
         for k, v in value.items()
     )
 
@@ -215,7 +218,8 @@ GRPC_RULES: list[Rule] = [
     ("MAX_CALLS_PER_CONNECTION", _positive_int_or_none, "a positive int or None", None),
     ("MAX_STREAMS_PER_CONNECTION", _positive_int, "a positive int", None),
     ("MAX_CONNECTIONS", _positive_int, "a positive int", None),
-    ("MAX_METADATA_BYTES", lambda v: _is_int(v) and v >= 1024, "an int of at least 1024 (bytes)", None),
+    ("MAX_METADATA_BYTES", lambda v: _is_int(v) and v >= 1024,
+     "an int of at least 1024 (bytes)", None),
     ("RECEIVE_BUFFER_BYTES", _positive_int, "a positive int (bytes)", None),
     ("RECEIVE_TIMEOUT", _positive_number, "a positive number of seconds", None),
     ("STREAM_IDLE_TIMEOUT", _positive_number_or_none, "a positive number of seconds or None", None),
@@ -226,7 +230,8 @@ GRPC_RULES: list[Rule] = [
     ("KEEPALIVE_TIME", _positive_number_or_none, "a positive number of seconds or None", None),
     ("KEEPALIVE_TIMEOUT", _positive_number, "a positive number of seconds", None),
     ("GRACE", lambda v: _is_number(v) and v >= 0, "a non-negative number of seconds", None),
-    ("SHUTDOWN_DELAY", lambda v: _is_number(v) and v >= 0, "a non-negative number of seconds", None),
+    ("SHUTDOWN_DELAY", lambda v: _is_number(v) and v >= 0,
+     "a non-negative number of seconds", None),
     ("HEALTH", lambda v: isinstance(v, bool), "a bool", None),
     ("REFLECTION", lambda v: isinstance(v, bool), "a bool", None),
     ("THREADS", _positive_int_or_none, "a positive int or None", None),
@@ -255,7 +260,9 @@ GRPC_KEYS = _known_keys("GRPC", GRPC_RULES)
 METRICS_KEYS = _known_keys("METRICS", METRICS_RULES)
 
 
-def _apply_rules(prefix: str | None, values: dict[str, Any], rules: list[Rule]) -> list[CheckMessage]:
+def _apply_rules(
+    prefix: str | None, values: dict[str, Any], rules: list[Rule]
+) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     for key, test, expected, hint in rules:
         value = values.get(key, _missing)
@@ -272,7 +279,8 @@ def _apply_rules(prefix: str | None, values: dict[str, Any], rules: list[Rule]) 
 
 
 def _settings_dict(name: str) -> dict[str, Any] | None:
-    value = getattr(settings, name, None)
+    """The dict setting ``name`` completed with its defaults, or None when it is no dict."""
+    value = dict_setting(name)
     return value if isinstance(value, dict) else None
 
 
@@ -323,22 +331,27 @@ def _contradicting_limits(grpc: dict[str, Any]) -> list[CheckMessage]:
     per_connection = grpc.get("MAX_CALLS_PER_CONNECTION")
     if calls is not None and per_connection is not None and per_connection >= calls:
         found.append(Warning(
-            f'GRPC["MAX_CALLS_PER_CONNECTION"] ({per_connection}) lets one connection take every one of the '
-            f'{calls} call slots (MAX_CONCURRENT_RPCS): a single client can lock the others out.',
-            hint=hint + ' Leave it None (a quarter of MAX_CONCURRENT_RPCS) or lower it.', id="microframe.W006"))
+            f'GRPC["MAX_CALLS_PER_CONNECTION"] ({per_connection}) lets one connection take every '
+            f'one of the {calls} call slots (MAX_CONCURRENT_RPCS): a single client can lock the '
+            'others out.',
+            hint=hint + " Leave it None (a quarter of MAX_CONCURRENT_RPCS) or lower it.",
+            id="microframe.W006"))
     share = per_connection if per_connection is not None else (calls // 4 if calls else None)
     streams = grpc.get("MAX_STREAMS_PER_CONNECTION")
     if share and isinstance(streams, int) and streams < share:
         found.append(Warning(
-            f'GRPC["MAX_STREAMS_PER_CONNECTION"] ({streams}) is below the calls one connection may run '
-            f'({share}): grpc clients past it see UNAVAILABLE (refused streams), not RESOURCE_EXHAUSTED.',
+            f'GRPC["MAX_STREAMS_PER_CONNECTION"] ({streams}) is below the calls one connection '
+            f"may run ({share}): grpc clients past it see UNAVAILABLE (refused streams), not "
+            "RESOURCE_EXHAUSTED.",
             hint=hint, id="microframe.W006"))
     budget, message = grpc.get("RECEIVE_BUFFER_BYTES"), grpc.get("MAX_MESSAGE_BYTES")
     if isinstance(budget, int) and isinstance(message, int) and budget < 4 * message:
         found.append(Warning(
-            f'GRPC["RECEIVE_BUFFER_BYTES"] ({budget}) holds {max(1, budget // message)} message(s) of '
-            f'MAX_MESSAGE_BYTES ({message}): one slow client takes every receive slot.',
-            hint=hint + " Give it at least 4 messages' worth (64 by default).", id="microframe.W006"))
+            f'GRPC["RECEIVE_BUFFER_BYTES"] ({budget}) holds {max(1, budget // message)} '
+            f"message(s) of MAX_MESSAGE_BYTES ({message}): one slow client takes every receive "
+            "slot.",
+            hint=hint + " Give it at least 4 messages' worth (64 by default).",
+            id="microframe.W006"))
     return found
 
 
@@ -362,14 +375,14 @@ def check_metrics_settings(**kwargs: Any) -> list[CheckMessage]:
 def check_ports(**kwargs: Any) -> list[CheckMessage]:
     """Check that the server and the metrics endpoint bind different sockets (microframe.E007)."""
     grpc, metrics = _settings_dict("GRPC"), _settings_dict("METRICS")
-    if grpc is None or metrics is None or not metrics.get("ENABLED", True):
+    if grpc is None or metrics is None or not metrics["ENABLED"]:
         return []
-    port, metrics_port = grpc.get("PORT"), metrics.get("PORT")
+    port, metrics_port = grpc["PORT"], metrics["PORT"]
     if not (isinstance(port, int) and _is_int(port) and _is_int(metrics_port)):
         return []
     if port == 0 or port != metrics_port:
         return []
-    grpc_host, metrics_host = grpc.get("HOST", "127.0.0.1"), metrics.get("HOST", "127.0.0.1")
+    grpc_host, metrics_host = grpc["HOST"], metrics["HOST"]
     if not (isinstance(grpc_host, str) and isinstance(metrics_host, str)):
         return []
     if not hosts_overlap(grpc_host, metrics_host):
@@ -385,7 +398,9 @@ def check_tls(**kwargs: Any) -> list[CheckMessage]:
         return []
     tls = grpc["TLS"]
     if not isinstance(tls, dict):
-        return [unusable_tls(f"it must be None or a dict with CERT and KEY, not {short_repr(tls)}.")]
+        return [unusable_tls(
+            f"it must be None or a dict with CERT and KEY, not {short_repr(tls)}."
+        )]
     errors: list[CheckMessage] = []
     for key in ("CERT", "KEY", "CLIENT_CA"):
         path = tls.get(key)

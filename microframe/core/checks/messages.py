@@ -106,7 +106,9 @@ class Critical(CheckMessage):
         super().__init__(CRITICAL, *args, **kwargs)
 
 
-def unknown_keys(setting: str, config: dict, known: set[str] | frozenset[str], check_id: str) -> list[CheckMessage]:
+def unknown_keys(
+    setting: str, config: dict, known: set[str] | frozenset[str], check_id: str
+) -> list[CheckMessage]:
     """An error naming the keys of the ``setting`` dict ``config`` that are not in ``known``
     (none when there are none): a misspelt key would otherwise be ignored in silence. The hint
     suggests the known key closest to each unknown one, when one is close."""

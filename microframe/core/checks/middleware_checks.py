@@ -67,7 +67,10 @@ def unimportable(entry: Any, origin: str, error: BaseException) -> Error:
 def unbuildable(entry: Any, origin: str, route: Route | None, error: BaseException) -> Error:
     """Return microframe.E003: ``entry`` of ``origin`` fails to build (for ``route``)."""
     where = "" if route is None or route is STAND_IN_ROUTE else f" for {route.full_method}"
-    what = str(error) if isinstance(error, ImproperlyConfigured) else f"{type(error).__name__}: {error}"
+    if isinstance(error, ImproperlyConfigured):
+        what = str(error)
+    else:
+        what = f"{type(error).__name__}: {error}"
     return Error(
         f"Middleware {_name(entry)!r} of {origin} fails to build{where}: {what}",
         hint=BUILD_HINT,

@@ -22,7 +22,10 @@ from microframe.core.checks.registry import Tags, register
 
 FINGERPRINT_NAME = "PROTOS_SHA256"
 _FINGERPRINT = re.compile(rf'^{FINGERPRINT_NAME} = "([0-9a-f]{{64}})"$', re.M)
-HINT = "Run `python manage.py genproto` to regenerate generate/, app/router.py and the controller stubs."
+HINT = (
+    "Run `python manage.py genproto` to regenerate generate/, app/router.py and the controller "
+    "stubs."
+)
 
 
 def protos_fingerprint(idl: Path) -> str:
@@ -50,9 +53,18 @@ def check_generated_code(**kwargs: Any) -> list[CheckMessage]:
     if not idl.is_dir() or not any(idl.rglob("*.proto")):
         return []
     if not (generate / "__init__.py").is_file():
-        return [Warning(f"{idl} has protos but {generate} has no generated code.", hint=HINT, id="microframe.W005")]
+        return [Warning(
+            f"{idl} has protos but {generate} has no generated code.",
+            hint=HINT,
+            id="microframe.W005",
+        )]
     recorded = recorded_fingerprint(generate)
     if recorded != protos_fingerprint(idl):
-        what = "were changed since genproto last ran" if recorded else "have no genproto fingerprint"
-        return [Warning(f"The protos of {idl} {what}: {generate} may be stale.", hint=HINT, id="microframe.W005")]
+        if recorded:
+            what = "were changed since genproto last ran"
+        else:
+            what = "have no genproto fingerprint"
+        return [Warning(
+            f"The protos of {idl} {what}: {generate} may be stale.", hint=HINT, id="microframe.W005"
+        )]
     return []

@@ -116,7 +116,9 @@ class CheckRegistry:
     def tags_available(self, deployment_checks: bool = False) -> set[str]:
         """Return the tags of the registered checks (and of the deployment ones if asked)."""
         return {
-            tag for check in self.get_checks(deployment_checks) for tag in getattr(check, "tags", ())
+            tag
+            for check in self.get_checks(deployment_checks)
+            for tag in getattr(check, "tags", ())
         }
 
     def get_checks(self, include_deployment_checks: bool = False) -> list[Callable[..., Any]]:

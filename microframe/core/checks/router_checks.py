@@ -158,12 +158,16 @@ def check_router(**kwargs: Any) -> list[CheckMessage]:
     except ImproperlyConfigured as err:
         return [router_problem(str(err))]
     except Exception as err:
-        return [router_problem(f"ROOT_ROUTER {path!r} cannot be imported: {type(err).__name__}: {err}")]
+        return [router_problem(
+            f"ROOT_ROUTER {path!r} cannot be imported: {type(err).__name__}: {err}"
+        )]
     raw = getattr(module, "routes", None)
     if raw is None:
         return [router_problem(f"Router module {path!r} has no `routes` list.")]
     if not isinstance(raw, (list, tuple)):
-        return [router_problem(f"`routes` of router module {path!r} must be a list, not {short_repr(raw)}.")]
+        return [router_problem(
+            f"`routes` of router module {path!r} must be a list, not {short_repr(raw)}."
+        )]
     errors: list[CheckMessage] = []
     seen: set[str] = set()
     count = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from microframe.conf import settings
+from microframe.conf import dict_setting, settings
 from microframe.core.checks.core_checks import is_loopback
 from microframe.core.checks.messages import CheckMessage, Warning
 from microframe.core.checks.registry import Tags, register
@@ -53,10 +53,10 @@ def check_debug(**kwargs: Any) -> list[CheckMessage]:
 @register(Tags.server, Tags.security, deploy=True)
 def check_plaintext(**kwargs: Any) -> list[CheckMessage]:
     """Warn when plaintext is served beyond the loopback interface (microframe.W002)."""
-    grpc = getattr(settings, "GRPC", None)
-    if not isinstance(grpc, dict) or grpc.get("TLS") is not None:
+    grpc = dict_setting("GRPC")
+    if not isinstance(grpc, dict) or grpc["TLS"] is not None:
         return []
-    host = grpc.get("HOST", "127.0.0.1")
+    host = grpc["HOST"]
     if not isinstance(host, str) or is_loopback(host):
         return []
     return [plaintext(host)]
@@ -65,10 +65,10 @@ def check_plaintext(**kwargs: Any) -> list[CheckMessage]:
 @register(Tags.metrics, Tags.security, deploy=True)
 def check_metrics_exposure(**kwargs: Any) -> list[CheckMessage]:
     """Warn when the metrics endpoint listens beyond the loopback interface (microframe.W003)."""
-    metrics = getattr(settings, "METRICS", None)
-    if not isinstance(metrics, dict) or not metrics.get("ENABLED", True):
+    metrics = dict_setting("METRICS")
+    if not isinstance(metrics, dict) or not metrics["ENABLED"]:
         return []
-    host = metrics.get("HOST", "127.0.0.1")
+    host = metrics["HOST"]
     if not isinstance(host, str) or is_loopback(host):
         return []
     return [exposed_metrics(host)]

@@ -17,9 +17,10 @@ breaker, balancer, retry) under the registry name given by ``--service`` (defaul
 service's ``SERVICE_NAME`` when its router serves the method or for health and reflection,
 else the proto package), or straight to ``--address HOST:PORT``; when discovery knows no
 instance the command says how to fix it instead of calling. The request is one JSON object, or
-a JSON array of them for a client-streaming method; ``-`` reads it from stdin and ``@file`` from a file. Every reply is
-printed as protobuf JSON as it arrives. A failed call prints ``ERROR: <CODE>: <message>`` on
-stderr and exits with 64 + the numeric status code (as grpcurl does).
+a JSON array of them for a client-streaming method; ``-`` reads it from stdin and ``@file``
+from a file. Every reply is printed as protobuf JSON as it arrives. A failed call prints
+``ERROR: <CODE>: <message>`` on stderr and exits with 64 + the numeric status code (as grpcurl
+does).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def read_request(text: str | None) -> Any:
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")
         except OSError as err:
-            raise CommandError(f"Cannot read the request from {text[1:]}: {err.strerror}.") from None
+            raise CommandError(
+                f"Cannot read the request from {text[1:]}: {err.strerror}."
+            ) from None
     try:
         return json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as err:
@@ -111,7 +114,9 @@ def _with_deadline(channel: Any, timeout: float) -> Any:
     return grpc.intercept_channel(channel, Deadline())
 
 
-def reflection_pool(address: str, timeout: float, tls: dict[str, Any] | None = None) -> tuple[Any, Any]:
+def reflection_pool(
+    address: str, timeout: float, tls: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     """A descriptor pool fed by the server's reflection service, and its database (the server
     must answer, the connection and each reflection call, within ``timeout`` seconds)."""
     import grpc
@@ -151,7 +156,9 @@ class Command(BaseCommand):
             help="The request as protobuf JSON (default {}); a JSON array streams several to a "
                  "client-streaming method; - reads stdin, @FILE a file.",
         )
-        parser.add_argument("--address", help="HOST:PORT to call, instead of discovering the service.")
+        parser.add_argument(
+            "--address", help="HOST:PORT to call, instead of discovering the service."
+        )
         parser.add_argument(
             "--service",
             help="The registry name to discover (default: SERVICE_NAME when this service serves "
@@ -167,12 +174,19 @@ class Command(BaseCommand):
             help="Read the method's descriptors from the server's reflection service instead of "
                  "the local generated code.",
         )
-        parser.add_argument("--tls-ca", metavar="FILE", help="Call over TLS, trusting this CA (PEM).")
-        parser.add_argument("--tls-cert", metavar="FILE", help="Client certificate (PEM), for mTLS.")
-        parser.add_argument("--tls-key", metavar="FILE", help="Its private key (PEM).")
-        parser.add_argument("--tls-server-name", metavar="NAME", help="The name the server's certificate must have.")
         parser.add_argument(
-            "--emit-defaults", action="store_true", help="Print fields that hold their default value."
+            "--tls-ca", metavar="FILE", help="Call over TLS, trusting this CA (PEM)."
+        )
+        parser.add_argument(
+            "--tls-cert", metavar="FILE", help="Client certificate (PEM), for mTLS."
+        )
+        parser.add_argument("--tls-key", metavar="FILE", help="Its private key (PEM).")
+        parser.add_argument(
+            "--tls-server-name", metavar="NAME", help="The name the server's certificate must have."
+        )
+        parser.add_argument(
+            "--emit-defaults", action="store_true",
+            help="Print fields that hold their default value.",
         )
         parser.add_argument("--compact", action="store_true", help="One line of JSON per reply.")
 
@@ -213,7 +227,9 @@ class Command(BaseCommand):
                 from microframe.client import ClientOptions
 
                 tls = ClientOptions.resolve(registry_name or local.registry_name(service_name)).tls
-            pool, database = await asyncio.to_thread(reflection_pool, address, options["timeout"] or 10.0, tls)
+            pool, database = await asyncio.to_thread(
+                reflection_pool, address, options["timeout"] or 10.0, tls
+            )
             try:
                 known = await asyncio.to_thread(database.get_services)
             except Exception as err:  # grpc.RpcError: the server has no reflection, or is down
@@ -231,33 +247,42 @@ class Command(BaseCommand):
         registry_name = registry_name or local.registry_name(service.full_name)
         if address is None:  # say how to fix it rather than answer UNAVAILABLE
             await _instances(registry_name, local, service.full_name, given)
-        request_class, reply_class = message_class(method.input_type), message_class(method.output_type)
+        request_class = message_class(method.input_type)
+        reply_class = message_class(method.output_type)
         try:
             requests = parse_requests(request_json, request_class, method.client_streaming)
         except ValueError as err:
             raise CommandError(str(err)) from None
         client_options: dict[str, Any] = {"tls": tls} if tls else {}
-        client = Client(registry_name, address=address, **client_options) if address else Client(registry_name, **client_options)
+        if address:
+            client = Client(registry_name, address=address, **client_options)
+        else:
+            client = Client(registry_name, **client_options)
         path = f"/{service.full_name}/{method.name}"
         call_options = {"timeout": options["timeout"], "metadata": metadata}
         try:
             if method.client_streaming and method.server_streaming:
-                async for reply in client.stream_stream(path, requests, reply_class, **call_options):
+                replies = client.stream_stream(path, requests, reply_class, **call_options)
+                async for reply in replies:
                     self._print(reply, options)
             elif method.client_streaming:
-                self._print(await client.stream_unary(path, requests, reply_class, **call_options), options)
+                reply = await client.stream_unary(path, requests, reply_class, **call_options)
+                self._print(reply, options)
             elif method.server_streaming:
-                async for reply in client.unary_stream(path, requests[0], reply_class, **call_options):
+                replies = client.unary_stream(path, requests[0], reply_class, **call_options)
+                async for reply in replies:
                     self._print(reply, options)
             else:
-                self._print(await client.unary(path, requests[0], reply_class, **call_options), options)
+                reply = await client.unary(path, requests[0], reply_class, **call_options)
+                self._print(reply, options)
         except RpcError as err:
             self.stderr.write(f"ERROR: {err.code.name}: {err.message}")
             return EXIT_BASE + err.code.value[0]
         return 0
 
     def _print(self, reply: Any, options: dict[str, Any]) -> None:
-        self.stdout.write(to_json(reply, indent=None if options["compact"] else 2, emit_defaults=options["emit_defaults"]))
+        indent = None if options["compact"] else 2
+        self.stdout.write(to_json(reply, indent=indent, emit_defaults=options["emit_defaults"]))
         self.stdout.flush()
 
 

@@ -17,7 +17,9 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--all", action="store_true", help="Show every setting, marking the defaults.")
+        parser.add_argument(
+            "--all", action="store_true", help="Show every setting, marking the defaults."
+        )
 
     def handle(self, *args: Any, **options: Any) -> str:
         from microframe.conf import global_settings, settings

@@ -30,13 +30,21 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--idl", help="Directory of the .proto files (default: <service root>/idl).")
-        parser.add_argument("--out", help="Directory of the generated package (default: <service root>/generate).")
-        parser.add_argument("--check", action="store_true", help="Write nothing; exit 1 when generate/ is stale.")
+        parser.add_argument(
+            "--idl", help="Directory of the .proto files (default: <service root>/idl)."
+        )
+        parser.add_argument(
+            "--out",
+            help="Directory of the generated package (default: <service root>/generate).",
+        )
+        parser.add_argument(
+            "--check", action="store_true", help="Write nothing; exit 1 when generate/ is stale."
+        )
         parser.add_argument(
             "--package",
-            help="The service's Python package, for app/router.py and the controller stubs next to generate/ "
-                 "(default: the package of the settings module; none with --idl: the protos are only compiled).",
+            help="The service's Python package, for app/router.py and the controller stubs next "
+                 "to generate/ (default: the package of the settings module; none with --idl: "
+                 "the protos are only compiled).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -62,8 +70,12 @@ class Command(BaseCommand):
             stubs, orphans = controller_plan(root_dir / "controller", services, package)
             extra.update(stubs)
         loose = bool(options["check"])
-        extra_stale = sorted(str(p) for p, text in extra.items() if not same(p, text, ignore_versions=loose))
-        stale = sorted(str(p) for p, text in wanted.items() if not same(out / p, text, ignore_versions=loose))
+        extra_stale = sorted(
+            str(p) for p, text in extra.items() if not same(p, text, ignore_versions=loose)
+        )
+        stale = sorted(
+            str(p) for p, text in wanted.items() if not same(out / p, text, ignore_versions=loose)
+        )
         leftover = sorted(
             str(p.relative_to(out)) for p in out.rglob("*")
             if p.is_file() and p.name.endswith(SUFFIXES) and p.relative_to(out) not in wanted
@@ -72,7 +84,8 @@ class Command(BaseCommand):
             self.stderr.write(f"genproto: a controller without its RPC (left as it is): {orphan}\n")
         if options["check"]:
             if stale or leftover or extra_stale:
-                lines = [f"  out of date or missing: {p}" for p in stale + extra_stale] + [f"  no longer generated: {p}" for p in leftover]
+                lines = [f"  out of date or missing: {p}" for p in stale + extra_stale]
+                lines += [f"  no longer generated: {p}" for p in leftover]
                 raise CommandError(f"{out} is stale; run genproto:\n" + "\n".join(lines))
             self.stdout.write(f"{out} is up to date ({len(wanted)} files).\n")
             return

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from microframe.conf import dict_setting
 from microframe.core.serving import AddressInUse, Role, ServingProcess
 from microframe.core.signals import serving_starting, serving_stopped
 from microframe.core.supervisor import PARENT_PID_ENV, WORKER_ID_ENV, Supervisor, die_with_parent
@@ -45,9 +46,18 @@ def new_event_loop_factory(choice: str) -> Any:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise CommandError('GRPC["EVENT_LOOP"] is "uvloop" but uvloop is not installed.') from None
+            raise CommandError(
+                'GRPC["EVENT_LOOP"] is "uvloop" but uvloop is not installed.'
+            ) from None
         return None
     return uvloop.new_event_loop
+
+
+def stop_sequence_seconds() -> float:
+    """Seconds a server takes at most to stop after SIGTERM: ``GRPC["SHUTDOWN_DELAY"]``, then
+    ``GRPC["GRACE"]`` for the calls in flight."""
+    grpc = dict_setting("GRPC")
+    return float(grpc["SHUTDOWN_DELAY"]) + float(grpc["GRACE"])
 
 
 def _worker_command(argv: list[str]) -> list[str]:
@@ -75,16 +85,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "addrport", nargs="?", help='Address to serve on: "HOST:PORT" or "PORT" (default: GRPC HOST and PORT).'
+            "addrport", nargs="?",
+            help='Address to serve on: "HOST:PORT" or "PORT" (default: GRPC HOST and PORT).',
         )
         parser.add_argument(
-            "--noreload", action="store_false", dest="use_reloader", help="Do not reload on code changes."
+            "--noreload", action="store_false", dest="use_reloader",
+            help="Do not reload on code changes.",
         )
         parser.add_argument(
             "--workers", type=int, default=1, help="Worker processes sharing the port (default 1)."
         )
         parser.add_argument(
-            "--metrics-port", type=int, default=None, help='Port of the /metrics endpoint (default: METRICS["PORT"]; 0 picks a free one).'
+            "--metrics-port", type=int, default=None,
+            help='Port of the /metrics endpoint (default: METRICS["PORT"]; 0 picks a free one).',
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -141,7 +154,7 @@ class Command(BaseCommand):
         config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
         process = self.serving_process("worker" if in_pool else "server", host, port, metrics_port)
         server = Server(routes, middleware=settings.MIDDLEWARE, config=config, process=process)
-        loop_factory = new_event_loop_factory(settings.GRPC.get("EVENT_LOOP", "auto"))
+        loop_factory = new_event_loop_factory(dict_setting("GRPC")["EVENT_LOOP"])
 
         def started() -> None:
             where = f" ({', '.join(process.endpoints)})" if process.endpoints else ""
@@ -166,7 +179,9 @@ class Command(BaseCommand):
         finally:
             serving_stopped.send(self.__class__, process=process)
 
-    def serving_process(self, role: Role, host: str, port: int, metrics_port: int) -> ServingProcess:
+    def serving_process(
+        self, role: Role, host: str, port: int, metrics_port: int
+    ) -> ServingProcess:
         return ServingProcess(role, host, port, metrics_port=metrics_port)
 
     def start_serving(self, process: ServingProcess) -> None:
@@ -222,8 +237,6 @@ class Command(BaseCommand):
     # -- N workers -----------------------------------------------------------------------------
 
     def run_supervisor(self, host: str, port: int, workers: int, metrics_port: int) -> None:
-        from microframe.conf import settings
-
         reserved = None
         if port == 0:
             # Every worker must bind the same port: pick it once and hold it (bound, not
@@ -243,8 +256,7 @@ class Command(BaseCommand):
             supervisor = Supervisor(
                 _worker_command(argv),
                 workers,
-                grace=float(settings.GRPC.get("SHUTDOWN_DELAY", 0.0))
-                + float(settings.GRPC.get("GRACE", 10.0)),
+                grace=stop_sequence_seconds(),
                 env=env,
                 process=process,
             )
@@ -281,10 +293,9 @@ class Command(BaseCommand):
             target_type="command",
             watch_filter=watchfiles.PythonFilter(extra_extensions=(".yaml", ".yml", ".proto")),
             callback=lambda changes: self.stdout.write(
-                f"{len(changes)} file(s) changed ({sorted(p for _, p in changes)[0]}...), reloading."
+                f"{len(changes)} file(s) changed ({sorted(p for _, p in changes)[0]}...), "
+                "reloading."
             ),
             # The server drains on SIGINT like on SIGTERM: give it the whole stop sequence.
-            sigint_timeout=int(
-                settings.GRPC.get("SHUTDOWN_DELAY", 0.0) + settings.GRPC.get("GRACE", 10.0) + 5
-            ),
+            sigint_timeout=int(stop_sequence_seconds() + 5),
         )

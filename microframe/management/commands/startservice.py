@@ -92,9 +92,15 @@ class Command(BaseCommand):
             help="Where to create it: DIR/NAME (or DIR itself when it is named NAME and empty). "
                  "Default: ./NAME.",
         )
-        parser.add_argument("--service-name", help="The registry name (SERVICE_NAME; default: NAME).")
-        parser.add_argument("--proto-package", help="The package of the .proto (default: NAME).")
-        parser.add_argument("--service-class", help="The proto service (default: NAME in CamelCase).")
+        parser.add_argument(
+            "--service-name", help="The registry name (SERVICE_NAME; default: NAME)."
+        )
+        parser.add_argument(
+            "--proto-package", help="The package of the .proto (default: NAME)."
+        )
+        parser.add_argument(
+            "--service-class", help="The proto service (default: NAME in CamelCase)."
+        )
         parser.add_argument(
             "--port", type=int,
             help="The gRPC port (default: derived from NAME, between 20000 and 29998, free here).",
@@ -113,12 +119,16 @@ class Command(BaseCommand):
             from cookiecutter.exceptions import CookiecutterException
             from cookiecutter.main import cookiecutter
         except ImportError as err:
-            raise CommandError(f"startservice needs cookiecutter (pip install cookiecutter): {err}") from err
+            raise CommandError(
+                f"startservice needs cookiecutter (pip install cookiecutter): {err}"
+            ) from err
 
         name: str = options["name"]
         target = target_directory(name, options["directory"])
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise CommandError(f"{target} already exists: choose another name or directory, or remove it.")
+            raise CommandError(
+                f"{target} already exists: choose another name or directory, or remove it."
+            )
         validate_name(name, target)
         if options["port"] is None:
             options["port"], derived_metrics = service_ports(options["service_name"] or name)
@@ -128,7 +138,9 @@ class Command(BaseCommand):
             options["metrics_port"] = options["port"] + 1 if options["port"] else 0
         for flag in ("port", "metrics_port"):
             if not 0 <= options[flag] <= 65535:
-                raise CommandError(f"--{flag.replace('_', '-')} {options[flag]} is not a port number (0-65535).")
+                raise CommandError(
+                    f"--{flag.replace('_', '-')} {options[flag]} is not a port number (0-65535)."
+                )
         template = Path(options["template"])
         if not (template / "cookiecutter.json").is_file():
             raise CommandError(f"{template} is not a cookiecutter template (no cookiecutter.json).")

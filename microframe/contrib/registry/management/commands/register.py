@@ -23,15 +23,20 @@ class Command(BaseCommand):
         parser.add_argument(
             "address",
             nargs="?",
-            help='"HOST:PORT" to advertise (default: REGISTRY["ADVERTISE"], else GRPC HOST and PORT).',
+            help='"HOST:PORT" to advertise (default: REGISTRY["ADVERTISE"], else GRPC HOST and '
+            "PORT).",
         )
         action = parser.add_mutually_exclusive_group()
         action.add_argument(
             "--list", nargs="?", const="", metavar="SERVICE", dest="list_service",
             help="List the instances of SERVICE, or every service with its instances.",
         )
-        action.add_argument("--watch", metavar="SERVICE", help="Print the instances of SERVICE as they change.")
-        action.add_argument("--deregister", metavar="ID", help="Remove the instance ID (of --service).")
+        action.add_argument(
+            "--watch", metavar="SERVICE", help="Print the instances of SERVICE as they change."
+        )
+        action.add_argument(
+            "--deregister", metavar="ID", help="Remove the instance ID (of --service)."
+        )
         parser.add_argument(
             "--service", help="The service of --deregister (default: SERVICE_NAME)."
         )
@@ -57,7 +62,8 @@ class Command(BaseCommand):
         timeout = options["timeout"]
         try:
             if options["list_service"] is not None:
-                await with_timeout(self._list(registry, options["list_service"], options["json"]), timeout)
+                listed = self._list(registry, options["list_service"], options["json"])
+                await with_timeout(listed, timeout)
             elif options["watch"]:
                 await self._watch(registry, options["watch"], timeout)
             elif options["deregister"]:
@@ -80,10 +86,14 @@ class Command(BaseCommand):
         names = [service] if service else await registry.services()
         found = {name: await registry.instances(name) for name in names}
         if as_json:
-            self.stdout.write(json.dumps({n: [i.to_dict() for i in found[n]] for n in names}, indent=2, sort_keys=True))
+            by_name = {n: [i.to_dict() for i in found[n]] for n in names}
+            self.stdout.write(json.dumps(by_name, indent=2, sort_keys=True))
             return
         if not any(found.values()):
-            self.stdout.write(f"No instance of {service!r}." if service else "No service is registered.")
+            if service:
+                self.stdout.write(f"No instance of {service!r}.")
+            else:
+                self.stdout.write("No service is registered.")
             return
         for name in names:
             for instance in found[name]:
@@ -105,13 +115,17 @@ class Command(BaseCommand):
                 nxt = asyncio.ensure_future(stream.__anext__())
                 stopper = asyncio.ensure_future(stop.wait())
                 done, _ = await asyncio.wait(
-                    {nxt, stopper}, timeout=timeout if first else None, return_when=asyncio.FIRST_COMPLETED
+                    {nxt, stopper},
+                    timeout=timeout if first else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 stopper.cancel()
                 if nxt not in done:
                     await _cancel_and_wait(nxt)
                     if first and not stop.is_set():
-                        raise RegistryUnavailable(f"The registry did not answer within {timeout} s.")
+                        raise RegistryUnavailable(
+                            f"The registry did not answer within {timeout} s."
+                        )
                     break
                 try:
                     instances = nxt.result()
@@ -186,7 +200,10 @@ class Command(BaseCommand):
     def _line(instance: Any) -> str:
         meta = " ".join(f"{k}={v}" for k, v in sorted(instance.metadata.items()))
         version = f" version={instance.version}" if instance.version else ""
-        return f"{instance.name} {instance.id} {instance.address} weight={instance.weight}{version} {meta}".rstrip()
+        return (
+            f"{instance.name} {instance.id} {instance.address} "
+            f"weight={instance.weight}{version} {meta}"
+        ).rstrip()
 
 
 async def _cancel_and_wait(task: asyncio.Future[Any]) -> None:
