@@ -4,4 +4,10 @@ from microframe.client.client import DEFAULT_CLIENT_MIDDLEWARE, Client, ServiceC
 from microframe.client.direct import DirectDiscovery
 from microframe.client.options import ClientOptions
 
-__all__ = ["DEFAULT_CLIENT_MIDDLEWARE", "Client", "ClientOptions", "DirectDiscovery", "ServiceClient"]
+__all__ = [
+    "DEFAULT_CLIENT_MIDDLEWARE",
+    "Client",
+    "ClientOptions",
+    "DirectDiscovery",
+    "ServiceClient",
+]

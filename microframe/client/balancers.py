@@ -24,8 +24,11 @@ from microframe.discovery.instance import ServiceInstance
 class Balancer(Protocol):
     """Chooses an instance for each call and learns from how calls went."""
 
-    def pick(self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()) -> ServiceInstance | None:
-        """Return an instance not in ``exclude`` (ids) when there is one, else any; None if empty."""
+    def pick(
+        self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
+    ) -> ServiceInstance | None:
+        """Return an instance not in ``exclude`` (ids) when there is one, else any; None if
+        there is none."""
         ...
 
     def start(self, instance: ServiceInstance) -> float:
@@ -37,7 +40,9 @@ class Balancer(Protocol):
         ...
 
 
-def _candidates(instances: Sequence[ServiceInstance], exclude: frozenset[str]) -> Sequence[ServiceInstance]:
+def _candidates(
+    instances: Sequence[ServiceInstance], exclude: frozenset[str]
+) -> Sequence[ServiceInstance]:
     if not exclude:
         return instances
     remaining = [i for i in instances if i.id not in exclude]
@@ -58,7 +63,9 @@ class RandomBalancer(_Stateless):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def pick(self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()) -> ServiceInstance | None:
+    def pick(
+        self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
+    ) -> ServiceInstance | None:
         candidates = _candidates(instances, exclude)
         return self._rng.choice(candidates) if candidates else None
 
@@ -69,7 +76,9 @@ class RoundRobinBalancer(_Stateless):
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()) -> ServiceInstance | None:
+    def pick(
+        self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
+    ) -> ServiceInstance | None:
         candidates = sorted(_candidates(instances, exclude), key=lambda i: i.id)
         if not candidates:
             return None
@@ -84,7 +93,9 @@ class WeightedRandomBalancer(_Stateless):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def pick(self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()) -> ServiceInstance | None:
+    def pick(
+        self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
+    ) -> ServiceInstance | None:
         candidates = _candidates(instances, exclude)
         if not candidates:
             return None
@@ -139,7 +150,9 @@ class P2CEwmaBalancer:
     def _load(self, stats: _Stats) -> float:
         return math.sqrt(stats.lag + self.penalty) * (stats.inflight + 1) / max(stats.success, 0.01)
 
-    def pick(self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()) -> ServiceInstance | None:
+    def pick(
+        self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
+    ) -> ServiceInstance | None:
         candidates = _candidates(instances, exclude)
         if not candidates:
             return None
@@ -202,6 +215,7 @@ def make_balancer(name: str) -> Balancer:
             factory = import_string(name)
         except ImportError:
             raise ImproperlyConfigured(
-                f"Unknown balancer {name!r}: use one of {', '.join(sorted(BALANCERS))} or a dotted path."
+                f"Unknown balancer {name!r}: use one of {', '.join(sorted(BALANCERS))} "
+                "or a dotted path."
             ) from None
     return factory()

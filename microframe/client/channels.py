@@ -33,6 +33,7 @@ BASE_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 def channel_credentials(tls: dict[str, Any]) -> tuple[grpc.ChannelCredentials, str | None]:
     """The channel credentials of client TLS options, and the server name to expect (if any)."""
+
     def read(key: str) -> bytes | None:
         path = tls.get(key)
         if not path:
@@ -95,7 +96,9 @@ class ChannelPool:
                     del self._owners[address]
                     for key in [k for k in self._channels if k[0] == address]:
                         channel = self._channels.pop(key)
-                        logger.info("client: closing the channel to %s (no longer in discovery)", address)
+                        logger.info(
+                            "client: closing the channel to %s (no longer in discovery)", address
+                        )
                         asyncio.get_running_loop().create_task(channel.close(grace=5))
         for address in addresses:
             if address in self._owners:

@@ -89,7 +89,9 @@ class ClientOptions:
         """Merge ``kwargs`` over ``CLIENTS[service]`` over :data:`DEFAULTS`."""
         from microframe.conf import settings
 
-        merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+        merged: dict[str, Any] = {
+            k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()
+        }
         configured: dict[str, Any] = {}
         try:
             configured = (getattr(settings, "CLIENTS", None) or {}).get(service) or {}
@@ -99,21 +101,25 @@ class ClientOptions:
             for key, value in source.items():
                 if key not in DEFAULTS:
                     raise ImproperlyConfigured(
-                        f"Unknown client option {key!r} for {service!r}; known: {', '.join(sorted(DEFAULTS))}."
+                        f"Unknown client option {key!r} for {service!r}; "
+                        f"known: {', '.join(sorted(DEFAULTS))}."
                     )
                 if key == "BREAKER" and isinstance(value, dict):
                     merged["BREAKER"] = {**merged["BREAKER"], **value}
                 elif key == "RETRY" and isinstance(value, dict):
                     unknown = set(value) - _RETRY_KEYS
                     if unknown:
-                        raise ImproperlyConfigured(f"Unknown RETRY option(s) {sorted(unknown)} for {service!r}.")
+                        raise ImproperlyConfigured(
+                            f"Unknown RETRY option(s) {sorted(unknown)} for {service!r}."
+                        )
                     merged["RETRY"] = {**merged["RETRY"], **value}
                 else:
                     merged[key] = value
         retry = merged["RETRY"]
         try:
             codes = frozenset(
-                c if isinstance(c, grpc.StatusCode) else grpc.StatusCode[str(c).upper()] for c in retry["CODES"]
+                c if isinstance(c, grpc.StatusCode) else grpc.StatusCode[str(c).upper()]
+                for c in retry["CODES"]
             )
             options = cls(
                 timeout=float(merged["TIMEOUT"]),
@@ -132,17 +138,25 @@ class ClientOptions:
                 metadata=tuple((str(k), str(v)) for k, v in merged["METADATA"]),
                 channel_options=tuple(tuple(o) for o in merged["CHANNEL_OPTIONS"]),  # type: ignore[misc]
                 limit_qps=float(merged["LIMIT_QPS"]) if merged["LIMIT_QPS"] is not None else None,
-                limit_burst=float(merged["LIMIT_BURST"]) if merged["LIMIT_BURST"] is not None else None,
+                limit_burst=float(merged["LIMIT_BURST"])
+                if merged["LIMIT_BURST"] is not None
+                else None,
                 limit_wait=float(merged["LIMIT_WAIT"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ImproperlyConfigured(f"Invalid client options for {service!r}: {err}") from err
         if options.timeout <= 0:
-            raise ImproperlyConfigured(f"The TIMEOUT of the client of {service!r} must be positive.")
+            raise ImproperlyConfigured(
+                f"The TIMEOUT of the client of {service!r} must be positive."
+            )
         if options.limit_qps is not None and options.limit_qps <= 0:
-            raise ImproperlyConfigured(f"The LIMIT_QPS of the client of {service!r} must be positive (or None).")
+            raise ImproperlyConfigured(
+                f"The LIMIT_QPS of the client of {service!r} must be positive (or None)."
+            )
         if options.limit_burst is not None and options.limit_burst < 1:
-            raise ImproperlyConfigured(f"The LIMIT_BURST of the client of {service!r} must be at least 1.")
+            raise ImproperlyConfigured(
+                f"The LIMIT_BURST of the client of {service!r} must be at least 1."
+            )
         if options.limit_wait < 0:
             raise ImproperlyConfigured(f"The LIMIT_WAIT of the client of {service!r} must be >= 0.")
         return options
