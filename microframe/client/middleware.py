@@ -20,8 +20,13 @@ import grpc.aio
 
 from microframe.client.call import ClientCall
 from microframe.core.context import current_context
-from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
-from microframe.core.handlers import HANDLED_TRAILER
+from microframe.core.exceptions import (
+    HANDLED_TRAILER,
+    DeadlineExceeded,
+    RpcError,
+    Unavailable,
+    error_for,
+)
 from microframe.core.router import RpcKind
 from microframe.discovery.registry import RegistryError
 from microframe.utils.timeouts import with_timeout
