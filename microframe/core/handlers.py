@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from time import monotonic
 from typing import Any
@@ -35,7 +35,7 @@ from microframe.core.exceptions import (
     status_of,
 )
 from microframe.core.limits import CallLimits, CallTracker
-from microframe.core.middleware import Handler
+from microframe.core.middleware import Handler, RequestObserver
 from microframe.core.router import Route
 
 logger = logging.getLogger("microframe.server")
@@ -216,24 +216,21 @@ async def _abort(ctx: RequestContext, exc: BaseException) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-async def _bad_request(ctx: RequestContext, exc: Exception) -> None:
+def _malformed(ctx: RequestContext, exc: Exception) -> InvalidArgument:
+    """The answer to a request message that cannot be parsed (``exc`` says why), logged."""
     name = ctx.route.request_class.DESCRIPTOR.full_name
     ctx.logger.warning("%s: malformed %s from %s: %s", ctx.full_method, name, ctx.peer, exc)
-    await ctx.grpc.abort(
-        grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: cannot parse {name}"
-    )
+    return InvalidArgument(f"malformed request: cannot parse {name}")
 
 
-async def _no_request(ctx: RequestContext) -> None:
+def _missing(ctx: RequestContext) -> InvalidArgument:
+    """The answer to a request stream that ended before its one message, logged."""
     ctx.logger.warning(
         "%s: the request from %s ended before one complete message arrived",
         ctx.full_method,
         ctx.peer,
     )
-    await ctx.grpc.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "malformed request: missing or truncated request message",
-    )
+    return InvalidArgument("malformed request: missing or truncated request message")
 
 
 async def _refuse(ctx: RequestContext, exc: RpcError) -> None:
@@ -267,7 +264,10 @@ Write = Callable[[RequestContext, Any, "asyncio.Task[Any]"], Awaitable[Any]]
 
 
 def grpc_method_handler(
-    route: Route, chain: Handler, limits: CallLimits | None = None
+    route: Route,
+    chain: Handler,
+    limits: CallLimits | None = None,
+    observers: Sequence[RequestObserver] = (),
 ) -> grpc.RpcMethodHandler:
     """Return the grpc method handler serving ``route`` through ``chain`` within ``limits``.
 
@@ -295,6 +295,11 @@ def grpc_method_handler(
     worked out once and handed to ``ctx.on_end`` callbacks). The kind picks ``read`` and
     ``write``; a unary call runs two framework frames around the chain (``serve``,
     ``answer``), and the terminal handler's.
+
+    A call whose one request message cannot be read ends before the chain; ``observers``
+    (the chain's :class:`~microframe.core.middleware.RequestObserver` middleware, see
+    :func:`~microframe.core.middleware.build_chain`) are told, innermost first, so that
+    they count, log and trace it as they do a streaming call whose request fails in the chain.
     """
     limits = limits if limits is not None else CallLimits.default()
     parse = route.request_class.FromString
@@ -311,6 +316,14 @@ def grpc_method_handler(
     OK = grpc.StatusCode.OK
     CANCELLED = grpc.StatusCode.CANCELLED
     inf = float("inf")
+    told = tuple(reversed(observers))
+
+    def unread(ctx: RequestContext, code: grpc.StatusCode, exc: BaseException) -> None:
+        for observer in told:
+            try:
+                observer.request_failed(ctx, code, exc)
+            except Exception:
+                ctx.logger.exception("%s: %r failed", ctx.full_method, observer)
 
     async def receive(ctx: RequestContext, later: bool) -> Any:
         """The next request message (bytes, or EOF), within its time limit; one still
@@ -356,17 +369,22 @@ def grpc_method_handler(
         try:
             raw = await receive(ctx, False)
         except RpcError as exc:
+            unread(ctx, exc.code, exc)
             await _refuse(ctx, exc)
-        except CancelledError:
+        except CancelledError as exc:
+            unread(ctx, CANCELLED, exc)
             if calls.cutting:
                 await _cut(ctx, handled=False)
             raise
         if raw is EOF:
-            await _no_request(ctx)
-        try:
-            return parse(raw)
-        except Exception as exc:
-            await _bad_request(ctx, exc)
+            refusal = _missing(ctx)
+        else:
+            try:
+                return parse(raw)
+            except Exception as exc:
+                refusal = _malformed(ctx, exc)
+        unread(ctx, refusal.code, refusal)
+        await _refuse(ctx, refusal)
 
     async def requests(ctx: RequestContext) -> AsyncIterator[Any]:
         later = False
@@ -378,11 +396,7 @@ def grpc_method_handler(
             try:
                 message = parse(raw)
             except Exception as exc:
-                name = route.request_class.DESCRIPTOR.full_name
-                ctx.logger.warning(
-                    "%s: malformed %s from %s: %s", ctx.full_method, name, ctx.peer, exc
-                )
-                raise InvalidArgument(f"malformed request: cannot parse {name}") from exc
+                raise _malformed(ctx, exc) from exc
             yield message
 
     async def request_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:

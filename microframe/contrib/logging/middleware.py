@@ -183,6 +183,14 @@ class AccessLogMiddleware:
         self.write(ctx, _OK, start, sizes, None)
         return response
 
+    def request_failed(
+        self, ctx: RequestContext, code: grpc.StatusCode, exc: BaseException
+    ) -> None:
+        """Write the line of a call whose request could not be read (it ended before the
+        chain), as for any other call."""
+        if self.logger.isEnabledFor(_INFO):
+            self.write(ctx, code, ctx.start, _Sizes(), exc)
+
     def write(
         self,
         ctx: RequestContext,

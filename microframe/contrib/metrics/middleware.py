@@ -15,7 +15,9 @@ For each call it increments ``grpc_server_started_total`` when the call starts a
 in ``grpc_server_handling_seconds``, and counts the messages received and sent. A
 server-streaming call ends when the method handler has written its last message (or the call
 failed, or the caller went away), not when the controller returns the stream: it is recorded
-from the call's ``ctx.on_end`` callback.
+from the call's ``ctx.on_end`` callback. A call whose request message cannot be read (malformed,
+missing, too slow) is counted too, started and handled with the code it was answered, whatever
+its kind (``request_failed``).
 """
 
 from __future__ import annotations
@@ -120,6 +122,14 @@ class MetricsMiddleware:
         self._handled_ok.inc()
         self._sent.inc()
         return response
+
+    def request_failed(
+        self, ctx: RequestContext, code: grpc.StatusCode, exc: BaseException
+    ) -> None:
+        """Count a call whose request could not be read (it ended before the chain) as a
+        streaming call whose request fails is counted: started, and handled with ``code``."""
+        self._started.inc()
+        self.record(code, ctx.start)
 
     def _count_received(self, message: Any) -> None:
         self._received.inc()

@@ -68,7 +68,8 @@ class TracingMiddleware:
             self.tags.update({"rpc.service": route.service, "rpc.method": route.method})
         self.server_streaming = bool(route and route.kind.server_streaming)
 
-    async def __call__(self, ctx: RequestContext, request: Any) -> Any:
+    def start(self, ctx: RequestContext) -> Any:
+        """Start the span of the call ``ctx``, make it ``ctx.span``; return it."""
         tracing = self.tracing
         span = tracing.start_span(self.operation, tracing.extract(ctx.metadata), self.tags)
         ctx.span = span
@@ -78,6 +79,18 @@ class TracingMiddleware:
                 span.set_tag("peer.address", ctx.peer)
             except Exception:
                 pass
+        return span
+
+    def request_failed(
+        self, ctx: RequestContext, code: grpc.StatusCode, exc: BaseException
+    ) -> None:
+        """Trace a call whose request could not be read (it ended before the chain): a span
+        of its own, finished at once with ``code``."""
+        finish_span(self.tracing, self.start(ctx), code, exc, code in SERVER_ERRORS)
+
+    async def __call__(self, ctx: RequestContext, request: Any) -> Any:
+        tracing = self.tracing
+        span = self.start(ctx)
         if self.server_streaming:
             # Finished when the method handler says the call ended, whatever ends it.
             ctx.on_end(
