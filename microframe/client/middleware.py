@@ -23,8 +23,13 @@ import grpc
 
 from microframe.client.call import ClientCall, ClientHandler
 from microframe.core.context import current_context
-from microframe.core.exceptions import DeadlineExceeded, MiddlewareNotUsed, RpcError, Unavailable
-from microframe.core.handlers import HANDLED_TRAILER
+from microframe.core.exceptions import (
+    HANDLED_TRAILER,
+    DeadlineExceeded,
+    MiddlewareNotUsed,
+    RpcError,
+    Unavailable,
+)
 from microframe.discovery.registry import RegistryError
 
 if TYPE_CHECKING:

@@ -1,4 +1,8 @@
-"""The request context handed to middleware and controllers as ``ctx``."""
+"""The request context handed to middleware and controllers as ``ctx``.
+
+It is also where middleware learns how a call ended: :meth:`RequestContext.on_end` registers a
+callback the method handler calls once with the call's final status.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,17 @@ import contextvars
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import grpc
     import grpc.aio
 
     from microframe.core.router import Route
+
+#: ``callback(code, exc)``: the call ended with ``code``; ``exc`` is the exception, if any.
+OnEnd = Callable[["grpc.StatusCode", "BaseException | None"], Any]
 
 #: Metadata keys a trace id is taken from when the caller sent one (first match wins).
 TRACE_ID_KEYS = ("trace_id", "x-request-id")
@@ -51,6 +60,7 @@ class RequestContext:
         "_trace_id",
         "_logger",
         "_fields",
+        "_ends",
         "__weakref__",
     )
 
@@ -69,6 +79,7 @@ class RequestContext:
         self._trace_id: str | None = None
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._fields: dict[str, Any] | None = None
+        self._ends: list[OnEnd] | None = None
 
     @property
     def service(self) -> str:
@@ -146,6 +157,37 @@ class RequestContext:
     def fields(self) -> dict[str, Any]:
         """Return the fields added with :meth:`add_field`."""
         return self._fields if self._fields is not None else {}
+
+    def on_end(self, callback: OnEnd) -> None:
+        """Call ``callback(code, exc)`` once, when the call has ended.
+
+        The method handler calls it with the status the call was answered with (and the
+        exception that ended it, if any), after the reply or the last message of a stream
+        was written, or the call failed, was cancelled, or its caller went away: a
+        server-streaming call ends when its stream does, not when the controller returns it.
+        A call cut by a stop is CANCELLED here (its task was cancelled; the caller is
+        answered UNAVAILABLE). Callbacks run on the event loop, the last registered first,
+        so the middleware outermost in the chain learns last, as on a unary call.
+        """
+        if self._ends is None:
+            self._ends = [callback]
+        else:
+            self._ends.append(callback)
+
+    def _ended(self, code: grpc.StatusCode, exc: BaseException | None) -> None:
+        """Run the :meth:`on_end` callbacks (the method handler calls this once per call).
+
+        A callback that raises is logged and the others still run: the call's answer is
+        already decided, an observer's bug must not change it.
+        """
+        ends, self._ends = self._ends, None
+        if ends is None:
+            return
+        for callback in reversed(ends):
+            try:
+                callback(code, exc)
+            except Exception:
+                self.logger.exception("%s: an end-of-call callback failed", self.full_method)
 
     def elapsed(self) -> float:
         """Return seconds since the call reached the framework."""

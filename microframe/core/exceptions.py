@@ -3,13 +3,23 @@
 A handler raises one of the :class:`RpcError` subclasses (``NotFound``, ``InvalidArgument``...)
 and the server answers with its status code and message. Any other exception becomes
 ``INTERNAL`` with a generic message; its traceback is logged, never sent to the caller.
+:func:`status_of` is that mapping, the one the method handlers answer with and the middleware
+record; :data:`HANDLED_TRAILER` marks the answers of calls whose handler ran.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc
+import grpc.aio
+
+#: Trailer of a call whose handler ran (an error it raised, or a call cut by a stop): a
+#: client can tell "UNAVAILABLE from a handler" from "UNAVAILABLE, the call never got in", and
+#: retries only the second (microframe.client.middleware.is_retryable).
+HANDLED_TRAILER = ("x-microframe-handled", "1")
 
 
 class ImproperlyConfigured(Exception):
@@ -46,18 +56,29 @@ class RpcError(Exception):
 
 
 def _error(name: str, code: grpc.StatusCode, message: str) -> type[RpcError]:
-    return type(name, (RpcError,), {"code": code, "default_message": message, "__doc__": f"Answer {code.name}."})
+    attributes = {"code": code, "default_message": message, "__doc__": f"Answer {code.name}."}
+    return type(name, (RpcError,), attributes)
 
 
 Cancelled = _error("Cancelled", grpc.StatusCode.CANCELLED, "cancelled")
 Unknown = _error("Unknown", grpc.StatusCode.UNKNOWN, "unknown error")
-InvalidArgument = _error("InvalidArgument", grpc.StatusCode.INVALID_ARGUMENT, "invalid argument")
-DeadlineExceeded = _error("DeadlineExceeded", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+InvalidArgument = _error(
+    "InvalidArgument", grpc.StatusCode.INVALID_ARGUMENT, "invalid argument"
+)
+DeadlineExceeded = _error(
+    "DeadlineExceeded", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+)
 NotFound = _error("NotFound", grpc.StatusCode.NOT_FOUND, "not found")
 AlreadyExists = _error("AlreadyExists", grpc.StatusCode.ALREADY_EXISTS, "already exists")
-PermissionDenied = _error("PermissionDenied", grpc.StatusCode.PERMISSION_DENIED, "permission denied")
-ResourceExhausted = _error("ResourceExhausted", grpc.StatusCode.RESOURCE_EXHAUSTED, "resource exhausted")
-FailedPrecondition = _error("FailedPrecondition", grpc.StatusCode.FAILED_PRECONDITION, "failed precondition")
+PermissionDenied = _error(
+    "PermissionDenied", grpc.StatusCode.PERMISSION_DENIED, "permission denied"
+)
+ResourceExhausted = _error(
+    "ResourceExhausted", grpc.StatusCode.RESOURCE_EXHAUSTED, "resource exhausted"
+)
+FailedPrecondition = _error(
+    "FailedPrecondition", grpc.StatusCode.FAILED_PRECONDITION, "failed precondition"
+)
 Aborted = _error("Aborted", grpc.StatusCode.ABORTED, "aborted")
 OutOfRange = _error("OutOfRange", grpc.StatusCode.OUT_OF_RANGE, "out of range")
 Unimplemented = _error("Unimplemented", grpc.StatusCode.UNIMPLEMENTED, "unimplemented")
@@ -81,5 +102,39 @@ def error_for(
     message: str | None = None,
     trailers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
 ) -> RpcError:
-    """Return the :class:`RpcError` subclass instance of ``code`` (``Unavailable`` for UNAVAILABLE...)."""
+    """Return the :class:`RpcError` subclass instance of ``code`` (``Unavailable`` for
+    UNAVAILABLE...)."""
     return _BY_CODE.get(code, Unknown)(message, trailers=trailers)
+
+
+_AbortError = grpc.aio.AbortError
+_CancelledError = asyncio.CancelledError
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_of(exc: BaseException, grpc_context: Any = None) -> grpc.StatusCode:
+    """Return the status code a call failing with ``exc`` is answered with.
+
+    An :class:`RpcError` is answered with its code, a cancellation is CANCELLED (the caller
+    went away, its deadline passed, or a stop cut the call), anything else INTERNAL. A
+    ``grpc.aio.AbortError`` (raised by ``context.abort()``) carries no code: it is read from
+    ``grpc_context`` (the ``grpc.aio.ServicerContext``) when given, else UNKNOWN.
+    """
+    if isinstance(exc, RpcError):
+        return exc.code
+    if isinstance(exc, _CancelledError):
+        return grpc.StatusCode.CANCELLED
+    if not isinstance(exc, _AbortError):
+        return grpc.StatusCode.INTERNAL
+    if grpc_context is None:
+        return _UNKNOWN
+    try:
+        code = grpc_context.code()
+    except Exception:
+        return _UNKNOWN
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return _CODES_BY_VALUE.get(code, _UNKNOWN)
+    return _UNKNOWN

@@ -3,6 +3,12 @@
 The framework parses and serializes messages itself (grpc is given raw bytes) so that a
 malformed request is answered INVALID_ARGUMENT with a clear message, and a controller that
 returns the wrong type is answered INTERNAL, instead of grpc's generic failures.
+
+Every RPC kind is served by one loop (:func:`grpc_method_handler`) with the same steps: a call
+slot, the request (read and parsed), the chain, the reply written, the end of the call (its
+final status handed to the :meth:`~microframe.core.context.RequestContext.on_end` callbacks).
+What differs between kinds is only how requests are read (one message, or a stream) and how
+replies are written (one message, or a stream).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from time import monotonic
 from typing import Any
@@ -21,38 +27,33 @@ import grpc.aio
 
 from microframe.core.context import RequestContext, _current
 from microframe.core.exceptions import (
+    HANDLED_TRAILER,
     DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,
     RpcError,
+    status_of,
 )
 from microframe.core.limits import CallLimits, CallTracker
-from microframe.core.middleware import Handler
-from microframe.core.router import Route, RpcKind
+from microframe.core.middleware import Handler, RequestObserver
+from microframe.core.router import Route
 
 logger = logging.getLogger("microframe.server")
 
 INTERNAL_MESSAGE = "internal error"
-#: Trailer of a call whose handler ran (an error it raised, or a call cut by a stop): a
-#: client can tell "UNAVAILABLE from a handler" from "UNAVAILABLE, the call never got in", and
-#: retries only the second (microframe.client.middleware.is_retryable).
-HANDLED_TRAILER = ("x-microframe-handled", "1")
 STOPPED_MESSAGE = "the server stopped before the call completed"
 
-__all__ = ["CallTracker", "HANDLED_TRAILER", "controller_handler", "grpc_method_handler", "status_of"]
+__all__ = [
+    "CallTracker",
+    "HANDLED_TRAILER",
+    "controller_handler",
+    "grpc_method_handler",
+    "status_of",
+]
 
 
 class ResponseTypeError(TypeError):
     """A controller returned something other than the method's response message."""
-
-
-def status_of(exc: BaseException) -> grpc.StatusCode:
-    """Return the status code the server answers for ``exc``."""
-    if isinstance(exc, RpcError):
-        return exc.code
-    if isinstance(exc, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.INTERNAL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,8 +64,12 @@ def _is_async(controller: Any) -> bool:
     """Tell whether ``controller`` (a function, a method or a callable object) is async."""
     if inspect.iscoroutinefunction(controller) or inspect.isasyncgenfunction(controller):
         return True
-    call = None if inspect.isroutine(controller) else getattr(type(controller), "__call__", None)  # noqa: B004
-    return call is not None and (inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call))
+    if inspect.isroutine(controller):
+        return False
+    call = getattr(type(controller), "__call__", None)  # noqa: B004
+    return call is not None and (
+        inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+    )
 
 
 class _BlockingIterator:
@@ -152,7 +157,9 @@ def controller_handler(route: Route, executor: Executor) -> Handler:
             if route.kind.client_streaming:
                 request = _BlockingIterator(request, loop)
             context = contextvars.copy_context()
-            response = await loop.run_in_executor(executor, context.run, controller, ctx, request)
+            response = await loop.run_in_executor(
+                executor, context.run, controller, ctx, request
+            )
             if response.__class__ is not cls:
                 raise _type_error(route, response)
             return response
@@ -173,7 +180,9 @@ def controller_handler(route: Route, executor: Executor) -> Handler:
 
         return stream_response
 
-    async def stream_response_in_thread(ctx: RequestContext, request: Any) -> AsyncIterator[Any]:
+    async def stream_response_in_thread(
+        ctx: RequestContext, request: Any
+    ) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         if route.kind.client_streaming:
             request = _BlockingIterator(request, loop)
@@ -207,21 +216,21 @@ async def _abort(ctx: RequestContext, exc: BaseException) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-async def _bad_request(ctx: RequestContext, exc: Exception) -> None:
+def _malformed(ctx: RequestContext, exc: Exception) -> InvalidArgument:
+    """The answer to a request message that cannot be parsed (``exc`` says why), logged."""
     name = ctx.route.request_class.DESCRIPTOR.full_name
     ctx.logger.warning("%s: malformed %s from %s: %s", ctx.full_method, name, ctx.peer, exc)
-    await ctx.grpc.abort(
-        grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: cannot parse {name}"
-    )
+    return InvalidArgument(f"malformed request: cannot parse {name}")
 
 
-async def _no_request(ctx: RequestContext) -> None:
+def _missing(ctx: RequestContext) -> InvalidArgument:
+    """The answer to a request stream that ended before its one message, logged."""
     ctx.logger.warning(
-        "%s: the request from %s ended before one complete message arrived", ctx.full_method, ctx.peer
+        "%s: the request from %s ended before one complete message arrived",
+        ctx.full_method,
+        ctx.peer,
     )
-    await ctx.grpc.abort(
-        grpc.StatusCode.INVALID_ARGUMENT, "malformed request: missing or truncated request message"
-    )
+    return InvalidArgument("malformed request: missing or truncated request message")
 
 
 async def _refuse(ctx: RequestContext, exc: RpcError) -> None:
@@ -247,7 +256,19 @@ async def _cut(ctx: RequestContext, handled: bool) -> None:
     await ctx.grpc.abort(grpc.StatusCode.UNAVAILABLE, STOPPED_MESSAGE)
 
 
-def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None = None) -> grpc.RpcMethodHandler:
+#: How a method reads its request: ``read(ctx, task)`` returns what the chain is called with.
+Read = Callable[[RequestContext, "asyncio.Task[Any]"], Awaitable[Any]]
+#: How a method writes its reply: ``write(ctx, request, task)`` runs the chain on ``request``,
+#: writes what it answers and ends the call; it returns what grpc sends (a unary reply's bytes).
+Write = Callable[[RequestContext, Any, "asyncio.Task[Any]"], Awaitable[Any]]
+
+
+def grpc_method_handler(
+    route: Route,
+    chain: Handler,
+    limits: CallLimits | None = None,
+    observers: Sequence[RequestObserver] = (),
+) -> grpc.RpcMethodHandler:
     """Return the grpc method handler serving ``route`` through ``chain`` within ``limits``.
 
     Every method is registered with grpc as request-*streaming* and reads its messages itself
@@ -267,6 +288,18 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
     Replies of server streams are written with ``context.write()`` under ``SEND_TIMEOUT``: a
     client that stops reading (its flow-control window stays shut) loses the call, and the
     server its slot, instead of the two waiting forever.
+
+    Every kind runs the same loop (``serve`` below): a call slot, ``read`` (the request
+    message parsed, or the stream of them parsed as they come), the request context made
+    current, ``write`` (the chain, the reply written, the end of the call: the final status
+    worked out once and handed to ``ctx.on_end`` callbacks). The kind picks ``read`` and
+    ``write``; a unary call runs two framework frames around the chain (``serve``,
+    ``answer``), and the terminal handler's.
+
+    A call whose one request message cannot be read ends before the chain; ``observers``
+    (the chain's :class:`~microframe.core.middleware.RequestObserver` middleware, see
+    :func:`~microframe.core.middleware.build_chain`) are told, innermost first, so that
+    they count, log and trace it as they do a streaming call whose request fails in the chain.
     """
     limits = limits if limits is not None else CallLimits.default()
     parse = route.request_class.FromString
@@ -280,7 +313,17 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
     idle_timeout = limits.stream_idle_timeout
     send_timeout = limits.send_timeout
     busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+    OK = grpc.StatusCode.OK
+    CANCELLED = grpc.StatusCode.CANCELLED
     inf = float("inf")
+    told = tuple(reversed(observers))
+
+    def unread(ctx: RequestContext, code: grpc.StatusCode, exc: BaseException) -> None:
+        for observer in told:
+            try:
+                observer.request_failed(ctx, code, exc)
+            except Exception:
+                ctx.logger.exception("%s: %r failed", ctx.full_method, observer)
 
     async def receive(ctx: RequestContext, later: bool) -> Any:
         """The next request message (bytes, or EOF), within its time limit; one still
@@ -291,7 +334,8 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
         timeout = idle_timeout if later else receive_timeout
         now = monotonic()
         task = current_task()
-        watchdog.receiving(task, now, now + timeout if timeout is not None else inf, ctx.peer, later)
+        limit = now + timeout if timeout is not None else inf
+        watchdog.receiving(task, now, limit, ctx.peer, later)
         try:
             return await ctx.grpc.read()
         except CancelledError:
@@ -299,15 +343,48 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
             if no_slot is None:
                 raise
             if no_slot:
-                ctx.logger.warning("%s: no receive slot for a message still arriving from %s", ctx.full_method, ctx.peer)
+                ctx.logger.warning(
+                    "%s: no receive slot for a message still arriving from %s",
+                    ctx.full_method,
+                    ctx.peer,
+                )
                 raise ResourceExhausted(
-                    "the server is receiving as many request messages as it may at once; try again later"
+                    "the server is receiving as many request messages as it may at once; "
+                    "try again later"
                 ) from None
             what = "the next request message" if later else "the request message"
-            ctx.logger.warning("%s: %s from %s did not arrive within %g s", ctx.full_method, what, ctx.peer, timeout)
+            ctx.logger.warning(
+                "%s: %s from %s did not arrive within %g s", ctx.full_method, what, ctx.peer,
+                timeout,
+            )
             raise DeadlineExceeded(f"{what} did not arrive within {timeout:g} s") from None
         finally:
             watchdog.received(task)
+
+    # -- Reading: one request message, or a stream of them. ---------------------------------
+
+    async def one_request(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:
+        """The request message, parsed; a call without one is answered here, before the
+        chain (refused, INVALID_ARGUMENT, or cut by a stop)."""
+        try:
+            raw = await receive(ctx, False)
+        except RpcError as exc:
+            unread(ctx, exc.code, exc)
+            await _refuse(ctx, exc)
+        except CancelledError as exc:
+            unread(ctx, CANCELLED, exc)
+            if calls.cutting:
+                await _cut(ctx, handled=False)
+            raise
+        if raw is EOF:
+            refusal = _missing(ctx)
+        else:
+            try:
+                return parse(raw)
+            except Exception as exc:
+                refusal = _malformed(ctx, exc)
+        unread(ctx, refusal.code, refusal)
+        await _refuse(ctx, refusal)
 
     async def requests(ctx: RequestContext) -> AsyncIterator[Any]:
         later = False
@@ -319,30 +396,43 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
             try:
                 message = parse(raw)
             except Exception as exc:
-                name = route.request_class.DESCRIPTOR.full_name
-                ctx.logger.warning("%s: malformed %s from %s: %s", ctx.full_method, name, ctx.peer, exc)
-                raise InvalidArgument(f"malformed request: cannot parse {name}") from exc
+                raise _malformed(ctx, exc) from exc
             yield message
 
-    async def one_request(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:
+    async def request_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:
+        """The request stream: its messages are read and parsed as the controller asks."""
+        return requests(ctx)
+
+    # -- Writing: one reply, or a stream of them; then the end of the call. -----------------
+
+    async def answer(ctx: RequestContext, request: Any, task: asyncio.Task[Any]) -> Any:
+        """The one reply of ``request`` (a message, or a stream of them), serialized; grpc
+        writes it when this returns."""
         try:
-            raw = await receive(ctx, False)
-        except RpcError as exc:
-            await _refuse(ctx, exc)
-        except CancelledError:
-            if calls.cutting:
-                await _cut(ctx, handled=False)
+            data = (await chain(ctx, request)).SerializeToString()
+        except AbortError as exc:
+            if ctx._ends is not None:
+                ctx._ended(status_of(exc, ctx.grpc), exc)
             raise
-        if raw is EOF:
-            await _no_request(ctx)
-        try:
-            return parse(raw)
+        except CancelledError as exc:
+            if ctx._ends is not None:
+                ctx._ended(CANCELLED, exc)
+            if calls.cutting:
+                await _cut(ctx, handled=True)
+            raise
         except Exception as exc:
-            await _bad_request(ctx, exc)
+            if ctx._ends is not None:
+                ctx._ended(status_of(exc), exc)
+            await _abort(ctx, exc)
+        if ctx._ends is not None:
+            ctx._ended(OK, None)
+        return data
 
     async def send_all(ctx: RequestContext, request: Any, task: asyncio.Task[Any]) -> None:
+        """Write every reply of the stream the chain answers ``request`` with."""
         context = ctx.grpc
         responses = None
+        code, error = OK, None  # type: grpc.StatusCode, BaseException | None
         try:
             responses = await chain(ctx, request)
             async for response in responses:
@@ -358,14 +448,18 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
                     raise
                 finally:
                     watchdog.sent(task)
-        except AbortError:
+        except AbortError as exc:
+            code, error = status_of(exc, context), exc
             raise
-        except CancelledError:
+        except CancelledError as exc:
+            code, error = CANCELLED, exc
             if watchdog.expired(task) is not None:
                 # The client stopped reading: no status can reach it (it would queue behind
                 # the reply), so the call is dropped; grpc resets the stream when it can.
-                ctx.logger.warning("%s: %s read no reply for %g s; the call is dropped",
-                                   ctx.full_method, ctx.peer, send_timeout)
+                ctx.logger.warning(
+                    "%s: %s read no reply for %g s; the call is dropped",
+                    ctx.full_method, ctx.peer, send_timeout,
+                )
                 if responses is not None:
                     await responses.aclose()
                 raise CancelledError() from None
@@ -373,42 +467,15 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
                 await _cut(ctx, handled=True)
             raise
         except Exception as exc:
+            code, error = status_of(exc), exc
             await _abort(ctx, exc)
+        finally:
+            ctx._ended(code, error)
 
-    async def answer(ctx: RequestContext, request: Any) -> bytes | None:
-        """The one reply of ``request`` (a message, or a stream of them), serialized."""
-        try:
-            response = await chain(ctx, request)
-        except AbortError:
-            raise
-        except CancelledError:
-            if calls.cutting:
-                await _cut(ctx, handled=True)
-            raise
-        except Exception as exc:
-            await _abort(ctx, exc)
-        return response.SerializeToString()  # type: ignore[no-any-return]
+    read: Read = request_stream if kind.client_streaming else one_request
+    write: Write = send_all if kind.server_streaming else answer
 
-    async def unary_unary(ctx: RequestContext, task: asyncio.Task[Any]) -> bytes | None:
-        return await answer(ctx, await one_request(ctx, task))
-
-    async def stream_unary(ctx: RequestContext, task: asyncio.Task[Any]) -> bytes | None:
-        return await answer(ctx, requests(ctx))
-
-    async def unary_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> None:
-        await send_all(ctx, await one_request(ctx, task), task)
-
-    async def stream_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> None:
-        await send_all(ctx, requests(ctx), task)
-
-    body = {
-        RpcKind.UNARY_UNARY: unary_unary,
-        RpcKind.STREAM_UNARY: stream_unary,
-        RpcKind.UNARY_STREAM: unary_stream,
-        RpcKind.STREAM_STREAM: stream_stream,
-    }[kind]
-
-    async def handler(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+    async def serve(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
         ctx = RequestContext(route, context)
         peer = ctx.peer
         task = current_task()
@@ -417,10 +484,10 @@ def grpc_method_handler(route: Route, chain: Handler, limits: CallLimits | None 
             await context.abort(busy, refused)
         try:
             _current.set(ctx)
-            return await body(ctx, task)
+            return await write(ctx, await read(ctx, task), task)
         finally:
             calls.leave(peer, task)
 
     if kind.server_streaming:
-        return grpc.stream_stream_rpc_method_handler(handler)
-    return grpc.stream_unary_rpc_method_handler(handler)
+        return grpc.stream_stream_rpc_method_handler(serve)
+    return grpc.stream_unary_rpc_method_handler(serve)

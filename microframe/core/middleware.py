@@ -23,14 +23,23 @@ A factory that accepts a ``route`` keyword receives the :class:`~microframe.core
 it is built for, to do per-method work once (e.g. bind metric labels). Raising
 :class:`~microframe.core.exceptions.MiddlewareNotUsed` from the factory takes it out of the
 chain. Middleware that must see each streamed message wraps the iterators with
-:func:`map_stream`.
+:func:`map_stream`; one that must see the end of a streamed call registers
+:meth:`~microframe.core.context.RequestContext.on_end`.
+
+A call whose one request message cannot be read (malformed, missing, too slow to arrive) ends
+before the chain runs. A middleware that observes every call (counts, logs or traces it)
+defines ``request_failed(ctx, code, exc)``, the :class:`RequestObserver` protocol: the method
+handler calls it for such a call, so that it is seen as a streaming call whose request fails
+inside the chain is.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import grpc
 
 from microframe.core.context import RequestContext
 from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
@@ -41,6 +50,18 @@ Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 MiddlewareFactory = Callable[..., Handler]
 
 _accepts_route_cache: dict[Any, bool] = {}
+
+
+@runtime_checkable
+class RequestObserver(Protocol):
+    """A middleware that is told of the calls that ended before the chain ran."""
+
+    def request_failed(
+        self, ctx: RequestContext, code: grpc.StatusCode, exc: BaseException
+    ) -> None:
+        """The request message of the call ``ctx`` could not be read: the call was answered
+        ``code`` because of ``exc`` (an :class:`~microframe.core.exceptions.RpcError`, or the
+        cancellation of a caller that went away) without running the chain."""
 
 
 def _accepts_route(factory: Any) -> bool:
@@ -74,12 +95,18 @@ def resolve_middleware(entry: str | MiddlewareFactory) -> MiddlewareFactory:
 
 
 def build_chain(
-    route: Route, terminal: Handler, middleware: Sequence[str | MiddlewareFactory]
+    route: Route,
+    terminal: Handler,
+    middleware: Sequence[str | MiddlewareFactory],
+    observers: list[RequestObserver] | None = None,
 ) -> tuple[Handler, list[str]]:
     """Wrap ``terminal`` in ``middleware`` (outermost first), then the route's own extras.
 
-    Return the chain and the names of the middleware in use (outermost first).
+    Return the chain and the names of the middleware in use (outermost first). The
+    middleware built that are :class:`RequestObserver` are appended to ``observers`` when it
+    is given (outermost first), for :func:`microframe.core.handlers.grpc_method_handler`.
     """
+    found: list[RequestObserver] = []
     handler = terminal
     used: list[str] = []
     for entry in reversed([*middleware, *route.middleware]):
@@ -94,11 +121,14 @@ def build_chain(
         if built is None or not callable(built):
             raise ImproperlyConfigured(f"Middleware {entry!r} returned {built!r}, not a handler.")
         handler = built
-        if isinstance(entry, str):
-            used.append(entry)
-        else:
-            used.append(getattr(entry, "__qualname__", repr(entry)))
+        if observers is not None and isinstance(built, RequestObserver):
+            found.append(built)
+        used.append(
+            entry if isinstance(entry, str) else getattr(entry, "__qualname__", repr(entry))
+        )
     used.reverse()
+    if observers is not None:
+        observers.extend(reversed(found))
     return handler, used
 
 

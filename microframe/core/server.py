@@ -24,7 +24,7 @@ from microframe.conf import dict_setting, global_settings
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.handlers import controller_handler, grpc_method_handler
 from microframe.core.limits import CallLimits, CallTracker, ReceiveSlots, Watchdog
-from microframe.core.middleware import MiddlewareFactory, build_chain
+from microframe.core.middleware import MiddlewareFactory, RequestObserver, build_chain
 from microframe.core.router import Route
 from microframe.core.serving import ServingProcess
 from microframe.core.signals import server_started, server_stopped, server_stopping
@@ -273,11 +273,12 @@ class Server:
         server = grpc.aio.server(options=self.config.channel_options())
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         for route in self.routes:
-            controller = controller_handler(route, self.executor)
-            chain, used = build_chain(route, controller, self.middleware)
+            observers: list[RequestObserver] = []
+            terminal = controller_handler(route, self.executor)
+            chain, used = build_chain(route, terminal, self.middleware, observers)
             self.chains[route.full_method] = chain
             self.middleware_in_use[route.full_method] = used
-            handler = grpc_method_handler(route, chain, self.limits)
+            handler = grpc_method_handler(route, chain, self.limits, observers)
             by_service.setdefault(route.service, {})[route.method] = handler
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import re
 import struct
 import subprocess
@@ -283,3 +285,247 @@ def test_bare_grpc_aio_cancels_part_of_a_burst():
 
     counts = asyncio.run(run())
     assert counts["CANCELLED"] > 0, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# One end of a call: every RPC kind is seen ending the same way by the metrics, the access log
+# and an end-of-call observer (ctx.on_end, and request_failed for a request never read).
+
+_ACCESS = "microframe.access"
+_GREETER = hello_pb2.DESCRIPTOR.services_by_name["Greeter"]
+_KINDS = {  # method: grpc_type
+    "SayHello": "unary",
+    "LotsOfReplies": "server_stream",
+    "LotsOfGreetings": "client_stream",
+    "BidiHello": "bidi_stream",
+}
+
+
+class _Calls:
+    """What the server saw of the calls of a test: the controllers entered, the ends observed
+    (``ctx.on_end`` or ``request_failed``), the access lines written."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.ends: list[tuple[str, grpc.StatusCode]] = []
+        self.lines: list[tuple[str, str]] = []
+        self.changed = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def note(self) -> None:
+        self.loop.call_soon_threadsafe(self.changed.set)
+
+    async def until(self, predicate, what: str) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+        try:
+            await asyncio.wait_for(wait(), 5)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def _controllers(calls: _Calls):
+    """One controller per RPC kind; the (first) request's name says how the call goes: ``ok``,
+    ``error`` (NOT_FOUND, after one reply on a server stream), ``slow`` (never ends)."""
+    from microframe import NotFound
+
+    async def hang() -> None:
+        calls.entered.set()
+        await asyncio.Event().wait()
+
+    async def say_hello(ctx, request):
+        if request.name == "error":
+            raise NotFound("no such greeting")
+        if request.name == "slow":
+            await hang()
+        return hello_pb2.HelloReply(message="hi")
+
+    async def lots_of_replies(ctx, request):
+        yield hello_pb2.HelloReply(message="first")
+        if request.name == "error":
+            raise NotFound("no such greeting")
+        if request.name == "slow":
+            await hang()
+        yield hello_pb2.HelloReply(message="second")
+
+    async def lots_of_greetings(ctx, requests):
+        async for request in requests:
+            if request.name == "error":
+                raise NotFound("no such greeting")
+            if request.name == "slow":
+                await hang()
+        return hello_pb2.HelloReply(message="hi")
+
+    async def bidi_hello(ctx, requests):
+        async for request in requests:
+            if request.name == "error":
+                raise NotFound("no such greeting")
+            if request.name == "slow":
+                await hang()
+            yield hello_pb2.HelloReply(message="hi")
+
+    from microframe.core.router import rpc
+
+    return [
+        rpc(_GREETER, "SayHello", say_hello),
+        rpc(_GREETER, "LotsOfReplies", lots_of_replies),
+        rpc(_GREETER, "LotsOfGreetings", lots_of_greetings),
+        rpc(_GREETER, "BidiHello", bidi_hello),
+    ]
+
+
+def _observer(calls: _Calls):
+    """A middleware that records how every call ends, the way a battery would."""
+
+    class EndObserver:
+        def __init__(self, next, route):
+            self.next = next
+
+        async def __call__(self, ctx, request):
+            ctx.on_end(lambda code, exc: self.ended(ctx, code))
+            return await self.next(ctx, request)
+
+        def request_failed(self, ctx, code, exc):
+            self.ended(ctx, code)
+
+        def ended(self, ctx, code):
+            calls.ends.append((ctx.method, code))
+            calls.note()
+
+    return EndObserver
+
+
+class _AccessLines(logging.Handler):
+    def __init__(self, calls: _Calls) -> None:
+        super().__init__(logging.INFO)
+        self.calls = calls
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.calls.lines.append((record.getMessage().split()[0].rsplit("/", 1)[-1], record.code))
+        self.calls.note()
+
+
+def _handled(method: str, code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"grpc_type": _KINDS[method], "grpc_service": "helloworld.Greeter",
+              "grpc_method": method}
+    started = REGISTRY.get_sample_value("grpc_server_started_total", labels) or 0.0
+    handled = REGISTRY.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": code})
+    return started + 1000 * (handled or 0.0)  # both counters in one number
+
+
+@contextlib.asynccontextmanager
+async def _observed_server():
+    from microframe.test import override_settings, serve
+
+    calls = _Calls()
+    middleware = [
+        "microframe.contrib.metrics.middleware.MetricsMiddleware",
+        "microframe.contrib.logging.middleware.AccessLogMiddleware",
+        _observer(calls),
+    ]
+    logger = logging.getLogger(_ACCESS)
+    level = logger.level
+    lines = _AccessLines(calls)
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        with override_settings(merge=True, ACCESS_LOG={"ENABLED": True}):
+            async with serve(routes=_controllers(calls), middleware=middleware) as server:
+                channel = grpc.aio.insecure_channel(server.address)
+                try:
+                    yield calls, channel
+                finally:
+                    await channel.close()
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+
+
+def _raw_call(channel: grpc.aio.Channel, method: str, payloads: list[bytes], timeout: float):
+    """Call ``method`` with raw request bytes; return the call object (awaited or iterated by
+    the caller)."""
+    path = f"/helloworld.Greeter/{method}"
+    kind = _KINDS[method]
+    if kind == "unary":
+        return channel.unary_unary(path)(payloads[0], timeout=timeout)
+    if kind == "server_stream":
+        return channel.unary_stream(path)(payloads[0], timeout=timeout)
+
+    async def stream():
+        for payload in payloads:
+            yield payload
+
+    if kind == "client_stream":
+        return channel.stream_unary(path)(stream(), timeout=timeout)
+    return channel.stream_stream(path)(stream(), timeout=timeout)
+
+
+async def _finish(call) -> grpc.StatusCode:
+    """Wait for the end of ``call`` (reading every reply of a stream); return its code."""
+    try:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    except asyncio.CancelledError:  # the call (not this task) was cancelled: grpc.aio says so
+        assert call.cancelled()
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.OK
+
+
+async def _ended_alike(calls: _Calls, method: str, name: str, server_code: str) -> None:
+    """The call's one end, as the observer and the access log saw it, is ``server_code``."""
+    await calls.until(lambda: calls.ends and calls.lines, f"the end of {method} {name}")
+    assert calls.ends == [(method, grpc.StatusCode[server_code])], (method, name)
+    assert calls.lines == [(method, server_code)], (method, name)
+    calls.ends.clear()
+    calls.lines.clear()
+
+
+async def test_every_rpc_kind_ends_alike_for_every_observer():
+    """Success, an error, a cancelled call and a deadline passed: for every RPC kind, the code
+    the observer is handed once is the access line's and the one counted handled."""
+    cases = {  # request name: (the client's code, the code the server observes)
+        "ok": ("OK", "OK"),
+        "error": ("NOT_FOUND", "NOT_FOUND"),
+        "cancel": ("CANCELLED", "CANCELLED"),
+        "deadline": ("DEADLINE_EXCEEDED", "CANCELLED"),
+    }
+    async with _observed_server() as (calls, channel):
+        for method in _KINDS:
+            for case, (client_code, server_code) in cases.items():
+                name = {"cancel": "slow", "deadline": "slow"}.get(case, case)
+                payload = Req(name=name).SerializeToString()
+                before = _handled(method, server_code)
+                calls.entered.clear()
+                call = _raw_call(channel, method, [payload], 1.0 if case == "deadline" else 10)
+                if case == "cancel":
+                    waiting = asyncio.ensure_future(_finish(call))
+                    await asyncio.wait_for(calls.entered.wait(), 5)
+                    call.cancel()
+                    code = await waiting
+                else:
+                    code = await _finish(call)
+                assert code == grpc.StatusCode[client_code], (method, case)
+                await _ended_alike(calls, method, case, server_code)
+                assert _handled(method, server_code) == before + 1001, (method, case)
+
+
+async def test_a_malformed_request_is_counted_alike_for_every_rpc_kind():
+    """Parsed before the chain (unary requests) or in it (streams), a request that cannot be
+    parsed is answered, counted started and handled, logged and observed the same way."""
+    async with _observed_server() as (calls, channel):
+        for method in _KINDS:
+            before = _handled(method, "INVALID_ARGUMENT")
+            code = await _finish(_raw_call(channel, method, [b"\xff\xff\xff\xff\xff"], 10))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, method
+            await _ended_alike(calls, method, "malformed", "INVALID_ARGUMENT")
+            assert _handled(method, "INVALID_ARGUMENT") == before + 1001, method

@@ -2,15 +2,20 @@
 
 On the ``microframe.access`` logger, at INFO::
 
-    2026-11-25 10:00:00,123 INFO 4242 microframe.access [3f2a... helloworld.Greeter SayHello] /helloworld.Greeter/SayHello OK 0.41ms peer=ipv4:127.0.0.1:50412 in=7B out=15B user_id=42 md.user-agent="grpc-python/1.85"
+    2026-11-25 10:00:00,123 INFO 4242 microframe.access [3f2a... helloworld.Greeter SayHello]
+    /helloworld.Greeter/SayHello OK 0.41ms peer=ipv4:127.0.0.1:50412 in=7B out=15B user_id=42
+    md.user-agent="grpc-python/1.85"
+
+(one line, wrapped here).
 
 - the method, the status code, the duration, the caller's address, the request and response
   sizes (every message of a stream counted);
 - every ``ctx.add_field(key, value)`` the controller (or a middleware) made during the call:
   the seed's AddField, one line per call instead of one line per fact;
 - the request's metadata when ``ACCESS_LOG["METADATA"]`` says so (True for every key, a list
-  for some; False, the default, for none), where the values of ``ACCESS_LOG["REDACTED"]`` keys (authorization, cookie,
-  API keys...) and of binary (``-bin``) keys are replaced by ``[REDACTED]``: never written.
+  for some; False, the default, for none), where the values of ``ACCESS_LOG["REDACTED"]``
+  keys (authorization, cookie, API keys...) and of binary (``-bin``) keys are replaced by
+  ``[REDACTED]``: never written.
 
 With ``LOG["FORMAT"] = "json"`` the same facts are separate keys: ``code``, ``duration_ms``,
 ``peer``, ``request_bytes``, ``response_bytes``, ``fields``, ``metadata``.
@@ -31,10 +36,10 @@ import grpc
 
 from microframe.conf import global_settings, settings
 from microframe.core.context import RequestContext
-from microframe.core.exceptions import MiddlewareNotUsed, RpcError
+from microframe.core.exceptions import MiddlewareNotUsed, RpcError, status_of
 from microframe.core.middleware import Handler
 from microframe.core.router import Route
-from microframe.core.streams import CountedRequests, ObservedResponses, status_code_of
+from microframe.core.streams import CountedMessages
 
 ACCESS_LOGGER = "microframe.access"
 REDACTED = "[REDACTED]"
@@ -58,7 +63,9 @@ class MetadataFilter:
 
     def __init__(self, metadata: bool | list[str], redacted: list[str]) -> None:
         self.keys: frozenset[str] | bool = (
-            frozenset(k.lower() for k in metadata) if isinstance(metadata, list | tuple) else bool(metadata)
+            frozenset(k.lower() for k in metadata)
+            if isinstance(metadata, list | tuple)
+            else bool(metadata)
         )
         self.redacted = frozenset(k.lower() for k in redacted)
 
@@ -86,7 +93,8 @@ class _RecordFactory:
 
         self.logger = logger
         template = vars(logging.LogRecord(logger.name, _INFO, __file__, 0, "", None, None, "write"))
-        self.template = {k: v for k, v in template.items() if k not in ("created", "msecs", "relativeCreated")}
+        per_record = ("created", "msecs", "relativeCreated")
+        self.template = {k: v for k, v in template.items() if k not in per_record}
         self.template["process"] = os.getpid()
         self._new = logging.LogRecord.__new__
         self._start = logging._startTime  # type: ignore[attr-defined]
@@ -131,7 +139,15 @@ class _Sizes:
 class AccessLogMiddleware:
     """Write one access line per call (see the module's documentation)."""
 
-    __slots__ = ("next", "logger", "record", "full_method", "metadata", "client_streaming", "server_streaming")
+    __slots__ = (
+        "next",
+        "logger",
+        "record",
+        "full_method",
+        "metadata",
+        "client_streaming",
+        "server_streaming",
+    )
 
     def __init__(self, next: Handler, route: Route | None = None) -> None:
         options = access_log_options()
@@ -151,23 +167,38 @@ class AccessLogMiddleware:
         start = _perf_counter()
         if self.client_streaming:
             sizes = _Sizes()
-            request = CountedRequests(request, sizes.add_received)
+            request = CountedMessages(request, sizes.add_received)
         else:
             sizes = _Sizes(_size(request))
+        if self.server_streaming:
+            # Written when the method handler says the call ended, whatever ends it.
+            ctx.on_end(lambda code, exc: self.write(ctx, code, start, sizes, exc))
+            return CountedMessages(await self.next(ctx, request), sizes.add_sent)
         try:
             response = await self.next(ctx, request)
         except BaseException as exc:
-            self.write(ctx, status_code_of(exc, ctx.grpc), start, sizes, exc)
+            self.write(ctx, status_of(exc, ctx.grpc), start, sizes, exc)
             raise
-        if self.server_streaming:
-            return ObservedResponses(
-                response, ctx.grpc, lambda code, exc: self.write(ctx, code, start, sizes, exc), sizes.add_sent
-            )
         sizes.sent = _size(response)
         self.write(ctx, _OK, start, sizes, None)
         return response
 
-    def write(self, ctx: RequestContext, code: grpc.StatusCode, start: float, sizes: _Sizes, exc: BaseException | None) -> None:
+    def request_failed(
+        self, ctx: RequestContext, code: grpc.StatusCode, exc: BaseException
+    ) -> None:
+        """Write the line of a call whose request could not be read (it ended before the
+        chain), as for any other call."""
+        if self.logger.isEnabledFor(_INFO):
+            self.write(ctx, code, ctx.start, _Sizes(), exc)
+
+    def write(
+        self,
+        ctx: RequestContext,
+        code: grpc.StatusCode,
+        start: float,
+        sizes: _Sizes,
+        exc: BaseException | None,
+    ) -> None:
         """Write the line of a call that ended with ``code``."""
         duration_ms = (_perf_counter() - start) * 1000
         try:
@@ -188,7 +219,8 @@ class AccessLogMiddleware:
         tail = ""
         if fields:
             tail += "".join(f" {key}={value}" for key, value in fields.items())
-        if exc is not None and not isinstance(exc, RpcError) and code is not grpc.StatusCode.CANCELLED:
+        failed = exc is not None and not isinstance(exc, RpcError)
+        if failed and code is not grpc.StatusCode.CANCELLED:
             extra["error"] = type(exc).__name__
             tail += f" error={type(exc).__name__}"
         if metadata:

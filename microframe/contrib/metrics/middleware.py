@@ -13,8 +13,11 @@ Set ``METRICS["ENABLED"] = False`` to take it out of the chain.
 For each call it increments ``grpc_server_started_total`` when the call starts and
 ``grpc_server_handled_total`` with the status code when it ends, observes the call's duration
 in ``grpc_server_handling_seconds``, and counts the messages received and sent. A
-server-streaming call ends when its response stream ends (exhausted, failed, or abandoned
-because the caller went away), not when the controller returns the stream.
+server-streaming call ends when the method handler has written its last message (or the call
+failed, or the caller went away), not when the controller returns the stream: it is recorded
+from the call's ``ctx.on_end`` callback. A call whose request message cannot be read (malformed,
+missing, too slow) is counted too, started and handled with the code it was answered, whatever
+its kind (``request_failed``).
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ import time
 from typing import Any
 
 import grpc
-import grpc.aio
 
 from microframe.conf import settings
 from microframe.contrib.metrics.metrics import server_metrics
 from microframe.core.context import RequestContext
 from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+from microframe.core.exceptions import status_of as status_code_of
 from microframe.core.middleware import Handler
 from microframe.core.router import Route
-from microframe.core.streams import CountedRequests, ObservedResponses, status_code_of
+from microframe.core.streams import CountedMessages
 
 _perf_counter = time.perf_counter
 _OK = grpc.StatusCode.OK
@@ -94,30 +97,39 @@ class MetricsMiddleware:
         return child
 
     def record(self, code: grpc.StatusCode, start: float) -> None:
-        """Record the end of a call started at ``start`` (``time.perf_counter()``) with ``code``."""
+        """Record the end of a call started at ``start`` (``time.perf_counter()``) with
+        ``code``."""
         self._seconds.observe(_perf_counter() - start)
         self.handled_child(code).inc()
 
     async def __call__(self, ctx: RequestContext, request: Any) -> Any:
         self._started.inc()
         if self._client_streaming:
-            request = CountedRequests(request, self._count_received)
+            request = CountedMessages(request, self._count_received)
         else:
             self._received.inc()
         start = _perf_counter()
+        if self._server_streaming:
+            # The method handler tells the end of the call, whatever ends it.
+            ctx.on_end(lambda code, exc: self.record(code, start))
+            return CountedMessages(await self.next(ctx, request), self._count_sent)
         try:
             response = await self.next(ctx, request)
         except BaseException as exc:
             self.record(status_code_of(exc, ctx.grpc), start)
             raise
-        if self._server_streaming:
-            return ObservedResponses(
-                response, ctx.grpc, lambda code, exc: self.record(code, start), self._count_sent
-            )
         self._seconds.observe(_perf_counter() - start)
         self._handled_ok.inc()
         self._sent.inc()
         return response
+
+    def request_failed(
+        self, ctx: RequestContext, code: grpc.StatusCode, exc: BaseException
+    ) -> None:
+        """Count a call whose request could not be read (it ended before the chain) as a
+        streaming call whose request fails is counted: started, and handled with ``code``."""
+        self._started.inc()
+        self.record(code, ctx.start)
 
     def _count_received(self, message: Any) -> None:
         self._received.inc()

@@ -15,10 +15,9 @@ from typing import Any
 import grpc
 
 from microframe.core.context import RequestContext, current_context
-from microframe.core.exceptions import MiddlewareNotUsed, RpcError
+from microframe.core.exceptions import MiddlewareNotUsed, RpcError, status_of
 from microframe.core.middleware import Handler
 from microframe.core.router import Route
-from microframe.core.streams import ObservedResponses, status_code_of
 
 _OK = grpc.StatusCode.OK
 
@@ -43,7 +42,9 @@ def _tracing() -> Any:
     return tracing
 
 
-def finish_span(tracing: Any, span: Any, code: grpc.StatusCode, exc: BaseException | None, is_error: bool) -> None:
+def finish_span(
+    tracing: Any, span: Any, code: grpc.StatusCode, exc: BaseException | None, is_error: bool
+) -> None:
     """Tag ``span`` with the call's status code (and error) and finish it."""
     span.set_tag("grpc.status_code", code.name)
     if is_error:
@@ -67,7 +68,8 @@ class TracingMiddleware:
             self.tags.update({"rpc.service": route.service, "rpc.method": route.method})
         self.server_streaming = bool(route and route.kind.server_streaming)
 
-    async def __call__(self, ctx: RequestContext, request: Any) -> Any:
+    def start(self, ctx: RequestContext) -> Any:
+        """Start the span of the call ``ctx``, make it ``ctx.span``; return it."""
         tracing = self.tracing
         span = tracing.start_span(self.operation, tracing.extract(ctx.metadata), self.tags)
         ctx.span = span
@@ -77,17 +79,30 @@ class TracingMiddleware:
                 span.set_tag("peer.address", ctx.peer)
             except Exception:
                 pass
+        return span
+
+    def request_failed(
+        self, ctx: RequestContext, code: grpc.StatusCode, exc: BaseException
+    ) -> None:
+        """Trace a call whose request could not be read (it ended before the chain): a span
+        of its own, finished at once with ``code``."""
+        finish_span(self.tracing, self.start(ctx), code, exc, code in SERVER_ERRORS)
+
+    async def __call__(self, ctx: RequestContext, request: Any) -> Any:
+        tracing = self.tracing
+        span = self.start(ctx)
+        if self.server_streaming:
+            # Finished when the method handler says the call ended, whatever ends it.
+            ctx.on_end(
+                lambda code, exc: finish_span(tracing, span, code, exc, code in SERVER_ERRORS)
+            )
+            return await self.next(ctx, request)
         try:
             response = await self.next(ctx, request)
         except BaseException as exc:
-            code = status_code_of(exc, ctx.grpc)
+            code = status_of(exc, ctx.grpc)
             finish_span(tracing, span, code, exc, code in SERVER_ERRORS)
             raise
-        if self.server_streaming:
-            return ObservedResponses(
-                response, ctx.grpc,
-                lambda code, exc: finish_span(tracing, span, code, exc, code in SERVER_ERRORS),
-            )
         finish_span(tracing, span, _OK, None, False)
         return response
 
@@ -113,7 +128,8 @@ class ClientTracingMiddleware:
     async def __call__(self, call: Any) -> Any:
         ctx = current_context()
         parent = ctx.span if ctx is not None else None
-        span = self.tracing.start_span(self.operation, parent.context if parent is not None else None, self.tags)
+        parent_context = parent.context if parent is not None else None
+        span = self.tracing.start_span(self.operation, parent_context, self.tags)
         self.tracing.inject(span, call.metadata)
         try:
             response = await self.next(call)
@@ -128,7 +144,9 @@ class ClientTracingMiddleware:
         self._finish(span, call, _OK, None)
         return response
 
-    def _finish(self, span: Any, call: Any, code: grpc.StatusCode, exc: BaseException | None) -> None:
+    def _finish(
+        self, span: Any, call: Any, code: grpc.StatusCode, exc: BaseException | None
+    ) -> None:
         if call.instance is not None:
             span.set_tag("peer.address", call.instance.address)
         if call.attempt > 1:
