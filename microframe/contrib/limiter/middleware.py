@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -117,11 +118,17 @@ def _key_function(key: str) -> Callable[[RequestContext], str]:
     return metadata
 
 
+def retry_after(wait: float) -> str:
+    """The ``retry-after`` of a wait of ``wait`` seconds: milliseconds, rounded up, never
+    "0.000" (a permit less than half a millisecond away would round to "retry now")."""
+    return f"{max(math.ceil(wait * 1000), 1) / 1000:.3f}"
+
+
 def _rejection(what: str, wait: float | None) -> RpcError:
     if wait is None or wait == float("inf"):
         return ResourceExhausted(f"rate limit of {what} exceeded")
     return ResourceExhausted(
-        f"rate limit of {what} exceeded", trailers=((RETRY_AFTER, f"{wait:.3f}"),)
+        f"rate limit of {what} exceeded", trailers=((RETRY_AFTER, retry_after(wait)),)
     )
 
 

@@ -63,6 +63,15 @@ def test_token_bucket_bursts_then_keeps_the_rate():
     assert sum(bucket.try_acquire() == 0.0 for _ in range(50)) == 20  # refilled to the burst only
 
 
+def test_retry_after_is_never_zero_and_never_early():
+    from microframe.contrib.limiter.middleware import retry_after
+
+    # A permit a microsecond away is no "retry now"; a wait is rounded up, never down.
+    assert [retry_after(w) for w in (1e-6, 0.0004, 0.001, 0.0101, 2.5)] == [
+        "0.001", "0.001", "0.001", "0.011", "2.500",
+    ]
+
+
 def test_token_bucket_reserves_waits_in_order():
     clock = Clock()
     bucket = TokenBucket(rate=10, burst=1, clock=clock)
