@@ -248,7 +248,7 @@ CLIENT_MIDDLEWARE = [
     "microframe.client.middleware.PrepareMiddleware",
     "microframe.client.middleware.AccessLogMiddleware",
     "microframe.contrib.tracing.middleware.ClientTracingMiddleware",
-    "microframe.client.middleware.MetricsMiddleware",
+    "microframe.contrib.metrics.middleware.ClientMetricsMiddleware",
     "microframe.contrib.limiter.middleware.ClientRateLimitMiddleware",
     "microframe.client.breaker.CircuitBreakerMiddleware",
     "microframe.client.middleware.DiscoveryMiddleware",

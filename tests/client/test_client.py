@@ -609,3 +609,13 @@ async def test_each_attempt_picks_an_instance_of_its_own(fleet):
     # A dead instance refused once is kept away from: later calls go straight to the good one.
     assert max(len(tried) for tried, _, _ in _Recorder.seen) > 1
     assert [len(tried) for tried, _, _ in _Recorder.seen[-3:]] == [1, 1, 1]
+
+
+def test_the_client_metrics_step_is_the_metrics_batterys_under_its_old_path_too() -> None:
+    from microframe.conf import global_settings
+    from microframe.contrib.metrics.middleware import ClientMetricsMiddleware
+    from microframe.utils.module_loading import import_string
+
+    path = "microframe.contrib.metrics.middleware.ClientMetricsMiddleware"
+    assert path in global_settings.CLIENT_MIDDLEWARE
+    assert import_string("microframe.client.middleware.MetricsMiddleware") is ClientMetricsMiddleware

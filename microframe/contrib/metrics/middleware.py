@@ -1,4 +1,5 @@
-"""``MetricsMiddleware``: count and time every RPC the server handles.
+"""``MetricsMiddleware``: count and time every RPC the server handles (and
+``ClientMetricsMiddleware``, every call a client makes: ``grpc_client_*``).
 
 Put it first in ``MIDDLEWARE`` (it is there by default) so that it sees every call, including
 the ones the middleware after it refuse::
@@ -23,18 +24,22 @@ its kind (``request_failed``).
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from microframe.conf import settings
-from microframe.contrib.metrics.metrics import server_metrics
+from microframe.conf import dict_setting, settings
+from microframe.contrib.metrics.metrics import client_metrics, server_metrics
 from microframe.core.context import RequestContext
-from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, RpcError
 from microframe.core.exceptions import status_of as status_code_of
 from microframe.core.middleware import Handler
-from microframe.core.router import Route
+from microframe.core.router import Route, RpcKind
 from microframe.core.streams import CountedMessages
+
+if TYPE_CHECKING:
+    from microframe.client.call import ClientCall, ClientHandler
 
 _perf_counter = time.perf_counter
 _OK = grpc.StatusCode.OK
@@ -136,3 +141,72 @@ class MetricsMiddleware:
 
     def _count_sent(self, message: Any) -> None:
         self._sent.inc()
+
+
+class ClientMetricsMiddleware:
+    """``grpc_client_*`` metrics (go-grpc-prometheus names) of the calls a client makes, per
+    service and method: a step of ``CLIENT_MIDDLEWARE``, out of the chain when
+    ``METRICS["ENABLED"]`` is false."""
+
+    def __init__(
+        self, next: ClientHandler, *, method: str, kind: RpcKind, **kwargs: Any
+    ) -> None:
+        try:
+            enabled = dict_setting("METRICS")["ENABLED"]
+        except ImproperlyConfigured:
+            enabled = True
+        if not enabled:
+            raise MiddlewareNotUsed
+        self.next = next
+        service, _, name = method.lstrip("/").rpartition("/")
+        metrics = client_metrics()
+        self._labels = (kind.grpc_type, service, name)
+        self._started = metrics.started.labels(*self._labels)
+        self._handled = metrics.handled
+        self._seconds = metrics.handling_seconds.labels(*self._labels)
+        self._sent = metrics.msg_sent.labels(*self._labels)
+        self._received = metrics.msg_received.labels(*self._labels)
+        self._streaming = kind.server_streaming
+        self._one_request = not kind.client_streaming
+        self._by_code: dict[grpc.StatusCode, Any] = {}
+
+    async def __call__(self, call: ClientCall) -> Any:
+        self._started.inc()
+        if self._one_request:
+            self._sent.inc()
+        start = time.perf_counter()
+        try:
+            response = await self.next(call)
+        except RpcError as err:
+            self._finish(err.code, start)
+            raise
+        except BaseException:
+            self._finish(grpc.StatusCode.UNKNOWN, start)
+            raise
+        if self._streaming:
+            return self._count(response, start)
+        self._received.inc()
+        self._finish(grpc.StatusCode.OK, start)
+        return response
+
+    def _finish(self, code: grpc.StatusCode, start: float) -> None:
+        self._seconds.observe(time.perf_counter() - start)
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._handled.labels(*self._labels, code.name)
+        child.inc()
+
+    async def _count(self, stream: AsyncIterator[Any], start: float) -> AsyncIterator[Any]:
+        code = grpc.StatusCode.OK
+        try:
+            async for message in stream:
+                self._received.inc()
+                yield message
+        except RpcError as err:
+            code = err.code
+            raise
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._finish(code, start)
