@@ -49,7 +49,7 @@ from microframe.test import free_port  # noqa: E402  (once harness put this chec
 
 WATCHER = r"""
 import asyncio, json, sys, time
-from microframe.contrib.registry import build_registry
+from microframe.discovery import build_registry
 async def main():
     registry = build_registry(sys.argv[1], json.loads(sys.argv[2]))
     async for found in registry.watch(sys.argv[3]):
@@ -144,7 +144,7 @@ class Watcher:
 async def register_rounds(
     backend: str, options: dict[str, Any], watcher: Watcher, rounds: int
 ) -> tuple[list[float], list[float]]:
-    from microframe.contrib.registry import ServiceInstance, build_registry
+    from microframe.discovery import ServiceInstance, build_registry
 
     registry = build_registry(backend, options)
     seen, gone = [], []

@@ -29,6 +29,9 @@ from microframe.utils.timeouts import with_timeout
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _INFINITE = float("inf")
+#: A stream's first reply: not awaited (a stream of requests), or the stream had none.
+_NOTHING = object()
+_END = object()
 
 
 def _from_aio(err: grpc.aio.AioRpcError) -> RpcError:
@@ -146,18 +149,61 @@ def connection_handler(
 
         return unary_response
 
+    one_request = not kind.client_streaming
+
+    def refused(error: RpcError, instance: Any, entry: list[Any]) -> None:
+        """An UNAVAILABLE no handler answered: the instance is gone or refusing."""
+        if error.code is _UNAVAILABLE and not reached_a_handler(error):
+            entry[2] = False
+            ejections.eject(instance.id)
+
     async def stream_response(call: ClientCall) -> AsyncIterator[Any]:
+        """Start the stream. With one request message, wait for the first reply here, so that
+        a refused connection or an error before any reply fails this step, where the retry
+        step around it can try another instance; a stream of requests (which may wait for the
+        replies) is handed back at once."""
         instance = call.instance
         if instance is None:
             raise Unavailable(missing)
         call.tried.append(instance.id)
-        multicallable, timeout = entry_for(call, instance.address)[1], timeout_of(call)
+        entry = entry_for(call, instance.address)
         token = balancer.start(instance)
-        responses = multicallable(call.request, timeout=timeout, metadata=call.metadata)
+        responses: Any = None
+        first: Any = _NOTHING
+        try:
+            if not entry[2]:
+                await connect(call, instance.address, entry[0])
+            responses = entry[1](call.request, timeout=timeout_of(call), metadata=call.metadata)
+            if one_request:
+                try:
+                    first = await responses.__aiter__().__anext__()
+                except StopAsyncIteration:
+                    first = _END
+        except Unavailable:
+            entry[2] = False
+            ejections.eject(instance.id)
+            balancer.done(instance, token, False)
+            raise
+        except grpc.aio.AioRpcError as err:
+            error = _from_aio(err)
+            refused(error, instance, entry)
+            balancer.done(instance, token, err.code() not in UNHEALTHY)
+            raise error from None
+        except BaseException:
+            balancer.done(instance, token, False)
+            if responses is not None:
+                responses.cancel()
+            raise
+        entry[2] = True
 
         async def messages() -> AsyncIterator[Any]:
             ok = False
             try:
+                if first is not _NOTHING:
+                    if first is _END:
+                        ok = True
+                        return
+                    yield first
                 async for message in responses:
                     yield message
                 ok = True
@@ -167,6 +213,8 @@ def connection_handler(
             finally:
                 balancer.done(instance, token, ok)
                 responses.cancel()
+                if ok and ejections:
+                    ejections.clear(instance.id)
 
         return messages()
 

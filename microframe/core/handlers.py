@@ -34,7 +34,7 @@ from microframe.core.exceptions import (
     RpcError,
     status_of,
 )
-from microframe.core.limits import CallLimits, CallTracker
+from microframe.core.limits import CallLimits
 from microframe.core.middleware import Handler, RequestObserver
 from microframe.core.router import Route
 
@@ -43,13 +43,7 @@ logger = logging.getLogger("microframe.server")
 INTERNAL_MESSAGE = "internal error"
 STOPPED_MESSAGE = "the server stopped before the call completed"
 
-__all__ = [
-    "CallTracker",
-    "HANDLED_TRAILER",
-    "controller_handler",
-    "grpc_method_handler",
-    "status_of",
-]
+__all__ = ["controller_handler", "grpc_method_handler"]
 
 
 class ResponseTypeError(TypeError):

@@ -1,8 +1,10 @@
 """Signals the framework sends, and what batteries connect to them.
 
-A receiver is ``def receiver(sender, **kwargs)`` or ``async def``: the server's and the pool's
-signals are awaited (:meth:`~microframe.utils.signals.Signal.asend`) and a receiver that raises
-is logged, never stops the others. Connect receivers in a battery's ``ready()``.
+A receiver is ``def receiver(sender, **kwargs)``, or ``async def`` for the server's and the
+pool's signals, which are awaited (:meth:`~microframe.utils.signals.Signal.asend`): a receiver
+of those that raises is logged and never stops the others; so is one of ``serving_stopped``
+(``send_robust``). ``serving_starting`` and ``setting_changed`` are sent with ``send``: what a
+receiver raises propagates. Connect receivers in a battery's ``ready()``.
 
 Settings
 

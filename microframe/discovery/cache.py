@@ -261,7 +261,7 @@ _caches: PerLoop[DiscoveryCache] = PerLoop(_new_cache)
 
 def get_discovery_cache() -> DiscoveryCache:
     """Return this event loop's discovery cache, on
-    :func:`~microframe.contrib.registry.get_registry` and ``REGISTRY["CACHE_DIR"]``."""
+    :func:`~microframe.discovery.get_registry` and ``REGISTRY["CACHE_DIR"]``."""
     return _caches.get()
 
 

@@ -1,4 +1,5 @@
-"""A minimal synchronous signal, in the style of Django's dispatcher.
+"""A minimal signal, in the style of Django's dispatcher: ``send`` (what a receiver raises
+propagates), ``send_robust`` (logged instead), ``asend`` (receivers may be coroutines).
 
 Written here rather than taken from a library: the framework needs only connect/disconnect/send
 with weak references, and pulling in a dispatcher package for that is not worth a dependency.
@@ -58,6 +59,21 @@ class Signal:
             if receiver is not None:
                 answers.append((receiver, receiver(sender=sender, **kwargs)))
         return answers
+
+    def send_robust(self, sender: Any, **kwargs: Any) -> None:
+        """Call the live receivers in connection order, logging, not raising, what one raises
+        (Django's ``send_robust``): for the signals of an ending, where every battery must get
+        its turn."""
+        with self._lock:
+            receivers = list(self._receivers)
+        for _, ref in receivers:
+            receiver = ref()
+            if receiver is None:
+                continue
+            try:
+                receiver(sender=sender, **kwargs)
+            except Exception:
+                logger.exception("a %s receiver (%r) failed", self.name, receiver)
 
     async def asend(self, sender: Any, **kwargs: Any) -> None:
         """Call the live receivers in connection order, awaiting those that are coroutines

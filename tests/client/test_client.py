@@ -619,3 +619,27 @@ def test_the_client_metrics_step_is_the_metrics_batterys_under_its_old_path_too(
     path = "microframe.contrib.metrics.middleware.ClientMetricsMiddleware"
     assert path in global_settings.CLIENT_MIDDLEWARE
     assert import_string("microframe.client.middleware.MetricsMiddleware") is ClientMetricsMiddleware
+
+
+async def test_a_server_stream_fails_over_before_its_first_reply(fleet):
+    """A server stream whose instance refuses the connection is retried on another one, as a
+    unary call is: the error comes before any reply, so no reply can have been seen twice."""
+    import socket as socketlib
+
+    from microframe.contrib.registry.static import StaticRegistry
+
+    good = fleet("stream-over", 1)[0]
+    closed = socketlib.socket()
+    closed.bind(("127.0.0.1", 0))
+    refusing = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: connections are refused
+    cache = DiscoveryCache(StaticRegistry(services={"stream-over": [refusing, good.address]}), None)
+    client = GreeterClient("stream-over", discovery=cache, balancer="round_robin")
+    try:
+        for n in range(4):
+            replies = [
+                r.message async for r in client.LotsOfReplies(Req(name=f"s{n}", count=2), timeout=5)
+            ]
+            assert len(replies) == 2, replies
+    finally:
+        await cache.close()

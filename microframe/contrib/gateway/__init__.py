@@ -14,9 +14,10 @@ setting configures it; the docs' "HTTP/JSON gateway" topic has the details.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from microframe.contrib.gateway.app import GatewayApplication
+if TYPE_CHECKING:
+    from microframe.contrib.gateway.app import GatewayApplication
 
 __all__ = ["GatewayApplication", "get_wsgi_application"]
 
@@ -28,4 +29,16 @@ def get_wsgi_application(**options: Any) -> GatewayApplication:
     Every route is built here, once. Logging is gunicorn's (its error log); the service's own
     log files stay the gRPC server's.
     """
+    from microframe.contrib.gateway.app import GatewayApplication
+
     return GatewayApplication(options={k.upper(): v for k, v in options.items()})
+
+
+def __getattr__(name: str) -> Any:
+    """``GatewayApplication``, imported when asked for: loading the battery (its checks, for
+    ``check`` or ``help``) does not import the WSGI application and the client behind it."""
+    if name == "GatewayApplication":
+        from microframe.contrib.gateway.app import GatewayApplication
+
+        return GatewayApplication
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

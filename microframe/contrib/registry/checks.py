@@ -63,7 +63,7 @@ def check_registry_settings(**kwargs: Any) -> list[CheckMessage]:
     config, errors = _config()
     if config is None:
         return errors
-    from microframe.contrib.registry import build_registry
+    from microframe.discovery import build_registry
     from microframe.utils.module_loading import import_string
 
     backend = config.get("BACKEND")
@@ -116,8 +116,8 @@ def check_registry_deployment(**kwargs: Any) -> list[CheckMessage]:
     config, errors = _config()
     if config is None or check_registry_settings():
         return errors  # the settings check reports those
-    from microframe.contrib.registry import build_registry
     from microframe.contrib.registry.registration import is_loopback
+    from microframe.discovery import build_registry
 
     messages: list[CheckMessage] = []
     if config["REGISTER"]:

@@ -24,10 +24,12 @@ stopped (the ``server_stopped`` signal).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microframe.conf import global_settings
-from microframe.contrib.tracing.tracers import Tracing
+
+if TYPE_CHECKING:
+    from microframe.contrib.tracing.tracers import Tracing
 
 #: The defaults of ``TRACING`` (``global_settings.TRACING``).
 DEFAULTS: dict[str, Any] = global_settings.TRACING
@@ -89,6 +91,8 @@ def get_tracing() -> Tracing | None:
                 if not options.get("ENABLED"):
                     return None
                 _tracing = build_tracing(options, settings.SERVICE_NAME)
+                # Connected by the battery's ready() too; here for a program that serves
+                # without microframe.setup() (connecting twice connects once).
                 server_stopped.connect(_close_on_stop, weak=False)
     return _tracing
 
@@ -107,6 +111,14 @@ async def _close_on_stop(sender: Any = None, **kwargs: Any) -> None:
     await close_tracing()
 
 
+def connect() -> None:
+    """Connect the battery's receivers (its ``ready()``): the tracer is flushed and closed
+    when a server has stopped (``server_stopped``); a tracer not built yet is not built."""
+    from microframe.core.signals import server_stopped
+
+    server_stopped.connect(_close_on_stop, weak=False)
+
+
 def _reset(**kwargs: Any) -> None:
     """Forget the tracer when ``TRACING`` changes (``override_settings`` in tests)."""
     global _tracing
@@ -123,3 +135,13 @@ def _connect_reset() -> None:
 _connect_reset()
 
 __all__ = ["Tracing", "get_tracing", "close_tracing", "tracing_options", "build_tracing"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Tracing``, imported when asked for: loading the battery does not import the tracers
+    (and the tracing libraries behind them)."""
+    if name == "Tracing":
+        from microframe.contrib.tracing.tracers import Tracing
+
+        return Tracing
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,5 +12,8 @@ class TracingBattery(Battery):
     label = "tracing"
 
     def ready(self) -> None:
-        """Register the tracing checks."""
+        """Register the tracing checks; flush and close the tracer when a server stops."""
         import microframe.contrib.tracing.checks  # noqa: F401 - registers them
+        from microframe.contrib.tracing import connect
+
+        connect()

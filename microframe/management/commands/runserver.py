@@ -177,7 +177,7 @@ class Command(BaseCommand):
                 raise CommandError(self.in_use(config.host, port, metrics=False)) from err
             raise CommandError(str(err)) from err
         finally:
-            serving_stopped.send(self.__class__, process=process)
+            serving_stopped.send_robust(self.__class__, process=process)
 
     def serving_process(
         self, role: Role, host: str, port: int, metrics_port: int
@@ -190,12 +190,12 @@ class Command(BaseCommand):
         try:
             serving_starting.send(self.__class__, process=process)
         except AddressInUse as err:
-            serving_stopped.send(self.__class__, process=process)
+            serving_stopped.send_robust(self.__class__, process=process)
             raise CommandError(
                 self.in_use(err.host, err.port, metrics=err.purpose == "metrics")
             ) from err
         except OSError as err:
-            serving_stopped.send(self.__class__, process=process)
+            serving_stopped.send_robust(self.__class__, process=process)
             raise CommandError(str(err)) from err
 
     def in_use(self, host: str, port: int, *, metrics: bool) -> str:
@@ -268,7 +268,7 @@ class Command(BaseCommand):
             self.stdout.flush()
             asyncio.run(supervisor.run())
         finally:
-            serving_stopped.send(self.__class__, process=process)
+            serving_stopped.send_robust(self.__class__, process=process)
             if reserved is not None:
                 reserved.close()
 

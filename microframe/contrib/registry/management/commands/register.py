@@ -56,7 +56,7 @@ class Command(BaseCommand):
             pass
 
     async def _run(self, options: dict[str, Any]) -> None:
-        from microframe.contrib.registry import RegistryError, build_registry
+        from microframe.discovery import RegistryError, build_registry
 
         registry = build_registry()
         timeout = options["timeout"]
@@ -100,7 +100,7 @@ class Command(BaseCommand):
                 self.stdout.write(self._line(instance))
 
     async def _watch(self, registry: Any, service: str, timeout: float) -> None:
-        from microframe.contrib.registry import RegistryUnavailable
+        from microframe.discovery import RegistryUnavailable
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
