@@ -211,16 +211,17 @@ class ClientRateLimitMiddleware:
     with the same limit); over it, RESOURCE_EXHAUSTED at once, or a wait of up to
     ``LIMIT_WAIT`` seconds (never past the call's deadline)."""
 
-    def __init__(self, next: Any, *, client: Any, method: str, kind: Any, **kwargs: Any) -> None:
-        options = client.options
+    def __init__(
+        self, next: Any, *, service: str, options: Any, method: str, **kwargs: Any
+    ) -> None:
         if not options.limit_qps:
             raise MiddlewareNotUsed
         from microframe.contrib.limiter.backends import TokenBucket
 
         self.next = next
-        self.what = f"{options.limit_qps:g} calls per second to {client.service}"
+        self.what = f"{options.limit_qps:g} calls per second to {service}"
         self.limiter = _shared(
-            ("client", client.service, options.limit_qps, options.limit_burst),
+            ("client", service, options.limit_qps, options.limit_burst),
             lambda: TokenBucket(options.limit_qps, options.limit_burst),
         )
         self.max_wait = options.limit_wait

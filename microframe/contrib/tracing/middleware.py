@@ -111,7 +111,9 @@ class ClientTracingMiddleware:
     """A client span per call made with the client library, child of the span of the request
     being served (when there is one); its context goes in the call's metadata."""
 
-    def __init__(self, next: Any, *, client: Any, method: str, kind: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, next: Any, *, service: str, method: str, kind: Any, **kwargs: Any
+    ) -> None:
         self.tracing = _tracing()
         self.next = next
         self.operation = method
@@ -121,7 +123,7 @@ class ClientTracingMiddleware:
             "component": "grpc",
             "rpc.service": service,
             "rpc.method": name,
-            "peer.service": client.service,
+            "peer.service": service,
         }
         self.server_streaming = kind.server_streaming
 
