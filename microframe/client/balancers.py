@@ -6,8 +6,8 @@ exponentially weighted moving average of each instance's latency, its in-flight 
 recent success rate, so that a slow or failing instance gets less traffic without being starved
 of the calls that show it recovered.
 
-Every balancer is used from one event loop (its client's); ``pick``, ``start`` and ``done`` are plain,
-quick, synchronous functions, with no await between reading and updating their state.
+Every balancer is used from one event loop (its client's); ``pick``, ``start`` and ``done`` are
+plain, quick, synchronous functions, with no await between reading and updating their state.
 """
 
 from __future__ import annotations
