@@ -112,15 +112,26 @@ def connection_handler(
             raise DeadlineExceeded(late)
         return None if remaining == _INFINITE else remaining
 
+    one_request = not kind.client_streaming
+
+    def begin(call: ClientCall) -> tuple[Any, list[Any], float]:
+        """The attempt's instance (noted as tried), its channel entry, its balancer token."""
+        instance = call.instance
+        if instance is None:
+            raise Unavailable(missing)
+        call.tried.append(instance.id)
+        return instance, entry_for(call, instance.address), balancer.start(instance)
+
+    def refused(error: RpcError, instance: Any, entry: list[Any]) -> None:
+        """An UNAVAILABLE no handler answered: the instance is gone or refusing."""
+        if error.code is _UNAVAILABLE and not reached_a_handler(error):
+            entry[2] = False
+            ejections.eject(instance.id)
+
     if not kind.server_streaming:
 
         async def unary_response(call: ClientCall) -> Any:
-            instance = call.instance
-            if instance is None:
-                raise Unavailable(missing)
-            call.tried.append(instance.id)
-            entry = entry_for(call, instance.address)
-            token = balancer.start(instance)
+            instance, entry, token = begin(call)
             ok = False
             try:
                 if not entry[2]:
@@ -137,10 +148,7 @@ def connection_handler(
             except grpc.aio.AioRpcError as err:
                 ok = err.code() not in UNHEALTHY
                 error = _from_aio(err)
-                if error.code is _UNAVAILABLE and not reached_a_handler(error):
-                    # the instance is gone or refusing
-                    entry[2] = False
-                    ejections.eject(instance.id)
+                refused(error, instance, entry)
                 raise error from None
             finally:
                 balancer.done(instance, token, ok)
@@ -149,25 +157,12 @@ def connection_handler(
 
         return unary_response
 
-    one_request = not kind.client_streaming
-
-    def refused(error: RpcError, instance: Any, entry: list[Any]) -> None:
-        """An UNAVAILABLE no handler answered: the instance is gone or refusing."""
-        if error.code is _UNAVAILABLE and not reached_a_handler(error):
-            entry[2] = False
-            ejections.eject(instance.id)
-
     async def stream_response(call: ClientCall) -> AsyncIterator[Any]:
         """Start the stream. With one request message, wait for the first reply here, so that
         a refused connection or an error before any reply fails this step, where the retry
         step around it can try another instance; a stream of requests (which may wait for the
         replies) is handed back at once."""
-        instance = call.instance
-        if instance is None:
-            raise Unavailable(missing)
-        call.tried.append(instance.id)
-        entry = entry_for(call, instance.address)
-        token = balancer.start(instance)
+        instance, entry, token = begin(call)
         responses: Any = None
         first: Any = _NOTHING
         try:

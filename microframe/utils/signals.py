@@ -49,27 +49,22 @@ class Signal:
             self._receivers = [(k, r) for k, r in self._receivers if k != key]
             return len(self._receivers) != before
 
+    def _live(self) -> list[Callable[..., Any]]:
+        """The receivers still alive, in connection order (a copy: a receiver may connect or
+        disconnect others while the signal is sent)."""
+        with self._lock:
+            refs = [ref for _, ref in self._receivers]
+        return [receiver for receiver in (ref() for ref in refs) if receiver is not None]
+
     def send(self, sender: Any, **kwargs: Any) -> list[tuple[Callable[..., Any], Any]]:
         """Call the live receivers in connection order and return their answers."""
-        with self._lock:
-            receivers = list(self._receivers)
-        answers = []
-        for _, ref in receivers:
-            receiver = ref()
-            if receiver is not None:
-                answers.append((receiver, receiver(sender=sender, **kwargs)))
-        return answers
+        return [(receiver, receiver(sender=sender, **kwargs)) for receiver in self._live()]
 
     def send_robust(self, sender: Any, **kwargs: Any) -> None:
         """Call the live receivers in connection order, logging, not raising, what one raises
         (Django's ``send_robust``): for the signals of an ending, where every battery must get
         its turn."""
-        with self._lock:
-            receivers = list(self._receivers)
-        for _, ref in receivers:
-            receiver = ref()
-            if receiver is None:
-                continue
+        for receiver in self._live():
             try:
                 receiver(sender=sender, **kwargs)
             except Exception:
@@ -79,12 +74,7 @@ class Signal:
         """Call the live receivers in connection order, awaiting those that are coroutines
         (``async def``), and log, not raise, what a receiver raises: one failing battery does
         not stop the others, nor the server's start or drain."""
-        with self._lock:
-            receivers = list(self._receivers)
-        for _, ref in receivers:
-            receiver = ref()
-            if receiver is None:
-                continue
+        for receiver in self._live():
             try:
                 answer = receiver(sender=sender, **kwargs)
                 if asyncio.iscoroutine(answer):

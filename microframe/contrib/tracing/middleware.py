@@ -117,13 +117,13 @@ class ClientTracingMiddleware:
         self.tracing = _tracing()
         self.next = next
         self.operation = method
-        service, _, name = method.lstrip("/").rpartition("/")
+        proto_service, _, name = method.lstrip("/").rpartition("/")
         self.tags = {
             "span.kind": "client",
             "component": "grpc",
-            "rpc.service": service,
+            "rpc.service": proto_service,
             "rpc.method": name,
-            "peer.service": service,
+            "peer.service": service,  # the registered name called
         }
         self.server_streaming = kind.server_streaming
 
