@@ -21,13 +21,13 @@ import grpc
 import grpc.aio
 
 from microframe.conf import dict_setting, global_settings
-from microframe.core.exceptions import ImproperlyConfigured
-from microframe.core.handlers import controller_handler, grpc_method_handler
+from microframe.core.handlers import controller_handler
 from microframe.core.limits import CallLimits, CallTracker, ReceiveSlots, Watchdog
 from microframe.core.middleware import MiddlewareFactory, RequestObserver, build_chain
 from microframe.core.router import Route
 from microframe.core.serving import ServingProcess
 from microframe.core.signals import server_started, server_stopped, server_stopping
+from microframe.core.transport import GrpcAioTransport, Transport
 from microframe.utils.memory import MemoryTrimmer
 from microframe.utils.resources import connections_within_files_limit, raise_open_files_limit
 from microframe.utils.timeouts import with_timeout
@@ -196,25 +196,9 @@ class ServerConfig:
         )
 
 
-def _server_credentials(tls: dict[str, Any]) -> grpc.ServerCredentials:
-    try:
-        with open(tls["CERT"], "rb") as f:
-            cert = f.read()
-        with open(tls["KEY"], "rb") as f:
-            key = f.read()
-        client_ca = None
-        if tls.get("CLIENT_CA"):
-            with open(tls["CLIENT_CA"], "rb") as f:
-                client_ca = f.read()
-    except (KeyError, OSError) as err:
-        raise ImproperlyConfigured(f'GRPC["TLS"] is unusable: {err}') from err
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
 class Server:
-    """A grpc.aio server serving ``routes`` through ``middleware``.
+    """A gRPC server serving ``routes`` through ``middleware``, on ``transport`` (grpc.aio by
+    default: :mod:`microframe.core.transport`).
 
     ``start()`` binds and serves; ``stop()`` marks health NOT_SERVING, stops accepting and
     lets in-flight calls finish for the grace period. ``process`` is runserver's description
@@ -229,9 +213,11 @@ class Server:
         middleware: Sequence[str | MiddlewareFactory] = (),
         config: ServerConfig | None = None,
         process: ServingProcess | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.routes = list(routes)
         self.process = process
+        self.transport: Transport = transport or GrpcAioTransport()
         self.middleware = list(middleware)
         self.config = config or ServerConfig()
         self.executor = ThreadPoolExecutor(
@@ -268,9 +254,8 @@ class Server:
         if self.grpc_server is not None:
             return self.grpc_server
         raise_open_files_limit()
-        # MAX_CONCURRENT_RPCS is enforced by the method handlers, not by grpc (which would
-        # refuse health checks and reflection too): see microframe.core.limits.
-        server = grpc.aio.server(options=self.config.channel_options())
+        transport = self.transport
+        server = transport.create(self.config)
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         for route in self.routes:
             observers: list[RequestObserver] = []
@@ -278,7 +263,7 @@ class Server:
             chain, used = build_chain(route, terminal, self.middleware, observers)
             self.chains[route.full_method] = chain
             self.middleware_in_use[route.full_method] = used
-            handler = grpc_method_handler(route, chain, self.limits, observers)
+            handler = transport.method_handler(route, chain, self.limits, observers)
             by_service.setdefault(route.service, {})[route.method] = handler
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
@@ -321,10 +306,7 @@ class Server:
             raise OSError(errno.EADDRINUSE, f"{address} is already in use")
         server = self.build()
         try:
-            if self.config.tls:
-                port = server.add_secure_port(address, _server_credentials(self.config.tls))
-            else:
-                port = server.add_insecure_port(address)
+            port = self.transport.listen(server, address, self.config)
         except RuntimeError as err:
             raise OSError(f"cannot listen on {address}: {err} (is the port in use?)") from err
         self.port = port

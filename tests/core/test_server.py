@@ -529,3 +529,44 @@ async def test_a_malformed_request_is_counted_alike_for_every_rpc_kind():
             assert code == grpc.StatusCode.INVALID_ARGUMENT, method
             await _ended_alike(calls, method, "malformed", "INVALID_ARGUMENT")
             assert _handled(method, "INVALID_ARGUMENT") == before + 1001, method
+
+
+async def test_the_server_runs_on_the_transport_it_is_given():
+    """The transport is the runtime's one seam: the grpc server object, how each method is
+    registered and how it listens come from it, and a call crosses it as on the default."""
+    from microframe.core.router import load_routes
+    from microframe.core.server import Server, ServerConfig
+    from microframe.core.transport import GrpcAioTransport
+
+    class Recording(GrpcAioTransport):
+        name = "recording"
+
+        def __init__(self) -> None:
+            self.created = 0
+            self.methods: list[str] = []
+            self.addresses: list[str] = []
+
+        def create(self, config):
+            self.created += 1
+            return super().create(config)
+
+        def method_handler(self, route, chain, limits, observers):
+            self.methods.append(route.full_method)
+            return super().method_handler(route, chain, limits, observers)
+
+        def listen(self, server, address, config):
+            self.addresses.append(address)
+            return super().listen(server, address, config)
+
+    transport = Recording()
+    routes = load_routes("example.app.router")
+    server = Server(routes, config=ServerConfig(port=0), transport=transport)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            reply = await hello_pb2_grpc.GreeterStub(channel).SayHello(Req(name="T"), timeout=5)
+    finally:
+        await server.stop(0.5)
+    assert reply.message == "Hello, T!"
+    assert transport.created == 1 and transport.addresses == ["127.0.0.1:0"]
+    assert sorted(transport.methods) == sorted(r.full_method for r in routes)
