@@ -70,6 +70,10 @@ GRPC = {
     "THREADS": None,
     # "auto" uses uvloop when it is installed; "asyncio" or "uvloop" force one.
     "EVENT_LOOP": "auto",
+    # What carries gRPC (docs/topics/transport.md): "grpc.aio" (grpc core), "native"
+    # (pygrpc-native: the "native" extra), or "auto": native when it is installed and applies
+    # every limit these settings ask for, else grpc.aio.
+    "TRANSPORT": "auto",
     # Extra grpc channel arguments for the server, as (key, value) pairs.
     "OPTIONS": [],
 }

@@ -250,8 +250,9 @@ async def _cut(ctx: RequestContext, handled: bool) -> None:
     await ctx.grpc.abort(grpc.StatusCode.UNAVAILABLE, STOPPED_MESSAGE)
 
 
-#: How a method reads its request: ``read(ctx, task)`` returns what the chain is called with.
-Read = Callable[[RequestContext, "asyncio.Task[Any]"], Awaitable[Any]]
+#: How a method reads its request: ``read(ctx, task, first)`` (``first``: what the transport
+#: passed the handler) returns what the chain is called with.
+Read = Callable[[RequestContext, "asyncio.Task[Any]", Any], Awaitable[Any]]
 #: How a method writes its reply: ``write(ctx, request, task)`` runs the chain on ``request``,
 #: writes what it answers and ends the call; it returns what grpc sends (a unary reply's bytes).
 Write = Callable[[RequestContext, Any, "asyncio.Task[Any]"], Awaitable[Any]]
@@ -262,8 +263,14 @@ def grpc_method_handler(
     chain: Handler,
     limits: CallLimits | None = None,
     observers: Sequence[RequestObserver] = (),
+    *,
+    request_given: bool = False,
 ) -> grpc.RpcMethodHandler:
     """Return the grpc method handler serving ``route`` through ``chain`` within ``limits``.
+
+    With ``request_given`` (the native transport, for a method taking one request message)
+    the method is registered unary: the transport hands the request message over whole, as
+    bytes, and it is parsed here as a message read is; the rest is the same.
 
     Every method is registered with grpc as request-*streaming* and reads its messages itself
     with ``context.read()``:
@@ -357,7 +364,7 @@ def grpc_method_handler(
 
     # -- Reading: one request message, or a stream of them. ---------------------------------
 
-    async def one_request(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:
+    async def one_request(ctx: RequestContext, task: asyncio.Task[Any], _: Any) -> Any:
         """The request message, parsed; a call without one is answered here, before the
         chain (refused, INVALID_ARGUMENT, or cut by a stop)."""
         try:
@@ -380,6 +387,15 @@ def grpc_method_handler(
         unread(ctx, refusal.code, refusal)
         await _refuse(ctx, refusal)
 
+    async def given(ctx: RequestContext, task: asyncio.Task[Any], raw: Any) -> Any:
+        """The request message the transport handed over (bytes), parsed."""
+        try:
+            return parse(raw)
+        except Exception as exc:
+            refusal = _malformed(ctx, exc)
+        unread(ctx, refusal.code, refusal)
+        await _refuse(ctx, refusal)
+
     async def requests(ctx: RequestContext) -> AsyncIterator[Any]:
         later = False
         while True:
@@ -393,7 +409,7 @@ def grpc_method_handler(
                 raise _malformed(ctx, exc) from exc
             yield message
 
-    async def request_stream(ctx: RequestContext, task: asyncio.Task[Any]) -> Any:
+    async def request_stream(ctx: RequestContext, task: asyncio.Task[Any], _: Any) -> Any:
         """The request stream: its messages are read and parsed as the controller asks."""
         return requests(ctx)
 
@@ -466,10 +482,16 @@ def grpc_method_handler(
         finally:
             ctx._ended(code, error)
 
-    read: Read = request_stream if kind.client_streaming else one_request
     write: Write = send_all if kind.server_streaming else answer
 
-    async def serve(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+    given_request = request_given and not kind.client_streaming
+    read: Read = (
+        given if given_request else request_stream if kind.client_streaming else one_request
+    )
+
+    async def serve(first: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``first``: the request stream (read with ``context.read()``), or the request
+        message's bytes when the transport hands it over (``request_given``)."""
         ctx = RequestContext(route, context)
         peer = ctx.peer
         task = current_task()
@@ -478,10 +500,14 @@ def grpc_method_handler(
             await context.abort(busy, refused)
         try:
             _current.set(ctx)
-            return await write(ctx, await read(ctx, task), task)
+            return await write(ctx, await read(ctx, task, first), task)
         finally:
             calls.leave(peer, task)
 
+    if given_request:
+        if kind.server_streaming:
+            return grpc.unary_stream_rpc_method_handler(serve)
+        return grpc.unary_unary_rpc_method_handler(serve)
     if kind.server_streaming:
         return grpc.stream_stream_rpc_method_handler(serve)
     return grpc.stream_unary_rpc_method_handler(serve)

@@ -27,7 +27,7 @@ from microframe.core.middleware import MiddlewareFactory, RequestObserver, build
 from microframe.core.router import Route
 from microframe.core.serving import ServingProcess
 from microframe.core.signals import server_started, server_stopped, server_stopping
-from microframe.core.transport import GrpcAioTransport, Transport
+from microframe.core.transport import Transport, choose_transport
 from microframe.utils.memory import MemoryTrimmer
 from microframe.utils.resources import connections_within_files_limit, raise_open_files_limit
 from microframe.utils.timeouts import with_timeout
@@ -99,6 +99,7 @@ class ServerConfig:
     reflection: bool = DEFAULTS["REFLECTION"]
     threads: int | None = DEFAULTS["THREADS"]
     tls: dict[str, Any] | None = DEFAULTS["TLS"]
+    transport: str = DEFAULTS["TRANSPORT"]
     reuse_port: bool = False
     options: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -128,6 +129,7 @@ class ServerConfig:
             health=bool(g["HEALTH"]),
             reflection=bool(g["REFLECTION"]),
             threads=g["THREADS"],
+            transport=str(g["TRANSPORT"]),
             tls=g["TLS"],
             options=[tuple(o) for o in g["OPTIONS"]],  # type: ignore[misc]
         )
@@ -217,9 +219,13 @@ class Server:
     ) -> None:
         self.routes = list(routes)
         self.process = process
-        self.transport: Transport = transport or GrpcAioTransport()
         self.middleware = list(middleware)
         self.config = config or ServerConfig()
+        if transport is None:
+            transport, self.transport_reason = choose_transport(self.config)
+        else:
+            self.transport_reason = "given to the server"
+        self.transport: Transport = transport
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.threads, thread_name_prefix="microframe-controller"
         )
@@ -315,6 +321,7 @@ class Server:
         self.memory.start()
         await self._set_health(True)
         await server_started.asend(self.__class__, server=self, address=self.address)
+        logger.info("transport %s (%s)", self.transport.name, self.transport_reason)
         logger.info(
             "serving %d methods of %s on %s (pid %d)",
             len(self.routes),

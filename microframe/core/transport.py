@@ -9,6 +9,13 @@ transport plugs in: the runtime holds no ``if`` on which one it runs on.
 :meth:`~microframe.core.server.ServerConfig.channel_options`. Methods that take one request
 message are registered request-streaming, so that a truncated or oversized request is
 answered by microframe rather than dropped by grpc (see :mod:`microframe.core.handlers`).
+
+:class:`NativeTransport` is ``pygrpc_native.aio.server()`` (the ``native`` extra): HTTP/2 and
+gRPC framing in Rust, the calls handed to the event loop in batches. It serves methods that
+take one request message natively, registered unary (the request handed over whole, as
+bytes); request-streaming methods, health and reflection go to the grpc.aio server it runs
+behind itself. Some limits of ``GRPC`` it applies in its own way, or not at all
+(:func:`native_differences`); ``GRPC["TRANSPORT"] = "auto"`` picks it only when there are none.
 """
 
 from __future__ import annotations
@@ -28,7 +35,15 @@ if TYPE_CHECKING:
     from microframe.core.router import Route
     from microframe.core.server import ServerConfig
 
-__all__ = ["GrpcAioTransport", "Transport", "server_credentials"]
+__all__ = [
+    "GrpcAioTransport",
+    "NativeTransport",
+    "Transport",
+    "choose_transport",
+    "native_available",
+    "native_differences",
+    "server_credentials",
+]
 
 
 class Transport(Protocol):
@@ -54,6 +69,74 @@ class Transport(Protocol):
     def listen(self, server: grpc.aio.Server, address: str, config: ServerConfig) -> int:
         """Listen on ``address`` (with ``config.tls`` when set); return the port bound."""
         ...
+
+
+#: The server arguments of ServerConfig.channel_options() the native transport refuses (it
+#: cannot cap connections); what they ask for is reported by native_differences().
+NATIVE_REFUSED_OPTIONS = frozenset({"grpc.max_allowed_incoming_connections"})
+
+
+def native_available() -> bool:
+    """Whether the native transport (package ``pygrpc-native``) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("pygrpc_native") is not None
+
+
+def native_differences(config: ServerConfig) -> list[tuple[str, str]]:
+    """The ``GRPC`` settings of ``config`` the native transport does not apply as grpc.aio
+    does: ``(setting, what it does instead)``, empty when it applies them all."""
+    found: list[tuple[str, str]] = []
+    if config.tls:
+        found.append(("TLS", "it serves plaintext only"))
+    if config.max_connections:
+        found.append(("MAX_CONNECTIONS", "it accepts any number of connections"))
+    if config.handshake_timeout and config.handshake_timeout < 120:
+        found.append(
+            ("HANDSHAKE_TIMEOUT", "a connection has 120 s to finish its HTTP/2 preface")
+        )
+    found.append(
+        (
+            "RECEIVE_TIMEOUT",
+            "a request message of a unary or server-streaming call arrives whole before the "
+            "application sees it, however slowly (RECEIVE_BUFFER_BYTES and RECEIVE_TIMEOUT "
+            "hold for request streams only)",
+        )
+    )
+    found.append(("STREAM_WINDOW_BYTES", "its streams' flow-control windows are its own"))
+    names = {key for key, _ in config.options}
+    for option in sorted(names & NATIVE_REFUSED_OPTIONS):
+        found.append(("OPTIONS", f"it refuses {option}"))
+    return found
+
+
+def choose_transport(config: ServerConfig) -> tuple[Transport, str]:
+    """The transport ``config.transport`` names, and why (for the log and ``check``).
+
+    ``"auto"``: native when it is installed and :func:`native_differences` finds nothing,
+    else grpc.aio. ImproperlyConfigured for an unknown name, or ``"native"`` not installed.
+    """
+    choice = config.transport
+    if choice == "grpc.aio":
+        return GrpcAioTransport(), 'GRPC["TRANSPORT"] is "grpc.aio"'
+    if choice == "native":
+        if not native_available():
+            raise ImproperlyConfigured(
+                'GRPC["TRANSPORT"] is "native" but pygrpc-native is not installed: '
+                'pip install "microframe-grpc[native]".'
+            )
+        return NativeTransport(), 'GRPC["TRANSPORT"] is "native"'
+    if choice != "auto":
+        raise ImproperlyConfigured(
+            f'GRPC["TRANSPORT"] must be "auto", "grpc.aio" or "native", not {choice!r}.'
+        )
+    if not native_available():
+        return GrpcAioTransport(), "auto: the native extra is not installed"
+    differences = native_differences(config)
+    if differences:
+        names = ", ".join(dict.fromkeys(name for name, _ in differences))
+        return GrpcAioTransport(), f"auto: the native transport does not apply GRPC {names}"
+    return NativeTransport(), "auto: the native extra is installed"
 
 
 class GrpcAioTransport:
@@ -101,3 +184,38 @@ def server_credentials(tls: dict[str, Any]) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+class NativeTransport:
+    """pygrpc-native: HTTP/2 in Rust for the methods that take one request message."""
+
+    name = "native"
+
+    def create(self, config: ServerConfig) -> grpc.aio.Server:
+        import pygrpc_native.aio
+
+        if config.tls:
+            raise ImproperlyConfigured(
+                'GRPC["TLS"] is set but the native transport serves plaintext only: set '
+                'GRPC["TRANSPORT"] = "grpc.aio" (or "auto").'
+            )
+        options = [o for o in config.channel_options() if o[0] not in NATIVE_REFUSED_OPTIONS]
+        return pygrpc_native.aio.server(options=options)  # type: ignore[no-any-return]
+
+    def method_handler(
+        self,
+        route: Route,
+        chain: Handler,
+        limits: CallLimits,
+        observers: Sequence[RequestObserver],
+    ) -> grpc.RpcMethodHandler:
+        # Registered unary when the method takes one request message: served natively.
+        return grpc_method_handler(
+            route, chain, limits, observers, request_given=not route.kind.client_streaming
+        )
+
+    def listen(self, server: grpc.aio.Server, address: str, config: ServerConfig) -> int:
+        return server.add_insecure_port(address)
+
+    def __repr__(self) -> str:
+        return f"<transport {self.name}>"

@@ -6,6 +6,9 @@
 - ``microframe.E007``: the gRPC server and the metrics endpoint would bind the same port.
 - ``microframe.E008``: ``GRPC["TLS"]`` does not name existing CERT and KEY files.
 - ``microframe.E009``: ``GRPC["EVENT_LOOP"]`` is ``"uvloop"`` but uvloop is not installed.
+- ``microframe.E012``: ``GRPC["TRANSPORT"]`` is ``"native"`` but pygrpc-native is not installed;
+  ``microframe.E013``: it is ``"native"`` with ``GRPC["TLS"]``; ``microframe.W007``: it is
+  ``"native"``, which applies some limits of ``GRPC`` in its own way.
 - ``microframe.W006``: the limits of ``GRPC`` against hostile clients contradict one another
   (one connection may take every call slot, the receive budget holds one message...).
 
@@ -117,6 +120,37 @@ def unusable_tls(problem: str) -> Error:
         "with PEM files that exist (relative paths are read from the working directory), "
         "or None to serve plaintext.",
         id="microframe.E008",
+    )
+
+
+#: The values of GRPC["TRANSPORT"] (microframe.core.transport).
+TRANSPORTS = ("auto", "grpc.aio", "native")
+
+E012 = Error(
+    'GRPC["TRANSPORT"] is "native" but pygrpc-native is not installed.',
+    hint='Install it (pip install "microframe-grpc[native]") or set GRPC["TRANSPORT"] = '
+    '"auto", which uses it only when it is installed and applies every limit asked for.',
+    id="microframe.E012",
+)
+
+E013 = Error(
+    'GRPC["TRANSPORT"] is "native" and GRPC["TLS"] is set: the native transport serves '
+    "plaintext only.",
+    hint='Set GRPC["TRANSPORT"] = "grpc.aio" (or "auto"), or terminate TLS in front of the '
+    "service.",
+    id="microframe.E013",
+)
+
+
+def native_differs(differences: list[tuple[str, str]]) -> Warning:
+    """Return microframe.W007: limits of ``GRPC`` the native transport applies otherwise."""
+    lines = "; ".join(f'GRPC["{name}"]: {what}' for name, what in differences)
+    return Warning(
+        f'GRPC["TRANSPORT"] is "native", which does not apply these limits as grpc.aio '
+        f"does: {lines}.",
+        hint='See docs/topics/transport.md. Set GRPC["TRANSPORT"] = "auto" to keep them '
+        "(grpc.aio), or silence microframe.W007 to accept the native transport's own.",
+        id="microframe.W007",
     )
 
 
@@ -236,6 +270,7 @@ GRPC_RULES: list[Rule] = [
     ("REFLECTION", lambda v: isinstance(v, bool), "a bool", None),
     ("THREADS", _positive_int_or_none, "a positive int or None", None),
     ("EVENT_LOOP", lambda v: v in EVENT_LOOPS, '"auto", "asyncio" or "uvloop"', None),
+    ("TRANSPORT", lambda v: v in TRANSPORTS, '"auto", "grpc.aio" or "native"', None),
     ("OPTIONS", _option_pairs, "a list of (name, value) pairs", None),
 ]
 
@@ -317,7 +352,23 @@ def check_grpc_settings(**kwargs: Any) -> list[CheckMessage]:
         errors.append(E009)
     if not errors:
         errors.extend(_contradicting_limits(grpc))
+    if not errors and grpc.get("TRANSPORT") == "native":
+        errors.extend(_native_transport())
     return errors
+
+
+def _native_transport() -> list[CheckMessage]:
+    """microframe.E012 (not installed), E013 (TLS), W007 (limits it applies otherwise)."""
+    from microframe.core.server import ServerConfig
+    from microframe.core.transport import native_available, native_differences
+
+    if not native_available():
+        return [E012]
+    config = ServerConfig.from_settings()
+    if config.tls:
+        return [E013]
+    differences = native_differences(config)
+    return [native_differs(differences)] if differences else []
 
 
 def _contradicting_limits(grpc: dict[str, Any]) -> list[CheckMessage]:
