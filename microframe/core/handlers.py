@@ -379,16 +379,13 @@ def grpc_method_handler(
             raise
         if raw is EOF:
             refusal = _missing(ctx)
-        else:
-            try:
-                return parse(raw)
-            except Exception as exc:
-                refusal = _malformed(ctx, exc)
-        unread(ctx, refusal.code, refusal)
-        await _refuse(ctx, refusal)
+            unread(ctx, refusal.code, refusal)
+            await _refuse(ctx, refusal)
+        return await given(ctx, task, raw)
 
     async def given(ctx: RequestContext, task: asyncio.Task[Any], raw: Any) -> Any:
-        """The request message the transport handed over (bytes), parsed."""
+        """The request message (bytes: read, or handed over by the transport), parsed; a
+        malformed one is answered INVALID_ARGUMENT here, before the chain."""
         try:
             return parse(raw)
         except Exception as exc:
