@@ -379,13 +379,16 @@ def grpc_method_handler(
             raise
         if raw is EOF:
             refusal = _missing(ctx)
-            unread(ctx, refusal.code, refusal)
-            await _refuse(ctx, refusal)
-        return await given(ctx, task, raw)
+        else:
+            try:
+                return parse(raw)
+            except Exception as exc:
+                refusal = _malformed(ctx, exc)
+        unread(ctx, refusal.code, refusal)
+        await _refuse(ctx, refusal)
 
     async def given(ctx: RequestContext, task: asyncio.Task[Any], raw: Any) -> Any:
-        """The request message (bytes: read, or handed over by the transport), parsed; a
-        malformed one is answered INVALID_ARGUMENT here, before the chain."""
+        """The request message the transport handed over (bytes), parsed."""
         try:
             return parse(raw)
         except Exception as exc:
