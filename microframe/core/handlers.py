@@ -380,6 +380,8 @@ def grpc_method_handler(
         if raw is EOF:
             refusal = _missing(ctx)
         else:
+            # Parsed here, not through given(): a coroutine less on every call (about 1 µs,
+            # bench/overhead.py).
             try:
                 return parse(raw)
             except Exception as exc:

@@ -8,6 +8,7 @@ runserver prints.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -44,8 +45,6 @@ class AddressInUse(OSError):
     runserver turns it into an error naming the setting and the option that chose the port."""
 
     def __init__(self, host: str, port: int, purpose: str) -> None:
-        import errno
-
         super().__init__(errno.EADDRINUSE, f"{format_address(host, port)} is already in use")
         self.host = host
         self.port = port

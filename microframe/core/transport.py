@@ -149,6 +149,10 @@ class GrpcAioTransport:
         # refuse health checks and reflection too): see microframe.core.limits.
         return grpc.aio.server(options=config.channel_options())
 
+    #: Whether a method of one request message is registered unary, the transport handing the
+    #: message over (bytes), instead of request-streaming and read with ``context.read()``.
+    hands_over_requests = False
+
     def method_handler(
         self,
         route: Route,
@@ -156,7 +160,8 @@ class GrpcAioTransport:
         limits: CallLimits,
         observers: Sequence[RequestObserver],
     ) -> grpc.RpcMethodHandler:
-        return grpc_method_handler(route, chain, limits, observers)
+        given = self.hands_over_requests and not route.kind.client_streaming
+        return grpc_method_handler(route, chain, limits, observers, request_given=given)
 
     def listen(self, server: grpc.aio.Server, address: str, config: ServerConfig) -> int:
         if config.tls:
@@ -186,10 +191,12 @@ def server_credentials(tls: dict[str, Any]) -> grpc.ServerCredentials:
     )
 
 
-class NativeTransport:
-    """pygrpc-native: HTTP/2 in Rust for the methods that take one request message."""
+class NativeTransport(GrpcAioTransport):
+    """pygrpc-native: HTTP/2 in Rust for the methods that take one request message, which
+    are registered unary (served natively); the rest as on grpc.aio, through its fallback."""
 
     name = "native"
+    hands_over_requests = True
 
     def create(self, config: ServerConfig) -> grpc.aio.Server:
         import pygrpc_native.aio
@@ -201,21 +208,3 @@ class NativeTransport:
             )
         options = [o for o in config.channel_options() if o[0] not in NATIVE_REFUSED_OPTIONS]
         return pygrpc_native.aio.server(options=options)  # type: ignore[no-any-return]
-
-    def method_handler(
-        self,
-        route: Route,
-        chain: Handler,
-        limits: CallLimits,
-        observers: Sequence[RequestObserver],
-    ) -> grpc.RpcMethodHandler:
-        # Registered unary when the method takes one request message: served natively.
-        return grpc_method_handler(
-            route, chain, limits, observers, request_given=not route.kind.client_streaming
-        )
-
-    def listen(self, server: grpc.aio.Server, address: str, config: ServerConfig) -> int:
-        return server.add_insecure_port(address)
-
-    def __repr__(self) -> str:
-        return f"<transport {self.name}>"
