@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.env import ROOT, service_settings
+from support.env import ROOT, require_native, service_settings
 from support.polling import wait_until
 from support.servers import ServerProcess
 
@@ -25,8 +25,20 @@ def _configured_settings() -> None:
         settings.configure()
 
 
+#: The transports every server fixture runs on (microframe.core.transport).
+TRANSPORTS = ("grpc.aio", "native")
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """The server transport of the test: every test using a server fixture runs on each."""
+    if request.param == "native":
+        require_native()
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-def fleet(tmp_path):
+def fleet(tmp_path, transport):
     """Start test-service processes registered in the test's own file registry (named
     ``name``; ``grpc`` updates their GRPC setting)."""
     registry_dir = tmp_path / "registry"
@@ -46,14 +58,19 @@ def fleet(tmp_path):
                 "CACHE_DIR": str(tmp_path / f"cache-{module}"),
                 "WEIGHT": weight,
             }, grpc={"SHUTDOWN_DELAY": shutdown_delay, "TLS": tls, **(grpc or {})})
-            server = ServerProcess(tmp_path, settings=settings, env=env)
+            server = ServerProcess(tmp_path, settings=settings, env=env, transport=transport)
             started.append(server)
             servers.append(server)
         for server in servers:
             if tls is None:
                 server.wait_serving()
             else:  # the health check of wait_serving speaks plaintext
-                wait_until(lambda s=server: "Serving gRPC on" in s.output, 20, "the TLS server to serve")
+                def serving(s: ServerProcess = server) -> bool:
+                    if s.proc.poll() is not None:
+                        raise AssertionError(f"server exited with {s.proc.returncode}:\n{s.output}")
+                    return "Serving gRPC on" in s.output
+
+                wait_until(serving, 20, "the TLS server to serve")
         return servers
 
     start.registry_dir = registry_dir  # type: ignore[attr-defined]
@@ -63,11 +80,12 @@ def fleet(tmp_path):
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(tmp_path: Path, transport: str) -> Iterator[Callable[..., ServerProcess]]:
     """Start real server processes; every one is stopped at the end of the test."""
     started: list[ServerProcess] = []
 
     def start(**kwargs: object) -> ServerProcess:
+        kwargs.setdefault("transport", transport)
         server = ServerProcess(tmp_path, **kwargs)  # type: ignore[arg-type]
         started.append(server)
         return server.wait_serving()
@@ -83,17 +101,17 @@ def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def example_server(module_tmp: Path) -> Iterator[ServerProcess]:
+def example_server(module_tmp: Path, transport: str) -> Iterator[ServerProcess]:
     """The example service, as ``python manage.py runserver`` serves it."""
-    server = ServerProcess(module_tmp).wait_serving()
+    server = ServerProcess(module_tmp, transport=transport).wait_serving()
     yield server
     server.kill()
 
 
 @pytest.fixture(scope="module")
-def test_server(module_tmp: Path) -> Iterator[ServerProcess]:
+def test_server(module_tmp: Path, transport: str) -> Iterator[ServerProcess]:
     """The test service (misbehaving controllers, small limits)."""
-    server = ServerProcess(module_tmp, settings="testservice.settings").wait_serving()
+    server = ServerProcess(module_tmp, settings="testservice.settings", transport=transport).wait_serving()
     yield server
     server.kill()
 

@@ -314,6 +314,7 @@ def grpc_method_handler(
     idle_timeout = limits.stream_idle_timeout
     send_timeout = limits.send_timeout
     busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+    stopping = grpc.StatusCode.UNAVAILABLE
     OK = grpc.StatusCode.OK
     CANCELLED = grpc.StatusCode.CANCELLED
     inf = float("inf")
@@ -499,7 +500,7 @@ def grpc_method_handler(
         task = current_task()
         refused = calls.enter(peer, task)
         if refused is not None:
-            await context.abort(busy, refused)
+            await context.abort(stopping if calls.closing else busy, refused)
         try:
             _current.set(ctx)
             return await write(ctx, await read(ctx, task, first), task)

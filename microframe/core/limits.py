@@ -220,6 +220,7 @@ class CallTracker:
 
     __slots__ = (
         "accepted", "active", "limit", "per_connection", "by_peer", "tasks", "cutting", "_idle",
+        "closing",
     )
 
     def __init__(self, limit: int | None = None, per_connection: int | None = None) -> None:
@@ -230,11 +231,14 @@ class CallTracker:
         self.by_peer: dict[str, int] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cutting = False
+        self.closing = False
         self._idle: asyncio.Event | None = None
 
     def enter(self, peer: str, task: asyncio.Task[Any]) -> str | None:
         """Count the call ``task`` serves for ``peer`` (its connection) in; or return why it
         is refused (and count nothing): the process or the connection is at its limit."""
+        if self.closing:
+            return "the server is stopping"
         if self.active >= self.limit:
             return f"the server is serving its limit of {self.limit} calls; try again later"
         on_peer = self.by_peer.get(peer, 0)

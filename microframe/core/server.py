@@ -337,8 +337,10 @@ class Server:
         1. health NOT_SERVING and the ``server_stopping`` signal (the registry deregisters);
         2. keep serving for ``GRPC["SHUTDOWN_DELAY"]`` seconds, so that clients that follow
            health or the registry move away before the port closes;
-        3. stop accepting (GOAWAY, listening socket closed) and let the calls in flight finish
-           for up to ``grace`` seconds;
+        3. stop accepting and let the calls in flight finish for up to ``grace`` seconds, as
+           the transport can without a call lost (:meth:`Transport.stop
+           <microframe.core.transport.Transport.stop>`): a call that reaches the application
+           meanwhile is refused UNAVAILABLE, before anything ran;
         4. answer the calls still running just before ``grace`` ends (a tenth of it, at most a
            second, before): their handlers ran, so they are answered UNAVAILABLE with the
            handled mark, which microframe's client never retries (the work may have been
@@ -359,18 +361,21 @@ class Server:
             )
             await asyncio.sleep(self.config.shutdown_delay)
         running = self.calls.active
-        # grpc gets a moment past the cut for the answers of the calls cut to leave.
-        stopping = asyncio.ensure_future(self.grpc_server.stop(grace + CUT_MARGIN))
-        try:
-            cut_at = max(0.0, grace - min(CUT_MARGIN, grace / 10))
-            await with_timeout(self.calls.wait_idle(), cut_at)
-        except TimeoutError:
-            cut = self.calls.cut()
-            logger.warning(
-                "%d call(s) still running after the %.1f s grace period were cut: answered "
-                "UNAVAILABLE, marked as handled (not to be retried)", cut, grace,
-            )
-        await stopping
+
+        async def drain() -> None:
+            self.calls.closing = True  # a call reaching the application now is refused
+            try:
+                cut_at = max(0.0, grace - min(CUT_MARGIN, grace / 10))
+                await with_timeout(self.calls.wait_idle(), cut_at)
+            except TimeoutError:
+                cut = self.calls.cut()
+                logger.warning(
+                    "%d call(s) still running after the %.1f s grace period were cut: answered "
+                    "UNAVAILABLE, marked as handled (not to be retried)", cut, grace,
+                )
+
+        assert self.port is not None
+        await self.transport.stop(self.grpc_server, self.port, grace, drain)
         await self.memory.stop()
         self.limits.watchdog.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -459,14 +459,15 @@ async def test_channels_close_when_instances_leave_discovery(fleet):
     await cache.close()
 
 
-async def test_a_hung_instance_trips_the_breaker(fleet):
+async def test_a_hung_instance_trips_the_breaker(fleet, transport):
     from microframe.core.exceptions import DeadlineExceeded
 
-    server = fleet("hung", 1)[0]
+    name = f"hung_{transport.replace('.', '_')}"  # this process's breakers: per service
+    server = fleet(name, 1)[0]
     cache = _cache(fleet)
-    await _wait_instances(cache, "hung", 1)
+    await _wait_instances(cache, name, 1)
     client = GreeterClient(
-        "hung", discovery=cache, breaker={"REQUEST_VOLUME_THRESHOLD": 5, "SLEEP_WINDOW": 30}
+        name, discovery=cache, breaker={"REQUEST_VOLUME_THRESHOLD": 5, "SLEEP_WINDOW": 30}
     )
     await client.SayHello(Req(name="x"))
     os.kill(server.proc.pid, signal.SIGSTOP)
@@ -541,15 +542,18 @@ async def test_connect_timeout_moves_on_from_an_unreachable_instance(fleet):
         silent.close()
 
 
-async def test_tls_and_mutual_tls(fleet, tmp_path):
+async def test_tls_and_mutual_tls(fleet, tmp_path, transport):
     if not os.environ.get("CI"):  # under CI the dev extra installs it: a failed import fails
         pytest.importorskip("cryptography")
     from support.etcd_cluster import generate_tls
 
     pki = generate_tls(tmp_path / "pki")
-    fleet("secure", 1, tls={
-        "CERT": str(pki.server_cert), "KEY": str(pki.server_key), "CLIENT_CA": str(pki.ca),
-    })
+    tls = {"CERT": str(pki.server_cert), "KEY": str(pki.server_key), "CLIENT_CA": str(pki.ca)}
+    if transport == "native":  # plaintext only: it refuses to start, and says why
+        with pytest.raises(AssertionError, match="the native transport serves plaintext only"):
+            fleet("secure", 1, tls=tls)
+        return
+    fleet("secure", 1, tls=tls)
     cache = _cache(fleet)
     await _wait_instances(cache, "secure", 1)
     good = {"CA": str(pki.ca), "CERT": str(pki.client_cert), "KEY": str(pki.client_key)}

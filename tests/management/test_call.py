@@ -22,7 +22,7 @@ METHOD = "helloworld.Greeter/SayHello"
 class Service:
     """The test service, registered as ``call-test`` in a file registry of its own."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, transport: str) -> None:
         self.tmp = tmp
         self.registry = {
             "BACKEND": "microframe.contrib.registry.file.FileRegistry",
@@ -31,7 +31,7 @@ class Service:
         }
         self.settings = service_settings(tmp, "callsvc", "call-test", self.registry)
         self.env = {"PYTHONPATH": os.pathsep.join([str(tmp), str(ROOT), str(ROOT / "tests")])}
-        self.server = ServerProcess(tmp, settings=self.settings, env=self.env).wait_serving()
+        self.server = ServerProcess(tmp, settings=self.settings, env=self.env, transport=transport).wait_serving()
 
     def call(self, *args: str, settings: str | None = "", stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         """Run ``manage.py call`` as a user would, with this service's settings by default;
@@ -46,8 +46,8 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = Service(tmp_path_factory.mktemp("call"))
+def service(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Service]:
+    svc = Service(tmp_path_factory.mktemp("call"), transport)
     yield svc
     svc.server.kill()
 

@@ -29,6 +29,17 @@ def require_binary(name: str) -> str:
     return path
 
 
+def require_native() -> None:
+    """Fail under CI when the native transport (the ``native`` extra) is missing; skip
+    elsewhere."""
+    import importlib.util
+
+    if importlib.util.find_spec("pygrpc_native") is None:
+        if os.environ.get("CI"):
+            pytest.fail("pygrpc-native is required under CI (the dev extra installs it)")
+        pytest.skip("pygrpc-native is not installed (the native extra)")
+
+
 def ruff_check(cwd: Path, *paths: str) -> subprocess.CompletedProcess[str]:
     """``ruff check`` with this project's configuration (pyproject.toml), as a service sees it:
     microframe is an installed dependency there (third-party for isort), not first-party as in

@@ -36,11 +36,13 @@ class ServerProcess:
         reload: bool = False,
         full_env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        transport: str | None = None,
     ) -> None:
         """``manage``: the service's manage.py (run from its directory); ``reload``: keep the
         autoreloader of a DEBUG service; ``full_env``: the environment as it is, instead of
         :func:`base_env` with ``env``; ``preexec_fn``: run in the child before the server
-        (set a resource limit...)."""
+        (set a resource limit...); ``transport``: runserver's ``--transport`` (default: the
+        settings' ``GRPC["TRANSPORT"]``)."""
         self.port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -59,6 +61,9 @@ class ServerProcess:
             args += ["--settings", settings]
         if workers != 1:
             args += ["--workers", str(workers)]
+        if transport:
+            args += ["--transport", transport]
+        self.transport = transport
         args += list(extra_args)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -125,6 +130,23 @@ def say_hello(server: ServerProcess, name: str, metadata: tuple = ()) -> str:
             hello_pb2.HelloRequest(name=name), metadata=metadata, timeout=10
         )
         return reply.message  # type: ignore[no-any-return]
+
+def native_lacks(request: pytest.FixtureRequest, transport: str | None, setting: str) -> None:
+    """On the native transport, mark the test as the documented gap of ``GRPC[setting]``
+    (:func:`microframe.core.transport.native_differences`, docs/topics/transport.md): an
+    expected failure, strict, so that the test fails the day the transport applies the limit
+    and the gap can be closed."""
+    from microframe.core.server import ServerConfig
+    from microframe.core.transport import native_differences
+
+    if transport != "native":
+        return
+    gaps = dict(native_differences(ServerConfig.from_settings()))
+    assert setting in gaps, f"{setting} is not a documented gap of the native transport"
+    request.applymarker(pytest.mark.xfail(
+        strict=True, reason=f'the native transport does not apply GRPC["{setting}"]: {gaps[setting]}'
+    ))
+
 
 class GunicornProcess:
     """A real gunicorn serving ``app`` (``package.wsgi``) from ``cwd`` on a free loopback port."""

@@ -29,6 +29,7 @@ from typing import Any
 from microframe.conf import dict_setting, settings
 from microframe.core.checks.messages import CheckMessage, Error, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
+from microframe.core.transport import TRANSPORTS
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -122,9 +123,6 @@ def unusable_tls(problem: str) -> Error:
         id="microframe.E008",
     )
 
-
-#: The values of GRPC["TRANSPORT"] (microframe.core.transport).
-TRANSPORTS = ("auto", "grpc.aio", "native")
 
 E012 = Error(
     'GRPC["TRANSPORT"] is "native" but pygrpc-native is not installed.',

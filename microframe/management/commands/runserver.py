@@ -84,6 +84,8 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
+        from microframe.core.transport import TRANSPORTS
+
         parser.add_argument(
             "addrport", nargs="?",
             help='Address to serve on: "HOST:PORT" or "PORT" (default: GRPC HOST and PORT).',
@@ -98,6 +100,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--metrics-port", type=int, default=None,
             help='Port of the /metrics endpoint (default: METRICS["PORT"]; 0 picks a free one).',
+        )
+        parser.add_argument(
+            "--transport", choices=TRANSPORTS, default=None,
+            help='The server transport for this run (default: GRPC["TRANSPORT"]).',
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -115,6 +121,7 @@ class Command(BaseCommand):
         workers = options["workers"]
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
+        self.transport = options["transport"]
         metrics_port = options["metrics_port"]
         self.metrics_port_given = metrics_port is not None
         if metrics_port is None:
@@ -151,7 +158,8 @@ class Command(BaseCommand):
             routes = load_routes(settings.ROOT_ROUTER)
         except RouterImportError as err:  # with --skip-checks: what microframe.E010 says
             raise CommandError(f"{err}\n\tHINT: {err.hint}") from err
-        config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool)
+        overrides: dict[str, Any] = {"transport": self.transport} if self.transport else {}
+        config = ServerConfig.from_settings(host=host, port=port, reuse_port=in_pool, **overrides)
         process = self.serving_process("worker" if in_pool else "server", host, port, metrics_port)
         server = Server(routes, middleware=settings.MIDDLEWARE, config=config, process=process)
         loop_factory = new_event_loop_factory(dict_setting("GRPC")["EVENT_LOOP"])

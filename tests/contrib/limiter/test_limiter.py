@@ -138,7 +138,7 @@ async def test_acquire_waits_for_its_turn_on_the_real_clock():
 
 
 @pytest.fixture
-def limited(tmp_path):
+def limited(tmp_path, transport):
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     started: list[ServerProcess] = []
 
@@ -149,7 +149,7 @@ def limited(tmp_path):
             "OPTIONS": {"directory": str(tmp_path / "registry")},
             "CACHE_DIR": str(tmp_path / f"cache-{module}"),
         }, LIMITER=limiter, GRPC={"HOST": "127.0.0.1", "PORT": 0, "MAX_CONCURRENT_RPCS": 1000}, **extra)
-        server = ServerProcess(tmp_path, settings=settings, env=env)
+        server = ServerProcess(tmp_path, settings=settings, env=env, transport=transport)
         started.append(server)
         return server.wait_serving()
 
@@ -428,7 +428,12 @@ IN_FLIGHT = 48
 
 
 @pytest.mark.timeout(120)
-async def test_shedding_bounds_latency_under_overload(limited):
+async def test_shedding_bounds_latency_under_overload(limited, transport, request):
+    if transport == "native":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "on the native transport the accepted calls' p99 is bounded at ~12 x the unloaded "
+            "time (68 ms; 175-220 ms unshed), not 5 x: docs/topics/transport.md"
+        )))
     # The work is CPU in worker threads (as CPU-bound work should run): the calls wait for a
     # thread inside the chain, where the shedder sees them. The threshold is lower than the
     # default 0.8 because the load generator shares this 2-core machine with the server.

@@ -22,6 +22,7 @@ from microframe.contrib.logging.handlers import QueueHandler, dropped_counter
 
 from example.generate import hello_pb2, hello_pb2_grpc
 from support.env import ROOT, base_env, service_settings
+from support.polling import wait_until
 from support.servers import ServerProcess
 from support.servers import say_hello as call
 
@@ -151,7 +152,7 @@ def test_time_rotation_is_a_setting(tmp_path):
 
 
 @pytest.fixture
-def logged(tmp_path):
+def logged(tmp_path, transport):
     """Start a service process whose logs go to a directory of the test."""
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     started: list[ServerProcess] = []
@@ -163,7 +164,7 @@ def logged(tmp_path):
             "OPTIONS": {"directory": str(tmp_path / "registry")},
             "CACHE_DIR": str(tmp_path / "cache"),
         }, LOG={"DIR": str(tmp_path / f"logs-{module}"), **log}, **{"ACCESS_LOG": {"ENABLED": True}, **extra})
-        server = ServerProcess(tmp_path, settings=settings, env=env, workers=workers)
+        server = ServerProcess(tmp_path, settings=settings, env=env, workers=workers, transport=transport)
         started.append(server)
         server.log_file = tmp_path / f"logs-{module}" / "logged.log"  # type: ignore[attr-defined]
         return server.wait_serving()
@@ -243,6 +244,8 @@ def test_access_log_can_be_switched_off(logged):
 
 def test_workers_write_a_file_each(logged):
     server = logged({}, workers=2)
+    # Both listening (the health check that found the pool serving reached one of them).
+    wait_until(lambda: "[worker 0]" in server.output and "[worker 1]" in server.output, 20, "both workers")
     pids = set()
     for _ in range(40):  # new connections: the kernel spreads them over both workers
         pids.add(call(server, "pid"))

@@ -34,7 +34,7 @@ def otlp_collector():
 
 
 @pytest.fixture
-def traced(tmp_path):
+def traced(tmp_path, transport):
     """Start service processes with TRACING set; registered in the test's own file registry."""
     registry_dir = tmp_path / "registry"
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
@@ -49,7 +49,7 @@ def traced(tmp_path):
             "OPTIONS": {"directory": str(registry_dir), "ttl": 1.5},
             "CACHE_DIR": str(tmp_path / f"cache-{module}"),
         }, TRACING=tracing, **extra)
-        server = ServerProcess(tmp_path, settings=settings, env=env)
+        server = ServerProcess(tmp_path, settings=settings, env=env, transport=transport)
         started.append(server)
         server.log_dir = tmp_path / f"logs-{module}"  # type: ignore[attr-defined]
         return server.wait_serving()
