@@ -10,11 +10,14 @@ it with the same h2load command, and reads its memory:
     c   example service, default settings, one process        (manage.py runserver)
     ca  example service, default settings but GRPC EVENT_LOOP="asyncio"
     d   example service, default settings, --workers 2        (manage.py runserver --workers 2)
+    n   example service, default settings, native transport   (... runserver --transport native)
+    n2  the same, --workers 2
 
 ``--workers 1`` is (c): runserver serves in-process when it is given one worker. Rounds are
-interleaved (a, b, b2, ca, c, d, then again in a rotated order) and every figure is the median over
-the rounds. ``--write`` replaces the results block of docs/performance.md. The measuring is
-``bench/harness``'s (see bench/README.md); this file is the command line and a run's sequence.
+interleaved (a, b, b2, ca, c, d, n, n2, then again in a rotated order) and every figure is the
+median over the rounds. ``--write`` replaces the results block of docs/performance.md. The
+measuring is ``bench/harness``'s (see bench/README.md); this file is the command line and a
+run's sequence.
 
     python bench/run.py                 # the full run (about 8 minutes)
     python bench/run.py --quick         # a smoke run of a few seconds
@@ -61,7 +64,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunOptions]:
     parser.add_argument(
         "--configs",
         default=None,
-        help="comma-separated subset of a,b,b2,ca,c,d (default all; quick a,b,c,d)",
+        help="comma-separated subset of a,b,b2,ca,c,d,n,n2 (default all; quick a,b,c,d,n)",
     )
     parser.add_argument(
         "--settings", help="settings module for (c)/(d) instead of example.settings"
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print("h2load is missing: apt-get install nghttp2-client", file=sys.stderr)
         return 2
     configs = configurations(opts.settings, tuple(opts.runserver_arg))
-    wanted = (opts.configs or ("a,b,c,d" if opts.quick else "a,b,b2,ca,c,d")).split(",")
+    wanted = (opts.configs or ("a,b,c,d,n" if opts.quick else "a,b,b2,ca,c,d,n,n2")).split(",")
     unknown = [k for k in wanted if k not in configs]
     if unknown:
         print(f"unknown configuration(s) {unknown}; choose among {list(configs)}", file=sys.stderr)

@@ -29,6 +29,8 @@ TARGETS = [
     ("p99 overhead (c) vs (a), under load", "p99_c_a", "<=", 0.10),
     ("idle RSS (c)/(a)", "rss_c_a", "<=", 1.5),
     ("QPS (d)/(c), 2 workers vs 1", "qps_d_c", ">=", 1.4),
+    ("QPS (n)/(a): the native transport's default stack vs bare grpc.aio", "qps_n_a", ">=", 4.0),
+    ("p99 overhead (n) vs (a), under load", "p99_n_a", "<=", 0.0),
 ]
 
 
@@ -105,6 +107,12 @@ def ratios_table(r: dict[str, dict[str, float]]) -> str:
         ("p99 overhead (c) vs (b), one call at a time", "lat1_p99_c_b"),
         ("p99 overhead (ca) vs (a), one call at a time", "lat1_p99_ca_a"),
         ("idle RSS (c)/(b)", "rss_c_b"),
+        ("QPS (n)/(b): the native transport vs bare grpc.aio on uvloop", "qps_n_b"),
+        ("QPS (n)/(c): the native transport vs grpc.aio, the same stack", "qps_n_c"),
+        ("QPS (n2)/(n): native, 2 workers vs 1", "qps_n2_n"),
+        ("QPS (n2)/(b2): native, 2 workers vs bare grpc.aio, 2 processes", "qps_n2_b2"),
+        ("p99 overhead (n) vs (b), under load", "p99_n_b"),
+        ("p99 overhead (n) vs (a), one call at a time", "lat1_p99_n_a"),
     ]
     for label, name in info:
         if name in r["of_medians"]:

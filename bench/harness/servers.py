@@ -66,8 +66,30 @@ def configurations(dev_settings: str | None, extra: tuple[str, ...] = ()) -> dic
             workers=2,
             settings=dev_settings,
         ),
+        "n": Config(
+            "n",
+            "example, default settings, --transport native",
+            "runserver",
+            settings=dev_settings,
+            extra=NATIVE,
+        ),
+        "n2": Config(
+            "n2",
+            "example, default settings, --transport native --workers 2",
+            "runserver",
+            workers=2,
+            settings=dev_settings,
+            extra=NATIVE,
+        ),
     }
-    return {k: replace(c, extra=extra) if c.kind == "runserver" else c for k, c in configs.items()}
+    return {
+        k: replace(c, extra=c.extra + extra) if c.kind == "runserver" else c
+        for k, c in configs.items()
+    }
+
+
+#: runserver's arguments of the configurations on the native transport (the native extra).
+NATIVE = ("--transport", "native")
 
 
 def write_helper_settings(directory: Path, dev_settings: str | None) -> None:

@@ -322,6 +322,11 @@ class Server:
         await self._set_health(True)
         await server_started.asend(self.__class__, server=self, address=self.address)
         logger.info("transport %s (%s)", self.transport.name, self.transport_reason)
+        for setting, instead in self.transport.differences(self.config):
+            logger.warning(
+                'transport %s: GRPC["%s"] is not applied as on grpc.aio: %s '
+                "(docs/topics/transport.md)", self.transport.name, setting, instead,
+            )
         logger.info(
             "serving %d methods of %s on %s (pid %d)",
             len(self.routes),

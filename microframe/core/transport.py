@@ -76,6 +76,11 @@ class Transport(Protocol):
         """Listen on ``address`` (with ``config.tls`` when set); return the port bound."""
         ...
 
+    def differences(self, config: ServerConfig) -> list[tuple[str, str]]:
+        """The ``GRPC`` settings of ``config`` this transport does not apply as grpc.aio does
+        (``(setting, what it does instead)``): the server logs each as a warning at start."""
+        ...
+
     async def stop(
         self,
         server: grpc.aio.Server,
@@ -192,6 +197,9 @@ class GrpcAioTransport:
         given = self.hands_over_requests and not route.kind.client_streaming
         return grpc_method_handler(route, chain, limits, observers, request_given=given)
 
+    def differences(self, config: ServerConfig) -> list[tuple[str, str]]:
+        return []
+
     def listen(self, server: grpc.aio.Server, address: str, config: ServerConfig) -> int:
         if config.tls:
             return server.add_secure_port(address, server_credentials(config.tls))
@@ -284,6 +292,9 @@ class NativeTransport(GrpcAioTransport):
             )
         options = [o for o in config.channel_options() if o[0] not in NATIVE_REFUSED_OPTIONS]
         return pygrpc_native.aio.server(options=options)  # type: ignore[no-any-return]
+
+    def differences(self, config: ServerConfig) -> list[tuple[str, str]]:
+        return native_differences(config)
 
     async def stop(
         self,
