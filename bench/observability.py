@@ -10,9 +10,10 @@ load, same checks that every call really succeeded and was counted):
     t1    ... tracing on (jaeger), sampling rate 1 % (spans sent over UDP to a port nothing
           reads: the kernel drops them, as a lost agent would)
     log   ... the access log on, written to a file (tracing off)
+    noff, nt0, nt1, nlog   the same four on the native transport
 
-Targets (issue "Observability"): tracing at rate 0 costs <= 3 % QPS and the access log <= 5 %,
-against ``off``.
+Targets: tracing at rate 0 costs <= 3 % QPS and the access log <= 10 %, against ``off`` (and
+on the native transport against ``noff``).
 
     python bench/observability.py --quick      # a smoke run
     python bench/observability.py --write      # full run, written to docs/performance.md
@@ -49,13 +50,21 @@ VARIANTS = {
         'LOG = {"DIR": "$workdir/logs-log"}\n',
     ),
 }
+#: The same on the native transport (GRPC["TRANSPORT"] = "native").
+NATIVE = 'GRPC = {**globals().get("GRPC", {}), "TRANSPORT": "native"}\n'
+VARIANTS.update({
+    f"n{key}": (f"{label}, native transport", NATIVE + body)
+    for key, (label, body) in list(VARIANTS.items())
+})
+VARIANTS["nlog"] = (VARIANTS["nlog"][0], VARIANTS["nlog"][1].replace("logs-log", "logs-nlog"))
 
 
 def lines_written(workdir: Path, configs: dict) -> str:
     if "log" not in configs:
         return ""
     lines = sum(1 for f in (workdir / "logs-log").glob("*.log") for _ in f.open())
-    return f"\nThe access log wrote {lines} lines in the `log` runs.\n"
+    native = sum(1 for f in (workdir / "logs-nlog").glob("*.log") for _ in f.open())
+    return f"\nThe access log wrote {lines} lines in the `log` runs, {native} in the `nlog` runs.\n"
 
 
 if __name__ == "__main__":
@@ -65,7 +74,9 @@ if __name__ == "__main__":
             script="observability.py",
             variants=VARIANTS,
             baseline="off",
-            targets=[("t0", 0.03), ("log", 0.05)],
+            targets=[
+                ("t0", 0.03), ("log", 0.10), ("nt0", 0.03, "noff"), ("nlog", 0.10, "noff"),
+            ],
             begin_mark="<!-- bench:observability:begin -->",
             end_mark="<!-- bench:observability:end -->",
             epilogue=lines_written,

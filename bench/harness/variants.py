@@ -34,7 +34,7 @@ def main(
     script: str,
     variants: Variants,
     baseline: str,
-    targets: list[tuple[str, float]],
+    targets: list[tuple[str, float]] | list[tuple[str, float, str]],
     begin_mark: str,
     end_mark: str,
     argv: list[str] | None = None,
@@ -63,7 +63,9 @@ def main(
         )
     if args.configs:
         configs = {
-            k: c for k, c in configs.items() if k in args.configs.split(",") or k == baseline
+            k: c for k, c in configs.items()
+            if k in args.configs.split(",") or k == baseline
+            or any(len(t) > 2 and t[0] in args.configs.split(",") and t[2] == k for t in targets)
         }
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="microframe-bench-") as tmp:
@@ -105,13 +107,17 @@ def main(
         f"| {cpu[k]:.0f} | {p99[k]:.2f} |\n"
         for k in configs
     )
-    verdicts = "".join(
-        f"- `{k}`: costs {(1 - qps[k] / qps[baseline]) * 100:.1f} % QPS against `{baseline}` "
-        f"(target <= {bound * 100:.0f} %: "
-        f"**{'met' if 1 - qps[k] / qps[baseline] <= bound else 'missed'}**)\n"
-        for k, bound in targets
-        if k in configs
-    )
+    verdicts = ""
+    for target in targets:
+        k, bound = target[0], target[1]
+        against = target[2] if len(target) > 2 else baseline
+        if k not in configs or against not in configs:
+            continue
+        cost = 1 - qps[k] / qps[against]
+        verdicts += (
+            f"- `{k}`: costs {cost * 100:.1f} % QPS against `{against}` "
+            f"(target <= {bound * 100:.0f} %: **{'met' if cost <= bound else 'missed'}**)\n"
+        )
     block = (
         f"`python bench/{script}` ({time.strftime('%Y-%m-%d')}; {opts.rounds} interleaved rounds, "
         f"h2load -c {opts.clients} -m {opts.streams} -D {opts.duration}; medians):\n\n"

@@ -265,8 +265,11 @@ def grpc_method_handler(
     observers: Sequence[RequestObserver] = (),
     *,
     request_given: bool = False,
+    context_class: type[RequestContext] = RequestContext,
 ) -> grpc.RpcMethodHandler:
-    """Return the grpc method handler serving ``route`` through ``chain`` within ``limits``.
+    """Return the grpc method handler serving ``route`` through ``chain`` within ``limits``;
+    each call's context is a ``context_class`` (the transport's, see
+    :mod:`microframe.core.transport`).
 
     With ``request_given`` (the native transport, for a method taking one request message)
     the method is registered unary: the transport hands the request message over whole, as
@@ -495,7 +498,7 @@ def grpc_method_handler(
     async def serve(first: Any, context: grpc.aio.ServicerContext) -> Any:
         """``first``: the request stream (read with ``context.read()``), or the request
         message's bytes when the transport hands it over (``request_given``)."""
-        ctx = RequestContext(route, context)
+        ctx = context_class(route, context)
         peer = ctx.peer
         task = current_task()
         refused = calls.enter(peer, task)
