@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import NoReturn
 
 import pytest
 
-from support.env import TESTS, require_binary
+from support.env import ROOT, TESTS, base_env, require_binary
 from support.servers import ServerProcess
 
 HERE = TESTS / "interop"
@@ -60,11 +61,16 @@ def _fail_or_skip(message: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def node_modules() -> Path:
+def node() -> str:
+    """The ``node`` that runs the client (missing: a failure under CI, else a skip)."""
+    return require_binary("node")
+
+
+@pytest.fixture(scope="session")
+def node_modules(node: str) -> Path:
     """The client's ``node_modules``, installed by ``npm ci`` from the committed lockfile into a
     directory keyed by the lockfile's hash: built in a fresh directory and renamed into place,
     so that a run cut short or another run at the same time never sees half an install."""
-    require_binary("node")
     npm = require_binary("npm")
     lock = (HERE / "package-lock.json").read_bytes()
     key = hashlib.sha256(lock + (HERE / "package.json").read_bytes()).hexdigest()[:16]
@@ -107,16 +113,26 @@ def interop_server(
 
 @pytest.fixture(scope="module")
 def interop_run(
-    node_modules: Path, interop_server: ServerProcess
+    node: str, node_modules: Path, interop_server: ServerProcess
 ) -> subprocess.CompletedProcess[str]:
     """One run of the client, every case, against the server."""
     return subprocess.run(
-        ["node", str(HERE / "interop_client.js"), "--server_host=127.0.0.1",
+        [node, str(HERE / "interop_client.js"), "--server_host=127.0.0.1",
          f"--server_port={interop_server.port}", f"--proto_root={HERE / 'idl'}",
          "--test_case=all"],
         env={**os.environ, "NODE_PATH": str(node_modules)},
         capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
     )
+
+
+def test_generated_code_is_current() -> None:
+    """generate/ is what genproto makes of idl/ today, as a service's CI checks it."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "genproto", "--check", "--idl", "idl",
+         "--out", "generate"],
+        cwd=HERE, env=base_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _results(run: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, str]]:
