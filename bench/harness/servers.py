@@ -237,6 +237,18 @@ class ServerUnderTest:
                 time.sleep(0.05)
         if self.config.kind == "runserver":
             self.wait_health(deadline)
+            self.check_transport()
+
+    def check_transport(self) -> None:
+        """Raise ``BenchError`` unless the server runs on the transport its ``--transport``
+        asks for (read from its ``transport NAME (...)`` log line)."""
+        args = list(self.config.extra)
+        if "--transport" not in args:
+            return
+        wanted = args[args.index("--transport") + 1]
+        # Logged once the server serves: a moment after its health says SERVING.
+        if not wait_for(lambda: f"transport {wanted} (" in self.output, 5, self.proc):
+            raise self.fail(f"does not say it serves on the {wanted} transport")
 
     def wait_health(self, deadline: float) -> None:
         """Wait until the gRPC health service answers SERVING (the example's last step of
