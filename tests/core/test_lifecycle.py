@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -67,6 +68,54 @@ def test_sigterm_under_load_cancels_no_call_of_plain_clients(start_server):
     match = re.search(r"stopped: (\d+) call\(s\) accepted, all completed", server.output)
     assert match, server.output
     assert int(match.group(1)) == results["OK"], (match.group(0), results)
+
+
+@pytest.mark.parametrize(
+    ("replies", "expected"), [(15, "OK"), (40, "UNAVAILABLE")], ids=["within", "past"]
+)
+def test_server_streams_finish_within_grace(fleet, replies, expected):
+    """Server streams running at SIGTERM, GRACE 2 s, a reply every 100 ms: streams that end
+    within GRACE send every reply and end OK; longer ones are cut just before GRACE ends,
+    UNAVAILABLE and marked handled, and the process is gone soon after GRACE."""
+    (server,) = fleet("streams", 1, grpc={"GRACE": 2.0})
+    outcomes: list[tuple[str, int, str | None]] = []
+    first = threading.Barrier(4, timeout=10)
+
+    def stream() -> None:
+        with grpc.insecure_channel(server.address) as channel:
+            replies_seen = 0
+            call = hello_pb2_grpc.GreeterStub(channel).LotsOfReplies(
+                Req(name="s", count=replies, delay_ms=100), timeout=20
+            )
+            try:
+                for _ in call:
+                    replies_seen += 1
+                    if replies_seen == 1:
+                        first.wait()
+                code = "OK"
+            except grpc.RpcError as err:
+                code = err.code().name
+            handled = dict(call.trailing_metadata() or ()).get("x-microframe-handled")
+            outcomes.append((code, replies_seen, handled))
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    first.wait()  # every stream has its first reply: running
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.output
+    stopped_in = time.monotonic() - started
+    for t in threads:
+        t.join(10)
+    codes = {code for code, _, _ in outcomes}
+    assert len(outcomes) == 3 and codes == {expected}, outcomes
+    if expected == "OK":
+        assert [n for _, n, _ in outcomes] == [replies] * 3, outcomes
+        assert stopped_in < 2.0 + 1.0, stopped_in
+    else:
+        assert all(0 < n < replies and handled for _, n, handled in outcomes), outcomes
+        assert 1.5 < stopped_in < 2.0 + 2.0, stopped_in
 
 
 def test_sigterm_under_load_loses_no_accepted_call(start_server):

@@ -78,6 +78,34 @@ def test_check_reports_what_the_native_transport_applies_otherwise() -> None:
         assert "microframe.E013" in [m.id for m in run_checks(tags=["server"])]
 
 
+def test_the_check_command_says_which_transport_runserver_would_serve_on(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from support.env import ROOT, base_env
+
+    (tmp_path / "native_settings.py").write_text(
+        "from example.settings import *  # noqa: F401,F403\n"
+        'GRPC = {"TRANSPORT": "native"}\n'
+    )
+    env = base_env(PYTHONPATH=f"{tmp_path}:{ROOT}:{ROOT / 'tests'}")
+
+    def check(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "check", *args], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "Transport: grpc.aio (auto: the native transport does not apply GRPC MAX_CONNECTIONS" \
+        in check()
+    native = check("--settings", "native_settings")
+    assert 'Transport: native (GRPC["TRANSPORT"] is "native")' in native
+    assert "microframe.W007" in native
+    assert "Transport:" not in check("--tag", "settings")
+
+
 # The native transport, serving the test service. --------------------------------------------
 
 

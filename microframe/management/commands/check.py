@@ -47,3 +47,17 @@ class Command(BaseCommand):
             include_deployment_checks=include_deployment_checks,
             fail_level=getattr(checks, options["fail_level"]),
         )
+        if not tags or "server" in tags:
+            self.stdout.write(self.transport_line())
+
+    def transport_line(self) -> str:
+        """The transport ``runserver`` would serve on, and why (``GRPC["TRANSPORT"]``)."""
+        from microframe.core.exceptions import ImproperlyConfigured
+        from microframe.core.server import ServerConfig
+        from microframe.core.transport import choose_transport
+
+        try:
+            transport, reason = choose_transport(ServerConfig.from_settings())
+        except ImproperlyConfigured as err:  # reported by the checks above
+            return f"Transport: none ({err})"
+        return f"Transport: {transport.name} ({reason})"
