@@ -369,6 +369,7 @@ class Server:
 
         async def drain() -> None:
             self.calls.closing = True  # a call reaching the application now is refused
+            accepted = list(self.calls.tasks)
             try:
                 cut_at = max(0.0, grace - min(CUT_MARGIN, grace / 10))
                 await with_timeout(self.calls.wait_idle(), cut_at)
@@ -378,6 +379,11 @@ class Server:
                     "%d call(s) still running after the %.1f s grace period were cut: answered "
                     "UNAVAILABLE, marked as handled (not to be retried)", cut, grace,
                 )
+            # A call's status is sent by its task once the handler has returned: the drain
+            # ends when those have gone out too (the transport may close the connections).
+            unfinished = [task for task in accepted if not task.done()]
+            if unfinished:
+                await asyncio.wait(unfinished, timeout=CUT_MARGIN)
 
         assert self.port is not None
         await self.transport.stop(self.grpc_server, self.port, grace, drain)

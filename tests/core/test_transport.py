@@ -96,7 +96,7 @@ def test_the_check_command_says_which_transport_runserver_would_serve_on(tmp_pat
             capture_output=True, text=True, timeout=60,
         )
         assert done.returncode == 0, done.stderr
-        return done.stdout
+        return done.stdout + done.stderr
 
     assert "Transport: grpc.aio (auto: the native transport does not apply GRPC MAX_CONNECTIONS" \
         in check()
