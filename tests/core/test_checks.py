@@ -255,10 +255,22 @@ CLEAN = f"""
 # The command, as a subprocess. ----------------------------------------------------------------
 
 
+def transport_line() -> str:
+    """What ``check`` says of the transport on default settings (the native extra is installed
+    for the tests)."""
+    from microframe.core.server import ServerConfig
+    from microframe.core.transport import choose_transport
+
+    transport, reason = choose_transport(ServerConfig())
+    return f"Transport: {transport.name} ({reason})"
+
+
 def test_clean_service_passes(service_dir):
     result = run_check(service_dir, write_settings(service_dir, "clean", CLEAN))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+    assert result.stdout.splitlines()[0] == "System check identified no issues (0 silenced)."
+    # Then the transport runserver would serve on, and why.
+    assert result.stdout.splitlines()[1:] == [transport_line()], result.stdout
     assert result.stderr == ""
 
 
@@ -413,7 +425,9 @@ def test_silenced_checks_do_not_fail(service_dir):
     """)
     result = run_check(service_dir, module)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "System check identified no issues (2 silenced)."
+    assert result.stdout.splitlines() == [
+        "System check identified no issues (2 silenced).", transport_line(),
+    ], result.stdout
 
 
 def test_deploy_checks_and_fail_level(service_dir):
