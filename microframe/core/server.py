@@ -386,7 +386,7 @@ class Server:
                 await asyncio.wait(unfinished, timeout=CUT_MARGIN)
 
         assert self.port is not None
-        await self.transport.stop(self.grpc_server, self.port, grace, drain)
+        await self.transport.stop(self.grpc_server, self.port, drain)
         await self.memory.stop()
         self.limits.watchdog.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -83,24 +83,20 @@ class Transport(Protocol):
         ...
 
     async def stop(
-        self,
-        server: grpc.aio.Server,
-        port: int,
-        grace: float,
-        drain: Callable[[], Awaitable[None]],
+        self, server: grpc.aio.Server, port: int, drain: Callable[[], Awaitable[None]]
     ) -> None:
         """Stop ``server`` (listening on ``port``) without losing a call: every call a client
         sent is answered, or refused UNAVAILABLE before the application saw it, never
         CANCELLED. ``drain()`` refuses the calls that reach the application from now on and
-        returns once the accepted ones have ended (those still running near the end of
-        ``grace`` cut); the server must be stopped within ``grace`` and a moment."""
+        returns once the accepted ones have ended (those still running near the end of the
+        grace period cut); the server must be stopped a moment after it returns."""
         ...
 
 
 logger = logging.getLogger("microframe.server")
 
-#: How long past the grace period grpc's server is given to send the answers of the calls
-#: cut at its end.
+#: How long the server object is given to stop once the application has drained (the
+#: answers of the calls cut at the end of the grace period may still be leaving).
 STOP_MARGIN = 1.0
 
 #: How long the transport is given to write the last answers of a drained server before its
@@ -217,29 +213,30 @@ class GrpcAioTransport:
         return server.add_insecure_port(address)
 
     async def stop(
-        self,
-        server: grpc.aio.Server,
-        port: int,
-        grace: float,
-        drain: Callable[[], Awaitable[None]],
+        self, server: grpc.aio.Server, port: int, drain: Callable[[], Awaitable[None]]
     ) -> None:
-        """Drain, close the connections, then stop grpc's server.
+        """Drain, give the last answers a moment to leave, close the connections, then stop
+        the grpc server.
 
         grpc core's stop cannot be the first step: in the same instant as it sends its GOAWAY
         it cancels every call that reached it but that grpc.aio (which asks for one call at a
         time) had not yet taken (grpc issues 41785 and 24237), and a client busy calling always
         has one such call: 6-7 CANCELLED in every run of 8 plain clients under SIGTERM
         (tests/core/test_lifecycle.py). So the server keeps accepting while the application
-        drains, refusing every new call UNAVAILABLE; then the connections are shut down
-        (:func:`shut_down_connections`: a call in transit fails UNAVAILABLE at its client,
-        which may retry it, it never ran) and grpc stops with nothing left to cancel."""
+        drains, refusing every new call UNAVAILABLE; then the connections are closed
+        (:meth:`close_connections`: a call in transit fails UNAVAILABLE at its client, which
+        may retry it, it never ran) and grpc stops with nothing left to cancel. The last
+        answers' frames are written by the transport's threads after their calls have ended,
+        and nothing says when they have left: they get ``FLUSH_TIME`` before the cut."""
         await drain()
-        # The last answers' frames are written by grpc core's threads after their tasks have
-        # ended; nothing says when they have left, so they get a moment before the cut.
         await asyncio.sleep(FLUSH_TIME)
+        self.close_connections(port)
+        await server.stop(STOP_MARGIN)
+
+    def close_connections(self, port: int) -> None:
+        """Shut down the connections accepted on ``port`` (:func:`shut_down_connections`)."""
         closed = shut_down_connections(port)
         logger.debug("stopping: %d connection(s) shut down", closed)
-        await server.stop(STOP_MARGIN)
 
     def __repr__(self) -> str:
         return f"<transport {self.name}>"
@@ -332,18 +329,9 @@ class NativeTransport(GrpcAioTransport):
     def differences(self, config: ServerConfig) -> list[tuple[str, str]]:
         return native_differences(config)
 
-    async def stop(
-        self,
-        server: grpc.aio.Server,
-        port: int,
-        grace: float,
-        drain: Callable[[], Awaitable[None]],
-    ) -> None:
-        """Drain, then stop the native server. Its stop waits for the calls it handed over,
-        then closes its front at once, dropping what it had not yet written: the last frames
-        of a stream that had just ended (its end and trailers) were lost to about one stop in
-        four (tests/core/test_lifecycle.py). So the application drains first, refusing new
-        calls, and the answers get a moment to leave before the front closes."""
-        await drain()
-        await asyncio.sleep(FLUSH_TIME)
-        await server.stop(STOP_MARGIN)
+    def close_connections(self, port: int) -> None:
+        """Nothing: the native server's own stop closes its front. That stop waits for the
+        calls it handed over, then closes at once, dropping what it had not yet written: the
+        end and trailers of a stream that had just ended were lost to about one stop in four
+        when it began with the drain (tests/core/test_lifecycle.py); after the drain and
+        ``FLUSH_TIME``, as on grpc.aio, it loses nothing."""
