@@ -5,7 +5,7 @@ One run measures, in interleaved rounds (``bench/harness``, as ``bench/run.py``:
 load, same checks that every call really succeeded and was counted):
 
     b     bare grpc.aio servicer, uvloop (the reference)
-    off   example service, default stack with tracing off and the access log off
+    off   example service, default stack on grpc.aio with tracing off and the access log off
     t0    ... tracing on (jaeger), sampling rate 0
     t1    ... tracing on (jaeger), sampling rate 1 % (spans sent over UDP to a port nothing
           reads: the kernel drops them, as a lost agent would)
@@ -31,6 +31,8 @@ JAEGER = (
     '"SAMPLER": {"type": "probabilistic", "param": %s}, '
     '"REPORTER": {"LOCAL_AGENT_HOST_PORT": "127.0.0.1:$udp"}}\n'
 )
+#: The four on grpc.aio (GRPC["TRANSPORT"] = "grpc.aio": "auto" picks native when installed).
+GRPC_AIO = 'GRPC = {**globals().get("GRPC", {}), "TRANSPORT": "grpc.aio"}\n'
 VARIANTS = {
     "off": (
         "default stack, tracing off, access log off",
@@ -56,6 +58,8 @@ VARIANTS.update({
     f"n{key}": (f"{label}, native transport", NATIVE + body)
     for key, (label, body) in list(VARIANTS.items())
 })
+VARIANTS.update({key: (label, GRPC_AIO + body) for key, (label, body) in VARIANTS.items()
+                 if not key.startswith("n")})
 VARIANTS["nlog"] = (VARIANTS["nlog"][0], VARIANTS["nlog"][1].replace("logs-log", "logs-nlog"))
 
 

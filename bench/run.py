@@ -7,10 +7,12 @@ it with the same h2load command, and reads its memory:
     a   bare grpc.aio servicer, default asyncio loop          (bench/bare_server.py)
     b   bare grpc.aio servicer, uvloop                        (bench/bare_server.py --loop uvloop)
     b2  the same, 2 processes sharing the port                (... --loop uvloop --processes 2)
-    c   example service, default settings, one process        (manage.py runserver)
-    ca  example service, default settings but GRPC EVENT_LOOP="asyncio"
-    d   example service, default settings, --workers 2        (manage.py runserver --workers 2)
-    n   example service, default settings, native transport   (... runserver --transport native)
+    c   example service, default settings on grpc.aio, one process
+                                                          (manage.py runserver --transport grpc.aio)
+    ca  the same, but GRPC EVENT_LOOP="asyncio"
+    d   the same, --workers 2
+    n   example service, default settings, native transport   (... runserver --transport native,
+                                                          what "auto" picks with the native extra)
     n2  the same, --workers 2
 
 ``--workers 1`` is (c): runserver serves in-process when it is given one worker. Rounds are

@@ -52,23 +52,29 @@ def configurations(dev_settings: str | None, extra: tuple[str, ...] = ()) -> dic
         "b2": Config("b2", "bare grpc.aio, uvloop, 2 processes", "bare", loop="uvloop", workers=2),
         "ca": Config(
             "ca",
-            'example, default stack, EVENT_LOOP="asyncio"',
+            'example, default stack on grpc.aio, EVENT_LOOP="asyncio"',
             "runserver",
             settings="bench_asyncio_settings",
+            extra=GRPC_AIO,
         ),
         "c": Config(
-            "c", "example, default settings (= --workers 1)", "runserver", settings=dev_settings
+            "c",
+            "example, default settings, --transport grpc.aio (= --workers 1)",
+            "runserver",
+            settings=dev_settings,
+            extra=GRPC_AIO,
         ),
         "d": Config(
             "d",
-            "example, default settings, --workers 2",
+            "example, default settings, --transport grpc.aio --workers 2",
             "runserver",
             workers=2,
             settings=dev_settings,
+            extra=GRPC_AIO,
         ),
         "n": Config(
             "n",
-            "example, default settings, --transport native",
+            "example, default settings, --transport native (= auto with the extra)",
             "runserver",
             settings=dev_settings,
             extra=NATIVE,
@@ -88,8 +94,10 @@ def configurations(dev_settings: str | None, extra: tuple[str, ...] = ()) -> dic
     }
 
 
-#: runserver's arguments of the configurations on the native transport (the native extra).
+#: runserver's arguments of the configurations on each transport: the default settings pick
+#: native when the native extra is installed ("auto"), so grpc.aio is asked for by name.
 NATIVE = ("--transport", "native")
+GRPC_AIO = ("--transport", "grpc.aio")
 
 
 def write_helper_settings(directory: Path, dev_settings: str | None) -> None:

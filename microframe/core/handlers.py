@@ -266,6 +266,7 @@ def grpc_method_handler(
     *,
     request_given: bool = False,
     context_class: type[RequestContext] = RequestContext,
+    taken: Callable[[RequestContext, bytes], None] | None = None,
 ) -> grpc.RpcMethodHandler:
     """Return the grpc method handler serving ``route`` through ``chain`` within ``limits``;
     each call's context is a ``context_class`` (the transport's, see
@@ -274,6 +275,10 @@ def grpc_method_handler(
     With ``request_given`` (the native transport, for a method taking one request message)
     the method is registered unary: the transport hands the request message over whole, as
     bytes, and it is parsed here as a message read is; the rest is the same.
+
+    ``taken(ctx, message)``, when given, is told of every request message (its bytes) before
+    it is parsed: the native transport's connection guard counts them
+    (:mod:`microframe.core.connection_guard`).
 
     Every method is registered with grpc as request-*streaming* and reads its messages itself
     with ``context.read()``:
@@ -395,6 +400,8 @@ def grpc_method_handler(
 
     async def given(ctx: RequestContext, task: asyncio.Task[Any], raw: Any) -> Any:
         """The request message the transport handed over (bytes), parsed."""
+        if taken is not None:
+            taken(ctx, raw)
         try:
             return parse(raw)
         except Exception as exc:
@@ -409,6 +416,8 @@ def grpc_method_handler(
             if raw is EOF:
                 return
             later = True
+            if taken is not None:
+                taken(ctx, raw)
             try:
                 message = parse(raw)
             except Exception as exc:

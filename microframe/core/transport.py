@@ -21,6 +21,7 @@ behind itself. Some limits of ``GRPC`` it applies in its own way, or not at all
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 import grpc.aio
 
+from microframe.core.connection_guard import ConnectionGuard, GuardLimits, RequestLedger
 from microframe.core.context import RequestContext
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.handlers import grpc_method_handler
@@ -106,8 +108,12 @@ FLUSH_TIME = 0.1
 #: The values of GRPC["TRANSPORT"] (and of runserver's --transport).
 TRANSPORTS = ("auto", "grpc.aio", "native")
 
-#: The server arguments of ServerConfig.channel_options() the native transport refuses (it
-#: cannot cap connections); what they ask for is reported by native_differences().
+#: Seconds pygrpc-native gives a connection to send its HTTP/2 preface (not configurable).
+NATIVE_PREFACE_TIMEOUT = 120.0
+
+#: The server arguments of ServerConfig.channel_options() the native transport refuses (its
+#: connection guard caps connections, from MAX_CONNECTIONS); a GRPC["OPTIONS"] asking for
+#: them is reported by native_differences().
 NATIVE_REFUSED_OPTIONS = frozenset({"grpc.max_allowed_incoming_connections"})
 
 
@@ -119,26 +125,22 @@ def native_available() -> bool:
 
 
 def native_differences(config: ServerConfig) -> list[tuple[str, str]]:
-    """The ``GRPC`` settings of ``config`` the native transport does not apply as grpc.aio
-    does: ``(setting, what it does instead)``, empty when it applies them all."""
+    """The ``GRPC`` settings of ``config`` the native transport does not apply:
+    ``(setting, what it does instead)``, empty when it applies them all.
+
+    ``MAX_CONNECTIONS``, ``HANDSHAKE_TIMEOUT``, ``RECEIVE_TIMEOUT`` and
+    ``RECEIVE_BUFFER_BYTES`` are applied by its connection guard (it closes the connection
+    that breaks them, :mod:`microframe.core.connection_guard`), and what
+    ``STREAM_WINDOW_BYTES`` protects (the memory of messages not yet whole) by the same
+    guard's budget; none of them is a difference."""
     found: list[tuple[str, str]] = []
     if config.tls:
         found.append(("TLS", "it serves plaintext only"))
-    if config.max_connections:
-        found.append(("MAX_CONNECTIONS", "it accepts any number of connections"))
-    if config.handshake_timeout and config.handshake_timeout < 120:
-        found.append(
-            ("HANDSHAKE_TIMEOUT", "a connection has 120 s to finish its HTTP/2 preface")
-        )
-    found.append(
-        (
-            "RECEIVE_TIMEOUT",
-            "a request message of a unary or server-streaming call arrives whole before the "
-            "application sees it, however slowly (RECEIVE_BUFFER_BYTES and RECEIVE_TIMEOUT "
-            "hold for request streams only)",
-        )
-    )
-    found.append(("STREAM_WINDOW_BYTES", "its streams' flow-control windows are its own"))
+    if config.handshake_timeout > NATIVE_PREFACE_TIMEOUT:
+        found.append((
+            "HANDSHAKE_TIMEOUT",
+            f"a connection has {NATIVE_PREFACE_TIMEOUT:g} s to finish its HTTP/2 preface",
+        ))
     names = {key for key, _ in config.options}
     for option in sorted(names & NATIVE_REFUSED_OPTIONS):
         found.append(("OPTIONS", f"it refuses {option}"))
@@ -171,7 +173,7 @@ def choose_transport(config: ServerConfig) -> tuple[Transport, str]:
     if differences:
         names = ", ".join(dict.fromkeys(name for name, _ in differences))
         return GrpcAioTransport(), f"auto: the native transport does not apply GRPC {names}"
-    return NativeTransport(), "auto: the native extra is installed"
+    return NativeTransport(), "auto: the native extra is installed and applies every limit set"
 
 
 class GrpcAioTransport:
@@ -307,13 +309,122 @@ class NativeRequestContext(RequestContext):
         return self._metadata
 
 
+class CountedHandlers:
+    """Makes the handlers the server runtime did not build (health, reflection) count their
+    requests in a :class:`~microframe.core.connection_guard.RequestLedger`. A method of one
+    request message counts it with its connection (the behaviour wrapped: the request's
+    size, its metadata); a request-streaming one, served by the fallback behind a Unix
+    socket, through its deserializer, ``elsewhere``. The runtime's own handlers count their
+    requests themselves (``taken``)."""
+
+    def __init__(self, ledger: RequestLedger) -> None:
+        self.ledger = ledger
+
+    def method(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.request_streaming:
+            parse = handler.request_deserializer
+            if parse is None:
+                return handler
+            elsewhere = self.ledger.took_elsewhere
+
+            def deserialize(message: bytes) -> Any:
+                elsewhere(len(message))
+                return parse(message)
+
+            return handler._replace(request_deserializer=deserialize)  # type: ignore[attr-defined,no-any-return]
+        took = self.ledger.took
+
+        def count(request: Any, context: Any) -> None:
+            size = request.ByteSize() if hasattr(request, "ByteSize") else len(request)
+            call = getattr(context, "_call", None)
+            took(context.peer(), size, getattr(call, "metadata", None) or ())
+
+        if handler.response_streaming:
+            return handler._replace(unary_stream=_counting(handler.unary_stream, count))  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(unary_unary=_counting(handler.unary_unary, count))  # type: ignore[attr-defined,no-any-return]
+
+    def generic(self, handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+        return _CountedService(handler, self)
+
+    def install(self, server: Any) -> None:
+        """Count the handlers registered on ``server`` from now on (grpc's own helpers, as
+        ``add_HealthServicer_to_server``, call its registration methods themselves)."""
+        register = server.add_registered_method_handlers
+        register_generic = server.add_generic_rpc_handlers
+
+        def add_registered(service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+            register(service, {name: self.method(h) for name, h in handlers.items()})
+
+        def add_generic(handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+            register_generic([self.generic(h) for h in handlers])
+
+        server.add_registered_method_handlers = add_registered
+        server.add_generic_rpc_handlers = add_generic
+
+
+def _counting(
+    behavior: Callable[..., Any], count: Callable[[Any, Any], None]
+) -> Callable[..., Any]:
+    """``behavior`` (a coroutine, async generator or plain function, as grpc takes them),
+    calling ``count(request, context)`` first."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streamed(request: Any, context: Any) -> Any:
+            count(request, context)
+            async for reply in behavior(request, context):
+                yield reply
+
+        return streamed
+    if inspect.iscoroutinefunction(behavior):
+
+        async def answered(request: Any, context: Any) -> Any:
+            count(request, context)
+            return await behavior(request, context)
+
+        return answered
+
+    def called(request: Any, context: Any) -> Any:
+        count(request, context)
+        return behavior(request, context)
+
+    return called
+
+
+class _CountedService(grpc.ServiceRpcHandler):
+    """A generic handler whose method handlers are counted (:class:`CountedHandlers`); a
+    service handler still (pygrpc-native recognises the services it also registered)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, counted: CountedHandlers) -> None:
+        self.inner, self.counted = inner, counted
+
+    def service_name(self) -> str:
+        name = getattr(self.inner, "service_name", None)
+        return name() if name is not None else ""
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self.inner.service(handler_call_details)
+        return None if handler is None else self.counted.method(handler)
+
+
 class NativeTransport(GrpcAioTransport):
     """pygrpc-native: HTTP/2 in Rust for the methods that take one request message, which
-    are registered unary (served natively); the rest as on grpc.aio, through its fallback."""
+    are registered unary (served natively); the rest as on grpc.aio, through its fallback.
+
+    Its front has no limit on connections and holds a request message until it is whole:
+    :class:`~microframe.core.connection_guard.ConnectionGuard` applies ``MAX_CONNECTIONS``,
+    ``HANDSHAKE_TIMEOUT``, ``RECEIVE_TIMEOUT`` and ``RECEIVE_BUFFER_BYTES`` to its
+    connections, counting what the application is handed from each
+    (:class:`~microframe.core.connection_guard.RequestLedger`)."""
 
     name = "native"
     hands_over_requests = True
     context_class = NativeRequestContext
+
+    def __init__(self) -> None:
+        self.ledger = RequestLedger()
+        self.guard: ConnectionGuard | None = None
 
     def create(self, config: ServerConfig) -> grpc.aio.Server:
         import pygrpc_native.aio
@@ -324,7 +435,49 @@ class NativeTransport(GrpcAioTransport):
                 'GRPC["TRANSPORT"] = "grpc.aio" (or "auto").'
             )
         options = [o for o in config.channel_options() if o[0] not in NATIVE_REFUSED_OPTIONS]
-        return pygrpc_native.aio.server(options=options)  # type: ignore[no-any-return]
+        server = pygrpc_native.aio.server(options=options)
+        CountedHandlers(self.ledger).install(server)
+        return server  # type: ignore[no-any-return]
+
+    def method_handler(
+        self,
+        route: Route,
+        chain: Handler,
+        limits: CallLimits,
+        observers: Sequence[RequestObserver],
+    ) -> grpc.RpcMethodHandler:
+        ledger = self.ledger
+        if route.kind.client_streaming:  # served by the fallback, behind a Unix socket
+
+            def taken(ctx: RequestContext, message: bytes) -> None:
+                ledger.took_elsewhere(len(message))
+
+            return grpc_method_handler(route, chain, limits, observers, taken=taken)
+        took = ledger.took
+
+        def taken_here(ctx: RequestContext, message: bytes) -> None:
+            call = getattr(ctx.grpc, "_call", None)
+            took(ctx.peer, len(message), getattr(call, "metadata", None) or ())
+
+        return grpc_method_handler(
+            route, chain, limits, observers, request_given=True,
+            context_class=self.context_class, taken=taken_here,
+        )
+
+    def listen(self, server: grpc.aio.Server, address: str, config: ServerConfig) -> int:
+        port = super().listen(server, address, config)
+        self.guard = ConnectionGuard(port, GuardLimits.from_config(config), self.ledger)
+        self.guard.start()
+        return port
+
+    async def stop(
+        self, server: grpc.aio.Server, port: int, drain: Callable[[], Awaitable[None]]
+    ) -> None:
+        try:
+            await super().stop(server, port, drain)
+        finally:
+            if self.guard is not None:
+                self.guard.stop()
 
     def differences(self, config: ServerConfig) -> list[tuple[str, str]]:
         return native_differences(config)

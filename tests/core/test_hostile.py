@@ -34,7 +34,7 @@ from support.raw_h2 import (
     literal_header,
     send_messages,
 )
-from support.servers import ServerProcess, native_lacks, say_hello
+from support.servers import ServerProcess, say_hello
 
 MiB = 1 << 20
 DEADLINE_EXCEEDED = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
@@ -136,9 +136,25 @@ def _open_many(conn: RawH2, count: int, path: str = "/helloworld.Greeter/SayHell
     return ids
 
 
-def test_partial_messages_cost_their_window_not_their_size(example, request):
-    """Row 1: streams announcing a 4 MiB message and sending all but its last bytes."""
-    native_lacks(request, example.transport, "RECEIVE_TIMEOUT")
+def _closed_by_guard(server: ServerProcess, setting: str) -> bool:
+    """Whether the native transport's connection guard logged closing a connection past
+    ``GRPC[setting]`` (waiting a moment for the line to be read)."""
+    try:
+        wait_until(lambda: f'past GRPC["{setting}"]' in server.output, 5, "the guard's log line")
+    except AssertionError:
+        return False
+    return True
+
+
+def _guard_lines(server: ServerProcess) -> list[str]:
+    return [line for line in server.output.splitlines() if "past GRPC[" in line]
+
+
+def test_partial_messages_cost_their_window_not_their_size(example):
+    """Row 1: streams announcing a 4 MiB message and sending all but its last bytes.
+
+    grpc.aio ends each call (no receive slot, or its message late); the native transport's
+    connection guard closes the connections holding more than their share of the budget."""
     connections = [RawH2(example.address) for _ in range(4)]
     for conn in connections:
         conn.pump(0.2)
@@ -149,55 +165,90 @@ def test_partial_messages_cost_their_window_not_their_size(example, request):
         for stream_id in _open_many(conn, 100):
             conn.data(stream_id, grpc_message(b"", length=size)[:5])
             sent[index, stream_id] = 0
+
+    def over(key: tuple[int, int]) -> bool:
+        conn = connections[key[0]]
+        return conn.closed or conn.streams[key[1]].finished
+
     peak = idle
+    started = time.monotonic()
     with Bystander(example.address) as bystander:
-        until = time.monotonic() + RECEIVE_TIMEOUT + 3
+        until = started + RECEIVE_TIMEOUT + 3
         while time.monotonic() < until:
             for index, conn in enumerate(connections):
                 conn.pump(0.01)
                 for key, done in sent.items():
-                    if key[0] == index and not conn.streams[key[1]].finished:
-                        sent[key] = fill_window(conn, key[1], size - 10, done)
+                    if key[0] == index and not over(key):
+                        try:
+                            sent[key] = fill_window(conn, key[1], size - 10, done)
+                        except OSError:  # the server closed the connection
+                            conn.closed = True
             peak = max(peak, rss_mb(example.proc.pid))
-            if all(c.streams[k[1]].finished for k in sent for c in [connections[k[0]]]):
+            if all(over(key) for key in sent):
                 break
-    streams = [connections[i].streams[s] for i, s in sent]
+    ended_in = time.monotonic() - started
     # Everyone else was served, health checks included, and fast.
     bystander.assert_served()
     assert bystander.slowest < 1.0, bystander.slowest
-    # Held: at most the receive slots' messages and every other stream's window (plus slack),
-    # not 400 x 4 MiB = 1.6 GB.
-    bound = RECEIVE_SLOTS * MAX_MESSAGE_BYTES / MiB + len(streams) * WINDOW / MiB + 48
-    assert peak - idle < bound, (idle, peak, bound, sum(sent.values()) / MiB)
-    # Every attacking call was ended: its message not in time, or no slot for it in time.
-    codes = collections.Counter(s.grpc_status for s in streams)
-    assert set(codes) <= {DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED} and codes[DEADLINE_EXCEEDED] >= RECEIVE_SLOTS, codes
+    if example.transport == "native":
+        # Held: at most RECEIVE_BUFFER_BYTES (and what arrives between two of the guard's
+        # scans), not 400 x 4 MiB = 1.6 GB; every attacking connection closed.
+        bound = RECEIVE_SLOTS * MAX_MESSAGE_BYTES / MiB + 128
+        assert peak - idle < bound, (idle, peak, bound, sum(sent.values()) / MiB)
+        assert all(conn.closed for conn in connections), [c.closed for c in connections]
+        assert ended_in < RECEIVE_TIMEOUT + 2, (ended_in, _guard_lines(example))
+        assert _closed_by_guard(example, "RECEIVE_BUFFER_BYTES"), example.output[-3000:]
+    else:
+        streams = [connections[i].streams[s] for i, s in sent]
+        # Held: at most the receive slots' messages and every other stream's window (plus
+        # slack), not 400 x 4 MiB = 1.6 GB.
+        bound = RECEIVE_SLOTS * MAX_MESSAGE_BYTES / MiB + len(streams) * WINDOW / MiB + 48
+        assert peak - idle < bound, (idle, peak, bound, sum(sent.values()) / MiB)
+        # Every attacking call was ended: its message not in time, or no slot for it in time.
+        codes = collections.Counter(s.grpc_status for s in streams)
+        assert set(codes) <= {DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED} and codes[DEADLINE_EXCEEDED] >= RECEIVE_SLOTS, codes
     for conn in connections:
         conn.close()
     # The memory goes back to the system once the attacker has gone.
     wait_until(lambda: rss_mb(example.proc.pid) < idle + 48, 20, f"the server's memory to return (idle {idle:.0f} MB)")
 
 
-def test_headers_without_data_do_not_take_the_other_callers_slots(example, request):
-    """Row 2: one connection opens 1,000 streams and never sends a byte of a message."""
-    native_lacks(request, example.transport, "RECEIVE_TIMEOUT")
+def test_headers_without_data_do_not_take_the_other_callers_slots(example):
+    """Row 2: one connection opens 1,000 streams and never sends a byte of a message.
+
+    grpc.aio refuses the calls past the connection's share and ends the others after
+    RECEIVE_TIMEOUT; the native transport never hands such a call to the application, and
+    its connection guard closes the connection once its streams' headers have waited
+    RECEIVE_TIMEOUT for a message."""
     conn = RawH2(example.address)
     conn.pump(0.2)
+    idle = rss_mb(example.proc.pid)
     started = time.monotonic()
     ids = _open_many(conn, 1000)
     with Bystander(example.address) as bystander:
-        # The calls past the connection's share of call slots, and those without a receive
-        # slot (a quarter of them a connection) once QUICK has passed, are refused at once.
-        conn.pump_until(lambda: sum(conn.streams[i].finished for i in ids) >= 1000 - SLOTS_PER_CONNECTION, 3)
-        refused_in = time.monotonic() - started
-        conn.pump_until(lambda: all(conn.streams[i].finished for i in ids), RECEIVE_TIMEOUT + 2)
-        held_for = time.monotonic() - started
+        if example.transport == "native":
+            conn.pump_until(lambda: conn.closed, RECEIVE_TIMEOUT + 2)
+            held_for = time.monotonic() - started
+            assert conn.closed, "the connection lived past RECEIVE_TIMEOUT"
+        else:
+            # The calls past the connection's share of call slots, and those without a
+            # receive slot (a quarter of them a connection) once QUICK has passed, are
+            # refused at once.
+            conn.pump_until(lambda: sum(conn.streams[i].finished for i in ids) >= 1000 - SLOTS_PER_CONNECTION, 3)
+            refused_in = time.monotonic() - started
+            conn.pump_until(lambda: all(conn.streams[i].finished for i in ids), RECEIVE_TIMEOUT + 2)
+            held_for = time.monotonic() - started
     bystander.assert_served()
-    codes = collections.Counter(conn.streams[i].grpc_status for i in ids)
-    assert codes == {RESOURCE_EXHAUSTED: 1000 - SLOTS_PER_CONNECTION, DEADLINE_EXCEEDED: SLOTS_PER_CONNECTION}, codes
-    assert refused_in < 3, refused_in
-    # The slots held came back within RECEIVE_TIMEOUT (and the watchdog's tick).
+    # The streams (about 12 KiB each on the native transport) were freed within
+    # RECEIVE_TIMEOUT (and the watchdog's or the guard's tick).
     assert RECEIVE_TIMEOUT - 0.5 < held_for < RECEIVE_TIMEOUT + 2, held_for
+    if example.transport == "native":
+        assert _closed_by_guard(example, "RECEIVE_TIMEOUT"), example.output[-3000:]
+        wait_until(lambda: rss_mb(example.proc.pid) < idle + 16, 20, "the server's memory to return")
+    else:
+        codes = collections.Counter(conn.streams[i].grpc_status for i in ids)
+        assert codes == {RESOURCE_EXHAUSTED: 1000 - SLOTS_PER_CONNECTION, DEADLINE_EXCEEDED: SLOTS_PER_CONNECTION}, codes
+        assert refused_in < 3, refused_in
     conn.close()
 
 
@@ -295,9 +346,43 @@ def test_a_header_over_the_limit_is_always_refused(example):
     wait_until(lambda: rss_mb(example.proc.pid) < idle + 16, 20, "the server's memory to return")
 
 
-def test_idle_connections_cannot_exhaust_the_file_descriptors(tmp_path, transport, request):
-    """Row 9: more idle connections than the open files limit allows, never a preface."""
-    native_lacks(request, transport, "HANDSHAKE_TIMEOUT")
+def _lifetimes(sockets: list[socket.socket], seconds: float) -> list[float]:
+    """Watch ``sockets`` (non-blocking, connecting) for ``seconds``: how long each one that
+    got connected stayed open before the server closed it (still open: how long so far)."""
+    connected: dict[int, float] = {}
+    closed: dict[int, float] = {}
+    until = time.monotonic() + seconds
+    while time.monotonic() < until and len(closed) < len(sockets):
+        now = time.monotonic()
+        for index, sock in enumerate(sockets):
+            if index in closed:
+                continue
+            if index not in connected:
+                try:
+                    sock.getpeername()
+                except OSError:
+                    continue
+                connected[index] = now
+            try:
+                if sock.recv(65536) == b"":
+                    closed[index] = now
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed[index] = now
+        time.sleep(0.02)
+    end = time.monotonic()
+    return [closed.get(i, end) - start for i, start in connected.items()]
+
+
+def test_idle_connections_cannot_exhaust_the_file_descriptors(tmp_path, transport):
+    """Row 9: more idle connections than the open files limit allows, never a preface.
+
+    grpc.aio closes those past the cap as they arrive; on the native transport the connection
+    guard closes the newest past it and stops the listener letting more in until some have
+    gone (their clients wait at the kernel). Either way no connection outlives
+    HANDSHAKE_TIMEOUT; grpc.aio never runs out of descriptors for its own files, the native
+    front for less than a second."""
     limit = 300
 
     def low_limit() -> None:
@@ -309,9 +394,10 @@ def test_idle_connections_cannot_exhaust_the_file_descriptors(tmp_path, transpor
             greeter = hello_pb2_grpc.GreeterStub(channel)
             assert greeter.SayHello(hello_pb2.HelloRequest(name="before"), timeout=5).message
             idle_sockets = []
-            started = time.monotonic()
             for _ in range(limit + 100):
-                sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", server.port))
                 idle_sockets.append(sock)
             # The established channel is served meanwhile, and the process's own files open.
             for _ in range(20):
@@ -319,16 +405,35 @@ def test_idle_connections_cannot_exhaust_the_file_descriptors(tmp_path, transpor
             # Connections without a preface are closed after HANDSHAKE_TIMEOUT (5 s), those past
             # MAX_CONNECTIONS (or the limit of open files) at once.
             try:
-                assert_closed_within(idle_sockets, started + 10 - time.monotonic(), "a connection without a preface")
+                lifetimes = _lifetimes(idle_sockets, 12)
             finally:
                 for sock in idle_sockets:
                     sock.close()
+            assert len(lifetimes) >= 100, len(lifetimes)
+            assert max(lifetimes) < 5 + 1.5, (sorted(lifetimes)[-5:], [
+                line for line in server.output.splitlines() if "microframe.server" in line
+            ][-6:])
         # A new client gets in once they are gone.
         with grpc.insecure_channel(server.address) as channel:
             assert hello_pb2_grpc.GreeterStub(channel).SayHello(hello_pb2.HelloRequest(name="after"), timeout=5).message
-        assert "Too many open files" not in server.output, server.output[-2000:]
+        short = [line for line in server.output.splitlines() if "Too many open files" in line]
+        if transport == "native":
+            # Its front accepts a burst faster than the guard's tick, until the descriptors
+            # run out (docs/topics/transport.md): they may, only for a moment.
+            times = [_log_time(line) for line in short if "gRPC accept failed" in line]
+            assert not times or max(times) - min(times) < 1.0, (min(times), max(times))
+        else:
+            assert not short, short[:5]
     finally:
         server.kill()
+
+
+def _log_time(line: str) -> float:
+    """The time of a server log line (``2026-12-01 14:01:30,639 ...``), in seconds."""
+    import datetime
+
+    stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])

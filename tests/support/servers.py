@@ -131,22 +131,6 @@ def say_hello(server: ServerProcess, name: str, metadata: tuple = ()) -> str:
         )
         return reply.message  # type: ignore[no-any-return]
 
-def native_lacks(request: pytest.FixtureRequest, transport: str | None, setting: str) -> None:
-    """On the native transport, mark the test as the documented gap of ``GRPC[setting]``
-    (:func:`microframe.core.transport.native_differences`, docs/topics/transport.md): an
-    expected failure, strict, so that the test fails the day the transport applies the limit
-    and the gap can be closed."""
-    from microframe.core.server import ServerConfig
-    from microframe.core.transport import native_differences
-
-    if transport != "native":
-        return
-    gaps = dict(native_differences(ServerConfig.from_settings()))
-    assert setting in gaps, f"{setting} is not a documented gap of the native transport"
-    request.applymarker(pytest.mark.xfail(
-        strict=True, reason=f'the native transport does not apply GRPC["{setting}"]: {gaps[setting]}'
-    ))
-
 
 class GunicornProcess:
     """A real gunicorn serving ``app`` (``package.wsgi``) from ``cwd`` on a free loopback port."""

@@ -8,7 +8,8 @@
 - ``microframe.E009``: ``GRPC["EVENT_LOOP"]`` is ``"uvloop"`` but uvloop is not installed.
 - ``microframe.E012``: ``GRPC["TRANSPORT"]`` is ``"native"`` but pygrpc-native is not installed;
   ``microframe.E013``: it is ``"native"`` with ``GRPC["TLS"]``; ``microframe.W007``: it is
-  ``"native"``, which applies some limits of ``GRPC`` in its own way.
+  ``"native"``, which cannot do what some settings of ``GRPC`` ask (a handshake allowed longer
+  than its own 120 s, a grpc argument it refuses).
 - ``microframe.W006``: the limits of ``GRPC`` against hostile clients contradict one another
   (one connection may take every call slot, the receive budget holds one message...).
 
@@ -141,7 +142,7 @@ E013 = Error(
 
 
 def native_differs(differences: list[tuple[str, str]]) -> Warning:
-    """Return microframe.W007: limits of ``GRPC`` the native transport applies otherwise."""
+    """Return microframe.W007: what ``GRPC`` asks and the native transport cannot do."""
     lines = "; ".join(f'GRPC["{name}"]: {what}' for name, what in differences)
     return Warning(
         f'GRPC["TRANSPORT"] is "native", which does not apply these limits as grpc.aio '
