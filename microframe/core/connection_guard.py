@@ -22,14 +22,21 @@ connections that break them:
   as the receive slots are shared on grpc.aio), and, while all of them together exceed
   ``RECEIVE_BUFFER_BYTES``, the one holding most;
 - a connection that has not sent the 24 bytes of the HTTP/2 preface ``HANDSHAKE_TIMEOUT``
-  after it was first seen is closed, and the newest connections past ``MAX_CONNECTIONS``
-  (bounded by the open files limit) at once.
+  after it was established is closed, and the newest connections past ``MAX_CONNECTIONS``
+  (bounded by the open files limit) at once;
+- at the cap, the listening socket stops letting new connections in (a socket filter drops
+  their SYNs, :func:`pause_accepting`) until some have gone: the front accepts as long as it
+  has descriptors, and a burst between two scans would otherwise take those the process needs
+  for its own files. Its queue of established connections is widened to the system's maximum
+  on the way (:func:`widen_backlog`).
 
 A connection is closed with ``shutdown()`` through a duplicate descriptor, after checking the
 descriptor still is the socket that was read (its inode): the transport sees its peer go away
 and frees what the connection held; its clients see the connection end (UNAVAILABLE). The
 scan runs in a thread of its own every :data:`SCAN_INTERVAL` seconds, less often when there
-are so many connections that it would take more than :data:`SCAN_SHARE` of a core.
+are so many connections that it would take more than :data:`SCAN_SHARE` of a core; between
+scans the process's descriptors are counted every :data:`WATCH_INTERVAL` (one system call) to
+pause the listener in time.
 """
 
 from __future__ import annotations

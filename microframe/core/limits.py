@@ -236,7 +236,9 @@ class CallTracker:
 
     def enter(self, peer: str, task: asyncio.Task[Any]) -> str | None:
         """Count the call ``task`` serves for ``peer`` (its connection) in; or return why it
-        is refused (and count nothing): the process or the connection is at its limit."""
+        is refused (and count nothing): the server is stopping (``closing``, set by the
+        drain: the caller answers UNAVAILABLE, the call never ran), or the process or the
+        connection is at its limit (RESOURCE_EXHAUSTED)."""
         if self.closing:
             return "the server is stopping"
         if self.active >= self.limit:
