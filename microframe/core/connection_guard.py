@@ -218,9 +218,10 @@ def accepted_connections(
     port: int, known: dict[int, str | None]
 ) -> tuple[list[tuple[int, int, str, int, int, float]], tuple[int, int] | None]:
     """The TCP connections this process accepted on ``port`` (``(fd, inode, peer, bytes
-    received, bytes sent, seconds since data last arrived)``), and its socket listening on ``port`` (``(fd, inode)``, None
-    when not found). ``known`` caches, by socket inode, the peer of a connection of ``port``
-    (None: another socket), so that each socket's addresses are read once."""
+    received, bytes sent, seconds since data last arrived)``), and its socket listening on
+    ``port`` (``(fd, inode)``, None when not found). ``known`` caches, by socket inode, the
+    peer of a connection of ``port`` (None: another socket), so that each socket's addresses
+    are read once."""
     found: list[tuple[int, int, str, int, int, float]] = []
     listener: tuple[int, int] | None = None
     live: set[int] = set()
@@ -476,6 +477,9 @@ class ConnectionGuard:
             conn.quiet = quiet
             conn.credited = min(conn.credited + max(0, credit), received)
             conn.history.append((now, received))
+            if not limits.receive_timeout:  # nothing reads it: keep the last scan only
+                while len(conn.history) > 1:
+                    conn.history.popleft()
             current[inode] = conn
         for inode, gone in previous.items():
             if inode not in current:

@@ -321,10 +321,10 @@ class CountedHandlers:
         self.ledger = ledger
 
     def method(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        parse = handler.request_deserializer
+        if parse is None:  # the runtime's own: it counts its requests itself
+            return handler
         if handler.request_streaming:
-            parse = handler.request_deserializer
-            if parse is None:
-                return handler
             elsewhere = self.ledger.took_elsewhere
 
             def deserialize(message: bytes) -> Any:

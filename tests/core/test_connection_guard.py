@@ -23,7 +23,6 @@ from microframe.test.utils import override_settings
 
 from example.generate import hello_pb2, hello_pb2_grpc
 from support.polling import wait_until
-from support.raw_h2 import RawH2
 
 Req = hello_pb2.HelloRequest
 
