@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -40,16 +41,77 @@ class Balancer(Protocol):
         ...
 
 
-def _candidates(
-    instances: Sequence[ServiceInstance], exclude: frozenset[str]
-) -> Sequence[ServiceInstance]:
-    if not exclude:
-        return instances
-    remaining = [i for i in instances if i.id not in exclude]
-    return remaining or instances  # all tried: better another try on one than none
+#: Draws a pick makes among all the instances, skipping the excluded ones, before it draws
+#: among the others only (whose list it then makes, once per exclusion set).
+_DRAWS = 4
 
 
-class _Stateless:
+class _View:
+    """What a balancer derives from one list of instances, made once for it: discovery hands
+    out a new list when the set changes and never changes one, so a pick is then O(1) (O(log
+    N) weighted), exclusions included.
+
+    A pick excluding a few instances (a retry's) draws among all and skips them; one
+    excluding many (a fleet of dead instances, ejected) draws among the others, whose view is
+    made once per exclusion set (the client hands the same set over until it changes)."""
+
+    __slots__ = ("instances", "ordered", "cumulative", "total", "_exclude", "_without")
+
+    def __init__(self, instances: Sequence[ServiceInstance], weighted: bool = False) -> None:
+        self.instances = instances
+        self.ordered: Sequence[ServiceInstance] = instances
+        self.cumulative: list[int] = []
+        self.total = 0
+        if weighted:
+            running = 0
+            for instance in instances:
+                running += max(0, instance.weight)
+                self.cumulative.append(running)
+            self.total = running
+        self._exclude: frozenset[str] | None = None
+        self._without: _View | None = None
+
+    def without(self, exclude: frozenset[str], weighted: bool = False) -> _View:
+        """The view of the instances not in ``exclude`` (all of them when none is left:
+        better another try on one than none)."""
+        if self._without is None or (exclude is not self._exclude and exclude != self._exclude):
+            remaining = [i for i in self.instances if i.id not in exclude]
+            self._without = _View(remaining, weighted) if remaining else self
+            self._exclude = exclude
+        return self._without
+
+
+class _Viewing:
+    """Keeps the :class:`_View` of the last list of instances picked from."""
+
+    _weighted = False
+    _view: _View | None = None
+
+    def _view_of(self, instances: Sequence[ServiceInstance]) -> _View:
+        view = self._view
+        if view is None or view.instances is not instances:
+            view = self._view = self._make_view(instances)
+        return view
+
+    def _make_view(self, instances: Sequence[ServiceInstance]) -> _View:
+        return _View(instances, self._weighted)
+
+
+def _draw(
+    view: _View, exclude: frozenset[str], choose: Callable[[_View], ServiceInstance]
+) -> ServiceInstance:
+    """``choose(view)`` until it gives an instance not in ``exclude`` (a few draws), then
+    ``choose`` among the others only."""
+    if exclude:
+        for _ in range(_DRAWS):
+            chosen = choose(view)
+            if chosen.id not in exclude:
+                return chosen
+        return choose(view.without(exclude, bool(view.cumulative)))
+    return choose(view)
+
+
+class _Stateless(_Viewing):
     def start(self, instance: ServiceInstance) -> float:
         return time.monotonic()
 
@@ -62,27 +124,48 @@ class RandomBalancer(_Stateless):
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
+        draw = self._rng.random
+        self._choose = lambda view: view.instances[int(draw() * len(view.instances))]
 
     def pick(
         self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
     ) -> ServiceInstance | None:
-        candidates = _candidates(instances, exclude)
-        return self._rng.choice(candidates) if candidates else None
+        if not instances:
+            return None
+        return _draw(self._view_of(instances), exclude, self._choose)
 
 
 class RoundRobinBalancer(_Stateless):
-    """Each instance in turn (in id order, whatever order discovery gives them)."""
+    """Each instance in turn (in id order, whatever order discovery gives them); the
+    excluded ones are passed over."""
 
     def __init__(self) -> None:
         self._next = 0
 
+    def _make_view(self, instances: Sequence[ServiceInstance]) -> _View:
+        view = _View(instances)
+        view.ordered = sorted(instances, key=lambda i: i.id)
+        return view
+
     def pick(
         self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
     ) -> ServiceInstance | None:
-        candidates = sorted(_candidates(instances, exclude), key=lambda i: i.id)
-        if not candidates:
+        if not instances:
             return None
-        chosen = candidates[self._next % len(candidates)]
+        view = self._view_of(instances)
+        if exclude:
+            ordered = view.ordered
+            n = len(ordered)
+            for _ in range(_DRAWS):
+                chosen = ordered[self._next % n]
+                self._next += 1
+                if chosen.id not in exclude:
+                    return chosen
+            view = view.without(exclude)
+            if view.ordered is view.instances:  # the others' view, not yet in id order
+                view.ordered = sorted(view.instances, key=lambda i: i.id)
+        ordered = view.ordered
+        chosen = ordered[self._next % len(ordered)]
         self._next += 1
         return chosen
 
@@ -90,19 +173,25 @@ class RoundRobinBalancer(_Stateless):
 class WeightedRandomBalancer(_Stateless):
     """At random, in proportion to the instances' ``weight`` (weight 0: only when nothing else)."""
 
+    _weighted = True
+
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
+        draw = self._rng.random
+
+        def choose(view: _View) -> ServiceInstance:
+            if not view.total:
+                return view.instances[int(draw() * len(view.instances))]
+            return view.instances[bisect_right(view.cumulative, draw() * view.total)]
+
+        self._choose = choose
 
     def pick(
         self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
     ) -> ServiceInstance | None:
-        candidates = _candidates(instances, exclude)
-        if not candidates:
+        if not instances:
             return None
-        weights = [max(0, i.weight) for i in candidates]
-        if not any(weights):
-            return self._rng.choice(candidates)
-        return self._rng.choices(candidates, weights=weights)[0]
+        return _draw(self._view_of(instances), exclude, self._choose)
 
 
 class _Stats:
@@ -117,7 +206,7 @@ class _Stats:
         self.samples = 0
 
 
-class P2CEwmaBalancer:
+class P2CEwmaBalancer(_Viewing):
     """Power of two choices on ``sqrt(lag + penalty) * (inflight + 1) / success``.
 
     ``lag`` and ``success`` are EWMAs decaying with time (``decay`` seconds, as go-zero's
@@ -153,16 +242,39 @@ class P2CEwmaBalancer:
     def pick(
         self, instances: Sequence[ServiceInstance], exclude: frozenset[str] = frozenset()
     ) -> ServiceInstance | None:
-        candidates = _candidates(instances, exclude)
-        if not candidates:
+        if not instances:
             return None
+        candidates = instances
+        if exclude:
+            view = self._view_of(instances)
+            if len(exclude) * 4 > len(instances):  # most are out: pick among the others
+                candidates = view.without(exclude).instances
+            else:
+                return self._pick_two(instances, exclude)
         if len(candidates) == 1:
             return candidates[0]
+        return self._pick_two(candidates, frozenset())
+
+    def _pick_two(
+        self, candidates: Sequence[ServiceInstance], exclude: frozenset[str]
+    ) -> ServiceInstance:
+        """The better of two distinct instances drawn at random, none in ``exclude`` (a
+        quarter of them at most: a pair with one is drawn again)."""
         n = len(candidates)
         draw = self._rng.random
-        i = int(draw() * n)  # randrange(n), at a third of its cost
-        j = int(draw() * (n - 1))
-        a, b = candidates[i], candidates[j + 1 if j >= i else j]
+        a = b = None
+        for _ in range(_DRAWS * 2):
+            i = int(draw() * n)  # randrange(n), at a third of its cost
+            j = int(draw() * (n - 1))
+            a, b = candidates[i], candidates[j + 1 if j >= i else j]
+            if a.id not in exclude and b.id not in exclude:
+                break
+        else:  # many excluded after all
+            remaining = [c for c in candidates if c.id not in exclude] or list(candidates)
+            if len(remaining) == 1:
+                return remaining[0]
+            return self._pick_two(remaining, frozenset())
+        assert a is not None and b is not None
         sa, sb = self._get(a), self._get(b)
         if self._load(sa) > self._load(sb):
             a, sa, b, sb = b, sb, a, sa

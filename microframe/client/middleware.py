@@ -169,10 +169,12 @@ class BalancerMiddleware:
     async def __call__(self, call: ClientCall) -> Any:
         ejections = self.ejections
         if call.tried or ejections:
-            avoid = set(call.tried)
-            if ejections:
-                avoid.update(ejections.current())
-            call.instance = self.pick(call.instances, frozenset(avoid))
+            # The ejections' own set, the same object until it changes (the balancer keeps
+            # its view of the instances left for it); a retry adds the instances it tried.
+            avoid = ejections.current() if ejections else frozenset()
+            if call.tried:
+                avoid = avoid.union(call.tried)
+            call.instance = self.pick(call.instances, avoid)
         else:  # the first attempt, nothing kept away from: the common case, kept cheap
             call.instance = self.pick(call.instances)
         return await self.next(call)

@@ -10,6 +10,7 @@ step and the retry step read them.
 from __future__ import annotations
 
 import collections
+import heapq
 import time
 from collections.abc import Callable
 
@@ -49,6 +50,12 @@ class Ejections:
         self._clock = clock
         self._until: dict[str, float] = {}
         self._strikes: dict[str, int] = {}
+        # (until, id) of every ejection, soonest first (an id ejected again has a newer one;
+        # the older is passed over), and the set handed out until it changes: a pick can
+        # then tell it is the one it saw before (balancers keep their view of the instances
+        # left per set), and a call costs no walk of a fleet of ejected instances.
+        self._expiries: list[tuple[float, str]] = []
+        self._current: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(self._until)
@@ -57,17 +64,31 @@ class Ejections:
         strikes = self._strikes.get(instance_id, 0) + 1
         self._strikes[instance_id] = strikes
         pause = min(self.maximum, self.base * 2 ** (strikes - 1))
-        self._until[instance_id] = self._clock() + pause
+        until = self._clock() + pause
+        self._until[instance_id] = until
+        heapq.heappush(self._expiries, (until, instance_id))
+        if instance_id not in self._current:
+            self._current = frozenset(self._until)
 
     def clear(self, instance_id: str) -> None:
-        self._until.pop(instance_id, None)
         self._strikes.pop(instance_id, None)
+        if self._until.pop(instance_id, None) is not None:
+            self._current = frozenset(self._until)
 
-    def current(self) -> set[str]:
-        now = self._clock()
-        for key in [k for k, until in self._until.items() if until <= now]:
-            del self._until[key]
-        return set(self._until)
+    def current(self) -> frozenset[str]:
+        """The instances kept away from now: the same set object until one comes or goes."""
+        expiries = self._expiries
+        if expiries and expiries[0][0] <= self._clock():
+            now = self._clock()
+            changed = False
+            while expiries and expiries[0][0] <= now:
+                until, key = heapq.heappop(expiries)
+                if self._until.get(key) == until:
+                    del self._until[key]
+                    changed = True
+            if changed:
+                self._current = frozenset(self._until)
+        return self._current
 
 
 class RetryBudget:
