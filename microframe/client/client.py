@@ -139,13 +139,21 @@ class Client:
     def _watch(self, pool: ChannelPool) -> None:
         self._watching = True
 
+        listed: set[str] = set()
+
         def changed(service: str, instances: list[Any]) -> None:
+            nonlocal listed
             pool.retain(service, {i.address for i in instances})
-            for instance in instances:
-                self.ejections.clear(instance.id)
+            ids = {i.id for i in instances}
+            # An instance listed anew (it had left) is given its chance again; the others
+            # keep their ejections, whatever else changed in the registry.
+            for new in ids - listed:
+                self.ejections.clear(new)
+            self.ejections.forget(ids)
+            listed = ids
             forget = getattr(self.balancer, "forget", None)
             if forget is not None:
-                forget({i.id for i in instances})
+                forget(ids)
 
         self.discovery().subscribe(self.service, changed)
 

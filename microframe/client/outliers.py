@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import random
 import time
 from collections.abc import Callable
 
@@ -34,9 +35,11 @@ class Ejections:
 
     An instance that answers UNAVAILABLE without reaching a handler (refused connection, reset,
     shutting down) is not chosen for ``base`` seconds, doubling with each new failure up to
-    ``maximum``, unless every instance is ejected; one success, or discovery listing it anew,
-    brings it back. This is what keeps a dead instance from taking a share of the calls until
-    discovery drops it (grpc's own balancers skip subchannels in TRANSIENT_FAILURE the same way).
+    ``maximum`` (each pause jittered between half and all of it), unless every instance is
+    ejected; one success, or discovery listing it anew (it had left), brings it back; a
+    change of other instances does not. This is what keeps a dead instance from taking a
+    share of the calls until discovery drops it (grpc's own balancers skip subchannels in
+    TRANSIENT_FAILURE the same way).
     """
 
     def __init__(
@@ -44,10 +47,12 @@ class Ejections:
         base: float = 1.0,
         maximum: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.base = base
         self.maximum = maximum
         self._clock = clock
+        self._draw = (rng or random.Random()).random
         self._until: dict[str, float] = {}
         self._strikes: dict[str, int] = {}
         # (until, id) of every ejection, soonest first (an id ejected again has a newer one;
@@ -64,6 +69,10 @@ class Ejections:
         strikes = self._strikes.get(instance_id, 0) + 1
         self._strikes[instance_id] = strikes
         pause = min(self.maximum, self.base * 2 ** (strikes - 1))
+        # Jittered, between half the pause and all of it: instances ejected together (a
+        # fleet of dead entries found in the same second) come back one by one, not in a
+        # burst of failures every 1, 2, 4... seconds.
+        pause *= 0.5 + 0.5 * self._draw()
         until = self._clock() + pause
         self._until[instance_id] = until
         heapq.heappush(self._expiries, (until, instance_id))
@@ -73,6 +82,15 @@ class Ejections:
     def clear(self, instance_id: str) -> None:
         self._strikes.pop(instance_id, None)
         if self._until.pop(instance_id, None) is not None:
+            self._current = frozenset(self._until)
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the ejections of the instances not in ``keep`` (gone from discovery)."""
+        gone = [key for key in self._strikes if key not in keep]
+        for key in gone:
+            self._strikes.pop(key, None)
+            self._until.pop(key, None)
+        if gone:
             self._current = frozenset(self._until)
 
     def current(self) -> frozenset[str]:

@@ -105,7 +105,7 @@ def test_ejections_hand_out_one_set_until_it_changes() -> None:
     from microframe.client.outliers import Ejections
 
     now = [0.0]
-    ejections = Ejections(base=1.0, maximum=4.0, clock=lambda: now[0])
+    ejections = Ejections(base=1.0, maximum=4.0, clock=lambda: now[0], rng=_Longest())
     assert not ejections and ejections.current() == frozenset()
     ejections.eject("a")
     ejections.eject("b")
@@ -128,3 +128,57 @@ def test_ejections_hand_out_one_set_until_it_changes() -> None:
     ejections.eject("b")
     ejections.clear("b")  # a success brings it back at once
     assert ejections.current() == frozenset()
+
+
+class _Longest(random.Random):
+    """Jitter that always draws the whole pause."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+def test_ejections_together_come_back_one_by_one() -> None:
+    """Instances ejected in the same instant (dead entries found together) are given their
+    next chance at different times, between half their pause and all of it."""
+    from microframe.client.outliers import Ejections
+
+    now = [0.0]
+    ejections = Ejections(base=1.0, clock=lambda: now[0], rng=random.Random(6))
+    for i in range(100):
+        ejections.eject(f"dead{i}")
+    back = []
+    for step in range(1, 21):
+        now[0] = step * 0.05
+        back.append(100 - len(ejections.current()))
+    assert back[8] == 0 and back[-1] == 100, back  # none before 0.5 s, all by 1 s
+    assert len({b for b in back[9:20]}) >= 8, back  # one by one, not at once
+
+
+def test_an_unrelated_registry_change_keeps_the_ejections() -> None:
+    from microframe.client.client import Client
+
+    class Discovery:
+        def subscribe(self, service: str, listener) -> None:  # type: ignore[no-untyped-def]
+            self.listener = listener
+
+    class Pool:
+        def retain(self, service: str, addresses: set[str]) -> None:
+            pass
+
+    discovery = Discovery()
+    client = Client("s", discovery=discovery)
+    client._watch(Pool())  # type: ignore[arg-type]
+    instances = fleet(5)
+    discovery.listener("s", instances)
+    client.ejections.eject("i00001")
+    client.ejections.eject("i00002")
+    # Another instance's weight changes, one more registers: the dead stay kept away from.
+    changed = [*instances[:4], fleet(5, weight=lambda i: 7)[4], *fleet(6)[5:]]
+    discovery.listener("s", changed)
+    assert client.ejections.current() == {"i00001", "i00002"}
+    # One leaves and registers anew: it gets its chance again; one gone is forgotten.
+    discovery.listener("s", [i for i in changed if i.id != "i00001"])
+    discovery.listener("s", changed)
+    assert client.ejections.current() == {"i00002"}
+    discovery.listener("s", [i for i in changed if i.id != "i00002"])
+    assert client.ejections.current() == frozenset()
