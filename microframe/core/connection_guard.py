@@ -77,7 +77,7 @@ PREFACE_BYTES = 24
 CALL_OVERHEAD = 512
 #: Bytes credited to every connection each second for the frames that carry no request
 #: (PING, its ACK, SETTINGS, RST_STREAM, GOAWAY).
-IDLE_ALLOWANCE = 64
+IDLE_ALLOWANCE = 16
 #: The fraction of what the server sent a connection credited to it: the client's
 #: WINDOW_UPDATE frames (and BDP pings) for the replies it reads.
 SENT_ALLOWANCE = 1 / 128

@@ -197,7 +197,13 @@ def test_partial_messages_cost_their_window_not_their_size(example):
         assert peak - idle < bound, (idle, peak, bound, sum(sent.values()) / MiB)
         assert all(conn.closed for conn in connections), [c.closed for c in connections]
         assert ended_in < RECEIVE_TIMEOUT + 2, (ended_in, _guard_lines(example))
-        assert _closed_by_guard(example, "RECEIVE_BUFFER_BYTES"), example.output[-3000:]
+        # Past the budget when the front reads the messages as they come; past
+        # RECEIVE_TIMEOUT when it has read little of them (a busy machine).
+        wait_until(lambda: _guard_lines(example), 5, "the guard's log lines")
+        assert all(
+            'past GRPC["RECEIVE_BUFFER_BYTES"]' in line or 'past GRPC["RECEIVE_TIMEOUT"]' in line
+            for line in _guard_lines(example)
+        ), _guard_lines(example)
     else:
         streams = [connections[i].streams[s] for i, s in sent]
         # Held: at most the receive slots' messages and every other stream's window (plus
