@@ -68,8 +68,10 @@ SCAN_INTERVAL = 0.1
 #: Seconds between two counts of the process's descriptors (one system call each), which
 #: stop the listener letting connections in at the cap (ConnectionGuard.admit).
 WATCH_INTERVAL = 0.01
-#: The share of a core the scans may take: with many connections they run less often.
+#: The share of a core the scans may take: with many connections they run less often, but
+#: at least every MAX_SCAN_INTERVAL seconds.
 SCAN_SHARE = 0.03
+MAX_SCAN_INTERVAL = 1.0
 #: Bytes of the HTTP/2 client preface: a connection that has received fewer has not started.
 PREFACE_BYTES = 24
 #: Bytes credited to a connection for each request it was handed beyond its message and
@@ -410,9 +412,12 @@ class ConnectionGuard:
             now = time.monotonic()
             try:
                 if now >= next_scan:
+                    # Its own CPU time, not the time it took: on a busy machine a scan waits
+                    # for the GIL and the cores, and the limits must not be applied later.
+                    cpu = time.thread_time()
                     self.scan(now)
-                    took = time.monotonic() - now
-                    next_scan = now + max(SCAN_INTERVAL, took / SCAN_SHARE)
+                    took = time.thread_time() - cpu
+                    next_scan = now + min(MAX_SCAN_INTERVAL, max(SCAN_INTERVAL, took / SCAN_SHARE))
                 self.admit()
             except Exception:  # a guard that stops guarding must say so, once
                 logger.exception("the connection guard failed; connections are unguarded")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -150,6 +151,12 @@ def _guard_lines(server: ServerProcess) -> list[str]:
     return [line for line in server.output.splitlines() if "past GRPC[" in line]
 
 
+def _guard_closed(server: ServerProcess) -> int:
+    """How many connections the guard's log lines say it closed."""
+    return sum(int(re.search(r"closed (\d+) connection", line).group(1))  # type: ignore[union-attr]
+               for line in _guard_lines(server))
+
+
 def test_partial_messages_cost_their_window_not_their_size(example):
     """Row 1: streams announcing a 4 MiB message and sending all but its last bytes.
 
@@ -172,6 +179,7 @@ def test_partial_messages_cost_their_window_not_their_size(example):
 
     peak = idle
     started = time.monotonic()
+    started_at = time.time()
     with Bystander(example.address) as bystander:
         until = started + RECEIVE_TIMEOUT + 3
         while time.monotonic() < until:
@@ -186,7 +194,6 @@ def test_partial_messages_cost_their_window_not_their_size(example):
             peak = max(peak, rss_mb(example.proc.pid))
             if all(over(key) for key in sent):
                 break
-    ended_in = time.monotonic() - started
     # Everyone else was served, health checks included, and fast.
     bystander.assert_served()
     assert bystander.slowest < 1.0, bystander.slowest
@@ -195,15 +202,19 @@ def test_partial_messages_cost_their_window_not_their_size(example):
         # scans), not 400 x 4 MiB = 1.6 GB; every attacking connection closed.
         bound = RECEIVE_SLOTS * MAX_MESSAGE_BYTES / MiB + 128
         assert peak - idle < bound, (idle, peak, bound, sum(sent.values()) / MiB)
-        assert all(conn.closed for conn in connections), [c.closed for c in connections]
-        assert ended_in < RECEIVE_TIMEOUT + 2, (ended_in, _guard_lines(example))
+        # Every attacking connection closed by the server, in time: as its log says (the
+        # attacker's own writes may block meanwhile, on a busy machine, and see it later).
         # Past the budget when the front reads the messages as they come; past
-        # RECEIVE_TIMEOUT when it has read little of them (a busy machine).
-        wait_until(lambda: _guard_lines(example), 5, "the guard's log lines")
+        # RECEIVE_TIMEOUT when it has read little of them.
+        wait_until(lambda: _guard_closed(example) >= len(connections), RECEIVE_TIMEOUT + 4,
+                   "the guard to close every attacking connection")
+        lines = _guard_lines(example)
         assert all(
             'past GRPC["RECEIVE_BUFFER_BYTES"]' in line or 'past GRPC["RECEIVE_TIMEOUT"]' in line
-            for line in _guard_lines(example)
-        ), _guard_lines(example)
+            for line in lines
+        ), lines
+        last = max(_log_time(line) for line in lines) - started_at
+        assert last < RECEIVE_TIMEOUT + 2, (last, lines)
     else:
         streams = [connections[i].streams[s] for i, s in sent]
         # Held: at most the receive slots' messages and every other stream's window (plus
