@@ -17,8 +17,10 @@ import random
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from typing import Protocol
 
+from microframe.discovery.cache import InstanceList
 from microframe.discovery.instance import ServiceInstance
 
 
@@ -63,11 +65,12 @@ class _View:
         self.cumulative: list[int] = []
         self.total = 0
         if weighted:
-            running = 0
-            for instance in instances:
-                running += max(0, instance.weight)
-                self.cumulative.append(running)
-            self.total = running
+            # Discovery's lists carry their weights (summed in C here); weights are >= 0.
+            weights = getattr(instances, "weights", None)
+            if weights is None or len(weights) != len(instances):
+                weights = [i.weight for i in instances]
+            self.cumulative = list(accumulate(weights))
+            self.total = self.cumulative[-1] if self.cumulative else 0
         self._exclude: frozenset[str] | None = None
         self._without: _View | None = None
 
@@ -144,7 +147,8 @@ class RoundRobinBalancer(_Stateless):
 
     def _make_view(self, instances: Sequence[ServiceInstance]) -> _View:
         view = _View(instances)
-        view.ordered = sorted(instances, key=lambda i: i.id)
+        if not isinstance(instances, InstanceList):  # discovery's are in id order already
+            view.ordered = sorted(instances, key=lambda i: i.id)
         return view
 
     def pick(
@@ -195,14 +199,15 @@ class WeightedRandomBalancer(_Stateless):
 
 
 class _Stats:
-    __slots__ = ("lag", "success", "inflight", "last", "picked", "samples")
+    __slots__ = ("lag", "success", "inflight", "last", "picked", "picks", "samples")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, picks: int) -> None:
         self.lag = 0.0  # EWMA of latency, seconds
         self.success = 1.0  # EWMA of the success ratio
         self.inflight = 0
         self.last = now  # time of the last update
         self.picked = now  # last time it was chosen
+        self.picks = picks  # the balancer's count of picks then
         self.samples = 0
 
 
@@ -210,8 +215,12 @@ class P2CEwmaBalancer(_Viewing):
     """Power of two choices on ``sqrt(lag + penalty) * (inflight + 1) / success``.
 
     ``lag`` and ``success`` are EWMAs decaying with time (``decay`` seconds, as go-zero's
-    10 s): recent calls count most. An instance not picked for ``force_pick`` seconds is picked
-    once, so that a recovered instance gets the call that proves it.
+    10 s): recent calls count most. The worse of the two is picked anyway when it has not been
+    for ``force_pick`` seconds and for twice as many picks as there are instances, so that a
+    recovered instance gets the call that proves it. go-zero forces on time alone: with fewer
+    calls per second than instances every instance is then "not picked for a while", and the
+    slow one of a pair is forced more often than not, getting more than its fair share; the
+    count of picks keeps a slow instance under half of it, at any rate of calls.
     """
 
     def __init__(
@@ -229,11 +238,12 @@ class P2CEwmaBalancer(_Viewing):
         self._rng = rng or random.Random()
         self._clock = clock
         self._stats: dict[str, _Stats] = {}
+        self._picks = 0
 
     def _get(self, instance: ServiceInstance) -> _Stats:
         stats = self._stats.get(instance.id)
         if stats is None:
-            stats = self._stats[instance.id] = _Stats(self._clock())
+            stats = self._stats[instance.id] = _Stats(self._clock(), self._picks)
         return stats
 
     def _load(self, stats: _Stats) -> float:
@@ -280,10 +290,11 @@ class P2CEwmaBalancer(_Viewing):
             a, sa, b, sb = b, sb, a, sa
         # a is the less loaded; b gets a turn if it has not had one for a while.
         now = self._clock()
-        if now - sb.picked > self.force_pick:
-            sb.picked = now
+        self._picks = picks = self._picks + 1
+        if now - sb.picked > self.force_pick and picks - sb.picks > 2 * n:
+            sb.picked, sb.picks = now, picks
             return b
-        sa.picked = now
+        sa.picked, sa.picks = now, picks
         return a
 
     def start(self, instance: ServiceInstance) -> float:
@@ -302,10 +313,9 @@ class P2CEwmaBalancer(_Viewing):
         stats.success = stats.success * weight + (1.0 if ok else 0.0) * (1 - weight)
         stats.last = now
 
-    def forget(self, keep: set[str]) -> None:
-        """Drop the statistics of instances no longer in discovery."""
-        for key in [k for k in self._stats if k not in keep]:
-            del self._stats[key]
+    def forget_instance(self, instance_id: str) -> None:
+        """Drop the statistics of an instance gone from discovery."""
+        self._stats.pop(instance_id, None)
 
 
 BALANCERS: dict[str, Callable[[], Balancer]] = {

@@ -20,6 +20,8 @@ Only failures that say the backend is unhealthy count: UNAVAILABLE, DEADLINE_EXC
 RESOURCE_EXHAUSTED, UNKNOWN (:data:`microframe.client.outliers.UNHEALTHY`, the set the balancers'
 feedback uses too), and an exception that is no RPC error at all. A business error
 (INVALID_ARGUMENT, NOT_FOUND, ...) is an answer from a healthy backend and counts as a success.
+A call that could not connect to the instances it tried while others were not ejected says
+nothing of the service (dead entries in the registry, being found out) and is not counted.
 
 This is written here rather than taken from a package: the Python circuit breakers on PyPI
 (pybreaker, aiobreaker, circuitbreaker) count consecutive failures, not an error rate over a
@@ -35,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from microframe.client.outliers import UNHEALTHY
+from microframe.client.outliers import UNHEALTHY, Ejections, InstanceUnreachable
 from microframe.core.exceptions import (
     ImproperlyConfigured,
     MiddlewareNotUsed,
@@ -189,6 +191,13 @@ class CircuitBreaker:
                 ):
                     self._open()
 
+    def skip(self) -> None:
+        """A call allowed by :meth:`allow` ended without saying anything of the backend: not
+        counted (a half-open circuit lets its next probe through)."""
+        with self._lock:
+            self.inflight -= 1
+            self._probing = False
+
     def _open(self) -> None:
         self._opened_at = self._clock()
         self._set(OPEN)
@@ -253,13 +262,21 @@ class CircuitBreakerMiddleware:
     """The client chain's breaker step: refuse with UNAVAILABLE while the circuit is open."""
 
     def __init__(
-        self, next: Any, *, service: str, method: str, options: ClientOptions, **kwargs: Any
+        self,
+        next: Any,
+        *,
+        service: str,
+        method: str,
+        options: ClientOptions,
+        ejections: Ejections | None = None,
+        **kwargs: Any,
     ) -> None:
         breaker = options.breaker
         if not breaker["ENABLED"]:
             raise MiddlewareNotUsed
         self.next = next
         self.breaker = get_breaker(service, method, breaker)
+        self.ejections = ejections
         self._message = f"circuit open for {service}{method}: failing fast"
 
     async def __call__(self, call: Any) -> Any:
@@ -268,9 +285,12 @@ class CircuitBreakerMiddleware:
             raise Unavailable(
                 self._message, trailers={"x-microframe-circuit": STATE_NAMES[breaker.state]}
             )
-        ok = True
+        ok: bool | None = True
         try:
             return await self.next(call)
+        except InstanceUnreachable:
+            ok = None if self._others_left(call) else False
+            raise
         except RpcError as err:
             ok = err.code not in UNHEALTHY
             raise
@@ -278,7 +298,20 @@ class CircuitBreakerMiddleware:
             ok = False
             raise
         finally:
-            breaker.done(ok)
+            if ok is None:
+                breaker.skip()
+            else:
+                breaker.done(ok)
+
+    def _others_left(self, call: Any) -> bool:
+        """Whether some instance of the call's was not ejected when it failed to connect: the
+        failure then says something of the instances tried, not of the service (a fleet
+        with dead entries, being found out); with every instance ejected, it counts."""
+        ejections = self.ejections
+        if not ejections:
+            return False
+        ejected = ejections.current()
+        return any(instance.id not in ejected for instance in call.instances)
 
 
 _retry_counters: dict[bool, Any] = {}

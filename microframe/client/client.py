@@ -26,7 +26,8 @@ from typing import Any
 
 from microframe.client.balancers import Balancer, make_balancer
 from microframe.client.call import ClientCall, ClientHandler
-from microframe.client.channels import ChannelPool, get_channel_pool
+from microframe.client.channels import get_channel_pool
+from microframe.client.membership import Membership
 from microframe.client.options import ClientOptions
 from microframe.client.outliers import Ejections, RetryBudget
 from microframe.client.transport import connection_handler
@@ -109,11 +110,20 @@ class Client:
         retry = self.options.retry
         self.retry_budget = RetryBudget(retry.budget_ratio, retry.budget_min_per_second)
         self.ejections = Ejections()
+        self.membership = Membership(
+            ejections=self.ejections,
+            balancer=self.balancer,
+            release=self._release,
+            subset_size=self.options.subset_size,
+            subset_key=self.options.subset_key,
+            probe=self._probe,
+            has_channel=lambda address: get_channel_pool().has(address),
+        )
+        self.ejections.prober = self.membership.probe_instance
         self._middleware = middleware if middleware is not None else _middleware_setting()
         self._discovery = discovery
         # (method as given, kind) -> (its handler, its /package.Service/Method path)
         self._chains: dict[tuple[str, RpcKind], tuple[ClientHandler, str]] = {}
-        self._watching = False
         # What the channel pool is given besides the address, on every call: worked out once.
         self._channel_args = (self.options.channel_options, self.options.tls, service)
 
@@ -128,40 +138,22 @@ class Client:
         return self._discovery
 
     def channel(self, address: str) -> Any:
-        """The channel to ``address`` (the event loop's shared one). The first call follows
-        discovery for this client: channels to instances that left are closed, their ejections
-        and balancer statistics dropped."""
-        pool = get_channel_pool()
-        if not self._watching:
-            self._watch(pool)
-        return pool.get(address, *self._channel_args)
+        """The channel to ``address`` (the event loop's shared one)."""
+        return get_channel_pool().get(address, *self._channel_args)
 
-    def _watch(self, pool: ChannelPool) -> None:
-        self._watching = True
+    async def _probe(self, address: str) -> bool:
+        return await get_channel_pool().reachable(address, self.options.connect_timeout)
 
-        listed: set[str] = set()
-
-        def changed(service: str, instances: list[Any]) -> None:
-            nonlocal listed
-            pool.retain(service, {i.address for i in instances})
-            ids = {i.id for i in instances}
-            # An instance listed anew (it had left) is given its chance again; the others
-            # keep their ejections, whatever else changed in the registry.
-            for new in ids - listed:
-                self.ejections.clear(new)
-            self.ejections.forget(ids)
-            listed = ids
-            forget = getattr(self.balancer, "forget", None)
-            if forget is not None:
-                forget(ids)
-
-        self.discovery().subscribe(self.service, changed)
+    def _release(self, address: str) -> None:
+        """No instance of the service is listed at ``address`` any more: its channel goes."""
+        get_channel_pool().release(self.service, address)
 
     def middleware_keywords(self, method: str, kind: RpcKind) -> dict[str, Any]:
         """What each middleware factory of ``method`` is given, besides the next handler:
         ``service``, ``method``, ``kind``, ``options`` (the :class:`ClientOptions`),
-        ``discovery`` (``async instances(service)``), ``balancer``, ``ejections``, ``budget``
-        (the retry budget), and ``client`` (this client, for middleware written against it)."""
+        ``discovery`` (``async instances(service)``), ``membership`` (what the client follows
+        of discovery: its subset), ``balancer``, ``ejections``, ``budget`` (the retry budget),
+        and ``client`` (this client, for middleware written against it)."""
         return {
             "client": self,
             "service": self.service,
@@ -169,6 +161,7 @@ class Client:
             "kind": kind,
             "options": self.options,
             "discovery": self._discovery if self._discovery is not None else LoopDiscovery(),
+            "membership": self.membership,
             "balancer": self.balancer,
             "ejections": self.ejections,
             "budget": self.retry_budget,

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from microframe.client.call import ClientCall, ClientHandler
+from microframe.client.membership import SubsetList
+from microframe.client.outliers import InstanceUnreachable
 from microframe.core.context import current_context
 from microframe.core.exceptions import (
     HANDLED_TRAILER,
@@ -33,6 +35,7 @@ from microframe.discovery.registry import RegistryError
 
 if TYPE_CHECKING:
     from microframe.client.balancers import Balancer
+    from microframe.client.membership import Membership
     from microframe.client.options import ClientOptions
     from microframe.client.outliers import Ejections, RetryBudget
     from microframe.core.router import RpcKind
@@ -131,14 +134,22 @@ class AccessLogMiddleware:
 
 
 class DiscoveryMiddleware:
-    """Find the instances of the service in the discovery cache (watch-fed, kept on disk)."""
+    """Find the instances of the service in the discovery cache (watch-fed, kept on disk):
+    the client's subset of them, when they are more than its ``SUBSET_SIZE``."""
 
     def __init__(
-        self, next: ClientHandler, *, service: str, discovery: Any, **kwargs: Any
+        self,
+        next: ClientHandler,
+        *,
+        service: str,
+        discovery: Any,
+        membership: Membership | None = None,
+        **kwargs: Any,
     ) -> None:
         self.next = next
         self.service = service
         self.discovery = discovery
+        self.membership = membership
 
     async def __call__(self, call: ClientCall) -> Any:
         try:
@@ -147,8 +158,19 @@ class DiscoveryMiddleware:
             raise Unavailable(f"no instance of {self.service!r} is known: {err}") from None
         if not instances:
             raise Unavailable(f"no instance of {self.service!r} is registered")
+        membership = self.membership
+        if membership is not None:
+            if not membership.following:
+                membership.follow(self.discovery, self.service, instances)
+            instances = membership.view(instances)
         call.instances = instances
         return await self.next(call)
+
+
+#: Instances a call may try when the ones it chose could not be connected to, besides the
+#: first: a connection refused costs a millisecond and no server anything, so a client in a
+#: fleet of dead entries finds a live instance within the call rather than failing it.
+UNREACHABLE_REPICKS = 8
 
 
 class BalancerMiddleware:
@@ -156,28 +178,55 @@ class BalancerMiddleware:
 
     It sits inside :class:`RetryMiddleware`, so that every attempt picks its own instance:
     never one that failed this call, nor one the client keeps away from (its ejections), while
-    another is available.
+    another is available. An instance that cannot be connected to
+    (:class:`~microframe.client.outliers.InstanceUnreachable`: the call was never sent) is
+    ejected and another chosen at once, up to :data:`UNREACHABLE_REPICKS` times within the
+    deadline, without counting as an attempt.
     """
 
     def __init__(
-        self, next: ClientHandler, *, balancer: Balancer, ejections: Ejections, **kwargs: Any
+        self,
+        next: ClientHandler,
+        *,
+        balancer: Balancer,
+        ejections: Ejections,
+        membership: Membership | None = None,
+        **kwargs: Any,
     ) -> None:
         self.next = next
         self.pick = balancer.pick
         self.ejections = ejections
+        self.membership = membership
 
     async def __call__(self, call: ClientCall) -> Any:
         ejections = self.ejections
-        if call.tried or ejections:
-            # The ejections' own set, the same object until it changes (the balancer keeps
-            # its view of the instances left for it); a retry adds the instances it tried.
-            avoid = ejections.current() if ejections else frozenset()
-            if call.tried:
-                avoid = avoid.union(call.tried)
-            call.instance = self.pick(call.instances, avoid)
-        else:  # the first attempt, nothing kept away from: the common case, kept cheap
-            call.instance = self.pick(call.instances)
-        return await self.next(call)
+        repicks = 0
+        unreachable: InstanceUnreachable | None = None
+        while True:
+            if call.tried or ejections:
+                # The ejections' own set, the same object until it changes (the balancer
+                # keeps its view of the instances left for it); a retry adds the ones tried.
+                # A subset was made without the ejected: only the ones tried are left out.
+                if not ejections or type(call.instances) is SubsetList:
+                    avoid = frozenset(call.tried)
+                else:
+                    avoid = ejections.current()
+                    if call.tried:
+                        avoid = avoid.union(call.tried)
+                chosen = call.instance = self.pick(call.instances, avoid)
+                if unreachable is not None and chosen is not None and chosen.id in avoid:
+                    raise unreachable  # none left that is neither tried nor ejected
+            else:  # the first attempt, nothing kept away from: the common case, kept cheap
+                call.instance = self.pick(call.instances)
+            try:
+                return await self.next(call)
+            except InstanceUnreachable as err:
+                repicks += 1
+                if repicks > UNREACHABLE_REPICKS or call.remaining() <= 0:
+                    raise
+                unreachable = err
+                if self.membership is not None:  # the subset, with the ejected replaced
+                    call.instances = self.membership.current(call.instances)
 
 
 #: How grpc words the end of a call whose connection was lost after the call was sent (the

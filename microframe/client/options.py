@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "BREAKER": {},
     # Seconds to wait for a connection to an instance before trying another.
     "CONNECT_TIMEOUT": 1.0,
+    # Of a fleet larger than this, call only this many instances (0: all); SUBSET_KEY, the
+    # client's key in the draw (default: host name and process id). See client.membership.
+    "SUBSET_SIZE": 32,
+    "SUBSET_KEY": None,
     # {"CA": path, "CERT": path, "KEY": path, "SERVER_NAME": str}: TLS (mTLS with CERT/KEY).
     "TLS": None,
     # Metadata sent with every call of this client, as (key, value) pairs.
@@ -77,6 +81,8 @@ class ClientOptions:
     retry: RetryOptions = field(default_factory=RetryOptions)
     breaker: dict[str, Any] = field(default_factory=dict)
     connect_timeout: float = 1.0
+    subset_size: int = 32
+    subset_key: str | None = None
     tls: dict[str, Any] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     channel_options: tuple[tuple[str, Any], ...] = ()
@@ -134,6 +140,8 @@ class ClientOptions:
                 ),
                 breaker=breaker_options(merged["BREAKER"]),
                 connect_timeout=float(merged["CONNECT_TIMEOUT"]),
+                subset_size=int(merged["SUBSET_SIZE"]),
+                subset_key=str(merged["SUBSET_KEY"]) if merged["SUBSET_KEY"] else None,
                 tls=merged["TLS"],
                 metadata=tuple((str(k), str(v)) for k, v in merged["METADATA"]),
                 channel_options=tuple(tuple(o) for o in merged["CHANNEL_OPTIONS"]),  # type: ignore[misc]
@@ -156,6 +164,10 @@ class ClientOptions:
         if options.limit_burst is not None and options.limit_burst < 1:
             raise ImproperlyConfigured(
                 f"The LIMIT_BURST of the client of {service!r} must be at least 1."
+            )
+        if isinstance(merged["SUBSET_SIZE"], bool) or options.subset_size < 0:
+            raise ImproperlyConfigured(
+                f"The SUBSET_SIZE of the client of {service!r} must be a whole number >= 0."
             )
         if options.limit_wait < 0:
             raise ImproperlyConfigured(f"The LIMIT_WAIT of the client of {service!r} must be >= 0.")

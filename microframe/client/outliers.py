@@ -9,13 +9,16 @@ step and the retry step read them.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import heapq
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
+
+from microframe.core.exceptions import Unavailable
 
 #: Status codes that say the instance answering is unhealthy, as opposed to a business error
 #: (INVALID_ARGUMENT, NOT_FOUND...) that a healthy backend answers. The one set used by the
@@ -30,6 +33,21 @@ UNHEALTHY: frozenset[grpc.StatusCode] = frozenset({
 })
 
 
+class InstanceUnreachable(Unavailable):
+    """The call could not be sent: no connection to the instance chosen (refused, reset, not
+    made within ``CONNECT_TIMEOUT``). Nothing reached a server, so the call is tried on
+    another instance at once (not as a retry: the budget is for load on servers), and it
+    says nothing of the service as a whole while other instances are not ejected."""
+
+
+#: From this many instances ejected, the set handed out is made anew at most every
+#: REMAKE_EVERY seconds (making it costs its size; a fleet of dead entries being found out
+#: changes it on every call): an instance ejected meanwhile is skipped all the same, its
+#: channel failing at once.
+LARGE = 256
+REMAKE_EVERY = 0.01
+
+
 class Ejections:
     """Instances a client keeps away from for a while after they refused a connection.
 
@@ -37,7 +55,10 @@ class Ejections:
     shutting down) is not chosen for ``base`` seconds, doubling with each new failure up to
     ``maximum`` (each pause jittered between half and all of it), unless every instance is
     ejected; one success, or discovery listing it anew (it had left), brings it back; a
-    change of other instances does not. This is what keeps a dead instance from taking a
+    change of other instances does not. With a ``prober`` (the client's: does it accept a
+    connection?), a pause that ends is followed by a probe in the background, and only a
+    probe that succeeds brings the instance back: calls never find out for themselves that a
+    dead instance is still dead. This is what keeps a dead instance from taking a
     share of the calls until discovery drops it (grpc's own balancers skip subchannels in
     TRANSIENT_FAILURE the same way).
     """
@@ -61,6 +82,12 @@ class Ejections:
         # left per set), and a call costs no walk of a fleet of ejected instances.
         self._expiries: list[tuple[float, str]] = []
         self._current: frozenset[str] = frozenset()
+        #: ``async prober(instance_id) -> bool``: when set, an ejection that ends is first
+        #: probed in the background (a connection accepted brings the instance back).
+        self.prober: Callable[[str], Awaitable[bool]] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
+        self._dirty = False  # _current is behind _until (a large set, made anew soon)
+        self._made_at = float("-inf")
 
     def __bool__(self) -> bool:
         return bool(self._until)
@@ -68,7 +95,7 @@ class Ejections:
     def eject(self, instance_id: str) -> None:
         strikes = self._strikes.get(instance_id, 0) + 1
         self._strikes[instance_id] = strikes
-        pause = min(self.maximum, self.base * 2 ** (strikes - 1))
+        pause = min(self.maximum, self.base * 2 ** min(strikes - 1, 32))
         # Jittered, between half the pause and all of it: instances ejected together (a
         # fleet of dead entries found in the same second) come back one by one, not in a
         # burst of failures every 1, 2, 4... seconds.
@@ -77,21 +104,20 @@ class Ejections:
         self._until[instance_id] = until
         heapq.heappush(self._expiries, (until, instance_id))
         if instance_id not in self._current:
-            self._current = frozenset(self._until)
+            self._changed()
+
+    def strikes(self, instance_id: str) -> int:
+        """How many times in a row ``instance_id`` was ejected (0: it is not)."""
+        return self._strikes.get(instance_id, 0)
 
     def clear(self, instance_id: str) -> None:
         self._strikes.pop(instance_id, None)
         if self._until.pop(instance_id, None) is not None:
-            self._current = frozenset(self._until)
+            self._changed()
 
-    def forget(self, keep: set[str]) -> None:
-        """Drop the ejections of the instances not in ``keep`` (gone from discovery)."""
-        gone = [key for key in self._strikes if key not in keep]
-        for key in gone:
-            self._strikes.pop(key, None)
-            self._until.pop(key, None)
-        if gone:
-            self._current = frozenset(self._until)
+    def drop(self, instance_id: str) -> None:
+        """Forget ``instance_id`` (gone from discovery): its strikes too."""
+        self.clear(instance_id)
 
     def current(self) -> frozenset[str]:
         """The instances kept away from now: the same set object until one comes or goes."""
@@ -102,11 +128,55 @@ class Ejections:
             while expiries and expiries[0][0] <= now:
                 until, key = heapq.heappop(expiries)
                 if self._until.get(key) == until:
+                    if self.prober is not None and self._probation(key):
+                        continue  # still kept away from, until its probe says
                     del self._until[key]
                     changed = True
             if changed:
-                self._current = frozenset(self._until)
+                self._changed()
+        if self._dirty and (
+            len(self._until) < LARGE or time.monotonic() - self._made_at >= REMAKE_EVERY
+        ):
+            self._remake()
         return self._current
+
+    def _probation(self, key: str) -> bool:
+        """Probe ``key`` in the background rather than let calls find out whether it is back:
+        success brings it back, failure ejects it again (for longer). False: no probe can
+        be made now (no event loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        assert self.prober is not None
+        self._until[key] = float("inf")
+        task = loop.create_task(self._probe(key, self.prober))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+        return True
+
+    async def _probe(self, key: str, prober: Callable[[str], Awaitable[bool]]) -> None:
+        try:
+            back = await prober(key)
+        except Exception:  # a probe that fails says no
+            back = False
+        if self._until.get(key) != float("inf"):
+            return  # cleared or forgotten meanwhile
+        if back:
+            self.clear(key)
+        else:
+            self.eject(key)
+
+    def _changed(self) -> None:
+        if len(self._until) < LARGE:
+            self._remake()
+        else:
+            self._dirty = True
+
+    def _remake(self) -> None:
+        self._current = frozenset(self._until)
+        self._dirty = False
+        self._made_at = time.monotonic()
 
 
 class RetryBudget:

@@ -20,14 +20,17 @@ import grpc.aio
 
 from microframe.client.balancers import Balancer
 from microframe.client.call import ClientCall, ClientHandler
+from microframe.client.channels import get_channel_pool
 from microframe.client.middleware import reached_a_handler
 from microframe.client.options import ClientOptions
-from microframe.client.outliers import UNHEALTHY, Ejections
+from microframe.client.outliers import UNHEALTHY, Ejections, InstanceUnreachable
 from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
 from microframe.core.router import RpcKind
 from microframe.utils.timeouts import with_timeout
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+#: Refusals in a row after which the channel to an instance is closed (see ``unreachable``).
+DISCARD_STRIKES = 2
 _INFINITE = float("inf")
 #: A stream's first reply: not awaited (a stream of requests), or the stream had none.
 _NOTHING = object()
@@ -90,21 +93,20 @@ def connection_handler(
         state = channel.get_state(try_to_connect=True)
         if state is ready:
             return
-        loop = asyncio.get_running_loop()
-        until = loop.time() + min(connect_timeout, call.remaining())
-        while state is not ready:
-            if state is failed:
-                raise Unavailable(f"cannot connect to {service} at {address}")
-            left = until - loop.time()
-            if left <= 0:
-                raise Unavailable(
-                    f"cannot connect to {service} at {address} within {connect_timeout:g} s"
-                )
+        if state is not failed:
+            # Every call waiting for this channel waits on one task (the pool's).
+            settling = get_channel_pool().settling(channel, state)
             try:
-                await with_timeout(channel.wait_for_state_change(state), left)
+                state = await with_timeout(
+                    asyncio.shield(settling), min(connect_timeout, call.remaining())
+                )
             except TimeoutError:
-                continue
-            state = channel.get_state(try_to_connect=True)
+                raise InstanceUnreachable(
+                    f"cannot connect to {service} at {address} within {connect_timeout:g} s"
+                ) from None
+            if state is ready:
+                return
+        raise InstanceUnreachable(f"cannot connect to {service} at {address}")
 
     def timeout_of(call: ClientCall) -> float | None:
         remaining = call.remaining()
@@ -114,13 +116,30 @@ def connection_handler(
 
     one_request = not kind.client_streaming
 
-    def begin(call: ClientCall) -> tuple[Any, list[Any], float]:
-        """The attempt's instance (noted as tried), its channel entry, its balancer token."""
+    pool_of = get_channel_pool
+
+    def begin(call: ClientCall) -> tuple[Any, list[Any] | None, float]:
+        """The attempt's instance (noted as tried), its channel entry (None: no channel to it
+        yet, see :func:`first_entry`), its balancer token."""
         instance = call.instance
         if instance is None:
             raise Unavailable(missing)
         call.tried.append(instance.id)
-        return instance, entry_for(call, instance.address), balancer.start(instance)
+        address = instance.address
+        if address in entries or pool_of().has(address):
+            entry: list[Any] | None = entry_for(call, address)
+        else:
+            entry = None
+        return instance, entry, balancer.start(instance)
+
+    async def first_entry(call: ClientCall, instance: Any) -> list[Any]:
+        """The entry of an address with no channel yet, made once a plain TCP connection to
+        it was accepted (the pool's probe, shared by the calls of the moment): an address
+        that refuses costs a socket, not a grpc channel, so that finding the live instances
+        of a fleet full of dead entries takes milliseconds."""
+        if not await pool_of().reachable(instance.address, min(connect_timeout, call.remaining())):
+            raise InstanceUnreachable(f"cannot connect to {service} at {instance.address}")
+        return entry_for(call, instance.address)
 
     def refused(error: RpcError, instance: Any, entry: list[Any]) -> None:
         """An UNAVAILABLE no handler answered: the instance is gone or refusing."""
@@ -128,12 +147,24 @@ def connection_handler(
             entry[2] = False
             ejections.eject(instance.id)
 
+    def unreachable(instance: Any) -> None:
+        """No connection could be made to ``instance``: eject it. Its channel fails the next
+        call at once while it stays failed; one that refused :data:`DISCARD_STRIKES` times in
+        a row is closed, so that instances gone dead leave no channels behind (the next call
+        to one, after its ejection, probes it first, as a new one)."""
+        ejections.eject(instance.id)
+        if ejections.strikes(instance.id) >= DISCARD_STRIKES:
+            entries.pop(instance.address, None)
+            get_channel_pool().discard(instance.address)
+
     if not kind.server_streaming:
 
         async def unary_response(call: ClientCall) -> Any:
             instance, entry, token = begin(call)
             ok = False
             try:
+                if entry is None:
+                    entry = await first_entry(call, instance)
                 if not entry[2]:
                     await connect(call, instance.address, entry[0])
                 response = await entry[1](
@@ -141,14 +172,23 @@ def connection_handler(
                 )
                 ok = entry[2] = True
                 return response
+            except InstanceUnreachable:
+                unreachable(instance)
+                raise
+            except grpc.aio.UsageError:  # its channel was closed meanwhile: nothing was sent
+                raise InstanceUnreachable(
+                    f"the channel to {service} at {instance.address} was closed"
+                ) from None
             except Unavailable:
-                entry[2] = False
+                if entry is not None:
+                    entry[2] = False
                 ejections.eject(instance.id)
                 raise
             except grpc.aio.AioRpcError as err:
                 ok = err.code() not in UNHEALTHY
                 error = _from_aio(err)
-                refused(error, instance, entry)
+                if entry is not None:
+                    refused(error, instance, entry)
                 raise error from None
             finally:
                 balancer.done(instance, token, ok)
@@ -166,6 +206,8 @@ def connection_handler(
         responses: Any = None
         first: Any = _NOTHING
         try:
+            if entry is None:
+                entry = await first_entry(call, instance)
             if not entry[2]:
                 await connect(call, instance.address, entry[0])
             responses = entry[1](call.request, timeout=timeout_of(call), metadata=call.metadata)
@@ -174,16 +216,26 @@ def connection_handler(
                     first = await responses.__aiter__().__anext__()
                 except StopAsyncIteration:
                     first = _END
-        except Unavailable:
-            entry[2] = False
-            ejections.eject(instance.id)
+        except Unavailable as err:
+            if isinstance(err, InstanceUnreachable):
+                unreachable(instance)
+            else:
+                if entry is not None:
+                    entry[2] = False
+                ejections.eject(instance.id)
             balancer.done(instance, token, False)
             raise
         except grpc.aio.AioRpcError as err:
             error = _from_aio(err)
-            refused(error, instance, entry)
+            if entry is not None:
+                refused(error, instance, entry)
             balancer.done(instance, token, err.code() not in UNHEALTHY)
             raise error from None
+        except grpc.aio.UsageError:  # its channel was closed meanwhile: nothing was sent
+            balancer.done(instance, token, False)
+            raise InstanceUnreachable(
+                f"the channel to {service} at {instance.address} was closed"
+            ) from None
         except BaseException:
             balancer.done(instance, token, False)
             if responses is not None:

@@ -85,7 +85,13 @@ class ServiceInstance:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The JSON of :meth:`to_dict` (made once: the discovery cache's snapshot joins the
+        JSON of every instance of a service)."""
+        text = self.__dict__.get("_json")
+        if text is None:
+            text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, "_json", text)
+        return text
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServiceInstance:
@@ -120,3 +126,4 @@ class ServiceInstance:
         if not isinstance(data, dict):
             raise InvalidInstance("not a JSON object")
         return cls.from_dict(data)
+

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from microframe.discovery.instance import ServiceInstance
@@ -14,6 +15,21 @@ class RegistryError(Exception):
 
 class RegistryUnavailable(RegistryError):
     """The registry cannot be reached (or refuses us: authentication, TLS)."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a watched service, as a backend saw it: ``put``, instances registered
+    or registered again with a new value (an id already known replaces its instance), and
+    ``deleted``, the ids of instances gone (deregistered, expired). Ids not named are
+    unchanged."""
+
+    put: Sequence[ServiceInstance] = ()
+    deleted: Sequence[str] = ()
+
+
+#: What :meth:`Registry.watch_changes` yields: the whole set, or what changed in it.
+Update = list[ServiceInstance] | Changes
 
 
 @runtime_checkable
@@ -57,6 +73,12 @@ class Registry(Protocol):
         a consumer resynchronises by restarting the watch.
         """
         ...
+
+    # A backend may also define ``watch_changes(service)``, an async iterator of
+    # :data:`Update`: the whole set first (and after a resynchronisation), then each change
+    # as :class:`Changes`, without the whole set. The discovery cache uses it when it is
+    # there, so that a change costs what changed, not the size of the fleet; ``watch`` is
+    # then whole sets made from the same changes, for consumers of its simpler form.
 
     async def services(self) -> list[str]:
         """Return the names of the services that have at least one instance."""

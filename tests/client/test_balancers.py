@@ -154,22 +154,19 @@ def test_ejections_together_come_back_one_by_one() -> None:
     assert len({b for b in back[9:20]}) >= 8, back  # one by one, not at once
 
 
-def test_an_unrelated_registry_change_keeps_the_ejections() -> None:
+async def test_an_unrelated_registry_change_keeps_the_ejections() -> None:
+    """With a discovery object of the user's, handing over whole lists (no ``changes``): the
+    client works out what changed itself (tests/client/test_fleet.py has discovery's own)."""
     from microframe.client.client import Client
 
     class Discovery:
         def subscribe(self, service: str, listener) -> None:  # type: ignore[no-untyped-def]
             self.listener = listener
 
-    class Pool:
-        def retain(self, service: str, addresses: set[str]) -> None:
-            pass
-
     discovery = Discovery()
     client = Client("s", discovery=discovery)
-    client._watch(Pool())  # type: ignore[arg-type]
     instances = fleet(5)
-    discovery.listener("s", instances)
+    client.membership.follow(discovery, "s", instances)
     client.ejections.eject("i00001")
     client.ejections.eject("i00002")
     # Another instance's weight changes, one more registers: the dead stay kept away from.
@@ -182,3 +179,28 @@ def test_an_unrelated_registry_change_keeps_the_ejections() -> None:
     assert client.ejections.current() == {"i00002"}
     discovery.listener("s", [i for i in changed if i.id != "i00002"])
     assert client.ejections.current() == frozenset()
+
+
+@pytest.mark.parametrize("rate", [50, 2000])
+def test_p2c_forced_picks_never_give_slow_instances_more_than_their_share(rate: int) -> None:
+    """200 instances, 20 of them ten times slower; ``rate`` calls per (simulated) second. With
+    fewer calls per second than instances, go-zero's time-only forced pick sent the slow ones
+    1.4 to 1.5 times their fair share (every instance "not picked for a second", the worse of
+    a pair forced): they must get less than their share, at any rate."""
+    now = [0.0]
+    balancer = P2CEwmaBalancer(clock=lambda: now[0], rng=random.Random(3))
+    instances = fleet(200)
+    slow = {i.id for i in instances[:20]}
+    counts: collections.Counter[str] = collections.Counter()
+    for n in range(rate * 60):
+        now[0] = n / rate
+        chosen = balancer.pick(instances)
+        assert chosen is not None
+        token = balancer.start(chosen)
+        now[0] += 0.1 if chosen.id in slow else 0.01
+        balancer.done(chosen, token, True)
+        if n >= rate * 10:  # after the first ten seconds (every instance sampled)
+            counts["slow" if chosen.id in slow else "fast"] += 1
+    share = counts["slow"] / sum(counts.values())
+    assert share < 0.10, share
+    assert share > 0.0  # not starved: a recovered instance gets the calls that show it

@@ -7,9 +7,10 @@ lease expired during a network cut, someone revoked it), the next keep-alive say
 instance is registered again under a new lease, by itself.
 
 Discovery reads ``<prefix>/<service>/`` (with the trailing slash, so ``foo`` never matches
-``foobar``), then watches the range from the next revision and yields the whole set after each
-change. A broken watch raises :class:`RegistryUnavailable`; the consumer watches again, which
-reads the current set anew.
+``foobar``) page by page at one revision, then watches the range from the next revision and
+yields what each revision changed (:meth:`EtcdRegistry.watch_changes`; ``watch`` yields the
+whole set after each change). A broken watch raises :class:`RegistryUnavailable`; the
+consumer watches again, which reads the current set anew.
 
 Settings::
 
@@ -49,7 +50,7 @@ from microframe.contrib.registry.etcd_transport import (
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.discovery.instance import InvalidInstance, ServiceInstance, split_address
 from microframe.discovery.metrics import registry_metrics
-from microframe.discovery.registry import RegistryError, RegistryUnavailable
+from microframe.discovery.registry import Changes, RegistryError, RegistryUnavailable, Update
 from microframe.utils.timeouts import with_timeout
 
 __all__ = ["EtcdRegistry", "EtcdStatus"]
@@ -59,6 +60,9 @@ logger = logging.getLogger("microframe.registry")
 BACKEND = "etcd"
 DEFAULT_ENDPOINTS = ("127.0.0.1:2379",)
 DEFAULT_PREFIX = "/microframe/services"
+#: Keys per message of the initial read (about 200 bytes each: well within etcd's and
+#: gRPC's message caps, for a fleet of any size).
+PAGE_SIZE = 2000
 RETRY_INTERVAL = 0.5  # seconds between attempts while etcd is unreachable (at most ttl / 3)
 T = TypeVar("T")
 
@@ -281,17 +285,53 @@ class EtcdRegistry:
     # Discovery ----------------------------------------------------------------------------
 
     async def instances(self, service: str) -> list[ServiceInstance]:
-        """Return the instances of ``service`` (one linearizable read)."""
-        prefix = self._service_prefix(service)
-        reply = await self._rpc("instances", lambda c: c.get_prefix(prefix))
-        return sorted(self._parse(reply.kvs, prefix).values(), key=lambda i: i.id)
+        """Return the instances of ``service`` (one linearizable read, page by page)."""
+        found, _ = await self._read_all(self._service_prefix(service), "instances")
+        return sorted(found.values(), key=lambda i: i.id)
+
+    async def _read_all(
+        self, prefix: bytes, operation: str = "watch"
+    ) -> tuple[dict[bytes, ServiceInstance], int]:
+        """The instances under ``prefix`` and the revision they were read at: pages of
+        :data:`PAGE_SIZE` keys, all at the revision of the first, so that a fleet of any size
+        is read whole and consistent, in messages of bounded size."""
+        end = prefix_range_end(prefix)
+        found: dict[bytes, ServiceInstance] = {}
+        start, revision = prefix, 0
+        while True:
+            reply = await self._rpc(
+                operation,
+                lambda c, start=start, revision=revision: c.get_page(
+                    start, end, limit=PAGE_SIZE, revision=revision
+                ),
+            )
+            if not revision:
+                revision = reply.header.revision
+            found.update(self._parse(reply.kvs, prefix))
+            if not reply.more or not reply.kvs:
+                return found, revision
+            start = bytes(reply.kvs[-1].key) + b"\0"
 
     async def watch(self, service: str) -> AsyncIterator[list[ServiceInstance]]:
-        """Yield the instances of ``service``: the current set, then the set after each change."""
+        """Yield the instances of ``service``: the current set, then the set after each change
+        (made from :meth:`watch_changes`; the discovery cache uses that one directly)."""
+        current: dict[str, ServiceInstance] = {}
+        async for update in self.watch_changes(service):
+            if isinstance(update, Changes):
+                for instance in update.put:
+                    current[instance.id] = instance
+                for instance_id in update.deleted:
+                    current.pop(instance_id, None)
+            else:
+                current = {i.id: i for i in update}
+            yield sorted(current.values(), key=lambda i: i.id)
+
+    async def watch_changes(self, service: str) -> AsyncIterator[Update]:
+        """Yield the instances of ``service`` (the whole set, read page by page), then what
+        each etcd revision changed: a change costs what it changed, whatever the size of the
+        fleet."""
         prefix = self._service_prefix(service)
-        reply = await self._rpc("watch", lambda c: c.get_prefix(prefix))
-        current = self._parse(reply.kvs, prefix)
-        revision = reply.header.revision
+        current, revision = await self._read_all(prefix)
         stream = await self._rpc(
             "watch", lambda c: c.open_watch(prefix, prefix_range_end(prefix), revision + 1)
         )
@@ -299,7 +339,10 @@ class EtcdRegistry:
             self._broken_watches.discard(service)
             self._metrics.watch_restarts.labels(BACKEND, service).inc()
         try:
-            yield sorted(current.values(), key=lambda i: i.id)
+            yield list(current.values())
+            # Which id each key holds, to name the instance a deletion removed.
+            ids = {key: instance.id for key, instance in current.items()}
+            del current
             while True:
                 try:
                     events = await stream.read()
@@ -311,19 +354,23 @@ class EtcdRegistry:
                     self._broken_watches.add(service)
                     self._metrics.errors.labels(BACKEND, "watch").inc()
                     raise self._unavailable("watch", err) from err
-                changed = False
+                put: dict[str, ServiceInstance] = {}
+                deleted: set[str] = set()
                 for event in events:
                     key = bytes(event.kv.key)
                     instance = None
                     if event.type == etcdrpc.Event.EventType.PUT:
                         instance = self._parse_one(key, event.kv.value, prefix)
-                    if instance is None:  # deleted, expired, or overwritten with garbage
-                        changed = current.pop(key, None) is not None or changed
-                    elif current.get(key) != instance:
-                        current[key] = instance
-                        changed = True
-                if changed:
-                    yield sorted(current.values(), key=lambda i: i.id)
+                    old_id = ids.pop(key, None)
+                    if old_id is not None:  # deleted, expired, overwritten (maybe with garbage)
+                        put.pop(old_id, None)
+                        deleted.add(old_id)
+                    if instance is not None:
+                        ids[key] = instance.id
+                        deleted.discard(instance.id)
+                        put[instance.id] = instance
+                if put or deleted:
+                    yield Changes(tuple(put.values()), tuple(deleted))
         finally:
             stream.cancel()
 

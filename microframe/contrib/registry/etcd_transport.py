@@ -194,6 +194,19 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         # One gRPC target holds one address family; IPv4 wins when endpoints mix them.
         return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
 
+    async def get_page(
+        self, key: bytes, range_end: bytes, *, limit: int, revision: int = 0
+    ) -> Any:
+        """One page of ``[key, range_end)``: at most ``limit`` keys in key order, at
+        ``revision`` (0: the latest), as etcd's ``RangeResponse`` (``kvs``, ``more``, and the
+        revision read in ``header``). aetcd's ``get_prefix`` has no limit: a large prefix
+        would come in one message, over the message size cap."""
+        request = etcdrpc.RangeRequest(
+            key=key, range_end=range_end, limit=limit, revision=revision,
+            sort_order=etcdrpc.RangeRequest.ASCEND, sort_target=etcdrpc.RangeRequest.KEY,
+        )
+        return await self.kvstub.Range(request, timeout=self._timeout, metadata=self.metadata)
+
     async def open_watch(self, key: bytes, range_end: bytes, start_revision: int) -> WatchStream:
         """Open a watch stream of ``[key, range_end)`` from ``start_revision``."""
         await self.connect()

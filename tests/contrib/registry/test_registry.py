@@ -19,7 +19,7 @@ from microframe.contrib.registry import ServiceInstance
 from microframe.contrib.registry.file import FileRegistry
 from microframe.contrib.registry.static import StaticRegistry
 from microframe.core.checks import run_checks
-from microframe.discovery.cache import DiscoveryCache
+from microframe.discovery.cache import SNAPSHOT_INTERVAL, DiscoveryCache
 from microframe.discovery.instance import InvalidInstance
 from microframe.discovery.metrics import registry_metrics
 from microframe.discovery.registry import RegistryUnavailable
@@ -193,8 +193,16 @@ async def test_cache_follows_the_registry_and_keeps_a_snapshot(tmp_path):
     while cache.version("hello") == version and asyncio.get_running_loop().time() < wait_for:
         await asyncio.sleep(0.02)
     assert [i.port for i in await cache.instances("hello")] == [1, 2]
-    snapshot = json.loads((tmp_path / "cache" / "hello.json").read_text())
-    assert [i["address"] for i in snapshot["instances"]] == ["127.0.0.1:1", "127.0.0.1:2"]
+
+    def saved() -> list[str]:
+        snapshot = json.loads((tmp_path / "cache" / "hello.json").read_text())
+        return [i["address"] for i in snapshot["instances"]]
+
+    # The snapshot follows by itself, off the event loop, within SNAPSHOT_INTERVAL.
+    wait_for = asyncio.get_running_loop().time() + SNAPSHOT_INTERVAL + 2
+    while saved() != ["127.0.0.1:1", "127.0.0.1:2"]:
+        assert asyncio.get_running_loop().time() < wait_for, saved()
+        await asyncio.sleep(0.02)
     await cache.close()
     await registry.close()
 

@@ -203,6 +203,36 @@ async def test_register_writes_key_value_and_lease(etcd, registries):
     assert await registry.instances(svc) == [heavier]
 
 
+async def test_a_large_service_is_read_page_by_page_then_followed_change_by_change(
+    etcd, registries, prefix, monkeypatch
+):
+    """The initial read comes in pages at one revision (a fleet past 270,000 instances was
+    over the 64 MiB message cap in one), and each revision's events come as what changed."""
+    from microframe.contrib.registry import etcd as etcd_module
+    from microframe.discovery.registry import Changes
+
+    monkeypatch.setattr(etcd_module, "PAGE_SIZE", 7)
+    registrar = registries(endpoints=etcd.endpoints, prefix=prefix)
+    client = registries(endpoints=etcd.endpoints, prefix=prefix)
+    fleet = [instance(f"i{n:03d}", port=8000 + n) for n in range(40)]
+    await asyncio.gather(*(registrar.register(i) for i in fleet))
+    # A key deeper than an instance's, and one of another service sharing the first letters.
+    await asyncio.to_thread(etcd.etcdctl, "put", f"{prefix}/orders/i001/extra", "{}")
+    await registrar.register(instance("x", name="ordersbis"))
+    assert await client.instances("orders") == fleet
+    changes = client.watch_changes("orders")
+    first = await asyncio.wait_for(anext(changes), 5)
+    assert sorted(first, key=lambda i: i.id) == fleet  # type: ignore[arg-type]
+    heavier = instance("i005", port=8005, weight=7)
+    await registrar.register(heavier)
+    update = await asyncio.wait_for(anext(changes), 5)
+    assert update == Changes(put=(heavier,), deleted=())
+    await registrar.deregister(fleet[9])
+    update = await asyncio.wait_for(anext(changes), 5)
+    assert update == Changes(put=(), deleted=("i009",))
+    await changes.aclose()
+
+
 async def test_register_watch_deregister_close(etcd, registries, prefix):
     registrar = registries(endpoints=etcd.endpoints, prefix=prefix)
     client = registries(endpoints=etcd.endpoints, prefix=prefix)
