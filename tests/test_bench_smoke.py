@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from support.env import ROOT, base_env, require_binary
 
@@ -46,3 +49,40 @@ def test_bench_quick_measures_every_configuration(tmp_path: Path) -> None:
     # The printed table has a row per configuration.
     for key in ("(a)", "(b)", "(c)", "(d)", "(n)"):
         assert f"| {key} " in proc.stdout
+
+
+def test_bench_discovery_quick_prints_every_table() -> None:
+    require_binary("etcd")
+    try:
+        import aetcd  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("aetcd is not installed (pip install -e '.[etcd]')")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "discovery.py"), "--quick"],
+        cwd=ROOT,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for title in (
+        "**One change at a time**",
+        "**Churn**",
+        "**Pick cost**",
+        "**`p2c_ewma` fairness**",
+        "**Dead fleet**",
+        "**File registry**",
+    ):
+        assert title in out, title
+    assert "not measured" not in out, out
+    # A row per fleet, balancer and run, each with its figures.
+    assert "| 1,000 | 12 |" in out  # one change at a time: 4 cycles of 3 changes
+    assert "| 1,000 | 100 | 2 | 400 of 400 |" in out  # churn: every write seen
+    for name in ("random", "round_robin", "weighted_random", "p2c_ewma"):
+        assert f"| `{name}` | 10 % |" in out, name
+    assert "| 3 live + 997 dead (1000 listed) | 1,500 |" in out
+    assert "| 100 | 9 |" in out  # the file registry
