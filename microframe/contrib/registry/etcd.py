@@ -60,6 +60,7 @@ logger = logging.getLogger("microframe.registry")
 BACKEND = "etcd"
 DEFAULT_ENDPOINTS = ("127.0.0.1:2379",)
 DEFAULT_PREFIX = "/microframe/services"
+_PUT = etcdrpc.Event.EventType.PUT
 #: Keys per message of the initial read (about 200 bytes each: well within etcd's and
 #: gRPC's message caps, for a fleet of any size).
 PAGE_SIZE = 2000
@@ -359,7 +360,7 @@ class EtcdRegistry:
                 for event in events:
                     key = bytes(event.kv.key)
                     instance = None
-                    if event.type == etcdrpc.Event.EventType.PUT:
+                    if event.type == _PUT:
                         instance = self._parse_one(key, event.kv.value, prefix)
                     old_id = ids.pop(key, None)
                     if old_id is not None:  # deleted, expired, overwritten (maybe with garbage)
