@@ -57,11 +57,16 @@ class _View:
     excluding many (a fleet of dead instances, ejected) draws among the others, whose view is
     made once per exclusion set (the client hands the same set over until it changes)."""
 
-    __slots__ = ("instances", "ordered", "cumulative", "total", "_exclude", "_without")
+    __slots__ = (
+        "instances", "ordered", "cumulative", "total", "stats", "_exclude", "_without",
+    )
 
     def __init__(self, instances: Sequence[ServiceInstance], weighted: bool = False) -> None:
         self.instances = instances
         self.ordered: Sequence[ServiceInstance] = instances
+        # p2c_ewma's statistics of each instance, index for index, filled as they are drawn:
+        # a pick then reads two list items, not two instances' ids and a dictionary.
+        self.stats: list[_Stats | None] = [None] * len(instances)
         self.cumulative: list[int] = []
         self.total = 0
         if weighted:
@@ -254,48 +259,57 @@ class P2CEwmaBalancer(_Viewing):
     ) -> ServiceInstance | None:
         if not instances:
             return None
-        candidates = instances
+        view = self._view_of(instances)
         if exclude:
-            view = self._view_of(instances)
-            if len(exclude) * 4 > len(instances):  # most are out: pick among the others
-                candidates = view.without(exclude).instances
-            else:
-                return self._pick_two(instances, exclude)
-        if len(candidates) == 1:
-            return candidates[0]
-        return self._pick_two(candidates, frozenset())
+            if len(exclude) * 4 <= len(instances):
+                return self._pick_two(view, exclude)
+            view = view.without(exclude)  # most are out: pick among the others
+        if len(view.instances) == 1:
+            return view.instances[0]
+        return self._pick_two(view, None)
 
-    def _pick_two(
-        self, candidates: Sequence[ServiceInstance], exclude: frozenset[str]
-    ) -> ServiceInstance:
-        """The better of two distinct instances drawn at random, none in ``exclude`` (a
-        quarter of them at most: a pair with one is drawn again)."""
+    def _pick_two(self, view: _View, exclude: frozenset[str] | None) -> ServiceInstance:
+        """The better of two distinct instances of ``view`` drawn at random, none in
+        ``exclude`` (a quarter of them at most: a pair with one is drawn again)."""
+        candidates = view.instances
         n = len(candidates)
         draw = self._rng.random
-        a = b = None
+        i = j = 0
         for _ in range(_DRAWS * 2):
             i = int(draw() * n)  # randrange(n), at a third of its cost
             j = int(draw() * (n - 1))
-            a, b = candidates[i], candidates[j + 1 if j >= i else j]
-            if a.id not in exclude and b.id not in exclude:
+            if j >= i:
+                j += 1
+            if exclude is None or (
+                candidates[i].id not in exclude and candidates[j].id not in exclude
+            ):
                 break
         else:  # many excluded after all
+            assert exclude is not None
             remaining = [c for c in candidates if c.id not in exclude] or list(candidates)
             if len(remaining) == 1:
                 return remaining[0]
-            return self._pick_two(remaining, frozenset())
-        assert a is not None and b is not None
-        sa, sb = self._get(a), self._get(b)
-        if self._load(sa) > self._load(sb):
-            a, sa, b, sb = b, sb, a, sa
-        # a is the less loaded; b gets a turn if it has not had one for a while.
+            return self._pick_two(_View(remaining), None)
+        stats = view.stats
+        sa = stats[i]
+        if sa is None:
+            sa = stats[i] = self._get(candidates[i])
+        sb = stats[j]
+        if sb is None:
+            sb = stats[j] = self._get(candidates[j])
+        penalty, sqrt = self.penalty, math.sqrt  # _load, twice, without two calls
+        if sqrt(sa.lag + penalty) * (sa.inflight + 1) * max(sb.success, 0.01) > sqrt(
+            sb.lag + penalty
+        ) * (sb.inflight + 1) * max(sa.success, 0.01):
+            i, sa, j, sb = j, sb, i, sa
+        # i is the less loaded; j gets a turn if it has not had one for a while.
         now = self._clock()
         self._picks = picks = self._picks + 1
         if now - sb.picked > self.force_pick and picks - sb.picks > 2 * n:
             sb.picked, sb.picks = now, picks
-            return b
+            return candidates[j]
         sa.picked, sa.picks = now, picks
-        return a
+        return candidates[i]
 
     def start(self, instance: ServiceInstance) -> float:
         self._get(instance).inflight += 1
@@ -314,7 +328,8 @@ class P2CEwmaBalancer(_Viewing):
         stats.last = now
 
     def forget_instance(self, instance_id: str) -> None:
-        """Drop the statistics of an instance gone from discovery."""
+        """Drop the statistics of an instance gone from discovery (the lists it was in are
+        gone too: discovery hands out a new one)."""
         self._stats.pop(instance_id, None)
 
 
