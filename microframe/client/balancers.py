@@ -316,7 +316,9 @@ class P2CEwmaBalancer(_Viewing):
         return self._clock()
 
     def done(self, instance: ServiceInstance, started: float, ok: bool) -> None:
-        stats = self._get(instance)
+        stats = self._stats.get(instance.id)
+        if stats is None:  # forgotten while the call was in flight: it left discovery
+            return
         now = self._clock()
         stats.inflight = max(0, stats.inflight - 1)
         latency = max(0.0, now - started)

@@ -143,8 +143,14 @@ class ChannelPool:
             self._channels[key] = channel
             self._tls_keys.setdefault(address, set()).add(key[1])
             self.opened += 1
-            if service is not None:
-                self._owners.setdefault(address, set()).add(service)
+        if service is not None:
+            # Every service listing the address owns its channel (one server process may
+            # serve several): it is closed when none of them lists it any more.
+            owners = self._owners.get(address)
+            if owners is None:
+                self._owners[address] = {service}
+            elif service not in owners:
+                owners.add(service)
         return channel
 
     def release(self, service: str, address: str) -> None:
@@ -192,8 +198,12 @@ class ChannelPool:
             task = self._settling[channel] = asyncio.get_running_loop().create_task(
                 _settle(channel, state)
             )
-            task.add_done_callback(lambda _, channel=channel: self._settling.pop(channel, None))
+            task.add_done_callback(lambda done, channel=channel: self._settled(channel, done))
         return task
+
+    def _settled(self, channel: grpc.aio.Channel, task: asyncio.Task[Any]) -> None:
+        if self._settling.get(channel) is task:
+            del self._settling[channel]
 
     def discard(self, address: str) -> None:
         """Close the channels to ``address`` now (it refused to connect: there is no

@@ -34,6 +34,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 from bisect import bisect_left, insort
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -43,6 +44,8 @@ from microframe.discovery.instance import ServiceInstance
 
 #: How many replacements, in subset sizes, are probed ahead of need (see Membership._warm).
 AHEAD = 3
+#: Seconds a successful probe of an instance is trusted (it is not probed again meanwhile).
+PROBE_FRESH = 10.0
 
 #: The default ``SUBSET_SIZE``: enough instances for balancing to mean something (and a few
 #: to retry on), few enough that a client of a fleet of thousands keeps a few dozen channels.
@@ -157,12 +160,16 @@ class Membership:
     ) -> None:
         self._ejections = ejections
         self._forget_stats = getattr(balancer, "forget_instance", None)
+        self._forget_all = (
+            getattr(balancer, "forget", None) if self._forget_stats is None else None
+        )
+        self._unlisted: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._release = release
         self._subset = Subset(subset_size, subset_key or default_subset_key()) if (
             subset_size > 0
         ) else None
         self._subset_size = subset_size
-        self.following = False
         self._listed: dict[str, ServiceInstance] = {}  # id -> instance
         self._at: dict[str, int] = {}  # address -> instances listed there
         self._seen: Sequence[ServiceInstance] | None = None
@@ -171,19 +178,27 @@ class Membership:
         self._has_channel = has_channel
         self._last_members: Sequence[ServiceInstance] | None = None
         self._warming: set[str] = set()
+        self._probed: dict[str, float] = {}  # id -> when a probe last found it accepting
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def probe_instance(self, instance_id: str) -> bool:
+    @property
+    def following(self) -> bool:
+        """Whether this follows discovery on the running event loop (a client may serve calls
+        on several loops over its life, each with its discovery cache)."""
+        return self._loop is asyncio.get_running_loop()
+
+    async def probe_instance(self, instance_id: str) -> bool | None:
         """Whether the listed instance ``instance_id`` accepts a connection (the ejections'
-        prober)."""
+        prober); None when it is not listed (any more)."""
         instance = self._listed.get(instance_id)
         if instance is None or self._probe is None:
-            return False
+            return None
         return await self._probe(instance.address)
 
     def follow(self, discovery: Any, service: str, instances: Sequence[ServiceInstance]) -> None:
         """Start following ``service`` from ``instances``, the set discovery knows now."""
-        self.following = True
+        self._loop = asyncio.get_running_loop()
+        self._seen = None
         self._reset(instances)
         subscribe = getattr(discovery, "subscribe", None)
         if subscribe is not None:
@@ -196,7 +211,7 @@ class Membership:
         if subset is None or len(instances) <= self._subset_size:
             return instances
         if instances is not self._seen:  # a set the listener has not seen (not discovery's)
-            self.changed("", instances)
+            self._reset(instances)
         return self._members(subset)
 
     def _members(self, subset: Subset) -> Sequence[ServiceInstance]:
@@ -213,9 +228,15 @@ class Membership:
         """Probe the members the client has no channel to yet (and their first replacements),
         all at once in the background, and eject those that refuse: in a fleet of dead entries
         the subset is walked in a few rounds of probes, before calls land on the dead."""
+        fresh = time.monotonic() - PROBE_FRESH
+        probed = self._probed
         for instance in members:
             key = instance.id
-            if key in self._warming or self._has_channel(instance.address):
+            if (
+                key in self._warming
+                or probed.get(key, -PROBE_FRESH) > fresh
+                or self._has_channel(instance.address)
+            ):
                 continue
             self._warming.add(key)
             task = asyncio.get_running_loop().create_task(self._probe_one(instance))
@@ -228,7 +249,11 @@ class Membership:
             refused = not await self._probe(instance.address)
         finally:
             self._warming.discard(instance.id)
-        if refused:
+        if instance.id not in self._listed:
+            return  # gone meanwhile
+        if not refused:
+            self._probed[instance.id] = time.monotonic()
+        else:
             self._ejections.eject(instance.id)
             if self._subset is not None:  # its replacement is probed in turn, calls or not
                 self._members(self._subset)
@@ -253,25 +278,40 @@ class Membership:
             self._reset(instances)
             return
         self._seen = instances
-        for instance in changes.removed:
-            self._gone(instance)
-        for before, after in changes.updated:  # a new weight, metadata or address
-            self._gone(before, forget=False)
-            self._listed_anew(after, cleared=False)
-        for instance in changes.added:
-            self._listed_anew(instance, cleared=True)
+        self._apply(changes.added, changes.removed, changes.updated)
 
     def _reset(self, instances: Sequence[ServiceInstance]) -> None:
+        """Follow ``instances``, a set whose difference with the one before is not known."""
         new = {i.id: i for i in instances}
-        for key, instance in list(self._listed.items()):
-            if new.get(key) != instance:
-                self._gone(instance)
-        for key, instance in new.items():
-            if key not in self._listed:
-                self._listed_anew(instance, cleared=True)
-        if self._subset is not None:
-            self._subset.reset(instances)
+        listed = self._listed
+        removed = [i for key, i in listed.items() if key not in new]
+        updated = [(listed[key], i) for key, i in new.items() if key in listed and listed[key] != i]
+        added = [i for key, i in new.items() if key not in listed]
         self._seen = instances
+        self._apply(added, removed, updated)
+
+    def _apply(
+        self,
+        added: Sequence[ServiceInstance],
+        removed: Sequence[ServiceInstance],
+        updated: Sequence[tuple[ServiceInstance, ServiceInstance]],
+    ) -> None:
+        # An address is released once the whole change is applied, if no instance is listed
+        # there then: an instance registered again with a new weight, or restarted under a new
+        # id at the same address, keeps its channel (and the calls on it).
+        self._unlisted: set[str] = set()
+        for instance in removed:
+            self._gone(instance)
+        for before, after in updated:  # a new weight, metadata or address: the same instance
+            self._gone(before, forget=False)
+            self._listed_anew(after, cleared=False)
+        for instance in added:
+            self._listed_anew(instance, cleared=True)
+        for address in self._unlisted:
+            if address not in self._at:
+                self._release(address)
+        if self._forget_all is not None and (removed or updated):
+            self._forget_all(set(self._listed))  # a balancer of the user's, keep-list style
 
     def _listed_anew(self, instance: ServiceInstance, *, cleared: bool) -> None:
         self._listed[instance.id] = instance
@@ -290,10 +330,11 @@ class Membership:
             self._at[instance.address] = left
         else:
             self._at.pop(instance.address, None)
-            self._release(instance.address)
+            self._unlisted.add(instance.address)
         if self._subset is not None:
             self._subset.remove(instance.id)
         if forget:
+            self._probed.pop(instance.id, None)
             self._ejections.drop(instance.id)
             if self._forget_stats is not None:
                 self._forget_stats(instance.id)

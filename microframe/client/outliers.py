@@ -84,7 +84,7 @@ class Ejections:
         self._current: frozenset[str] = frozenset()
         #: ``async prober(instance_id) -> bool``: when set, an ejection that ends is first
         #: probed in the background (a connection accepted brings the instance back).
-        self.prober: Callable[[str], Awaitable[bool]] | None = None
+        self.prober: Callable[[str], Awaitable[bool | None]] | None = None
         self._probes: set[asyncio.Task[None]] = set()
         self._dirty = False  # _current is behind _until (a large set, made anew soon)
         self._made_at = float("-inf")
@@ -149,23 +149,31 @@ class Ejections:
         except RuntimeError:
             return False
         assert self.prober is not None
-        self._until[key] = float("inf")
-        task = loop.create_task(self._probe(key, self.prober))
+        # Kept away from while probed, for at most the longest pause: a probe that never
+        # answers (its loop ended first) is followed by another then.
+        until = self._until[key] = self._clock() + self.maximum
+        heapq.heappush(self._expiries, (until, key))
+        task = loop.create_task(self._probe(key, until, self.prober))
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
         return True
 
-    async def _probe(self, key: str, prober: Callable[[str], Awaitable[bool]]) -> None:
+    async def _probe(
+        self, key: str, until: float, prober: Callable[[str], Awaitable[bool | None]]
+    ) -> None:
+        back: bool | None = True  # cancelled (the loop ends): let calls find out
         try:
             back = await prober(key)
         except Exception:  # a probe that fails says no
             back = False
-        if self._until.get(key) != float("inf"):
-            return  # cleared or forgotten meanwhile
-        if back:
-            self.clear(key)
-        else:
-            self.eject(key)
+        finally:
+            if self._until.get(key) == until:  # not cleared, forgotten or ejected meanwhile
+                if back is None:
+                    self.drop(key)  # no longer listed
+                elif back:
+                    self.clear(key)
+                else:
+                    self.eject(key)
 
     def _changed(self) -> None:
         if len(self._until) < LARGE:

@@ -101,6 +101,8 @@ def connection_handler(
                     asyncio.shield(settling), min(connect_timeout, call.remaining())
                 )
             except TimeoutError:
+                if call.remaining() <= 0:  # the call's time ran out, not the instance's
+                    raise DeadlineExceeded(late) from None
                 raise InstanceUnreachable(
                     f"cannot connect to {service} at {address} within {connect_timeout:g} s"
                 ) from None
@@ -138,6 +140,8 @@ def connection_handler(
         that refuses costs a socket, not a grpc channel, so that finding the live instances
         of a fleet full of dead entries takes milliseconds."""
         if not await pool_of().reachable(instance.address, min(connect_timeout, call.remaining())):
+            if call.remaining() <= 0:  # the call's time ran out, not the instance's
+                raise DeadlineExceeded(late)
             raise InstanceUnreachable(f"cannot connect to {service} at {instance.address}")
         return entry_for(call, instance.address)
 
@@ -167,18 +171,20 @@ def connection_handler(
                     entry = await first_entry(call, instance)
                 if not entry[2]:
                     await connect(call, instance.address, entry[0])
-                response = await entry[1](
-                    call.request, timeout=timeout_of(call), metadata=call.metadata
-                )
+                try:
+                    pending = entry[1](
+                        call.request, timeout=timeout_of(call), metadata=call.metadata
+                    )
+                except grpc.aio.UsageError:  # its channel was closed meanwhile: not sent
+                    raise InstanceUnreachable(
+                        f"the channel to {service} at {instance.address} was closed"
+                    ) from None
+                response = await pending
                 ok = entry[2] = True
                 return response
             except InstanceUnreachable:
                 unreachable(instance)
                 raise
-            except grpc.aio.UsageError:  # its channel was closed meanwhile: nothing was sent
-                raise InstanceUnreachable(
-                    f"the channel to {service} at {instance.address} was closed"
-                ) from None
             except Unavailable:
                 if entry is not None:
                     entry[2] = False

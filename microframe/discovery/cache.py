@@ -424,14 +424,18 @@ class DiscoveryCache:
             logger.warning("discovery: cannot save the snapshot %s: %s", path, err)
 
     async def flush(self) -> None:
-        """Write now the snapshots not yet saved, and wait for the writes under way."""
-        for service, entry in self._entries.items():
-            if entry.save_at is not None:
-                entry.save_at.cancel()
+        """Write now the snapshots not yet saved, and wait until every write is done."""
+        while True:
+            writes = [e.saving for e in self._entries.values()
+                      if e.saving is not None and not e.saving.done()]
+            if writes:  # a write under way: the one due after it starts once it is done
+                await asyncio.gather(*writes, return_exceptions=True)
+            due = [(service, e) for service, e in self._entries.items() if e.save_at is not None]
+            if not due:
+                return
+            for service, entry in due:
+                entry.save_at.cancel()  # type: ignore[union-attr]
                 self._start_saving(service, entry)
-        writes = [e.saving for e in self._entries.values() if e.saving is not None]
-        if writes:
-            await asyncio.gather(*writes, return_exceptions=True)
 
     # -- the end -------------------------------------------------------------------------------
 

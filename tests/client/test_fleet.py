@@ -307,3 +307,34 @@ async def test_the_breaker_does_not_count_instances_that_could_not_be_reached() 
         except BaseException:  # noqa: BLE001 - the open circuit's own Unavailable
             pass
     assert step.breaker.state == 1
+
+
+async def test_a_new_weight_or_a_new_id_at_the_same_address_keeps_the_channel() -> None:
+    from microframe.client.balancers import P2CEwmaBalancer
+    from microframe.client.membership import Membership
+    from microframe.client.outliers import Ejections
+
+    released: list[str] = []
+    balancer = P2CEwmaBalancer()
+    ejections = Ejections()
+    membership = Membership(
+        ejections=ejections, balancer=balancer, release=released.append, subset_size=0
+    )
+    a, b = instance(1), instance(2)
+    membership.follow(object(), "s", [a, b])
+    ejections.eject(a.id)
+    balancer.done(a, balancer.start(a), True)
+    # Registered again with a new weight: the same instance, its channel, ejection and
+    # statistics kept.
+    membership.changed("s", [instance(1, weight=7), b])
+    assert released == [] and a.id in ejections.current() and a.id in balancer._stats
+    # Restarted under a new id at the same address: the channel stays too.
+    membership.changed("s", [ServiceInstance(id="new", name="s", host=a.host, port=a.port), b])
+    assert released == []
+    assert a.id not in ejections.current() and a.id not in balancer._stats
+    # A call in flight to an instance gone does not bring its statistics back.
+    token = balancer.start(b)
+    membership.changed("s", [ServiceInstance(id="new", name="s", host=a.host, port=a.port)])
+    assert released == [b.address]
+    balancer.done(b, token, True)
+    assert b.id not in balancer._stats

@@ -295,7 +295,19 @@ class EtcdRegistry:
     ) -> tuple[dict[bytes, ServiceInstance], int]:
         """The instances under ``prefix`` and the revision they were read at: pages of
         :data:`PAGE_SIZE` keys, all at the revision of the first, so that a fleet of any size
-        is read whole and consistent, in messages of bounded size."""
+        is read whole and consistent, in messages of bounded size. When etcd compacts that
+        revision before the last page, the read starts again (twice at most)."""
+        for attempt in range(3):
+            try:
+                return await self._read_pages(prefix, operation)
+            except RegistryUnavailable as err:
+                if "compacted" not in str(err) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read_pages(
+        self, prefix: bytes, operation: str
+    ) -> tuple[dict[bytes, ServiceInstance], int]:
         end = prefix_range_end(prefix)
         found: dict[bytes, ServiceInstance] = {}
         start, revision = prefix, 0
