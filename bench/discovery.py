@@ -551,6 +551,23 @@ async def measure_changes(
     return seen, until_seen / len(steps), whole / len(steps), idle_cores
 
 
+async def change_result(
+    watcher: Watcher, n: int, steps: list[Step], idle: float, gap: float, written: float
+) -> ChangeResult:
+    """Let the watcher of ``n`` instances settle, read its RSS, then :func:`measure_changes`
+    with ``steps``: the row of the change table (``written``: seconds the fleet took to
+    write)."""
+    await asyncio.sleep(settle_seconds(n))
+    rss = vm_rss_kb(watcher.pid) or 0
+    seen, until_seen, per_change, idle_cores = await measure_changes(
+        watcher, steps, idle, gap, read_deadline(n)
+    )
+    return ChangeResult(
+        n, seen, until_seen, per_change, idle_cores, rss, watcher.first_read,
+        watcher.first_unavailable, written,
+    )  # fmt: skip
+
+
 async def etcd_change(endpoint: str, workdir: Path, n: int, plan: Plan) -> ChangeResult:
     service = f"fleet{n}"
     writer = EtcdWriter(endpoint)
@@ -572,17 +589,9 @@ async def etcd_change(endpoint: str, workdir: Path, n: int, plan: Plan) -> Chang
 
         watcher = Watcher(workdir, service, "etcd", etcd_options(endpoint), read_deadline(n))
         try:
-            await asyncio.sleep(settle_seconds(n))
-            rss = vm_rss_kb(watcher.pid) or 0
             cycles = plan.cycles_largest if n >= 100_000 else plan.cycles
             steps = change_steps(service, cycles, add, reweight, remove)
-            seen, until_seen, per_change, idle_cores = await measure_changes(
-                watcher, steps, plan.idle, plan.gap, read_deadline(n)
-            )
-            return ChangeResult(
-                n, seen, until_seen, per_change, idle_cores, rss, watcher.first_read,
-                watcher.first_unavailable, written,
-            )  # fmt: skip
+            return await change_result(watcher, n, steps, plan.idle, plan.gap, written)
         finally:
             watcher.close()
     finally:
@@ -1246,17 +1255,9 @@ async def file_change(workdir: Path, n: int, plan: Plan) -> ChangeResult:
         try:
             if watcher.instances != n:
                 raise BenchError(f"the file watcher found {watcher.instances} of {n} instances")
-            await asyncio.sleep(settle_seconds(n))
-            rss = vm_rss_kb(watcher.pid) or 0
             steps = change_steps(service, plan.file_cycles, registry.register,
                                  registry.register, registry.deregister)  # fmt: skip
-            seen, until_seen, per_change, idle_cores = await measure_changes(
-                watcher, steps, plan.file_idle, plan.gap, read_deadline(n)
-            )
-            return ChangeResult(
-                n, seen, until_seen, per_change, idle_cores, rss, watcher.first_read,
-                watcher.first_unavailable, written,
-            )  # fmt: skip
+            return await change_result(watcher, n, steps, plan.file_idle, plan.gap, written)
         finally:
             watcher.close()
     finally:

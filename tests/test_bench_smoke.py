@@ -13,18 +13,10 @@ import pytest
 from support.env import ROOT, base_env, require_binary
 
 
-def test_bench_quick_measures_every_configuration(tmp_path: Path) -> None:
-    require_binary("h2load")
-    out = tmp_path / "bench.json"
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script> args`` from the checkout; fail on a non-zero exit."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            "--quick",
-            "--no-write",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         cwd=ROOT,
         env=base_env(),
         capture_output=True,
@@ -32,6 +24,13 @@ def test_bench_quick_measures_every_configuration(tmp_path: Path) -> None:
         timeout=90,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_bench_quick_measures_every_configuration(tmp_path: Path) -> None:
+    require_binary("h2load")
+    out = tmp_path / "bench.json"
+    proc = run_bench("run.py", "--quick", "--no-write", "--json", str(out))
     result = json.loads(out.read_text())
     summary = result["summary"]
     assert set(summary) == {"a", "b", "c", "d", "n"}
@@ -59,16 +58,7 @@ def test_bench_discovery_quick_prints_every_table() -> None:
         if os.environ.get("CI"):
             raise
         pytest.skip("aetcd is not installed (pip install -e '.[etcd]')")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "discovery.py"), "--quick"],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_bench("discovery.py", "--quick").stdout
     for title in (
         "**One change at a time**",
         "**Churn**",

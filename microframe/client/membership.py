@@ -39,13 +39,16 @@ from bisect import bisect_left, insort
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from microframe.discovery.cache import InstanceList
+from microframe.discovery.cache import InstanceList, SetChanges
 from microframe.discovery.instance import ServiceInstance
 
 #: How many replacements, in subset sizes, are probed ahead of need (see Membership._warm).
 AHEAD = 3
 #: Seconds a successful probe of an instance is trusted (it is not probed again meanwhile).
 PROBE_FRESH = 10.0
+
+#: What a subset's list says changed (a subset is made whole, not from discovery's changes).
+_NOTHING_CHANGED = SetChanges()
 
 #: The default ``SUBSET_SIZE``: enough instances for balancing to mean something (and a few
 #: to retry on), few enough that a client of a fleet of thousands keeps a few dozen channels.
@@ -129,11 +132,9 @@ class Subset:
         if not chosen:  # all ejected: better a try on one than none
             chosen = [by_id[key] for _, key in self._order[-size:]]
         chosen.sort(key=lambda i: i.id)
-        from microframe.discovery.cache import SetChanges
-
         members = SubsetList(chosen)
         members.weights = [i.weight for i in chosen]
-        members.changes = SetChanges()
+        members.changes = _NOTHING_CHANGED
         self._made = (self._version, ejected, members)
         return members
 
