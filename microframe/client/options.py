@@ -165,7 +165,8 @@ class ClientOptions:
             raise ImproperlyConfigured(
                 f"The LIMIT_BURST of the client of {service!r} must be at least 1."
             )
-        if isinstance(merged["SUBSET_SIZE"], bool) or options.subset_size < 0:
+        size = merged["SUBSET_SIZE"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ImproperlyConfigured(
                 f"The SUBSET_SIZE of the client of {service!r} must be a whole number >= 0."
             )

@@ -338,3 +338,23 @@ async def test_a_new_weight_or_a_new_id_at_the_same_address_keeps_the_channel() 
     assert released == [b.address]
     balancer.done(b, token, True)
     assert b.id not in balancer._stats
+
+
+@pytest.mark.parametrize("size", [-1, True, "many", 2.5])
+def test_a_subset_size_that_is_no_whole_number_is_refused(size: object) -> None:
+    from microframe.client.options import ClientOptions
+    from microframe.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="SUBSET_SIZE|Invalid client options"):
+        ClientOptions.resolve("fleet-options", subset_size=size)
+
+
+async def test_subset_size_zero_calls_every_instance() -> None:
+    fleet = [instance(i) for i in range(100)]
+    client = Client("s", address=[i.address for i in fleet], subset_size=0)
+    instances = await client._discovery.instances("s")
+    client.membership.follow(client._discovery, "s", instances)
+    assert client.membership.view(instances) is instances
+    sized = Client("s", address=[i.address for i in fleet])
+    sized.membership.follow(sized._discovery, "s", instances)
+    assert len(sized.membership.view(instances)) == 32
