@@ -203,7 +203,7 @@ class EtcdRegistry:
         reg = self._registrations.pop((instance.name, instance.id), None)
         if reg is None:
             key = self._key(instance.name, instance.id)
-            await self._rpc("deregister", lambda c: c.delete(key))
+            await self._rpc("deregister", lambda c: c.delete(key), patient=True)
         else:
             await self._withdraw(reg)
         logger.info("deregistered %s/%s from etcd", instance.name, instance.id)
@@ -214,10 +214,10 @@ class EtcdRegistry:
         async with reg.lock:  # a register() under way finishes first, so its lease is known
             lease_id = reg.lease_id
             if lease_id is None:
-                await self._rpc("deregister", lambda c: c.delete(reg.key))
+                await self._rpc("deregister", lambda c: c.delete(reg.key), patient=True)
                 return
             with contextlib.suppress(_LeaseNotFound):
-                await self._rpc("deregister", lambda c: c.revoke_lease(lease_id))
+                await self._rpc("deregister", lambda c: c.revoke_lease(lease_id), patient=True)
             reg.lease_id = None
 
     async def _put(self, reg: _Registration) -> None:
@@ -522,11 +522,15 @@ class EtcdRegistry:
             raise RegistryUnavailable(f"cannot connect to {self._where()}: {reason}") from None
         return client
 
-    async def _rpc(self, operation: str, call: Callable[[EtcdClient], Awaitable[T]]) -> T:
+    async def _rpc(
+        self, operation: str, call: Callable[[EtcdClient], Awaitable[T]], *, patient: bool = False
+    ) -> T:
         """Run ``call`` on the connected client, bounded by ``timeout``, with etcd errors mapped.
 
         An UNAVAILABLE answer is tried once more (gRPC moves to another member meanwhile), and
-        an auth token etcd forgot (it keeps them in memory) is renewed once.
+        an auth token etcd forgot (it keeps them in memory) is renewed once. A ``patient``
+        call (a deregistration, which has no later chance) waits for the channel to connect
+        again before its second try.
         """
         retried = reauthenticated = False
         while True:
@@ -566,9 +570,24 @@ class EtcdRegistry:
                         continue
                 if code == grpc.StatusCode.UNAVAILABLE and not retried:
                     retried = True
+                    if patient:
+                        await self._reconnected(client)
                     continue
                 self._metrics.errors.labels(BACKEND, operation).inc()
                 raise self._unavailable(operation, err) from err
+
+    async def _reconnected(self, client: EtcdClient) -> None:
+        """Wait, up to ``timeout``, for the channel to be connected again.
+
+        A call made while gRPC waits out its reconnection back-off fails at once with
+        UNAVAILABLE; retrying at once would fail the same way, so that a deregistration made
+        just after etcd came back would be lost (the key left to expire with its lease).
+        """
+        channel = client.channel
+        if channel is None:
+            return
+        with contextlib.suppress(TimeoutError, grpc.aio.UsageError):
+            await with_timeout(channel.channel_ready(), self.timeout)
 
     def _unavailable(self, operation: str, err: BaseException) -> RegistryUnavailable:
         code, details = grpc_status(err)

@@ -628,3 +628,26 @@ async def test_tls_with_client_certificates(make_cluster, registries, prefix, tm
         with pytest.raises(RegistryUnavailable, match="cannot connect to etcd"):
             await other.instances("orders")
         assert time.monotonic() - started < 2.5, case
+
+
+
+async def test_deregister_right_after_an_outage_waits_for_the_connection(etcd, registries, prefix):
+    """The network to etcd is back, but the registry's channel is still in its reconnection
+    back-off (up to 1 s): a deregistration then waits for the connection (within its timeout)
+    rather than failing at once and leaving the key to expire with its lease."""
+    from support.tcp_proxy import TcpProxy
+
+    proxy = await TcpProxy(etcd.endpoints[0]).start()
+    registry = registries(endpoints=[proxy.address], prefix=prefix, timeout=2, dial_timeout=1)
+    inst = instance("i-1", name="leaving")
+    await registry.register(inst)
+    await proxy.cut()
+    for _ in range(4):  # failed calls push the channel into its back-off
+        with pytest.raises(RegistryUnavailable):
+            await registry.instances("leaving")
+    await proxy.restore()
+    started = time.monotonic()
+    await registry.deregister(inst)
+    assert time.monotonic() - started < 2
+    assert not await keys(etcd, prefix)
+    await proxy.cut()
