@@ -24,6 +24,7 @@ from microframe.client.channels import get_channel_pool
 from microframe.client.middleware import reached_a_handler
 from microframe.client.options import ClientOptions
 from microframe.client.outliers import UNHEALTHY, Ejections, InstanceUnreachable
+from microframe.core.error_details import DETAILS_KEY, details_of
 from microframe.core.exceptions import DeadlineExceeded, RpcError, Unavailable, error_for
 from microframe.core.router import RpcKind
 from microframe.utils.timeouts import with_timeout
@@ -38,8 +39,13 @@ _END = object()
 
 
 def _from_aio(err: grpc.aio.AioRpcError) -> RpcError:
-    trailers = tuple((str(k), str(v)) for k, v in (err.trailing_metadata() or ()))
-    return error_for(err.code(), err.details() or err.code().name.lower(), trailers)
+    """The error a failed call raises: its code, message, trailers and decoded details (a
+    declared error's own class when its ErrorInfo names one this process knows)."""
+    trailers = tuple(
+        (str(k), v if isinstance(v, bytes) else str(v)) for k, v in (err.trailing_metadata() or ())
+    )
+    details = details_of(err) if any(k == DETAILS_KEY for k, _ in trailers) else ()
+    return error_for(err.code(), err.details() or err.code().name.lower(), trailers, details)
 
 
 def _serialize(message: Any) -> bytes:

@@ -2,8 +2,9 @@
 
 Runs protoc from ``grpcio-tools`` (``python -m grpc_tools.protoc``: no system protoc needed) on
 every ``.proto`` under the idl directory, with the well-known types (``google/protobuf/*.proto``)
-and googleapis' ``google/api/*.proto`` (``google.api.http`` annotations, from
-googleapis-common-protos) on the include path, and writes ``*_pb2.py``, ``*_pb2.pyi`` (for
+googleapis' ``google/api/*.proto`` (``google.api.http`` annotations, from
+googleapis-common-protos) and protovalidate's ``buf/validate/validate.proto`` (validation
+rules, shipped with microframe) on the include path, and writes ``*_pb2.py``, ``*_pb2.pyi`` (for
 editors and mypy) and ``*_pb2_grpc.py`` under the generate directory, mirroring the idl tree:
 
 - protoc's flat imports (``import hello_pb2``, ``from shop import item_pb2``) become package
@@ -41,6 +42,9 @@ class ProtoError(Exception):
     """The protos cannot be compiled (the message says where), or there are none."""
 
 
+#: Top-level packages of the protos found on the include path outside ``idl/``.
+EXTERNAL_PACKAGES = frozenset({"google", "buf"})
+
 _IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.M)
 _FROM_IMPORT = re.compile(r"^from (\w[\w.]*) import (\w+_pb2) as (\w+)$", re.M)
 
@@ -63,6 +67,15 @@ def googleapis_include() -> str | None:
     return str(root) if (root / "google" / "api" / "annotations.proto").is_file() else None
 
 
+def validate_include() -> str:
+    """The directory holding ``buf/validate/validate.proto`` (protovalidate's rules), shipped
+    with microframe beside the module generated from it (``buf.validate.validate_pb2``, which
+    protovalidate 1.x imports and no package on PyPI provides)."""
+    import buf.validate.validate_pb2 as rules
+
+    return str(Path(rules.__file__).resolve().parent.parent.parent)
+
+
 def fix_imports(text: str, module_dir: Path) -> str:
     """protoc's absolute imports of sibling modules (in ``.py`` and ``.pyi`` alike), made
     relative to the generate package."""
@@ -72,8 +85,10 @@ def fix_imports(text: str, module_dir: Path) -> str:
 
     def dotted(match: re.Match[str]) -> str:
         package, module, alias = match.groups()
-        if package == "google" or package.startswith("google."):
-            return match.group(0)  # the well-known types, googleapis' google.api, google.rpc...
+        if package.split(".")[0] in EXTERNAL_PACKAGES:
+            # The well-known types, googleapis' google.api, google.rpc..., protovalidate's
+            # buf.validate: modules of installed packages, not of the generate package.
+            return match.group(0)
         return f"from {relative_import(package, module_dir)} import {module} as {alias}"
 
     return _FROM_IMPORT.sub(dotted, _IMPORT.sub(plain, text))
@@ -89,6 +104,7 @@ def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
         sys.executable, "-m", "grpc_tools.protoc",
         f"-I{idl}", f"-I{well_known_include()}",
         *([f"-I{extra}"] if (extra := googleapis_include()) else []),
+        f"-I{validate_include()}",
         f"--python_out={out_tmp}", f"--pyi_out={out_tmp}", f"--grpc_python_out={out_tmp}",
         f"--descriptor_set_out={out_tmp / DESCRIPTORS}", "--include_imports",
         *[str(p) for p in protos],

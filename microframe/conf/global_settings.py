@@ -122,6 +122,7 @@ BATTERIES = [
     "microframe.contrib.registry",
     "microframe.contrib.gateway",
     "microframe.contrib.auth",
+    "microframe.contrib.validation",
 ]
 
 MIDDLEWARE = [
@@ -131,7 +132,15 @@ MIDDLEWARE = [
     "microframe.contrib.auth.middleware.AuthMiddleware",
     "microframe.contrib.limiter.middleware.RateLimitMiddleware",
     "microframe.contrib.limiter.shedding.SheddingMiddleware",
+    "microframe.contrib.validation.middleware.ValidationMiddleware",
 ]
+
+# Request validation from the protovalidate rules of the protos (ValidationMiddleware, last in
+# MIDDLEWARE: the call was admitted before its request is examined). RESPONSES: check the
+# replies too (for tests: a reply that breaks its rules is answered INTERNAL and logged).
+VALIDATION = {
+    "RESPONSES": False,
+}
 
 # Authentication of the calls served (microframe.contrib.auth, AuthMiddleware): a bearer token
 # in the `authorization` metadata, or, under mTLS (GRPC["TLS"]["CLIENT_CA"]), the client

@@ -1,17 +1,29 @@
 """Exceptions of the framework and the status-carrying errors handlers raise.
 
 A handler raises one of the :class:`RpcError` subclasses (``NotFound``, ``InvalidArgument``...)
-and the server answers with its status code and message. Any other exception becomes
-``INTERNAL`` with a generic message; its traceback is logged, never sent to the caller.
-:func:`status_of` is that mapping, the one the method handlers answer with and the middleware
-record; :data:`HANDLED_TRAILER` marks the answers of calls whose handler ran.
+and the server answers with its status code and message, and with its ``details`` (messages
+such as ``google.rpc.BadRequest``, ``ErrorInfo`` or ``RetryInfo``) in a ``google.rpc.Status``
+in the ``grpc-status-details-bin`` trailer (:mod:`microframe.core.error_details`). Any other
+exception becomes ``INTERNAL`` with a generic message; its traceback is logged, never sent to
+the caller. :func:`status_of` is that mapping, the one the method handlers answer with and the
+middleware record; :data:`HANDLED_TRAILER` marks the answers of calls whose handler ran.
+
+A service declares its own errors once, as subclasses with a ``reason`` (and a ``domain``)::
+
+    class OrderNotFound(NotFound):
+        reason = "ORDER_NOT_FOUND"
+        domain = "orders.example.com"
+
+Raised by a controller, such an error carries a ``google.rpc.ErrorInfo`` with that reason and
+domain; a microframe client receiving it raises the same class again (:func:`declared_error`),
+so a caller catches ``OrderNotFound`` as the server raised it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import grpc.aio
@@ -30,29 +42,87 @@ class MiddlewareNotUsed(Exception):
     """Raised by a middleware factory at build time to take itself out of the chain."""
 
 
+#: A trailer's value: text, or bytes for a key ending in ``-bin``.
+TrailerValue = str | bytes
+Trailers = Mapping[str, TrailerValue] | Sequence[tuple[str, TrailerValue]]
+
+
 class RpcError(Exception):
     """An error answered to the caller with a gRPC status code.
 
     ``trailers`` (a mapping or a sequence of pairs) are sent as trailing metadata.
+    ``details`` are protobuf messages (``google.rpc.BadRequest``, ``ErrorInfo``,
+    ``RetryInfo``, ``QuotaFailure``, ``PreconditionFailure``, ``ResourceInfo``, ``Help``,
+    ``LocalizedMessage``, or any message of the service's own) sent in a ``google.rpc.Status``
+    in the ``grpc-status-details-bin`` trailer; a microframe client decodes them back into
+    ``details``. ``metadata`` goes into the ``ErrorInfo`` of a declared error (a subclass with
+    a ``reason``).
+
+    ``reason``, ``domain`` and ``error_metadata`` of an instance come from its ``ErrorInfo``
+    detail, when it has one.
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     default_message: str = "unknown error"
+    #: Set on a subclass to declare an error of the service's own: the ``ErrorInfo`` reason
+    #: (UPPER_SNAKE_CASE, unique within its domain) every instance carries.
+    reason: str | None = None
+    #: The ``ErrorInfo`` domain of a declared error (e.g. the service's DNS name).
+    domain: str = ""
+    _declared: ClassVar[dict[tuple[str, str], type[RpcError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "reason" in cls.__dict__ and cls.reason:
+            RpcError._declared[(cls.domain, cls.reason)] = cls
 
     def __init__(
         self,
         message: str | None = None,
         *,
-        trailers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        trailers: Trailers | None = None,
+        details: Sequence[Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.message = message if message is not None else self.default_message
         if isinstance(trailers, Mapping):
             trailers = tuple(trailers.items())
-        self.trailers: tuple[tuple[str, str], ...] = tuple(trailers or ())
+        self.trailers: tuple[tuple[str, TrailerValue], ...] = tuple(trailers or ())
+        found = tuple(details or ())
+        info = _error_info(found)
+        cls = type(self)
+        if info is None and cls.reason:
+            from microframe.core.error_details import error_info
+
+            info = error_info(cls.reason, cls.domain, metadata)
+            found = (info, *found)
+        self.details: tuple[Any, ...] = found
+        if info is not None:
+            self.reason = info.reason
+            self.domain = info.domain
+        self.error_metadata: dict[str, str] = dict(info.metadata) if info is not None else {}
         super().__init__(self.message)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+    def wire_trailers(self) -> tuple[tuple[str, TrailerValue], ...]:
+        """The trailers to answer with: ``trailers``, and the details' ``google.rpc.Status``."""
+        if not self.details:
+            return self.trailers
+        from microframe.core.error_details import DETAILS_KEY, status_trailer
+
+        kept = tuple(pair for pair in self.trailers if pair[0] != DETAILS_KEY)
+        return (*kept, status_trailer(self.code, self.message, self.details))
+
+
+def _error_info(details: Sequence[Any]) -> Any:
+    for detail in details:
+        if getattr(detail, "DESCRIPTOR", None) is not None and (
+            detail.DESCRIPTOR.full_name == "google.rpc.ErrorInfo"
+        ):
+            return detail
+    return None
 
 
 def _error(name: str, code: grpc.StatusCode, message: str) -> type[RpcError]:
@@ -100,11 +170,25 @@ _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
 def error_for(
     code: grpc.StatusCode,
     message: str | None = None,
-    trailers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    trailers: Trailers | None = None,
+    details: Sequence[Any] | None = None,
 ) -> RpcError:
-    """Return the :class:`RpcError` subclass instance of ``code`` (``Unavailable`` for
-    UNAVAILABLE...)."""
-    return _BY_CODE.get(code, Unknown)(message, trailers=trailers)
+    """Return the :class:`RpcError` of ``code`` (``Unavailable`` for UNAVAILABLE...), or the
+    declared error its ``ErrorInfo`` detail names (:func:`declared_error`)."""
+    cls = declared_error(code, details) if details else None
+    if cls is None:
+        cls = _BY_CODE.get(code, Unknown)
+    return cls(message, trailers=trailers, details=details)
+
+
+def declared_error(code: grpc.StatusCode, details: Sequence[Any]) -> type[RpcError] | None:
+    """The declared error class (a subclass with a ``reason``) that ``details``' ``ErrorInfo``
+    names by domain and reason, when this process has imported it and its code is ``code``."""
+    info = _error_info(details)
+    if info is None:
+        return None
+    cls = RpcError._declared.get((info.domain, info.reason))
+    return cls if cls is not None and cls.code == code else None
 
 
 _AbortError = grpc.aio.AbortError

@@ -198,7 +198,7 @@ async def _abort(ctx: RequestContext, exc: BaseException) -> None:
     if isinstance(exc, RpcError):
         # The mark tells clients the call reached a handler (an UNAVAILABLE answered here is
         # not retried as one that never got in would be).
-        context.set_trailing_metadata((*exc.trailers, HANDLED_TRAILER))
+        context.set_trailing_metadata((*exc.wire_trailers(), HANDLED_TRAILER))
         await context.abort(exc.code, exc.message)
     ctx.logger.error(
         "%s failed: %s: %s",
@@ -229,8 +229,9 @@ def _missing(ctx: RequestContext) -> InvalidArgument:
 
 async def _refuse(ctx: RequestContext, exc: RpcError) -> None:
     """Answer a call refused before its handler ran (no handled mark: retrying it is safe)."""
-    if exc.trailers:
-        ctx.grpc.set_trailing_metadata(exc.trailers)
+    trailers = exc.wire_trailers()
+    if trailers:
+        ctx.grpc.set_trailing_metadata(trailers)
     await ctx.grpc.abort(exc.code, exc.message)
 
 

@@ -475,12 +475,12 @@ def test_list_tags(service_dir):
     assert result.returncode == 0
     assert result.stdout.split() == [
         "auth", "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "server", "settings",
-        "tracing",
+        "tracing", "validation",
     ]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
     assert result.stdout.split() == [
         "auth", "client", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router", "security",
-        "server", "settings", "tracing",
+        "server", "settings", "tracing", "validation",
     ]
 
 

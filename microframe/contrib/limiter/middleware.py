@@ -12,8 +12,9 @@ Server side, ``LIMITER`` decides (see :mod:`microframe.contrib.limiter.settings`
                     "/shop.Orders/Get": None},     # exempt
     }
 
-A call over the limit is answered RESOURCE_EXHAUSTED, with a ``retry-after`` trailing metadata
-saying in how many seconds (a decimal) a permit will be there. In ``wait`` mode a call waits for
+A call over the limit is answered RESOURCE_EXHAUSTED, with a ``google.rpc.RetryInfo`` detail
+and a ``retry-after`` trailing metadata saying in how many seconds (a decimal) a permit will be
+there. In ``wait`` mode a call waits for
 its turn, up to ``MAX_WAIT`` seconds and never past its own deadline (the seed's queueing for
 flash sales), and is refused only when its turn would come later than that.
 
@@ -34,6 +35,7 @@ from typing import Any
 from microframe.contrib.limiter.metrics import limiter_metrics
 from microframe.contrib.limiter.settings import LimitConfig, method_config
 from microframe.core.context import RequestContext
+from microframe.core.error_details import retry_info
 from microframe.core.exceptions import MiddlewareNotUsed, ResourceExhausted, RpcError
 from microframe.core.middleware import Handler
 from microframe.core.router import Route
@@ -125,10 +127,16 @@ def retry_after(wait: float) -> str:
 
 
 def _rejection(what: str, wait: float | None) -> RpcError:
+    """RESOURCE_EXHAUSTED, with when a permit will be there: a ``google.rpc.RetryInfo``
+    detail (which microframe's client and the gateway's ``Retry-After`` honour) and the
+    ``retry-after`` trailer (for clients that read no details)."""
     if wait is None or wait == float("inf"):
         return ResourceExhausted(f"rate limit of {what} exceeded")
+    after = retry_after(wait)
     return ResourceExhausted(
-        f"rate limit of {what} exceeded", trailers=((RETRY_AFTER, retry_after(wait)),)
+        f"rate limit of {what} exceeded",
+        trailers=((RETRY_AFTER, after),),
+        details=(retry_info(float(after)),),
     )
 
 

@@ -25,6 +25,7 @@ class Tags:
     logging = "logging"
     gateway = "gateway"
     auth = "auth"
+    validation = "validation"
 
 
 F = TypeVar("F", bound=Callable[..., Iterable[CheckMessage]])

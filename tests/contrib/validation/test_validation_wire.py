@@ -1,0 +1,89 @@
+"""Validation on the wire: a real orders service (rules in its proto), called by a plain grpc
+client, its errors decoded with grpcio-status, on both transports."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from orders.generate import orders_pb2, orders_pb2_grpc
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def orders(start_server):
+    server = start_server(settings="orders.settings")
+    with grpc.insecure_channel(server.address) as channel:
+        yield orders_pb2_grpc.OrdersStub(channel), server
+
+
+def _bad_request(err: grpc.RpcError) -> list[tuple[str, str]]:
+    status = rpc_status.from_call(err)
+    assert status is not None, "no grpc-status-details-bin"
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    found = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            found += [(v.field, v.description) for v in request.field_violations]
+    return found
+
+
+def test_an_invalid_request_is_answered_invalid_argument_with_its_field_violations(orders):
+    stub, server = orders
+    bad = orders_pb2.CreateOrder(
+        customer="", coupon="lower",
+        lines=[orders_pb2.Line(sku="", quantity=1), orders_pb2.Line(sku="b", quantity=0)],
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Create(bad, timeout=10)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "invalid CreateOrder: customer: must be at least 1 characters (and 3 more)"
+    assert _bad_request(err) == [
+        ("customer", "must be at least 1 characters"),
+        ("lines[0].sku", "must be at least 1 characters"),
+        ("lines[1].quantity", "must be greater than 0 and less than or equal to 1000"),
+        ("coupon", "does not match regex pattern `^[A-Z0-9]{0,12}$`"),
+    ]
+    # A valid one goes through, and the controller saw it.
+    good = orders_pb2.CreateOrder(customer="ann", lines=[orders_pb2.Line(sku="a", quantity=2)])
+    assert stub.Create(good, timeout=10).lines == 1
+
+
+def test_a_cel_rule_on_the_message(orders):
+    stub, _ = orders
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Refund(orders_pb2.RefundRequest(order_id="o-1", amount=9, paid=5), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request(caught.value) == [("", "amount must not exceed what was paid")]
+    assert stub.Refund(orders_pb2.RefundRequest(order_id="o-1", amount=5, paid=5), timeout=10).id == "o-1"
+
+
+def test_every_message_of_a_request_stream_is_validated(orders):
+    stub, _ = orders
+    good = orders_pb2.CreateOrder(customer="ann", lines=[orders_pb2.Line(sku="a", quantity=1)])
+    assert stub.Import(iter([good, good, good]), timeout=10).imported == 3
+    bad = orders_pb2.CreateOrder(customer="bob")  # no lines
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Import(iter([good, bad, good]), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request(caught.value) == [("lines", "must contain at least 1 item(s)")]
+
+
+def test_a_declared_error_carries_its_error_info(orders):
+    stub, _ = orders
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Get(orders_pb2.GetOrder(id="o-9"), timeout=10)
+    err = caught.value
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    status = rpc_status.from_call(err)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "ORDER_NOT_FOUND", "orders.example.com", {"order_id": "o-9"}
+    )
