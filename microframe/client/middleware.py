@@ -24,6 +24,7 @@ from microframe.client.call import ClientCall, ClientHandler
 from microframe.client.membership import SubsetList
 from microframe.client.outliers import InstanceUnreachable
 from microframe.core.context import current_context
+from microframe.core.error_details import retry_delay
 from microframe.core.exceptions import (
     HANDLED_TRAILER,
     DeadlineExceeded,
@@ -267,6 +268,10 @@ def is_retryable(err: RpcError, codes: frozenset[grpc.StatusCode]) -> bool:
        at its limits...). Those answers have no handled mark.
     3. UNAVAILABLE with the handled mark is not retried: a handler ran. Calls cut at the end
        of a stop's ``GRACE`` carry it, so a stop never runs a call twice.
+    3b. An error with a ``google.rpc.RetryInfo`` detail is retried after the delay it asks
+       for (at least), whatever its code: the server says the call may be sent again (the
+       limiter's refusals carry one; they come before the controller runs). That rule is
+       :class:`RetryMiddleware`'s, which reads the details.
     4. UNAVAILABLE because the connection was lost while the call was on it (the server
        crashed or was killed mid-call: "Stream removed", "Socket closed"...) is not retried:
        the call may have run.
@@ -317,11 +322,17 @@ class RetryMiddleware:
             try:
                 return await self.next(call)
             except RpcError as err:
-                if call.attempt >= self.max_attempts or not is_retryable(err, self.codes):
+                # A server's RetryInfo says the call may be sent again, and when.
+                asked = retry_delay(err.details) if err.details else None
+                if call.attempt >= self.max_attempts or (
+                    asked is None and not is_retryable(err, self.codes)
+                ):
                     raise
                 pause = random.uniform(
                     0, min(self.backoff_max, self.backoff * 2 ** (call.attempt - 1))
                 )
+                if asked is not None:
+                    pause = max(pause, asked)
                 if call.remaining() <= pause:
                     raise
                 if not self.budget.try_retry():
