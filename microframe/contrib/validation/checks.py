@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,10 +92,22 @@ def _located(descriptor: Any, err: Exception) -> list[CheckMessage]:
                     hint="Fix the CEL expression in the proto and run genproto.",
                     id="validation.E003",
                 ))
+    undeclared = re.search(r"undeclared reference to '(\w+)", str(err))
+    if not errors and undeclared:
+        name = undeclared.group(1)
+        for message, field, rule_id, expression in _expressions(descriptor, set()):
+            if re.search(rf"\b{re.escape(name)}\b", expression):
+                where = f"{message.full_name}.{field}" if field else message.full_name
+                errors.append(Error(
+                    f"{message.file.name}: {where}: rule {rule_id!r} does not compile: "
+                    f"{name!r} is not a function or variable protovalidate knows "
+                    f"(in {expression!r})",
+                    hint="Fix the CEL expression in the proto and run genproto.",
+                    id="validation.E003",
+                ))
     if not errors:
         errors.append(Error(
-            f"{descriptor.file.name}: the rules of {descriptor.full_name} do not compile: "
-            f"{type(err).__name__}: {err}",
+            f"{err}",
             hint="Fix the rule in the proto and run genproto.",
             id="validation.E003",
         ))

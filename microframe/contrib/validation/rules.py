@@ -531,14 +531,18 @@ class MessageValidator:
                 f"The rules of {descriptor.full_name} ({self.fallback_reason}) are evaluated "
                 f'by protovalidate, which is not installed: pip install "microframe-grpc[validate]"'
             ) from err
-        # Compile now (a rule that does not compile fails at start-up, not on a call).
+        # Compile now (a rule that does not compile fails at start-up, not on a call): on an
+        # empty message, which also finds the functions cel-python does not know.
         try:
             validator.collect_violations(_message_class(descriptor)())
         except Exception as err:
-            raise RulesDoNotCompile(
-                f"{descriptor.file.name}: the rules of {descriptor.full_name} do not compile: "
-                f"{type(err).__name__}: {str(err).strip()}"
-            ) from err
+            if not _compile_error(err):
+                pass  # an evaluation error of the empty message only (a division by zero...)
+            else:
+                raise RulesDoNotCompile(
+                    f"{descriptor.file.name}: the rules of {descriptor.full_name} do not "
+                    f"compile: {describe_cel_error(err)}"
+                ) from err
         collect = validator.collect_violations
 
         def check(message: Any, prefix: str, out: list[Violation]) -> None:
@@ -554,6 +558,21 @@ class MessageValidator:
 
 
 _PROTOVALIDATE: Any = None
+
+
+def _compile_error(err: Exception) -> bool:
+    """Whether ``err``, raised validating an empty message, says a rule cannot work at all
+    (a syntax error, an unknown function or field), not that this message's values broke an
+    evaluation."""
+    name = type(err).__name__
+    return name in ("CompilationError", "CELParseError") or "undeclared reference" in str(err)
+
+
+def describe_cel_error(err: Exception) -> str:
+    """``err`` in one line, without cel-python's dump of the whole evaluation context."""
+    text = str(err.args[0]) if err.args else str(err)
+    text = text.split(" (in activation", 1)[0].strip().strip("(\"'")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _shared_protovalidate() -> Any:

@@ -87,3 +87,43 @@ def test_a_declared_error_carries_its_error_info(orders):
     assert (info.reason, info.domain, dict(info.metadata)) == (
         "ORDER_NOT_FOUND", "orders.example.com", {"order_id": "o-9"}
     )
+
+
+def test_replies_are_validated_when_asked(start_server, tmp_path):
+    from support.env import ROOT, service_settings
+
+    good = orders_pb2.CreateOrder(customer="broken-reply", lines=[orders_pb2.Line(sku="a", quantity=1)])
+    # By default a reply is not checked: the one breaking Order's rule goes out.
+    server = start_server(settings="orders.settings")
+    with grpc.insecure_channel(server.address) as channel:
+        assert orders_pb2_grpc.OrdersStub(channel).Create(good, timeout=10).lines == -1
+    settings = service_settings(
+        tmp_path, "strict_orders", "orders", {"REGISTER": False},
+        ROOT_ROUTER="orders.app.router", VALIDATION={"RESPONSES": True},
+    )
+    strict = start_server(settings=settings, env={"PYTHONPATH": f"{tmp_path}:{ROOT}:{ROOT / 'tests'}"})
+    with grpc.insecure_channel(strict.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            orders_pb2_grpc.OrdersStub(channel).Create(good, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert caught.value.details() == "internal error"
+    from support.polling import wait_until
+
+    wait_until(lambda: "answered an invalid Order" in strict.output, 5, "the invalid reply logged")
+    assert "lines: must be greater than or equal to 0 [int32.gte]" in strict.output
+
+
+def test_methods_without_rules_are_left_out_of_the_chain():
+    from microframe.core.middleware import build_chain
+    from microframe.core.router import load_routes
+
+    routes = {route.method: route for route in load_routes("orders.app.router")}
+    path = "microframe.contrib.validation.middleware.ValidationMiddleware"
+
+    async def terminal(ctx, request):
+        return request
+
+    _, used = build_chain(routes["Create"], terminal, [path])
+    assert used == [path]
+    _, used = build_chain(routes["Get"], terminal, [path])
+    assert used == []
