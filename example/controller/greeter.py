@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from microframe import InvalidArgument
 from microframe.core.context import RequestContext
 
+from example.errors import NothingToGreet
 from example.generate.hello_pb2 import HelloReply, HelloRequest
-
-MAX_REPLIES = 1000
 
 
 async def say_hello(ctx: RequestContext, request: HelloRequest) -> HelloReply:
@@ -21,11 +19,8 @@ async def say_hello(ctx: RequestContext, request: HelloRequest) -> HelloReply:
 
 
 async def lots_of_replies(ctx: RequestContext, request: HelloRequest) -> AsyncIterator[HelloReply]:
-    """Greet one name ``count`` times (3 by default)."""
-    count = request.count or 3
-    if count > MAX_REPLIES:
-        raise InvalidArgument(f"count must be at most {MAX_REPLIES}")
-    for i in range(count):
+    """Greet one name ``count`` times (3 by default; the proto's rule caps it at 1000)."""
+    for i in range(request.count or 3):
         if request.delay_ms:
             await asyncio.sleep(request.delay_ms / 1000)
         yield HelloReply(message=f"Hello #{i + 1}, {request.name or 'world'}!")
@@ -35,7 +30,9 @@ async def lots_of_greetings(ctx: RequestContext, requests: AsyncIterator[HelloRe
     """Greet every name received, in one reply."""
     names = [request.name async for request in requests]
     ctx.add_field("names", len(names))
-    return HelloReply(message=f"Hello, {', '.join(names) or 'nobody'}!")
+    if not names:
+        raise NothingToGreet("the request stream carried no name")
+    return HelloReply(message=f"Hello, {', '.join(names)}!")
 
 
 async def bidi_hello(ctx: RequestContext, requests: AsyncIterator[HelloRequest]) -> AsyncIterator[HelloReply]:

@@ -23,19 +23,24 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bhello.proto\x12\nhelloworld\"=\n\x0cHelloRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"\x1d\n\nHelloReply\x12\x0f\n\x07message\x18\x01 \x01(\t2\x96\x02\n\x07Greeter\x12<\n\x08SayHello\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply\x12\x43\n\rLotsOfReplies\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply0\x01\x12\x45\n\x0fLotsOfGreetings\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply(\x01\x12\x41\n\tBidiHello\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bhello.proto\x12\nhelloworld\x1a\x1b\x62uf/validate/validate.proto\"R\n\x0cHelloRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x08\x64\x65lay_ms\x18\x02 \x01(\rB\t\xbaH\x06*\x04\x18\xe0\xd4\x03\x12\x17\n\x05\x63ount\x18\x03 \x01(\rB\x08\xbaH\x05*\x03\x18\xe8\x07\"\x1d\n\nHelloReply\x12\x0f\n\x07message\x18\x01 \x01(\t2\x96\x02\n\x07Greeter\x12<\n\x08SayHello\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply\x12\x43\n\rLotsOfReplies\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply0\x01\x12\x45\n\x0fLotsOfGreetings\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply(\x01\x12\x41\n\tBidiHello\x12\x18.helloworld.HelloRequest\x1a\x16.helloworld.HelloReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hello_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HELLOREQUEST']._serialized_start=27
-  _globals['_HELLOREQUEST']._serialized_end=88
-  _globals['_HELLOREPLY']._serialized_start=90
-  _globals['_HELLOREPLY']._serialized_end=119
-  _globals['_GREETER']._serialized_start=122
-  _globals['_GREETER']._serialized_end=400
+  _globals['_HELLOREQUEST'].fields_by_name['delay_ms']._loaded_options = None
+  _globals['_HELLOREQUEST'].fields_by_name['delay_ms']._serialized_options = b'\272H\006*\004\030\340\324\003'
+  _globals['_HELLOREQUEST'].fields_by_name['count']._loaded_options = None
+  _globals['_HELLOREQUEST'].fields_by_name['count']._serialized_options = b'\272H\005*\003\030\350\007'
+  _globals['_HELLOREQUEST']._serialized_start=56
+  _globals['_HELLOREQUEST']._serialized_end=138
+  _globals['_HELLOREPLY']._serialized_start=140
+  _globals['_HELLOREPLY']._serialized_end=169
+  _globals['_GREETER']._serialized_start=172
+  _globals['_GREETER']._serialized_end=450
 # @@protoc_insertion_point(module_scope)

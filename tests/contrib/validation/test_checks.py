@@ -145,3 +145,13 @@ def test_bad_validation_settings(tmp_path):
     assert run.returncode != 0
     errors = _reported(run, "validation.E001")
     assert any("STRICT" in e for e in errors) and any("RESPONSES" in e for e in errors), errors
+
+
+def test_the_orders_services_generated_code_is_current():
+    """tests/orders/generate is what genproto makes of its idl/ today."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "genproto", "--check", "--idl", "idl",
+         "--out", "generate"],
+        cwd=ROOT / "tests" / "orders", env=_env(ROOT), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
