@@ -76,3 +76,10 @@ def test_bench_discovery_quick_prints_every_table() -> None:
         assert f"| `{name}` | 10 % |" in out, name
     assert "| 3 live + 997 dead (1000 listed) | 1,500 |" in out
     assert "| 100 | 9 |" in out  # the file registry
+
+
+def test_bench_validation_quick_measures_every_configuration() -> None:
+    require_binary("h2load")
+    proc = run_bench("validation.py", "--quick")
+    for key in ("b", "nov", "val", "nnov", "nval"):
+        assert f"| ({key}) " in proc.stdout or f"({key})" in proc.stdout, proc.stdout

@@ -243,10 +243,13 @@ def all_ids(output: str) -> list[str]:
     return re.findall(r"^\?: \(([\w.]+)\) ", output, flags=re.MULTILINE)
 
 
+#: The example's proto carries validation rules: a MIDDLEWARE of a test keeps their middleware,
+#: or check warns (validation.W001).
+VALIDATION = "microframe.contrib.validation.middleware.ValidationMiddleware"
 CLEAN = f"""
     SERVICE_NAME = "greeter"
     ROOT_ROUTER = "{PACKAGE}.router"
-    MIDDLEWARE = ["{PACKAGE}.mw.Passthrough", "{PACKAGE}.mw.not_used"]
+    MIDDLEWARE = ["{PACKAGE}.mw.Passthrough", "{PACKAGE}.mw.not_used", "{VALIDATION}"]
     GRPC = {{"HOST": "127.0.0.1", "PORT": 50051}}
     METRICS = {{"HOST": "127.0.0.1", "PORT": 9464, "LABELS": {{"env": "dev"}}}}
 """
@@ -335,6 +338,7 @@ def test_middleware_that_cannot_be_imported_or_built(service_dir):
         "{PACKAGE}.mw.Missing",
         "{PACKAGE}.mw.fails_on_bidi",
         "{PACKAGE}.mw.returns_none",
+        "{VALIDATION}",
     ]
     """)
     result = run_check(service_dir, module)
@@ -359,7 +363,7 @@ def test_middleware_that_cannot_be_imported_or_built(service_dir):
 def test_missing_router_still_builds_middleware(service_dir):
     module = write_settings(service_dir, "missing_router", CLEAN + f"""
     ROOT_ROUTER = "{PACKAGE}.no_such_router"
-    MIDDLEWARE = ["{PACKAGE}.mw.always_fails", "{PACKAGE}.mw.fails_on_bidi"]
+    MIDDLEWARE = ["{PACKAGE}.mw.always_fails", "{PACKAGE}.mw.fails_on_bidi", "{VALIDATION}"]
     """)
     result = run_check(service_dir, module)
     assert result.returncode == 1
@@ -505,7 +509,7 @@ def clean(service_dir) -> Iterator[None]:
         SERVICE_NAME="greeter",
         DEBUG=False,
         ROOT_ROUTER=f"{PACKAGE}.router",
-        MIDDLEWARE=[f"{PACKAGE}.mw.Passthrough"],
+        MIDDLEWARE=[f"{PACKAGE}.mw.Passthrough", VALIDATION],
         SILENCED_SYSTEM_CHECKS=[],
         GRPC={"HOST": "127.0.0.1", "PORT": 50051, "TLS": None, "MAX_MESSAGE_BYTES": 4 << 20,
               "MAX_CONCURRENT_RPCS": 1000, "GRACE": 10.0, "HEALTH": True, "REFLECTION": True,
@@ -631,7 +635,7 @@ def test_contradicting_limits_warn(clean, limits, text):
         {"GRPC": {"MAX_CONCURRENT_RPCS": None, "GRACE": 0, "THREADS": 4, "EVENT_LOOP": "asyncio"}},
         {"GRPC": {"OPTIONS": [("grpc.keepalive_time_ms", 10000)], "HOST": "::"}},
         {"METRICS": {"LABELS": {"env": "prod", "idc": "sh"}, "BUCKETS": [1, 2.5]}},
-        {"MIDDLEWARE": ()},
+        {"MIDDLEWARE": (VALIDATION,)},
         {"SILENCED_SYSTEM_CHECKS": ("microframe.W001",), "CONF_DIR": "/etc/svc"},
     ],
 )
@@ -786,8 +790,8 @@ def test_middleware_given_as_factories(clean):
     def broken(next):
         raise KeyError("x")
 
-    assert ids(MIDDLEWARE=[unused]) == []
-    (issue,) = issues(MIDDLEWARE=[broken])
+    assert ids(MIDDLEWARE=[unused, VALIDATION]) == []
+    (issue,) = issues(MIDDLEWARE=[broken, VALIDATION])
     assert issue.id == "microframe.E003" and "broken" in issue.msg and "KeyError" in issue.msg
 
 
@@ -817,7 +821,7 @@ def test_tokens_over_plaintext_warn_at_deploy(clean):
     assert "auth.W001" not in ids(AUTH={"ENABLED": True, "MTLS_IDENTITIES": {"*": "*"}}, deploy=True)
 
 
-AUTH_MW = ["microframe.contrib.auth.middleware.AuthMiddleware"]
+AUTH_MW = ["microframe.contrib.auth.middleware.AuthMiddleware", VALIDATION]
 
 
 def test_auth_on_without_its_middleware_is_an_error(clean):

@@ -138,9 +138,15 @@ def check_validation_rules(**kwargs: Any) -> list[CheckMessage]:
     if not ruled:
         return []
     messages: list[CheckMessage] = []
+    configured = getattr(settings, "MIDDLEWARE", [])
+    well_formed = isinstance(configured, (list, tuple)) and all(
+        isinstance(m, str) or callable(m) for m in configured
+    )  # else the middleware checks report MIDDLEWARE itself
     middleware = [m if isinstance(m, str) else getattr(m, "__qualname__", "")
-                  for m in getattr(settings, "MIDDLEWARE", [])]
-    if MIDDLEWARE_PATH not in middleware and "ValidationMiddleware" not in middleware:
+                  for m in configured] if well_formed else []
+    if well_formed and not any(
+        m == MIDDLEWARE_PATH or m.endswith("ValidationMiddleware") for m in middleware
+    ):
         names = ", ".join(d.full_name for d in ruled)
         messages.append(Warning(
             f"The protos carry validation rules ({names}) and ValidationMiddleware is not in "
