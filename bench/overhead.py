@@ -10,7 +10,9 @@ prints microseconds per call for:
   serialize it; grpc's core does the parsing and serializing for a bare servicer, in C);
 - microframe's method handler and controller wrapper, with ``MIDDLEWARE = []``;
 - the same with the example's ``MIDDLEWARE`` (the default stack: the metrics middleware);
-- each middleware of that stack alone (its cost over the empty chain).
+- each middleware of that stack alone (its cost over the empty chain);
+- ``MIDDLEWARE = []`` again, the method capped by ``GRPC["METHOD_TIMEOUTS"]`` (what a cap
+  costs a call; an uncapped method's path is the first one's).
 
 ``--multiprocess`` records the metrics as the workers of ``runserver --workers N`` do
 (prometheus_client's multiprocess mode: every value in a memory-mapped file).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import sys
@@ -39,7 +42,7 @@ os.environ.setdefault("MICROFRAME_SETTINGS_MODULE", "example.settings")
 from microframe.conf import settings  # noqa: E402
 from microframe.core.handlers import controller_handler, grpc_method_handler  # noqa: E402
 from microframe.core.middleware import build_chain  # noqa: E402
-from microframe.core.router import load_routes  # noqa: E402
+from microframe.core.router import Route, load_routes  # noqa: E402
 
 from example.generate import hello_pb2  # noqa: E402
 
@@ -84,7 +87,7 @@ def variants() -> dict[str, Call]:
         request = request_class.FromString(await context.read())
         return reply_class(message=f"Hello, {request.name or 'world'}!").SerializeToString()
 
-    def framework(middleware: list[Any]) -> Call:
+    def framework(middleware: list[Any], route: Route = route) -> Call:
         chain, _ = build_chain(route, controller_handler(route, executor), middleware)
         # Methods with one request message are registered as request-streaming and read it
         # with context.read() (see grpc_method_handler).
@@ -100,6 +103,8 @@ def variants() -> dict[str, Call]:
     if len(settings.MIDDLEWARE) > 1:
         for entry in settings.MIDDLEWARE:
             out[f"microframe, MIDDLEWARE = [{entry.rsplit('.', 1)[-1]}]"] = framework([entry])
+    capped = dataclasses.replace(route, timeout=60.0)
+    out["microframe, MIDDLEWARE = [], the method capped (METHOD_TIMEOUTS)"] = framework([], capped)
     return out
 
 

@@ -7,6 +7,8 @@
 - ``client.E003``: ``CLIENT_MIDDLEWARE`` lists ``BalancerMiddleware`` before (outside)
   ``RetryMiddleware``: the balancer would choose once per call, and every retry would go to the
   instance that just failed.
+- ``client.E004``: the ``METHOD_TIMEOUTS`` of a service is not a dict of method names
+  (``"Get"`` or ``"/orders.Orders/Get"``) to positive numbers of seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from microframe.core.exceptions import ImproperlyConfigured
 @register(Tags.client, Tags.settings)
 def check_clients(**kwargs: Any) -> list[CheckMessage]:
     from microframe.client.balancers import make_balancer
-    from microframe.client.options import ClientOptions
+    from microframe.client.options import (
+        ClientOptions,
+        MethodTimeoutsError,
+        method_timeout_problems,
+    )
     from microframe.utils.module_loading import import_string
 
     errors: list[CheckMessage] = []
@@ -33,7 +39,14 @@ def check_clients(**kwargs: Any) -> list[CheckMessage]:
             hint='e.g. CLIENTS = {"orders": {"TIMEOUT": 0.5, "BALANCER": "round_robin"}}',
             id="client.E001",
         )]
-    for service in clients:
+    for service, configured in clients.items():
+        for problem in method_timeout_problems(configured.get("METHOD_TIMEOUTS", {})):
+            errors.append(Error(
+                f"CLIENTS[{service!r}]: {problem}",
+                hint='e.g. "METHOD_TIMEOUTS": {"Get": 0.2, "/orders.Orders/List": 1.5} '
+                "(seconds; a method's own timeout replaces TIMEOUT for it).",
+                id="client.E004",
+            ))
         try:
             options = ClientOptions.resolve(service)
             make_balancer(options.balancer)
@@ -42,6 +55,8 @@ def check_clients(**kwargs: Any) -> list[CheckMessage]:
                 raise ImproperlyConfigured(
                     f'BREAKER["MODE"] must be "hystrix" or "sre", not {mode!r}.'
                 )
+        except MethodTimeoutsError:
+            pass  # client.E004, above
         except ImproperlyConfigured as err:
             errors.append(Error(
                 f"CLIENTS[{service!r}]: {err}",

@@ -64,17 +64,19 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 class PrepareMiddleware:
     """Set the call's deadline and metadata.
 
-    The deadline is the call's ``timeout`` (else the client's ``TIMEOUT``), and never later than
-    the deadline of the request being served when the call is made from a controller: a
-    downstream call never outlives its caller's caller. The trace id of that request travels
-    as ``x-request-id``; the client's ``METADATA`` follows.
+    The deadline is the call's ``timeout`` (else the method's ``METHOD_TIMEOUTS`` entry, else
+    the client's ``TIMEOUT``: worked out once, when the chain of the method is built), and
+    never later than the deadline of the request being served when the call is made from a
+    controller: a downstream call never outlives its caller's caller. The trace id of that
+    request travels as ``x-request-id``; the client's ``METADATA`` follows.
     """
 
     def __init__(
-        self, next: ClientHandler, *, service: str, options: ClientOptions, **kwargs: Any
+        self, next: ClientHandler, *, service: str, options: ClientOptions, method: str = "",
+        **kwargs: Any,
     ) -> None:
         self.next = next
-        self.timeout: float = options.timeout
+        self.timeout: float = options.method_timeout(method)
         self.metadata: tuple[tuple[str, str], ...] = options.metadata
         self._late = f"the request being served has no time left to call {service}"
 

@@ -10,6 +10,8 @@ settings the upper-case ones::
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,9 +59,53 @@ DEFAULTS: dict[str, Any] = {
     "LIMIT_QPS": None,
     "LIMIT_BURST": None,
     "LIMIT_WAIT": 0.0,
+    # Seconds a call of a method may take, replacing TIMEOUT for it: {"Get": 0.2} for the
+    # method Get of any service, {"/orders.Orders/List": 1.5} for one method (it wins over
+    # the method's bare name). A call's own timeout= still wins; a call made while serving
+    # still never outlives the request being served.
+    "METHOD_TIMEOUTS": {},
 }
 
 _RETRY_KEYS = set(DEFAULTS["RETRY"])
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+#: A key of METHOD_TIMEOUTS: a method's name, or its full name (the leading slash optional).
+METHOD_KEY_RE = re.compile(rf"^(?:{_NAME}|/?{_NAME}(?:\.{_NAME})*/{_NAME})$")
+
+
+class MethodTimeoutsError(ImproperlyConfigured):
+    """``METHOD_TIMEOUTS`` of a client is not a dict of method names to positive seconds."""
+
+
+def method_timeout_problems(table: Any) -> list[str]:
+    """Return what is wrong with ``table``, a client's ``METHOD_TIMEOUTS`` (empty when it is
+    sound): one sentence per bad key or value."""
+    if not isinstance(table, dict):
+        return [f"METHOD_TIMEOUTS must be a dict of method names to seconds, not {table!r}."]
+    problems = []
+    for key, value in table.items():
+        if not isinstance(key, str) or not METHOD_KEY_RE.match(key):
+            problems.append(
+                f"METHOD_TIMEOUTS key {key!r} is not a method name: use the method's name "
+                '("Get") or its full name ("/orders.Orders/Get").'
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            problems.append(
+                f"METHOD_TIMEOUTS[{key!r}] must be a positive number of seconds, not {value!r}."
+            )
+    return problems
+
+
+def _method_timeouts(service: str, table: Any) -> dict[str, float]:
+    """``table`` with full names spelt ``/package.Service/Method``; MethodTimeoutsError when
+    it is unsound."""
+    problems = method_timeout_problems(table)
+    if problems:
+        raise MethodTimeoutsError(f"The client of {service!r}: {' '.join(problems)}")
+    return {
+        (key if "/" not in key or key.startswith("/") else f"/{key}"): float(value)
+        for key, value in table.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -89,6 +135,20 @@ class ClientOptions:
     limit_qps: float | None = None
     limit_burst: float | None = None
     limit_wait: float = 0.0
+    method_timeouts: dict[str, float] = field(default_factory=dict)
+
+    def method_timeout(self, method: str) -> float:
+        """Return the timeout of the calls of ``method`` (``/package.Service/Method``) that
+        give none: its ``METHOD_TIMEOUTS`` entry (by full name, else by name), else
+        ``TIMEOUT``. The client's chain asks once per method, when it is built."""
+        table = self.method_timeouts
+        if table:
+            timeout = table.get(method)
+            if timeout is None:
+                timeout = table.get(method.rpartition("/")[2])
+            if timeout is not None:
+                return timeout
+        return self.timeout
 
     @classmethod
     def resolve(cls, service: str, **kwargs: Any) -> ClientOptions:
@@ -172,4 +232,8 @@ class ClientOptions:
             )
         if options.limit_wait < 0:
             raise ImproperlyConfigured(f"The LIMIT_WAIT of the client of {service!r} must be >= 0.")
+        if merged["METHOD_TIMEOUTS"] != {}:
+            options = dataclasses.replace(
+                options, method_timeouts=_method_timeouts(service, merged["METHOD_TIMEOUTS"])
+            )
         return options

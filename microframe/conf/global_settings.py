@@ -76,6 +76,13 @@ GRPC = {
     "TRANSPORT": "auto",
     # Extra grpc channel arguments for the server, as (key, value) pairs.
     "OPTIONS": [],
+    # The longest a call of a method may run, in seconds, by full method name
+    # ({"/pkg.Service/Method": 0.5}; "/pkg.Service/*" for every method of a service, an exact
+    # name wins). A call is given the earlier of its caller's deadline and this cap; past it,
+    # it is answered DEADLINE_EXCEEDED and an async controller is cancelled (a plain def one,
+    # in its worker thread, cannot be stopped: its result is discarded). Methods not named run
+    # as long as their callers allow, at no cost.
+    "METHOD_TIMEOUTS": {},
 }
 
 METRICS = {

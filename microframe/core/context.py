@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import grpc
     import grpc.aio
 
+    from microframe.core.exceptions import RpcError
     from microframe.core.router import Route
 
 #: ``callback(code, exc)``: the call ended with ``code``; ``exc`` is the exception, if any.
@@ -109,13 +110,19 @@ class RequestContext:
         return self._metadata
 
     def time_remaining(self) -> float | None:
-        """Return the seconds left before the caller's deadline, or None without a deadline."""
+        """Return the seconds left before the call's deadline, or None without a deadline.
+
+        The deadline is the caller's, or, for a method ``GRPC["METHOD_TIMEOUTS"]`` caps, the
+        earlier of the caller's and the cap (see :func:`capped_context`). The client library
+        reads it here: a call made while serving never outlives it.
+        """
         return self.grpc.time_remaining()
 
     @property
     def deadline(self) -> float | None:
-        """Return the deadline as a ``time.monotonic()`` value, or None."""
-        remaining = self.grpc.time_remaining()
+        """Return the deadline (see :meth:`time_remaining`) as a ``time.monotonic()`` value,
+        or None."""
+        remaining = self.time_remaining()
         return None if remaining is None else time.monotonic() + remaining
 
     @property
@@ -195,3 +202,71 @@ class RequestContext:
 
     def __repr__(self) -> str:
         return f"<RequestContext {self.full_method}>"
+
+
+def cap_exceeded(route: Route) -> RpcError:
+    """Return the error a call of ``route`` is answered with once its time cap
+    (``route.timeout``, from ``GRPC["METHOD_TIMEOUTS"]``) has passed."""
+    from microframe.core.exceptions import DeadlineExceeded
+
+    return DeadlineExceeded(
+        f'{route.full_method} exceeded its {route.timeout:g} s limit (GRPC["METHOD_TIMEOUTS"])'
+    )
+
+
+_capped: dict[type[RequestContext], type[RequestContext]] = {}
+
+
+def capped_context(base: type[RequestContext]) -> type[RequestContext]:
+    """Return the request context class of a method with a time cap (``route.timeout``, from
+    ``GRPC["METHOD_TIMEOUTS"]``) whose calls would otherwise be ``base`` objects.
+
+    Its :meth:`~RequestContext.time_remaining` (and so ``deadline``) is the earlier of the
+    caller's deadline and the cap, counted from the moment the call reached the framework
+    (``ctx.start``). A streaming call's method handler sets ``_cap``, the method's
+    :class:`~microframe.core.limits.MethodCap`: once it has cut the call, the call's end is
+    told to the :meth:`~RequestContext.on_end` callbacks as DEADLINE_EXCEEDED, not as the
+    cancellation that stopped the stream. Only capped methods use these classes: the other
+    methods' contexts read their caller's deadline and nothing else. One class per ``base``,
+    made once.
+    """
+    try:
+        return _capped[base]
+    except KeyError:
+        pass
+    import asyncio
+
+    import grpc
+
+    perf_counter = time.perf_counter
+    current_task = asyncio.current_task
+    cancelled = grpc.StatusCode.CANCELLED
+
+    def time_remaining(self: Any) -> float | None:
+        left = self.start + self.route.timeout - perf_counter()
+        theirs = self.grpc.time_remaining()
+        if theirs is not None and theirs < left:
+            return theirs  # type: ignore[no-any-return]
+        return left if left > 0.0 else 0.0
+
+    def _ended(self: Any, code: grpc.StatusCode, exc: BaseException | None) -> None:
+        cap = getattr(self, "_cap", None)
+        if code is cancelled and cap is not None and cap.cut(current_task()):
+            exc = cap_exceeded(self.route)
+            code = exc.code
+        base._ended(self, code, exc)
+
+    time_remaining.__doc__ = RequestContext.time_remaining.__doc__
+    capped: type[RequestContext] = type(
+        f"Capped{base.__name__}",
+        (base,),
+        {
+            "__slots__": ("_cap",),
+            "__module__": base.__module__,
+            "__doc__": f"{base.__name__} of a method with a time cap (:func:`capped_context`).",
+            "time_remaining": time_remaining,
+            "_ended": _ended,
+        },
+    )
+    _capped[base] = capped
+    return capped

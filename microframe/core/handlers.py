@@ -19,13 +19,13 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from microframe.core.context import RequestContext, _current
+from microframe.core.context import RequestContext, _current, cap_exceeded, capped_context
 from microframe.core.exceptions import (
     HANDLED_TRAILER,
     DeadlineExceeded,
@@ -34,7 +34,7 @@ from microframe.core.exceptions import (
     RpcError,
     status_of,
 )
-from microframe.core.limits import CallLimits
+from microframe.core.limits import CallLimits, MethodCap
 from microframe.core.middleware import Handler, RequestObserver
 from microframe.core.router import Route
 
@@ -130,7 +130,58 @@ def controller_handler(route: Route, executor: Executor) -> Handler:
 
     ``async def`` controllers (and async generators) run on the event loop; plain ``def`` ones
     (and plain generators) run in ``executor``, with the caller's context variables.
+
+    A method of one reply with a time cap (``route.timeout``, from ``GRPC["METHOD_TIMEOUTS"]``)
+    has its controller run within what is left of the cap (:func:`_within_cap`), inside every
+    middleware: they see the call fail with DEADLINE_EXCEEDED. The replies of a server stream
+    are produced as the method handler writes them: :func:`grpc_method_handler` caps those.
     """
+    terminal = _controller_handler(route, executor)
+    if route.timeout is None or route.kind.server_streaming:
+        return terminal
+    return _within_cap(route, terminal)
+
+
+def _exceeded(ctx: RequestContext) -> RpcError:
+    """The answer of a call past its method's cap, logged."""
+    ctx.logger.warning(
+        '%s from %s ran past its %g s limit (GRPC["METHOD_TIMEOUTS"]): answered '
+        "DEADLINE_EXCEEDED",
+        ctx.full_method, ctx.peer, ctx.route.timeout,
+    )
+    return cap_exceeded(ctx.route)
+
+
+def _within_cap(route: Route, terminal: Handler) -> Handler:
+    """``terminal``, run within what is left of ``route.timeout`` since the call reached the
+    framework: past it an ``async def`` controller is cancelled (by the method's
+    :class:`~microframe.core.limits.MethodCap`), a plain ``def`` one's thread left to finish
+    and its result discarded (a thread cannot be stopped), and the call fails with
+    DEADLINE_EXCEEDED."""
+    seconds: float = route.timeout  # type: ignore[assignment]
+    cap = MethodCap(seconds)
+    follow, forget, expired = cap.follow, cap.forget, cap.expired
+    current_task = asyncio.current_task
+
+    async def within_cap(ctx: RequestContext, request: Any) -> Any:
+        limit = ctx.start + seconds
+        if limit <= perf_counter():  # the middleware took it all: the controller never starts
+            raise _exceeded(ctx)
+        task: asyncio.Task[Any] = current_task()  # type: ignore[assignment]
+        follow(task, limit)
+        try:
+            return await terminal(ctx, request)
+        except asyncio.CancelledError:
+            if not expired(task):
+                raise
+            raise _exceeded(ctx) from None
+        finally:
+            forget(task)
+
+    return within_cap
+
+
+def _controller_handler(route: Route, executor: Executor) -> Handler:
     controller = route.controller
     cls = route.response_class
     is_async = _is_async(controller)
@@ -498,7 +549,31 @@ def grpc_method_handler(
         finally:
             ctx._ended(code, error)
 
-    write: Write = send_all if kind.server_streaming else answer
+    async def send_within(ctx: RequestContext, request: Any, task: asyncio.Task[Any]) -> None:
+        """:func:`send_all` within what is left of the method's cap: past it the stream (an
+        ``async def`` controller) is cancelled, the call answered DEADLINE_EXCEEDED and its
+        end told as such (the capped context translates the cancellation, see
+        :func:`~microframe.core.context.capped_context`)."""
+        ctx._cap = cap  # type: ignore[attr-defined]
+        follow(task, ctx.start + seconds)  # type: ignore[operator]
+        try:
+            await send_all(ctx, request, task)
+        except CancelledError:
+            if not expired(task):
+                raise
+            await _abort(ctx, _exceeded(ctx))
+        finally:
+            forget(task)
+
+    seconds = route.timeout
+    if seconds is not None:
+        # Decided here, once: the methods without a cap run none of this.
+        context_class = capped_context(context_class)
+        cap = MethodCap(seconds)
+        follow, forget, expired = cap.follow, cap.forget, cap.expired
+    write: Write = (
+        (send_all if seconds is None else send_within) if kind.server_streaming else answer
+    )
 
     given_request = request_given and not kind.client_streaming
     read: Read = (

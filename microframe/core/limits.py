@@ -16,7 +16,9 @@ arguments, are in :meth:`microframe.core.server.ServerConfig.channel_options`):
   (process-wide and per connection), which bounds the memory grpc may hold for partial
   messages;
 - :class:`Watchdog`: one timer for the whole server that ends the waits (for a message, for
-  the client to read a reply) that went past their limit, and gives a slow message its slot.
+  the client to read a reply) that went past their limit, and gives a slow message its slot;
+- :class:`MethodCap`: one timer per method ``GRPC["METHOD_TIMEOUTS"]`` caps, that ends the
+  calls running past the cap.
 
 These are written here rather than taken from a library because they have to sit between
 grpc.aio's per-call coroutine and grpc core's buffers, where no library reaches.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any
 
 from microframe.conf import global_settings
@@ -141,6 +143,90 @@ class Watchdog:
             self._rearm(QUICK)
         elif self._receives or self._sends:
             self._rearm(TICK)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+#: How soon after one another a :class:`MethodCap`'s timer may fire, in seconds: a call is
+#: cut between its cap and its cap plus this.
+CAP_RESOLUTION = 0.005
+
+
+class MethodCap:
+    """The time cap of one method (``GRPC["METHOD_TIMEOUTS"]``): cancel the tasks of its calls
+    that run past it (see :meth:`follow`), and tell those cancellations from any other
+    (:meth:`expired`).
+
+    One timer per method, armed for the earliest limit of the calls followed: following a call
+    costs a dict insertion and removal. An ``asyncio`` timer per call (``asyncio.timeout``)
+    would cost a unary call more than the rest of the method handler does
+    (bench/overhead.py). The timer fires at most every :data:`CAP_RESOLUTION` seconds.
+    """
+
+    __slots__ = ("seconds", "_calls", "_cut", "_handle", "_next")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        #: task -> its limit (a ``time.perf_counter()`` value)
+        self._calls: dict[asyncio.Task[Any], float] = {}
+        #: the tasks cancelled for their cap that have not yet read it (:meth:`expired`)
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._next = 0.0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def follow(self, task: asyncio.Task[Any], limit: float) -> None:
+        """Cancel ``task`` at ``limit`` (a ``time.perf_counter()`` value) unless
+        :meth:`forget` is called first."""
+        self._calls[task] = limit
+        if self._handle is None or limit < self._next:
+            self._arm(limit)
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        """The capped part of ``task``'s call is over, however it ended."""
+        del self._calls[task]
+        if self._cut and task in self._cut:  # cut, and the cancellation was swallowed
+            self._cut.discard(task)
+            task.uncancel()
+
+    def cut(self, task: asyncio.Task[Any]) -> bool:
+        """Tell whether ``task`` was cancelled for its cap (and has not read it yet)."""
+        return task in self._cut
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """After a CancelledError in ``task``: whether the cap cancelled it, and nothing else
+        did. The cap's cancellation request is withdrawn either way."""
+        if task not in self._cut:
+            return False
+        self._cut.discard(task)
+        return task.uncancel() == 0
+
+    def _arm(self, limit: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._next = limit
+        delay = max(limit - perf_counter(), CAP_RESOLUTION)
+        self._handle = asyncio.get_running_loop().call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        now = perf_counter()
+        soonest = float("inf")
+        calls = self._calls
+        for task, limit in list(calls.items()):
+            if limit <= now:
+                if not task.done() and task not in self._cut:
+                    self._cut.add(task)
+                    task.cancel()
+            elif limit < soonest:
+                soonest = limit
+        if soonest != float("inf"):
+            self._arm(soonest)
 
     def close(self) -> None:
         if self._handle is not None:

@@ -96,6 +96,10 @@ class Route:
     response_class: type[Message]
     kind: RpcKind
     middleware: tuple[Any, ...] = field(default=())
+    #: The longest a call may run on the server, in seconds (None: as long as its caller
+    #: allows). The server sets it from ``GRPC["METHOD_TIMEOUTS"]`` when it builds the method's
+    #: handler (:meth:`microframe.core.server.Server.build`).
+    timeout: float | None = None
 
     @property
     def full_method(self) -> str:

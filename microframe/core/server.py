@@ -7,6 +7,7 @@ one grpc method handler per method, registered with grpc's per-method lookup.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -21,6 +22,7 @@ import grpc
 import grpc.aio
 
 from microframe.conf import dict_setting, global_settings
+from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.handlers import controller_handler
 from microframe.core.limits import CallLimits, CallTracker, ReceiveSlots, Watchdog
 from microframe.core.middleware import MiddlewareFactory, RequestObserver, build_chain
@@ -100,6 +102,7 @@ class ServerConfig:
     threads: int | None = DEFAULTS["THREADS"]
     tls: dict[str, Any] | None = DEFAULTS["TLS"]
     transport: str = DEFAULTS["TRANSPORT"]
+    method_timeouts: dict[str, float] = field(default_factory=dict)
     reuse_port: bool = False
     options: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -131,11 +134,23 @@ class ServerConfig:
             threads=g["THREADS"],
             transport=str(g["TRANSPORT"]),
             tls=g["TLS"],
+            method_timeouts=method_timeouts(g["METHOD_TIMEOUTS"]),
             options=[tuple(o) for o in g["OPTIONS"]],  # type: ignore[misc]
         )
         for key, value in overrides.items():
             setattr(config, key, value)
         return config
+
+    def method_timeout(self, full_method: str) -> float | None:
+        """Return the cap of ``full_method`` (``/pkg.Service/Method``) in ``method_timeouts``:
+        its own entry, else its service's (``/pkg.Service/*``), else None."""
+        table = self.method_timeouts
+        if not table:
+            return None
+        cap = table.get(full_method)
+        if cap is None:
+            cap = table.get(full_method[: full_method.rfind("/") + 1] + "*")
+        return cap
 
     def channel_options(self) -> list[tuple[str, Any]]:
         """Return the grpc core arguments of the server (``GRPC["OPTIONS"]`` overrides them).
@@ -198,6 +213,27 @@ class ServerConfig:
         )
 
 
+def method_timeouts(table: Any) -> dict[str, float]:
+    """Return ``GRPC["METHOD_TIMEOUTS"]`` as a dict of method names to seconds; raise
+    ImproperlyConfigured when it is no dict or a cap is not a positive number (the checks say
+    so before the server starts: ``microframe.E001`` and ``E014``, and ``E015`` for a name
+    that is no method of the router)."""
+    if not isinstance(table, dict):
+        raise ImproperlyConfigured(
+            'GRPC["METHOD_TIMEOUTS"] must be a dict of method names to seconds, not '
+            f"{table!r}."
+        )
+    caps: dict[str, float] = {}
+    for name, cap in table.items():
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+            raise ImproperlyConfigured(
+                f'GRPC["METHOD_TIMEOUTS"][{name!r}] must be a positive number of seconds, '
+                f"not {cap!r}."
+            )
+        caps[str(name)] = float(cap)
+    return caps
+
+
 class Server:
     """A gRPC server serving ``routes`` through ``middleware``, on ``transport`` (grpc.aio by
     default: :mod:`microframe.core.transport`).
@@ -254,6 +290,10 @@ class Server:
     def build(self) -> grpc.aio.Server:
         """Build the chains, the method handlers and the grpc server (once).
 
+        A method ``GRPC["METHOD_TIMEOUTS"]`` caps (``config.method_timeout``) is built with
+        its cap (``route.timeout``): its handlers enforce it, its calls' contexts tell it;
+        the other methods' handlers are built as if caps did not exist.
+
         Call it with the event loop running: a grpc.aio server belongs to the loop it is
         created on.
         """
@@ -263,7 +303,12 @@ class Server:
         transport = self.transport
         server = transport.create(self.config)
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        for route in self.routes:
+        for index, route in enumerate(self.routes):
+            cap = self.config.method_timeout(route.full_method)
+            if cap is not None and cap != route.timeout:
+                # The cap travels with the route: its terminal handler, its method handler
+                # and its calls' contexts are built for it (microframe.core.handlers).
+                route = self.routes[index] = dataclasses.replace(route, timeout=cap)
             observers: list[RequestObserver] = []
             terminal = controller_handler(route, self.executor)
             chain, used = build_chain(route, terminal, self.middleware, observers)

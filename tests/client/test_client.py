@@ -495,6 +495,11 @@ async def test_a_hung_instance_trips_the_breaker(fleet, transport):
         ({"orders": {"BREAKER": {"MODE": "netflix"}}}, None, "client.E001", "netflix"),
         ({"orders": {"TIMEOUT": 0}}, None, "client.E001", "positive"),
         ({"orders": "fast"}, None, "client.E001", "dict"),
+        ({"orders": {"METHOD_TIMEOUTS": {"Get": 0}}}, None, "client.E004", "positive number"),
+        ({"orders": {"METHOD_TIMEOUTS": {"Get": "1s"}}}, None, "client.E004", "not '1s'"),
+        ({"orders": {"METHOD_TIMEOUTS": {"/orders/Get/": 1}}}, None, "client.E004",
+         "'/orders/Get/' is not a method name"),
+        ({"orders": {"METHOD_TIMEOUTS": ["Get"]}}, None, "client.E004", "must be a dict"),
         ({}, ["microframe.client.middleware.Nope"], "client.E002", "Nope"),
         (
             {},
@@ -513,8 +518,49 @@ def test_client_checks(clients, middleware, check_id, text):
     if middleware is not None:
         overrides["CLIENT_MIDDLEWARE"] = middleware
     with override_settings(**overrides):
-        messages = [m for m in run_checks(tags=["client"]) if m.id == check_id]
+        found = run_checks(tags=["client"])
+    messages = [m for m in found if m.id == check_id]
     assert messages and text in messages[0].msg, messages
+    assert len(found) == 1, found  # said once, under its own id
+
+
+def test_sound_method_timeouts_pass_the_checks():
+    from microframe.core.checks import run_checks
+    from microframe.test.utils import override_settings
+
+    table = {"Get": 0.2, "/orders.Orders/List": 1.5, "orders.v1.Orders/Put": 3}
+    with override_settings(CLIENTS={"orders": {"METHOD_TIMEOUTS": table}}):
+        assert run_checks(tags=["client"]) == []
+
+
+async def test_method_timeouts_replace_the_timeout_of_their_methods(test_server):
+    """A method's METHOD_TIMEOUTS entry (by name or by full name) is its calls' timeout; the
+    other methods keep TIMEOUT, and a call's own timeout= still wins."""
+    from microframe.test.utils import override_settings
+
+    clients = {"slowpoke": {"TIMEOUT": 2.0, "METHOD_TIMEOUTS": {
+        "SayHello": 0.2, "/helloworld.Greeter/LotsOfGreetings": 0.2,
+    }}}
+    with override_settings(CLIENTS=clients):
+        client = GreeterClient("slowpoke", address=test_server.address)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await client.SayHello(Req(delay_ms=1500))
+    assert 0.2 <= time.monotonic() - started < 0.9
+
+    async def slowly():
+        yield Req(name="a")
+        await asyncio.sleep(1.5)
+        yield Req(name="b")
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await client.LotsOfGreetings(slowly())
+    assert 0.2 <= time.monotonic() - started < 0.9
+    # 0.5 s: past the others' 0.2 s, within TIMEOUT.
+    replies = [r.message async for r in client.LotsOfReplies(Req(count=1, delay_ms=500))]
+    assert len(replies) == 1
+    assert (await client.SayHello(Req(name="x", delay_ms=500), timeout=2)).message == "Hello, x!"
 
 
 async def test_connect_timeout_moves_on_from_an_unreachable_instance(fleet):

@@ -643,6 +643,57 @@ def test_accepted_settings(clean, overrides):
     assert issues(**overrides) == []
 
 
+@pytest.mark.parametrize("cap", [0, -1, "0.5", True, None, float("nan")])
+def test_a_method_timeout_that_is_not_a_positive_number(clean, cap):
+    (issue,) = issues(GRPC={"METHOD_TIMEOUTS": {"/helloworld.Greeter/SayHello": cap}})
+    assert issue.id == "microframe.E014" and issue.level == ERROR
+    assert issue.msg.startswith(
+        """GRPC["METHOD_TIMEOUTS"]['/helloworld.Greeter/SayHello'] must be a positive number"""
+    ), issue.msg
+
+
+def test_method_timeouts_that_are_not_a_dict(clean):
+    (issue,) = issues(GRPC={"METHOD_TIMEOUTS": [("/helloworld.Greeter/SayHello", 1)]})
+    assert issue.id == "microframe.E001"
+    assert issue.msg.startswith('GRPC["METHOD_TIMEOUTS"] must be a dict of method names')
+
+
+@pytest.mark.parametrize(
+    ("name", "what", "guess"),
+    [
+        ("/helloworld.Greeter/SayHelo", "which is no method this service serves",
+         "'/helloworld.Greeter/SayHello'"),
+        ("/helloworld.Greeter/LotsOfGreetings", "which is no method this service serves",
+         "'/helloworld.Greeter/LotsOfReplies'"),
+        ("/other.Service/Get", "which is no method this service serves", None),
+        ("/helloworld.Greter/*", "which is no method this service serves",
+         "'/helloworld.Greeter/*'"),
+        ("SayHello", 'which is not a full method name ("/package.Service/Method")',
+         "'/helloworld.Greeter/SayHello'"),
+        ("helloworld.Greeter/BidiHello", "which is not a full method name",
+         "'/helloworld.Greeter/BidiHello'"),
+        ("/", "which is not a full method name", None),
+    ],
+)
+def test_a_method_timeout_of_a_method_not_served(clean, name, what, guess):
+    (issue,) = issues(GRPC={"METHOD_TIMEOUTS": {name: 0.5, "/helloworld.Greeter/*": 1}})
+    assert issue.id == "microframe.E015" and issue.level == ERROR
+    assert issue.msg.startswith(f'GRPC["METHOD_TIMEOUTS"] names {name!r}, {what}'), issue.msg
+    if guess:
+        assert issue.hint.startswith(f"Did you mean {guess}?"), issue.hint
+    else:
+        assert "Did you mean" not in issue.hint, issue.hint
+    assert issue.hint.endswith(
+        "it serves: /helloworld.Greeter/BidiHello, /helloworld.Greeter/LotsOfReplies, "
+        "/helloworld.Greeter/SayHello."
+    ), issue.hint
+
+
+def test_method_timeouts_of_methods_served(clean):
+    table = {"/helloworld.Greeter/*": 2, "/helloworld.Greeter/SayHello": 0.25}
+    assert issues(GRPC={"METHOD_TIMEOUTS": table}) == []
+
+
 @pytest.mark.parametrize("port", [-1, 65536, "50051", 1.5, True, None])
 def test_invalid_port(clean, port):
     assert ids(GRPC={"PORT": port}) == ["microframe.E006"]

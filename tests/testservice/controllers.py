@@ -6,7 +6,8 @@ caller's address; ``relay:<svc>,<svc>...``: call the next service with the clien
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
 the GREETING setting; ``metadata:<key>``: the repr of that request metadata value; ``identity``: who
-called (``ctx.identity``); ``fields``: two access-log fields added, the trace id answered; ``burn:<ms>``: that much CPU work, in 1 ms slices with 2 ms waits between; anything else: a greeting. ``delay_ms`` makes the call take that long.
+called (``ctx.identity``); ``fields``: two access-log fields added, the trace id answered; ``burn:<ms>``: that much CPU work, in 1 ms slices with 2 ms waits between; anything else: a greeting. ``delay_ms`` makes the call take that long; ``cancelled:<path>``: take ``delay_ms`` and
+write ``cancelled`` to <path> if cancelled meanwhile (``bidi_hello`` too, after a first reply).
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ from microframe.conf import settings
 from example.generate.hello_pb2 import HelloReply, HelloRequest
 
 
+def _note_cancellation(path: str) -> None:
+    """Write ``cancelled`` to ``path``: the test reads it to know the controller was stopped."""
+    with open(path, "w") as file:
+        file.write("cancelled")
+
+
 async def say_hello(ctx, request: HelloRequest):
+    if request.name.startswith("cancelled:"):
+        # cancelled:<path>: take delay_ms; a cancellation meanwhile is noted in <path>.
+        try:
+            await asyncio.sleep(request.delay_ms / 1000)
+        except asyncio.CancelledError:
+            _note_cancellation(request.name[len("cancelled:"):])
+            raise
+        return HelloReply(message="not cancelled")
     if request.delay_ms:
         ctx.logger.info("sleeping %d ms", request.delay_ms)
         await asyncio.sleep(request.delay_ms / 1000)
@@ -119,4 +134,11 @@ async def bidi_hello(ctx, requests):
     async for request in requests:
         if request.name == "raise":
             raise ValueError("bidi failure")
+        if request.name.startswith("cancelled:"):  # as say_hello's, after one reply
+            yield HelloReply(message="first")
+            try:
+                await asyncio.sleep(request.delay_ms / 1000)
+            except asyncio.CancelledError:
+                _note_cancellation(request.name[len("cancelled:"):])
+                raise
         yield HelloReply(message=request.name.upper())

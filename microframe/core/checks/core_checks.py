@@ -12,6 +12,9 @@
   than its own 120 s, a grpc argument it refuses).
 - ``microframe.W006``: the limits of ``GRPC`` against hostile clients contradict one another
   (one connection may take every call slot, the receive budget holds one message...).
+- ``microframe.E014``: a cap of ``GRPC["METHOD_TIMEOUTS"]`` is not a positive number of
+  seconds (``microframe.E015``, a name no method of the router has, is checked with the
+  router).
 
 ``MIDDLEWARE`` and ``ROOT_ROUTER`` are checked with the middleware and the router.
 """
@@ -271,6 +274,8 @@ GRPC_RULES: list[Rule] = [
     ("EVENT_LOOP", lambda v: v in EVENT_LOOPS, '"auto", "asyncio" or "uvloop"', None),
     ("TRANSPORT", lambda v: v in TRANSPORTS, '"auto", "grpc.aio" or "native"', None),
     ("OPTIONS", _option_pairs, "a list of (name, value) pairs", None),
+    ("METHOD_TIMEOUTS", lambda v: isinstance(v, dict), "a dict of method names to seconds",
+     'e.g. GRPC["METHOD_TIMEOUTS"] = {"/orders.Orders/Get": 0.5}.'),
 ]
 
 METRICS_RULES: list[Rule] = [
@@ -337,7 +342,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
 @register(Tags.settings, Tags.server)
 def check_grpc_settings(**kwargs: Any) -> list[CheckMessage]:
     """Check GRPC: unknown keys and the known ones' types (microframe.E001), its port
-    (microframe.E006), uvloop (E009)."""
+    (microframe.E006), uvloop (E009), the caps of METHOD_TIMEOUTS (E014)."""
     grpc = getattr(settings, "GRPC", _missing)
     if grpc is _missing:
         return []
@@ -349,11 +354,28 @@ def check_grpc_settings(**kwargs: Any) -> list[CheckMessage]:
         errors.extend(_check_port('GRPC["PORT"]', grpc["PORT"]))
     if grpc.get("EVENT_LOOP") == "uvloop" and importlib.util.find_spec("uvloop") is None:
         errors.append(E009)
+    if isinstance(grpc.get("METHOD_TIMEOUTS"), dict):
+        errors.extend(_method_timeout_values(grpc["METHOD_TIMEOUTS"]))
     if not errors:
         errors.extend(_contradicting_limits(grpc))
     if not errors and grpc.get("TRANSPORT") == "native":
         errors.extend(_native_transport())
     return errors
+
+
+def _method_timeout_values(table: dict[Any, Any]) -> list[CheckMessage]:
+    """microframe.E014: caps that are not a positive number of seconds."""
+    return [
+        Error(
+            f'GRPC["METHOD_TIMEOUTS"][{short_repr(name)}] must be a positive number of seconds, '
+            f"not {short_repr(cap)}.",
+            hint="A cap is the longest a call of the method may run on the server, e.g. 0.5; "
+            "leave a method out for no cap.",
+            id="microframe.E014",
+        )
+        for name, cap in table.items()
+        if not _positive_number(cap)
+    ]
 
 
 def _native_transport() -> list[CheckMessage]:

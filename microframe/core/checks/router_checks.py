@@ -9,6 +9,9 @@
 - ``microframe.E011``: a controller cannot be called as ``controller(ctx, request)``, as the
   server calls it for every kind of RPC (its signature needs other arguments).
 - ``microframe.W004``: the router routes no method.
+- ``microframe.E015``: a key of ``GRPC["METHOD_TIMEOUTS"]`` is no method the router serves
+  (misspelt, not a full method name, or the method is not routed): the hint says which
+  exist, the closest first.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from microframe.conf import settings
+from microframe.conf import dict_setting, settings
 from microframe.core.checks.core_checks import short_repr, wrong_setting
-from microframe.core.checks.messages import CheckMessage, Error, Warning
+from microframe.core.checks.messages import CheckMessage, Error, Warning, close_key
 from microframe.core.checks.registry import Tags, register
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.router import Route, RouterImportError, get_router_module, load_routes
@@ -193,3 +196,43 @@ def check_router(**kwargs: Any) -> list[CheckMessage]:
     if count == 0:
         errors.append(no_routes(path))
     return errors
+
+
+def unknown_method(name: Any, routes: list[Route]) -> Error:
+    """Return microframe.E015: ``name``, a key of GRPC["METHOD_TIMEOUTS"], is no method of
+    ``routes``."""
+    served = sorted(route.full_method for route in routes)
+    wildcards = sorted({f"/{route.service}/*" for route in routes})
+    if isinstance(name, str) and "/" not in name:  # a bare method name
+        guesses = [m for m in served if m.rpartition("/")[2] == name]
+    else:
+        near = close_key(name, {*served, *wildcards}) if isinstance(name, str) else None
+        guesses = [near] if near else []
+    guess = f"Did you mean {' or '.join(repr(g) for g in guesses)}? " if guesses else ""
+    well_formed = isinstance(name, str) and name.startswith("/") and name.count("/") == 2
+    what = (
+        "which is no method this service serves" if well_formed
+        else 'which is not a full method name ("/package.Service/Method")'
+    )
+    return Error(
+        f'GRPC["METHOD_TIMEOUTS"] names {short_repr(name)}, {what}.',
+        hint=f"{guess}Name methods as the router routes them, or \"/package.Service/*\" for "
+        f"every method of a service; it serves: {', '.join(served) or 'nothing'}.",
+        id="microframe.E015",
+    )
+
+
+@register(Tags.settings, Tags.router)
+def check_method_timeouts(**kwargs: Any) -> list[CheckMessage]:
+    """Check that every key of GRPC["METHOD_TIMEOUTS"] is a method the router serves, or
+    ``/package.Service/*`` of a service it serves (microframe.E015). Its values are checked
+    with GRPC (microframe.E014); nothing is said when the router does not load (E004, E010)."""
+    grpc = dict_setting("GRPC")
+    table = grpc.get("METHOD_TIMEOUTS") if isinstance(grpc, dict) else None
+    if not isinstance(table, dict) or not table:
+        return []
+    routes = loadable_routes()
+    if routes is None:
+        return []
+    known = {route.full_method for route in routes} | {f"/{route.service}/*" for route in routes}
+    return [unknown_method(name, routes) for name in table if name not in known]
