@@ -98,6 +98,44 @@ def test_errors_print_the_code_and_exit_non_zero(service: Service) -> None:
     assert "UNAVAILABLE" in nobody.stderr
 
 
+@pytest.fixture(scope="module")
+def orders(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[ServerProcess]:
+    """The orders service: validation rules in its proto, a declared error."""
+    server = ServerProcess(tmp_path_factory.mktemp("call-orders"), settings="orders.settings", transport=transport)
+    yield server.wait_serving()
+    server.kill()
+
+
+def test_errors_print_their_details_as_json(service: Service, orders: ServerProcess) -> None:
+    a = ("--address", orders.address)
+    invalid = service.call("orders.v1.Orders/Create", '{"customer": "", "lines": [{"sku": "a", "quantity": 1}]}', *a,
+                           settings="orders.settings")
+    assert invalid.returncode == 64 + 3, invalid.stderr
+    assert invalid.stdout == ""
+    status, _, details = invalid.stderr.partition("\n")
+    assert status == "ERROR: INVALID_ARGUMENT: invalid CreateOrder: customer: must be at least 1 characters"
+    assert details.startswith("[\n  {\n")  # pretty
+    assert json.loads(details) == [{
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "fieldViolations": [{"field": "customer", "description": "must be at least 1 characters"}],
+    }]
+    declared = service.call("orders.v1.Orders/Get", '{"id": "o-9"}', *a, "--compact", settings="orders.settings")
+    assert declared.returncode == 64 + 5, declared.stderr
+    assert declared.stderr.splitlines() == [
+        "ERROR: NOT_FOUND: no order 'o-9'",
+        '[{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ORDER_NOT_FOUND", '
+        '"domain": "orders.example.com", "metadata": {"order_id": "o-9"}}]',
+    ]
+    # Through reflection, from outside any service: the same.
+    reflected = service.call("orders.v1.Orders/Create", '{"customer": "ann"}', *a, "--reflection", "--compact",
+                             settings=None, cwd=orders.log_path.parent)
+    assert reflected.returncode == 64 + 3, reflected.stderr
+    assert json.loads(reflected.stderr.splitlines()[1]) == [{
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "fieldViolations": [{"field": "lines", "description": "must contain at least 1 item(s)"}],
+    }]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -5,7 +5,8 @@ JSON into the request message, and sent through the client library (discovery, b
 breaker, retries) to the gRPC service; the reply is encoded back to JSON. A server stream is
 answered as newline-delimited JSON (``application/x-ndjson``), one reply per line, sent as the
 replies arrive. Errors are answered with the HTTP status of their gRPC code and a JSON body
-(:mod:`.errors`).
+(:mod:`.errors`): the error's ``google.rpc.Status`` in the JSON mapping, its details included,
+and a ``Retry-After`` header when it says when to try again.
 
 The calls run on the one background event loop of :mod:`microframe.client.blocking`, shared by
 the threads of the worker: any gunicorn worker class that runs WSGI applications in threads
@@ -18,17 +19,24 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import grpc
+from google.rpc.error_details_pb2 import RetryInfo
 
 from microframe.client.blocking import background_loop, iterate
-from microframe.contrib.gateway.errors import HTTP_STATUS, error_body, error_json, status_line
+from microframe.contrib.gateway.errors import (
+    HTTP_STATUS,
+    error_body,
+    error_json,
+    retry_after_header,
+    status_line,
+)
 from microframe.contrib.gateway.rules import Binding, bindings_of, field_of, set_path, text_value
+from microframe.core.error_details import retry_delay
 from microframe.core.exceptions import RpcError
 from microframe.utils.protojson import message_class, parse_requests, to_json
 
@@ -94,12 +102,22 @@ def metadata_pair(name: str, value: str) -> tuple[str, Any]:
     return name, value
 
 
-def retry_after(seconds: str) -> str:
-    """A retry-after trailer (seconds, maybe fractional) as HTTP's Retry-After (whole seconds)."""
-    try:
-        return str(max(0, math.ceil(float(seconds))))
-    except ValueError:
-        return "1"
+def retry_after(err: RpcError, details: Sequence[Any]) -> str | None:
+    """Return the ``Retry-After`` header of ``err``, or None.
+
+    The delay of a ``google.rpc.RetryInfo`` among ``details``, else its ``retry-after`` trailer
+    (seconds, maybe fractional), in whole seconds, rounded up, at least 1.
+    """
+    delay = retry_delay(details)
+    if delay is not None:
+        return retry_after_header(delay)
+    for key, value in err.trailers:
+        if key == "retry-after":
+            try:
+                return retry_after_header(float(value))
+            except (TypeError, ValueError):
+                return "1"
+    return None
 
 
 class HttpError(Exception):
@@ -317,13 +335,22 @@ class GatewayApplication:
         logger.warning("gateway: %s: %s (answered without the message)", err.code.name, err.message)
         return OPAQUE_MESSAGES[err.code]
 
+    def _details(self, err: RpcError) -> tuple[Any, ...]:
+        """Return the details an HTTP caller is given for ``err``.
+
+        All of them, but for the codes whose message it is not given (OPAQUE_MESSAGES): their
+        other details may name internals too, so only a ``RetryInfo`` passes.
+        """
+        if self.expose_errors or err.code not in OPAQUE_MESSAGES:
+            return err.details
+        return tuple(detail for detail in err.details if isinstance(detail, RetryInfo))
+
     def _rpc_error(self, start_response: StartResponse, err: RpcError) -> list[bytes]:
-        headers = [
-            ("Retry-After", retry_after(value))
-            for key, value in err.trailers if key == "retry-after"
-        ]
+        details = self._details(err)
+        after = retry_after(err, details)
+        headers = [("Retry-After", after)] if after is not None else []
         http_status = HTTP_STATUS.get(err.code, 500)
-        return _error(start_response, http_status, err.code, self._message(err), headers)
+        return _error(start_response, http_status, err.code, self._message(err), headers, details)
 
     # -- calling -------------------------------------------------------------------------------
 
@@ -376,7 +403,8 @@ class GatewayApplication:
             finished = True
         except RpcError as err:  # after the status line: the error is the stream's last line
             finished = True
-            yield json.dumps({"error": error_body(err.code, self._message(err))}).encode() + b"\n"
+            body = error_body(err.code, self._message(err), self._details(err))
+            yield json.dumps({"error": body}).encode() + b"\n"
         finally:
             if not finished:  # closed by the server (gunicorn) before the end: a client disconnect
                 self._close(stream)
@@ -418,9 +446,11 @@ def _get_path(value: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _error(start_response: StartResponse, http_status: int, code: grpc.StatusCode, message: str,
-           headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-    body = error_json(code, message)
+def _error(
+    start_response: StartResponse, http_status: int, code: grpc.StatusCode, message: str,
+    headers: list[tuple[str, str]] | None = None, details: Sequence[Any] = (),
+) -> list[bytes]:
+    body = error_json(code, message, details)
     start_response(status_line(http_status),
                    [("Content-Type", JSON), ("Content-Length", str(len(body))), *(headers or [])])
     return [body]

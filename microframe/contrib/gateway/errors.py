@@ -1,14 +1,22 @@
 """gRPC status codes as HTTP statuses, and the JSON error body of the gateway.
 
 The mapping is Google's (``google.rpc.Code``, as grpc-gateway and Envoy's transcoder apply it).
-The body is ``{"code": <gRPC code>, "status": "<CODE NAME>", "message": "..."}``.
+The body is the JSON mapping of the error's ``google.rpc.Status``, as grpc-gateway answers it,
+with the code's name beside: ``{"code": <gRPC code>, "status": "<CODE NAME>", "message": "...",
+"details": [{"@type": "type.googleapis.com/google.rpc.BadRequest", ...}]}``, ``details`` only
+when the error has some.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
+
+from microframe.core.error_details import details_json
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -40,12 +48,26 @@ REASONS = {
 
 
 def status_line(http_status: int) -> str:
+    """Return the status line of ``http_status`` ("404 Not Found")."""
     return f"{http_status} {REASONS.get(http_status, 'Error')}"
 
 
-def error_body(code: grpc.StatusCode, message: str) -> dict[str, object]:
-    return {"code": code.value[0], "status": code.name, "message": message}
+def retry_after_header(seconds: float) -> str:
+    """Return a wait of ``seconds`` as HTTP's ``Retry-After``: whole seconds, rounded up, at
+    least 1 (a wait shorter than a second must not read as "retry now")."""
+    return str(max(1, math.ceil(seconds)))
 
 
-def error_json(code: grpc.StatusCode, message: str) -> bytes:
-    return json.dumps(error_body(code, message)).encode()
+def error_body(
+    code: grpc.StatusCode, message: str, details: Sequence[Any] = ()
+) -> dict[str, object]:
+    """Return the JSON error body of an error (see the module)."""
+    body: dict[str, object] = {"code": code.value[0], "status": code.name, "message": message}
+    if details:
+        body["details"] = details_json(details)
+    return body
+
+
+def error_json(code: grpc.StatusCode, message: str, details: Sequence[Any] = ()) -> bytes:
+    """Return :func:`error_body` encoded."""
+    return json.dumps(error_body(code, message, details)).encode()

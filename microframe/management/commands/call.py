@@ -19,8 +19,10 @@ else the proto package), or straight to ``--address HOST:PORT``; when discovery 
 instance the command says how to fix it instead of calling. The request is one JSON object, or
 a JSON array of them for a client-streaming method; ``-`` reads it from stdin and ``@file``
 from a file. Every reply is printed as protobuf JSON as it arrives. A failed call prints
-``ERROR: <CODE>: <message>`` on stderr and exits with 64 + the numeric status code (as grpcurl
-does).
+``ERROR: <CODE>: <message>`` on stderr, then its details (``google.rpc.BadRequest``,
+``ErrorInfo``, ``RetryInfo``... of its ``grpc-status-details-bin``) as a JSON array in the
+protobuf JSON mapping, each with its ``@type``, when it has some, and exits with 64 + the
+numeric status code (as grpcurl does).
 """
 
 from __future__ import annotations
@@ -276,9 +278,19 @@ class Command(BaseCommand):
                 reply = await client.unary(path, requests[0], reply_class, **call_options)
                 self._print(reply, options)
         except RpcError as err:
-            self.stderr.write(f"ERROR: {err.code.name}: {err.message}")
+            self._print_error(err, options)
             return EXIT_BASE + err.code.value[0]
         return 0
+
+    def _print_error(self, err: RpcError, options: dict[str, Any]) -> None:
+        """Write the status, the message and the details of ``err`` on stderr."""
+        from microframe.core.error_details import details_json
+
+        self.stderr.write(f"ERROR: {err.code.name}: {err.message}")
+        if err.details:
+            indent = None if options["compact"] else 2
+            self.stderr.write(json.dumps(details_json(err.details), indent=indent))
+        self.stderr.flush()
 
     def _print(self, reply: Any, options: dict[str, Any]) -> None:
         indent = None if options["compact"] else 2

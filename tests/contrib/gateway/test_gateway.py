@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from support.env import ROOT
 from support.polling import wait_until
 from support.servers import GunicornProcess, ServerProcess
 
@@ -84,7 +85,8 @@ import json
 
 from google.protobuf.json_format import MessageToDict
 
-from microframe import Aborted, InvalidArgument, NotFound, ResourceExhausted
+from microframe import Aborted, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from microframe.core.error_details import error_info, retry_info
 
 from shop.generate.shop_pb2 import Book, Echo, HelloReply, Number, Tick
 
@@ -100,6 +102,9 @@ async def say_hello(ctx, request):
         raise ResourceExhausted("try later", trailers={"retry-after": "1.250"})
     if request.name == "bad":
         raise InvalidArgument("bad name")
+    if request.name == "db-down":  # details that name internals, beside a RetryInfo
+        raise Unavailable("db at 10.0.3.7 is down", details=[
+            error_info("DB_DOWN", "internal.shop", {"host": "10.0.3.7"}), retry_info(2.5)])
     if request.name == "downstream":  # a call to a service that is down, its error let through
         from microframe.client import Client
 
@@ -129,6 +134,8 @@ async def count(ctx, request):
             await asyncio.sleep(0.05)
         if request.to == 13 and n == 3:
             raise Aborted("unlucky")
+        if request.to == 14 and n == 3:
+            raise Aborted("conflict", details=[error_info("COUNT_CONFLICT", "shop.example.com", {"at": "3"})])
         yield Tick(n=n)
 
 
@@ -145,7 +152,10 @@ async def sum(ctx, requests):
 
 
 def user_env(tmp: Path) -> dict[str, str]:
+    """The environment of a user's shell: no microframe settings, and on the path only this
+    checkout's microframe (not the tests' packages, nor whichever microframe is installed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFRAME_") and k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     env["MICROFRAME_REGISTRY_DIR"] = str(tmp / "registry")
     return env
@@ -244,6 +254,13 @@ def test_server_streams_are_newline_delimited_json(shop: Shop) -> None:
     lines = [json.loads(line) for line in body.splitlines()]
     assert status == 200 and lines[:2] == [{"n": 1}, {"n": 2}]
     assert lines[2] == {"error": {"code": 10, "status": "ABORTED", "message": "unlucky"}}
+    # The error line carries the error's details.
+    status, _, body = shop.get("/v1/count/14")
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert status == 200 and lines[:2] == [{"n": 1}, {"n": 2}]
+    assert lines[2] == {"error": {"code": 10, "status": "ABORTED", "message": "conflict", "details": [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "COUNT_CONFLICT",
+         "domain": "shop.example.com", "metadata": {"at": "3"}}]}}
 
 
 def test_a_client_hanging_up_cancels_the_server_stream(shop: Shop) -> None:
@@ -385,6 +402,13 @@ def test_downstream_errors_do_not_reach_http_callers(shop: Shop) -> None:
     status, _, body = shop.post("/shop.Shop/SayHello", {"name": "bad"})
     assert status == 400 and json.loads(body)["message"] == "bad name"
     wait_until(lambda: "cannot connect to payments" in shop.gateway.output, 5, "the gateway to log the real error")
+    # Of the details of such an error, only its RetryInfo passes (and gives Retry-After).
+    status, headers, body = shop.post("/shop.Shop/SayHello", {"name": "db-down"})
+    assert status == 503 and headers["retry-after"] == "3", body
+    assert json.loads(body) == {
+        "code": 14, "status": "UNAVAILABLE", "message": "the service is unavailable; try again later",
+        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2.500s"}],
+    }
 
 
 @pytest.mark.parametrize(
