@@ -136,8 +136,12 @@ def test_the_wheel_and_the_sdist_carry_the_template_the_types_and_no_bytecode(di
         assert not [n for n in names if n.endswith((".pyc", ".pyo")) or "__pycache__" in n]
     assert "Name: microframe-grpc\n" in metadata and f"Version: {VERSION}\n" in metadata
     assert "microframe-admin = microframe.management:execute_from_command_line" in entry_points
-    # Only the framework: not the example, the tests or the benchmarks of the repository.
-    assert {n.split("/")[0] for n in wheel} == {"microframe", f"microframe_grpc-{VERSION}.dist-info"}
+    # Only the framework: not the example, the tests or the benchmarks of the repository; and
+    # protovalidate's rules (buf/validate), which genproto compiles against and protovalidate
+    # imports.
+    assert {n.split("/")[0] for n in wheel} == {"microframe", "buf", f"microframe_grpc-{VERSION}.dist-info"}
+    for name in ("validate.proto", "validate_pb2.py", "validate_pb2.pyi", "NOTICE"):
+        assert f"buf/validate/{name}" in wheel and f"buf/validate/{name}" in sdist, name
 
 
 def test_the_environment_imports_the_installed_wheel_not_a_checkout(user: tuple[Path, dict[str, str]], dist: Path) -> None:
@@ -164,7 +168,7 @@ def test_a_service_made_from_the_wheel_installs_tests_and_starts_as_its_dockerfi
     service = home / "shop"
     assert f"Created the service 'shop' in {service}" in made
     requirements = (service / "requirements.txt").read_text()
-    assert f"microframe-grpc[etcd,tracing,gateway]=={VERSION}" in requirements
+    assert f"microframe-grpc[etcd,tracing,gateway,validate]=={VERSION}" in requirements
     # Nothing compiled from the installed template (pip compiles it) came along.
     assert not list(service.rglob("*.pyc")), list(service.rglob("*.pyc"))
 

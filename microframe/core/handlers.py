@@ -373,6 +373,11 @@ def grpc_method_handler(
     receive_timeout = limits.receive_timeout
     idle_timeout = limits.stream_idle_timeout
     send_timeout = limits.send_timeout
+    max_reply = limits.max_reply_bytes
+
+    def _too_large(size: int) -> ResourceExhausted:
+        # As grpc words it: its own send limit is kept higher, for reflection's descriptors.
+        return ResourceExhausted(f"Sent message larger than max ({size} vs. {max_reply})")
     busy = grpc.StatusCode.RESOURCE_EXHAUSTED
     stopping = grpc.StatusCode.UNAVAILABLE
     OK = grpc.StatusCode.OK
@@ -487,6 +492,8 @@ def grpc_method_handler(
         writes it when this returns."""
         try:
             data = (await chain(ctx, request)).SerializeToString()
+            if len(data) > max_reply:
+                raise _too_large(len(data))
         except AbortError as exc:
             if ctx._ends is not None:
                 ctx._ended(status_of(exc, ctx.grpc), exc)
@@ -514,6 +521,8 @@ def grpc_method_handler(
             responses = await chain(ctx, request)
             async for response in responses:
                 data = response.SerializeToString()
+                if len(data) > max_reply:
+                    raise _too_large(len(data))
                 watchdog.sending(task, monotonic() + send_timeout)
                 try:
                     await context.write(data)

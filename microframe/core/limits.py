@@ -364,6 +364,13 @@ class CallTracker:
         return len(tasks)
 
 
+#: grpc's send limit is never below this: reflection answers a proto with all its imports in
+#: one message (protovalidate's validate.proto alone is 68 KB), which a small
+#: ``MAX_MESSAGE_BYTES`` meant for requests would refuse. The application's replies are held
+#: to ``MAX_MESSAGE_BYTES`` by the method handlers.
+SERVICE_REPLY_FLOOR = 4 << 20
+
+
 @dataclass
 class CallLimits:
     """Everything the method handlers enforce, resolved once from ``GRPC`` (see
@@ -375,6 +382,10 @@ class CallLimits:
     receive_timeout: float = _GRPC["RECEIVE_TIMEOUT"]
     stream_idle_timeout: float | None = _GRPC["STREAM_IDLE_TIMEOUT"]
     send_timeout: float = _GRPC["SEND_TIMEOUT"]
+    #: The largest reply an application method may send (``MAX_MESSAGE_BYTES``): enforced by
+    #: the method handlers, since grpc's own send limit is kept at least
+    #: :data:`SERVICE_REPLY_FLOOR` for the server's services (reflection, health).
+    max_reply_bytes: int = _GRPC["MAX_MESSAGE_BYTES"]
 
     @classmethod
     def default(cls) -> CallLimits:

@@ -24,7 +24,13 @@ import grpc.aio
 from microframe.conf import dict_setting, global_settings
 from microframe.core.exceptions import ImproperlyConfigured
 from microframe.core.handlers import controller_handler
-from microframe.core.limits import CallLimits, CallTracker, ReceiveSlots, Watchdog
+from microframe.core.limits import (
+    SERVICE_REPLY_FLOOR,
+    CallLimits,
+    CallTracker,
+    ReceiveSlots,
+    Watchdog,
+)
 from microframe.core.middleware import MiddlewareFactory, RequestObserver, build_chain
 from microframe.core.router import Route
 from microframe.core.serving import ServingProcess
@@ -173,7 +179,7 @@ class ServerConfig:
         pending = max(10_000, 10 * (self.max_concurrent_rpcs or 0))
         base: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", max(self.max_message_bytes, SERVICE_REPLY_FLOOR)),
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ("grpc.server.max_pending_requests", pending),
             ("grpc.server.max_pending_requests_hard_limit", pending),
@@ -210,6 +216,7 @@ class ServerConfig:
             receive_timeout=self.receive_timeout,
             stream_idle_timeout=self.stream_idle_timeout,
             send_timeout=self.send_timeout,
+            max_reply_bytes=self.max_message_bytes,
         )
 
 

@@ -233,6 +233,26 @@ def test_oversized_message_is_resource_exhausted(test_server):
         assert greeter.SayHello(Req(name="y" * 1024), timeout=5).message.startswith("Hello, yyy")
 
 
+def test_oversized_reply_is_resource_exhausted_and_reflection_still_answers(test_server):
+    """A routed method's reply is held to MAX_MESSAGE_BYTES (64 KiB here); reflection answers a
+    proto with its imports (protovalidate's rules: 68 KB) in one message above that limit."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel, greeter = stub(test_server.address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            greeter.SayHello(Req(name="big:70000"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.details().startswith("Sent message larger than max (7000")
+        assert info.value.details().endswith(" vs. 65536)")
+        assert len(greeter.SayHello(Req(name="big:60000"), timeout=5).message) == 60000
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="helloworld.Greeter")
+        (reply,) = reflection.ServerReflectionInfo(iter([request]), timeout=5)
+        files = reply.file_descriptor_response.file_descriptor_proto
+        assert sum(len(f) for f in files) > 65536 and len(files) >= 2
+
+
 def test_burst_on_one_connection_is_answered_never_cancelled(test_server):
     """2,000 concurrent calls on one channel: served or refused RESOURCE_EXHAUSTED, none CANCELLED.
 

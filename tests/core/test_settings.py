@@ -35,6 +35,7 @@ def test_module_over_defaults(monkeypatch):
         "microframe.contrib.auth.middleware.AuthMiddleware",
         "microframe.contrib.limiter.middleware.RateLimitMiddleware",
         "microframe.contrib.limiter.shedding.SheddingMiddleware",
+        "microframe.contrib.validation.middleware.ValidationMiddleware",
     ]
     assert s.is_overridden("GRPC") and not s.is_overridden("MIDDLEWARE")
 

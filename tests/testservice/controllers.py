@@ -6,7 +6,7 @@ caller's address; ``relay:<svc>,<svc>...``: call the next service with the clien
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
 the GREETING setting; ``metadata:<key>``: the repr of that request metadata value; ``identity``: who
-called (``ctx.identity``); ``fields``: two access-log fields added, the trace id answered; ``burn:<ms>``: that much CPU work, in 1 ms slices with 2 ms waits between; anything else: a greeting. ``delay_ms`` makes the call take that long; ``cancelled:<path>``: take ``delay_ms`` and
+called (``ctx.identity``); ``fields``: two access-log fields added, the trace id answered; ``big:<n>``: a reply of n characters; ``burn:<ms>``: that much CPU work, in 1 ms slices with 2 ms waits between; anything else: a greeting. ``delay_ms`` makes the call take that long; ``cancelled:<path>``: take ``delay_ms`` and
 write ``cancelled`` to <path> if cancelled meanwhile (``bidi_hello`` too, after a first reply).
 """
 
@@ -54,6 +54,8 @@ async def say_hello(ctx, request: HelloRequest):
         raise NotFound("no such greeting", trailers={"x-reason": "missing"})
     if name == "pid":
         return HelloReply(message=str(os.getpid()))
+    if name.startswith("big:"):
+        return HelloReply(message="b" * int(name[4:]))
     if name == "remaining":
         return HelloReply(message=f"{ctx.time_remaining():.3f}")
     if name == "peer":
