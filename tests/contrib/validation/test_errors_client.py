@@ -12,8 +12,8 @@ from google.rpc import error_details_pb2
 from microframe.core.exceptions import InvalidArgument, NotFound, ResourceExhausted
 
 from orders.errors import OrderClosed, OrderNotFound
-from orders.generate import orders_pb2
-from orders.generate.orders_client import OrdersClient
+from orders.generate import orders_v1_pb2
+from orders.generate.orders_v1_client import OrdersClient
 from support.env import ROOT, service_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,7 +32,7 @@ async def test_the_caller_gets_typed_errors_with_their_details(start_server):
     client, cache = _client(server.address)
     try:
         with pytest.raises(InvalidArgument) as caught:
-            await client.Create(orders_pb2.CreateOrder(customer="", lines=[orders_pb2.Line(sku="a", quantity=1)]))
+            await client.Create(orders_v1_pb2.CreateOrder(customer="", lines=[orders_v1_pb2.Line(sku="a", quantity=1)]))
         err = caught.value
         assert err.code.name == "INVALID_ARGUMENT"
         assert err.message == "invalid CreateOrder: customer: must be at least 1 characters"
@@ -45,7 +45,7 @@ async def test_the_caller_gets_typed_errors_with_their_details(start_server):
 
         # A declared error comes back as its own class, a NotFound too, with its ErrorInfo.
         with pytest.raises(OrderNotFound) as caught:
-            await client.Get(orders_pb2.GetOrder(id="o-9"))
+            await client.Get(orders_v1_pb2.GetOrder(id="o-9"))
         err = caught.value
         assert isinstance(err, NotFound)
         assert (err.reason, err.domain, err.error_metadata) == (
@@ -53,8 +53,8 @@ async def test_the_caller_gets_typed_errors_with_their_details(start_server):
         )
         assert err.message == "no order 'o-9'"
         with pytest.raises(OrderClosed):
-            await client.Get(orders_pb2.GetOrder(id="closed"))
-        assert (await client.Get(orders_pb2.GetOrder(id="o-1"))).customer == "ann"
+            await client.Get(orders_v1_pb2.GetOrder(id="closed"))
+        assert (await client.Get(orders_v1_pb2.GetOrder(id="o-1"))).customer == "ann"
     finally:
         await cache.close()
 
@@ -69,7 +69,7 @@ async def test_retries_honour_the_servers_retry_info(start_server, tmp_path):
         LIMITER={"OPTIONS": {"rate": 5, "burst": 1}},
     )
     server = start_server(settings=settings, env={"PYTHONPATH": f"{tmp_path}:{ROOT}:{ROOT / 'tests'}"})
-    request = orders_pb2.GetOrder(id="o-1")
+    request = orders_v1_pb2.GetOrder(id="o-1")
     once, cache_once = _client(server.address, retry={"MAX_ATTEMPTS": 1})
     twice, cache_twice = _client(server.address, retry={"MAX_ATTEMPTS": 2, "BACKOFF": 0.0})
     try:

@@ -131,8 +131,8 @@ def test_compiled_rules_cost_microseconds(zoo):
 
 
 def test_rules_not_compiled_go_to_protovalidate(zoo):
-    from orders.generate import orders_pb2
+    from orders.generate import orders_v1_pb2
 
-    validator = validator_for(orders_pb2.RefundRequest.DESCRIPTOR)
+    validator = validator_for(orders_v1_pb2.RefundRequest.DESCRIPTOR)
     assert not validator.compiled and validator.fallback_reason == "message rules"
-    assert validator_for(orders_pb2.GetOrder.DESCRIPTOR) is None  # no rules at all
+    assert validator_for(orders_v1_pb2.GetOrder.DESCRIPTOR) is None  # no rules at all

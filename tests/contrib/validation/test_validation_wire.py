@@ -8,7 +8,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from orders.generate import orders_pb2, orders_pb2_grpc
+from orders.generate import orders_v1_pb2, orders_v1_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 def orders(start_server):
     server = start_server(settings="orders.settings")
     with grpc.insecure_channel(server.address) as channel:
-        yield orders_pb2_grpc.OrdersStub(channel), server
+        yield orders_v1_pb2_grpc.OrdersStub(channel), server
 
 
 def _bad_request(err: grpc.RpcError) -> list[tuple[str, str]]:
@@ -35,9 +35,9 @@ def _bad_request(err: grpc.RpcError) -> list[tuple[str, str]]:
 
 def test_an_invalid_request_is_answered_invalid_argument_with_its_field_violations(orders):
     stub, server = orders
-    bad = orders_pb2.CreateOrder(
+    bad = orders_v1_pb2.CreateOrder(
         customer="", coupon="lower",
-        lines=[orders_pb2.Line(sku="", quantity=1), orders_pb2.Line(sku="b", quantity=0)],
+        lines=[orders_v1_pb2.Line(sku="", quantity=1), orders_v1_pb2.Line(sku="b", quantity=0)],
     )
     with pytest.raises(grpc.RpcError) as caught:
         stub.Create(bad, timeout=10)
@@ -51,24 +51,24 @@ def test_an_invalid_request_is_answered_invalid_argument_with_its_field_violatio
         ("coupon", "does not match regex pattern `^[A-Z0-9]{0,12}$`"),
     ]
     # A valid one goes through, and the controller saw it.
-    good = orders_pb2.CreateOrder(customer="ann", lines=[orders_pb2.Line(sku="a", quantity=2)])
+    good = orders_v1_pb2.CreateOrder(customer="ann", lines=[orders_v1_pb2.Line(sku="a", quantity=2)])
     assert stub.Create(good, timeout=10).lines == 1
 
 
 def test_a_cel_rule_on_the_message(orders):
     stub, _ = orders
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Refund(orders_pb2.RefundRequest(order_id="o-1", amount=9, paid=5), timeout=10)
+        stub.Refund(orders_v1_pb2.RefundRequest(order_id="o-1", amount=9, paid=5), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _bad_request(caught.value) == [("", "amount must not exceed what was paid")]
-    assert stub.Refund(orders_pb2.RefundRequest(order_id="o-1", amount=5, paid=5), timeout=10).id == "o-1"
+    assert stub.Refund(orders_v1_pb2.RefundRequest(order_id="o-1", amount=5, paid=5), timeout=10).id == "o-1"
 
 
 def test_every_message_of_a_request_stream_is_validated(orders):
     stub, _ = orders
-    good = orders_pb2.CreateOrder(customer="ann", lines=[orders_pb2.Line(sku="a", quantity=1)])
+    good = orders_v1_pb2.CreateOrder(customer="ann", lines=[orders_v1_pb2.Line(sku="a", quantity=1)])
     assert stub.Import(iter([good, good, good]), timeout=10).imported == 3
-    bad = orders_pb2.CreateOrder(customer="bob")  # no lines
+    bad = orders_v1_pb2.CreateOrder(customer="bob")  # no lines
     with pytest.raises(grpc.RpcError) as caught:
         stub.Import(iter([good, bad, good]), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -78,7 +78,7 @@ def test_every_message_of_a_request_stream_is_validated(orders):
 def test_a_declared_error_carries_its_error_info(orders):
     stub, _ = orders
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Get(orders_pb2.GetOrder(id="o-9"), timeout=10)
+        stub.Get(orders_v1_pb2.GetOrder(id="o-9"), timeout=10)
     err = caught.value
     assert err.code() == grpc.StatusCode.NOT_FOUND
     status = rpc_status.from_call(err)
@@ -92,11 +92,11 @@ def test_a_declared_error_carries_its_error_info(orders):
 def test_replies_are_validated_when_asked(start_server, tmp_path):
     from support.env import ROOT, service_settings
 
-    good = orders_pb2.CreateOrder(customer="broken-reply", lines=[orders_pb2.Line(sku="a", quantity=1)])
+    good = orders_v1_pb2.CreateOrder(customer="broken-reply", lines=[orders_v1_pb2.Line(sku="a", quantity=1)])
     # By default a reply is not checked: the one breaking Order's rule goes out.
     server = start_server(settings="orders.settings")
     with grpc.insecure_channel(server.address) as channel:
-        assert orders_pb2_grpc.OrdersStub(channel).Create(good, timeout=10).lines == -1
+        assert orders_v1_pb2_grpc.OrdersStub(channel).Create(good, timeout=10).lines == -1
     settings = service_settings(
         tmp_path, "strict_orders", "orders", {"REGISTER": False},
         ROOT_ROUTER="orders.app.router", VALIDATION={"RESPONSES": True},
@@ -104,7 +104,7 @@ def test_replies_are_validated_when_asked(start_server, tmp_path):
     strict = start_server(settings=settings, env={"PYTHONPATH": f"{tmp_path}:{ROOT}:{ROOT / 'tests'}"})
     with grpc.insecure_channel(strict.address) as channel:
         with pytest.raises(grpc.RpcError) as caught:
-            orders_pb2_grpc.OrdersStub(channel).Create(good, timeout=10)
+            orders_v1_pb2_grpc.OrdersStub(channel).Create(good, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert caught.value.details() == "internal error"
     from support.polling import wait_until

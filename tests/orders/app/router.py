@@ -3,9 +3,9 @@
 from microframe.core.router import rpc
 
 from orders.controller import orders
-from orders.generate import orders_pb2
+from orders.generate import orders_v1_pb2
 
-Orders = orders_pb2.DESCRIPTOR.services_by_name["Orders"]
+Orders = orders_v1_pb2.DESCRIPTOR.services_by_name["Orders"]
 
 routes = [
     rpc(Orders, "Create", orders.create),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orders.errors import OrderClosed, OrderNotFound
-from orders.generate.orders_pb2 import ImportSummary, Order
+from orders.generate.orders_v1_pb2 import ImportSummary, Order
 
 
 async def create(ctx, request):
