@@ -29,7 +29,6 @@ __all__ = [
     "error_info",
     "retry_delay",
     "retry_info",
-    "status_json",
     "status_trailer",
 ]
 
@@ -138,11 +137,3 @@ def _detail_json(detail: Any) -> dict[str, Any]:
 def details_json(details: Sequence[Any]) -> list[dict[str, Any]]:
     """``details`` in the protobuf JSON mapping (each with its ``@type``)."""
     return [_detail_json(detail) for detail in details]
-
-
-def status_json(code: grpc.StatusCode, message: str, details: Sequence[Any]) -> dict[str, Any]:
-    """The JSON mapping of the ``google.rpc.Status`` of an error."""
-    body: dict[str, Any] = {"code": code.value[0], "message": message}
-    if details:
-        body["details"] = details_json(details)
-    return body

@@ -70,46 +70,49 @@ def _expressions(descriptor: Any, seen: set[str]) -> Iterator[tuple[Any, str, st
             yield from _expressions(field.message_type, seen)
 
 
+def _rule_error(message: Any, field: str, rule_id: str, why: str, expression: str) -> Error:
+    """validation.E003 of one rule, with its proto file, message and field."""
+    where = f"{message.full_name}.{field}" if field else message.full_name
+    return Error(
+        f"{message.file.name}: {where}: rule {rule_id!r} does not compile: {why} "
+        f"(in {expression!r})",
+        hint="Fix the CEL expression in the proto and run genproto.",
+        id="validation.E003",
+    )
+
+
 def _located(descriptor: Any, err: Exception) -> list[CheckMessage]:
-    """The rules of ``descriptor`` that do not compile, each with its file and field; the
-    whole message's error when no single expression is to blame."""
+    """The rules of ``descriptor`` that do not compile, each with its file and field: those
+    with a syntax error, else those naming what ``err`` says CEL does not know; the whole
+    message's error when no single expression is to blame."""
+    import celpy  # protovalidate's dependency: the rules reached protovalidate
+
+    rules = list(_expressions(descriptor, set()))
+    environment = celpy.Environment()
     errors: list[CheckMessage] = []
-    try:
-        import celpy
-    except ImportError:  # pragma: no cover - protovalidate depends on it
-        celpy = None
-    if celpy is not None:
-        environment = celpy.Environment()
-        for message, field, rule_id, expression in _expressions(descriptor, set()):
-            try:
-                environment.compile(expression)
-            except Exception as cel_error:
-                where = f"{message.full_name}.{field}" if field else message.full_name
-                first = str(cel_error).strip().splitlines()[0] if str(cel_error).strip() else ""
-                errors.append(Error(
-                    f"{message.file.name}: {where}: rule {rule_id!r} does not compile: "
-                    f"{type(cel_error).__name__}: {first} (in {expression!r})",
-                    hint="Fix the CEL expression in the proto and run genproto.",
-                    id="validation.E003",
-                ))
+    for message, field, rule_id, expression in rules:
+        try:
+            environment.compile(expression)
+        except Exception as cel_error:
+            text = str(cel_error).strip()
+            first = text.splitlines()[0] if text else ""
+            errors.append(_rule_error(
+                message, field, rule_id, f"{type(cel_error).__name__}: {first}", expression
+            ))
     undeclared = re.search(r"undeclared reference to '(\w+)", str(err))
     if not errors and undeclared:
         name = undeclared.group(1)
-        for message, field, rule_id, expression in _expressions(descriptor, set()):
-            if re.search(rf"\b{re.escape(name)}\b", expression):
-                where = f"{message.full_name}.{field}" if field else message.full_name
-                errors.append(Error(
-                    f"{message.file.name}: {where}: rule {rule_id!r} does not compile: "
-                    f"{name!r} is not a function or variable protovalidate knows "
-                    f"(in {expression!r})",
-                    hint="Fix the CEL expression in the proto and run genproto.",
-                    id="validation.E003",
-                ))
+        errors = [
+            _rule_error(
+                message, field, rule_id,
+                f"{name!r} is not a function or variable protovalidate knows", expression,
+            )
+            for message, field, rule_id, expression in rules
+            if re.search(rf"\b{re.escape(name)}\b", expression)
+        ]
     if not errors:
         errors.append(Error(
-            f"{err}",
-            hint="Fix the rule in the proto and run genproto.",
-            id="validation.E003",
+            f"{err}", hint="Fix the rule in the proto and run genproto.", id="validation.E003"
         ))
     return errors
 

@@ -64,7 +64,7 @@ class ValidationMiddleware:
         requests = self.requests
         if requests is not None:
             if self.client_streaming:
-                request = self._checked_requests(request, requests)
+                request = self._checked_requests(ctx, request, requests)
             else:
                 violations = requests.violations(request)
                 if violations:
@@ -84,18 +84,12 @@ class ValidationMiddleware:
         return error
 
     async def _checked_requests(
-        self, stream: AsyncIterator[Any], validator: MessageValidator
+        self, ctx: RequestContext, stream: AsyncIterator[Any], validator: MessageValidator
     ) -> AsyncIterator[Any]:
-        from microframe.core.context import current_context
-
         async for message in stream:
             violations = validator.violations(message)
             if violations:
-                ctx = current_context()
-                error = invalid_argument(self.request_name, violations)
-                if ctx is not None:
-                    ctx.logger.info("%s: %s", ctx.full_method, error.message)
-                raise error
+                raise self._refusal(ctx, violations)
             yield message
 
     def _check_reply(self, ctx: RequestContext, reply: Any, validator: MessageValidator) -> None:

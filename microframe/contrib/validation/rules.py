@@ -33,7 +33,6 @@ from microframe.core.exceptions import ImproperlyConfigured
 __all__ = ["MessageValidator", "Violation", "has_rules", "validator_for"]
 
 _TYPE_MESSAGE = FieldDescriptor.TYPE_MESSAGE
-_TYPE_ENUM = FieldDescriptor.TYPE_ENUM
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,7 @@ def _field_rules(field: FieldDescriptor) -> validate_pb2.FieldRules | None:
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated) if hasattr(field, "is_repeated") else (
-        field.label == FieldDescriptor.LABEL_REPEATED
-    )
+    return bool(field.is_repeated)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -112,10 +109,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
-
-
-def _violation(out: list[Violation], path: str, rule_id: str, message: str) -> None:
-    out.append(Violation(path, rule_id, message))
 
 
 # -- Scalar rules ----------------------------------------------------------------------------
