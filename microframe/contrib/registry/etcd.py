@@ -29,8 +29,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import grpc
-
 try:
     import aetcd  # noqa: F401 - to fail here, with the extra to install, when it is missing
     from aetcd import rpc as etcdrpc
@@ -41,14 +39,14 @@ except ImportError as err:  # pragma: no cover - depends on the installed extras
     ) from err
 
 from microframe.contrib.registry.etcd_transport import (
-    AuthenticationFailed,
+    DEFAULT_ENDPOINTS,
     EtcdClient,
-    describe_error,
-    grpc_status,
-    read_option_file,
+    EtcdConnection,
+    LeaseNotFound,
+    being_cancelled,
 )
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.discovery.instance import InvalidInstance, ServiceInstance, split_address
+from microframe.discovery.instance import InvalidInstance, ServiceInstance
 from microframe.discovery.metrics import registry_metrics
 from microframe.discovery.registry import Changes, RegistryError, RegistryUnavailable, Update
 from microframe.utils.timeouts import with_timeout
@@ -58,7 +56,6 @@ __all__ = ["EtcdRegistry", "EtcdStatus"]
 logger = logging.getLogger("microframe.registry")
 
 BACKEND = "etcd"
-DEFAULT_ENDPOINTS = ("127.0.0.1:2379",)
 DEFAULT_PREFIX = "/microframe/services"
 _PUT = etcdrpc.Event.EventType.PUT
 #: Keys per message of the initial read (about 200 bytes each: well within etcd's and
@@ -66,10 +63,6 @@ _PUT = etcdrpc.Event.EventType.PUT
 PAGE_SIZE = 2000
 RETRY_INTERVAL = 0.5  # seconds between attempts while etcd is unreachable (at most ttl / 3)
 T = TypeVar("T")
-
-
-class _LeaseNotFound(RegistryError):
-    """etcd no longer knows the lease (expired, revoked, data lost)."""
 
 
 @dataclass(frozen=True)
@@ -136,40 +129,27 @@ class EtcdRegistry:
         dial_timeout: float = 2.0,
         server_name: str | None = None,
     ) -> None:
-        self.endpoints, self._addresses, https = _parse_endpoints(endpoints)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
             raise ImproperlyConfigured(
                 f"etcd registry: ttl must be a whole number of seconds >= 1, not {ttl!r}"
             )
-        for name, value in (("timeout", timeout), ("dial_timeout", dial_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ImproperlyConfigured(
-                    f"etcd registry: {name} must be a number of seconds > 0, not {value!r}"
-                )
-        if (user is None) != (password is None):
-            raise ImproperlyConfigured("etcd registry: give both user and password, or neither")
-        if (cert is None) != (key is None):
-            raise ImproperlyConfigured("etcd registry: give both cert and key, or neither")
+        self._metrics = registry_metrics()
+        self._etcd = EtcdConnection(
+            endpoints, user=user, password=password, ca_cert=ca_cert, cert=cert, key=key,
+            timeout=timeout, dial_timeout=dial_timeout, server_name=server_name,
+            what="etcd registry", error=RegistryUnavailable, closed_error=RegistryError,
+            on_error=lambda operation: self._metrics.errors.labels(BACKEND, operation).inc(),
+        )
+        self.endpoints = self._etcd.endpoints
+        self.server_name = self._etcd.server_name
+        self.user = user
+        self.timeout = self._etcd.timeout
+        self.dial_timeout = self._etcd.dial_timeout
         self.ttl = ttl
         self.prefix = prefix.rstrip("/")
-        self.user = user
-        self.timeout = float(timeout)
-        self.dial_timeout = float(dial_timeout)
-        self._password = password
-        self._credentials: grpc.ChannelCredentials | None = None
-        if https or ca_cert or cert:
-            self._credentials = grpc.ssl_channel_credentials(
-                root_certificates=read_option_file(ca_cert, "ca_cert"),
-                private_key=read_option_file(key, "key"),
-                certificate_chain=read_option_file(cert, "cert"),
-            )
-        self.server_name = server_name or self._addresses[0][0]
-        self._client: EtcdClient | None = None
         self._registrations: dict[tuple[str, str], _Registration] = {}
         self._broken_watches: set[str] = set()
         self._closing = False  # close() called: no new work
-        self._closed = False  # close() done: connection gone
-        self._metrics = registry_metrics()
 
     def __repr__(self) -> str:
         return f"<EtcdRegistry {','.join(self.endpoints)} {self.prefix}>"
@@ -216,7 +196,7 @@ class EtcdRegistry:
             if lease_id is None:
                 await self._rpc("deregister", lambda c: c.delete(reg.key), patient=True)
                 return
-            with contextlib.suppress(_LeaseNotFound):
+            with contextlib.suppress(LeaseNotFound):
                 await self._rpc("deregister", lambda c: c.revoke_lease(lease_id), patient=True)
             reg.lease_id = None
 
@@ -228,13 +208,13 @@ class EtcdRegistry:
             try:
                 await self._rpc("register", lambda c: c.put(reg.key, value, lease=lease_id))
                 return
-            except _LeaseNotFound:
+            except LeaseNotFound:
                 self._lost(reg)
         lease = await self._rpc("register", lambda c: c.lease(self.ttl))
         reg.lease_id = lease.id
         try:
             await self._rpc("register", lambda c: c.put(reg.key, value, lease=lease.id))
-        except _LeaseNotFound as err:
+        except LeaseNotFound as err:
             reg.lease_id = None
             raise RegistryUnavailable(
                 f"{self._where()}: lease {lease.id:x} vanished at once"
@@ -266,7 +246,7 @@ class EtcdRegistry:
                             self._lost(reg)
                     if reg.lease_id is None:
                         await self._put(reg)
-            except RegistryError as err:
+            except (RegistryError, LeaseNotFound) as err:
                 log = logger.debug if reg.failing else logger.warning
                 log("cannot keep %s/%s registered, retrying: %s",
                     reg.instance.name, reg.instance.id, err)
@@ -360,7 +340,7 @@ class EtcdRegistry:
                 try:
                     events = await stream.read()
                 except (Exception, asyncio.CancelledError) as err:
-                    if isinstance(err, asyncio.CancelledError) and _being_cancelled():
+                    if isinstance(err, asyncio.CancelledError) and being_cancelled():
                         raise  # our consumer is cancelled (closing the channel cancels its calls)
                     if self._closed:
                         return
@@ -432,7 +412,7 @@ class EtcdRegistry:
         self._closing = True
         registrations = list(self._registrations.values())
         self._registrations.clear()
-        client = self._client
+        client = self._etcd.client
         if client is not None and client.connected and registrations:
             results = await asyncio.gather(
                 *(with_timeout(self._withdraw(reg), self.timeout) for reg in registrations),
@@ -446,10 +426,7 @@ class EtcdRegistry:
                 )
         else:
             await asyncio.gather(*(_cancel(reg.task) for reg in registrations))
-        self._closed = True
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await with_timeout(client.close(), self.timeout)
+        await self._etcd.close()
 
     # Helpers ------------------------------------------------------------------------------
 
@@ -484,155 +461,24 @@ class EtcdRegistry:
             logger.warning("ignoring etcd key %s: %s", key.decode(errors="replace"), err)
             return None
 
+    @property
+    def _closed(self) -> bool:
+        return self._etcd.closed
+
     def _where(self) -> str:
-        return f"etcd at {', '.join(self.endpoints)}"
+        return self._etcd.where()
 
     async def _connect(self) -> EtcdClient:
-        if self._closed:
-            raise RegistryError(f"{self!r} is closed")
-        if self._client is None:
-            self._client = EtcdClient(
-                self._addresses,
-                username=self.user,
-                password=self._password,
-                timeout=self.timeout,
-                dial_timeout=self.dial_timeout,
-                credentials=self._credentials,
-                server_name=self.server_name if self._credentials is not None else None,
-            )
-        client = self._client
-        if client.connected:
-            return client
-        try:
-            await with_timeout(client.connect(), self.dial_timeout + 1)
-        except asyncio.CancelledError:
-            raise
-        except AuthenticationFailed as err:
-            self._metrics.errors.labels(BACKEND, "connect").inc()
-            raise RegistryUnavailable(
-                f"{self._where()}: authentication failed for user {self.user!r} ({err})"
-            ) from None
-        except Exception as err:
-            self._metrics.errors.labels(BACKEND, "connect").inc()
-            timed_out = grpc_status(err)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
-            if isinstance(err, TimeoutError) or timed_out:
-                reason = f"no answer within {self.dial_timeout:g} s"
-            else:
-                reason = describe_error(err)
-            raise RegistryUnavailable(f"cannot connect to {self._where()}: {reason}") from None
-        return client
+        return await self._etcd.connect()
 
     async def _rpc(
         self, operation: str, call: Callable[[EtcdClient], Awaitable[T]], *, patient: bool = False
     ) -> T:
-        """Run ``call`` on the connected client, bounded by ``timeout``, with etcd errors mapped.
+        return await self._etcd.rpc(operation, call, patient=patient)
 
-        An UNAVAILABLE answer is tried once more (gRPC moves to another member meanwhile), and
-        an auth token etcd forgot (it keeps them in memory) is renewed once. A ``patient``
-        call (a deregistration, which has no later chance) waits for the channel to connect
-        again before its second try.
-        """
-        retried = reauthenticated = False
-        while True:
-            client = await self._connect()
-            metadata = client.metadata
-            try:
-                return await with_timeout(call(client), self.timeout + 1)
-            except asyncio.CancelledError:
-                if _being_cancelled() or not self._closed:
-                    raise
-                raise RegistryError(f"{self!r} was closed during {operation}") from None
-            except Exception as err:
-                code, details = grpc_status(err)
-                if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
-                    raise _LeaseNotFound(details) from err
-                if (
-                    code == grpc.StatusCode.UNAUTHENTICATED
-                    and "invalid auth token" in details
-                    and self.user is not None
-                    and not reauthenticated
-                ):
-                    reauthenticated = True
-                    try:
-                        await with_timeout(client.reauthenticate(metadata), self.timeout + 1)
-                    except AuthenticationFailed as auth_err:
-                        self._metrics.errors.labels(BACKEND, operation).inc()
-                        raise RegistryUnavailable(
-                            f"{self._where()}: authentication failed for user {self.user!r} "
-                            f"({auth_err})"
-                        ) from None
-                    except Exception as auth_err:
-                        err = auth_err
-                    else:
-                        logger.info(
-                            "etcd forgot the auth token of %r; authenticated again", self.user
-                        )
-                        continue
-                if code == grpc.StatusCode.UNAVAILABLE and not retried:
-                    retried = True
-                    if patient:
-                        await self._reconnected(client)
-                    continue
-                self._metrics.errors.labels(BACKEND, operation).inc()
-                raise self._unavailable(operation, err) from err
+    def _unavailable(self, operation: str, err: BaseException) -> Exception:
+        return self._etcd.unavailable(operation, err)
 
-    async def _reconnected(self, client: EtcdClient) -> None:
-        """Wait, up to ``timeout``, for the channel to be connected again.
-
-        A call made while gRPC waits out its reconnection back-off fails at once with
-        UNAVAILABLE; retrying at once would fail the same way, so that a deregistration made
-        just after etcd came back would be lost (the key left to expire with its lease).
-        """
-        channel = client.channel
-        if channel is None:
-            return
-        with contextlib.suppress(TimeoutError, grpc.aio.UsageError):
-            await with_timeout(channel.channel_ready(), self.timeout)
-
-    def _unavailable(self, operation: str, err: BaseException) -> RegistryUnavailable:
-        code, details = grpc_status(err)
-        if isinstance(err, TimeoutError) or code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return RegistryUnavailable(
-                f"{self._where()}: {operation} got no answer within {self.timeout:g} s"
-            )
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
-            "user name is empty" in details or "permission denied" in details
-        ):
-            return RegistryUnavailable(f"{self._where()} refused {operation}: {details}")
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return RegistryUnavailable(f"{self._where()} is unavailable ({operation}: {details})")
-        return RegistryUnavailable(f"{self._where()}: {operation} failed: {details}")
-
-
-def _parse_endpoints(
-    endpoints: Sequence[str] | str,
-) -> tuple[list[str], list[tuple[str, int]], bool]:
-    """Return the endpoints as given, their ``(host, port)``, and whether one said https."""
-    if isinstance(endpoints, str):
-        endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
-    if not endpoints or not all(isinstance(e, str) for e in endpoints):
-        raise ImproperlyConfigured(
-            f'etcd registry: endpoints must be a non-empty list of "host:port", not {endpoints!r}'
-        )
-    addresses = []
-    https = False
-    for endpoint in endpoints:
-        bare = endpoint
-        for scheme in ("http://", "https://"):
-            if bare.startswith(scheme):
-                https = https or scheme == "https://"
-                bare = bare[len(scheme):]
-        try:
-            addresses.append(split_address(bare.rstrip("/")))
-        except InvalidInstance as err:
-            raise ImproperlyConfigured(f"etcd registry: bad endpoint {endpoint!r}: {err}") from None
-    return list(endpoints), addresses, https
-
-
-def _being_cancelled() -> bool:
-    """Return whether the current task itself has been asked to stop."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -1,16 +1,20 @@
-"""The etcd registry's transport (:mod:`microframe.contrib.registry.etcd` is the registry):
-an aetcd client that dials every member, over TLS and with authentication when configured,
-its watch streams, and what its errors mean."""
+"""microframe's way to etcd, shared by the registry (:mod:`microframe.contrib.registry.etcd`),
+the configuration center (:mod:`microframe.contrib.config.etcd`) and the coordination battery
+(:mod:`microframe.contrib.coordination`): an aetcd client that dials every member, over TLS and
+with authentication when configured, its watch streams, what its errors mean, and
+:class:`EtcdConnection`, the options every etcd user of microframe takes and the bounded,
+retried requests they make."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aetcd
 import aetcd.watcher
@@ -18,6 +22,7 @@ import grpc
 from aetcd import rpc as etcdrpc
 
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.discovery.instance import InvalidInstance, split_address
 from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.registry")
@@ -25,7 +30,10 @@ logger = logging.getLogger("microframe.registry")
 KEEPALIVE_PING_MS = 10_000  # HTTP/2 pings on idle-looking connections; etcd refuses < 5 s
 MAX_MESSAGE_BYTES = 64 << 20
 
+DEFAULT_ENDPOINTS = ("127.0.0.1:2379",)
+
 Metadata = tuple[tuple[str, str], ...]
+T = TypeVar("T")
 
 
 class AuthenticationFailed(Exception):
@@ -34,6 +42,10 @@ class AuthenticationFailed(Exception):
 
 class WatchBroken(Exception):
     """etcd cancelled or ended a watch stream."""
+
+
+class LeaseNotFound(Exception):
+    """etcd no longer knows the lease (expired, revoked, data lost)."""
 
 
 class EtcdClient(aetcd.Client):  # type: ignore[misc]
@@ -265,13 +277,13 @@ class WatchStream:
         self._call.cancel()
 
 
-def read_option_file(path: str | None, option: str) -> bytes | None:
+def read_option_file(path: str | None, option: str, what: str = "etcd registry") -> bytes | None:
     if path is None:
         return None
     try:
         return Path(path).read_bytes()
     except OSError as err:
-        raise ImproperlyConfigured(f"etcd registry: cannot read {option} {path!r}: {err}") from None
+        raise ImproperlyConfigured(f"{what}: cannot read {option} {path!r}: {err}") from None
 
 
 def grpc_status(err: BaseException) -> tuple[grpc.StatusCode | None, str]:
@@ -291,3 +303,234 @@ def describe_error(err: BaseException) -> str:
     return f"{code.name}: {details}" if code is not None else details
 
 
+
+
+def parse_endpoints(
+    endpoints: Sequence[str] | str, what: str = "etcd registry"
+) -> tuple[list[str], list[tuple[str, int]], bool]:
+    """Return the endpoints as given, their ``(host, port)``, and whether one said https."""
+    if isinstance(endpoints, str):
+        endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if not endpoints or not all(isinstance(e, str) for e in endpoints):
+        raise ImproperlyConfigured(
+            f'{what}: endpoints must be a non-empty list of "host:port", not {endpoints!r}'
+        )
+    addresses = []
+    https = False
+    for endpoint in endpoints:
+        bare = endpoint
+        for scheme in ("http://", "https://"):
+            if bare.startswith(scheme):
+                https = https or scheme == "https://"
+                bare = bare[len(scheme):]
+        try:
+            addresses.append(split_address(bare.rstrip("/")))
+        except InvalidInstance as err:
+            raise ImproperlyConfigured(f"{what}: bad endpoint {endpoint!r}: {err}") from None
+    return list(endpoints), addresses, https
+
+
+def being_cancelled() -> bool:
+    """Return whether the current task itself has been asked to stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class EtcdConnection:
+    """The connection of one etcd user (the registry, the config center, a lock): the options
+    they all take, and :meth:`rpc`, a request bounded by ``timeout`` with etcd's errors mapped
+    to ``error`` (the user's own "unavailable" exception).
+
+    Options (the same for every user, see docs/topics/registry.md):
+
+    - ``endpoints``: ``"host:port"`` of the members (a list, or one comma-separated string;
+      ``http://`` or ``https://`` prefixes are accepted, ``https`` turning TLS on); default
+      ``["127.0.0.1:2379"]``. The client talks to one member and moves to another when it
+      goes away;
+    - ``user``, ``password``: etcd authentication (both or neither);
+    - ``ca_cert``, ``cert``, ``key``: PEM files for TLS: the CA that signed the members'
+      certificates, and this client's certificate and key (for ``--client-cert-auth``). Any of
+      them turns TLS on; without ``ca_cert`` the system's CAs are trusted;
+    - ``server_name``: the name checked in the members' certificates, default the host of the
+      first endpoint;
+    - ``timeout``: seconds a request may take, default 5;
+    - ``dial_timeout``: seconds to connect (and authenticate), default 2.
+
+    ``what`` names the user in error messages ("etcd registry"); ``on_error(operation)`` is
+    told of every failed request (the user's metrics).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = DEFAULT_ENDPOINTS,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        ca_cert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        timeout: float = 5.0,
+        dial_timeout: float = 2.0,
+        server_name: str | None = None,
+        what: str = "etcd",
+        error: Callable[[str], Exception] = ConnectionError,
+        closed_error: Callable[[str], Exception] = RuntimeError,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.what = what
+        self.endpoints, self._addresses, https = parse_endpoints(endpoints, what)
+        for name, value in (("timeout", timeout), ("dial_timeout", dial_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ImproperlyConfigured(
+                    f"{what}: {name} must be a number of seconds > 0, not {value!r}"
+                )
+        if (user is None) != (password is None):
+            raise ImproperlyConfigured(f"{what}: give both user and password, or neither")
+        if (cert is None) != (key is None):
+            raise ImproperlyConfigured(f"{what}: give both cert and key, or neither")
+        self.user = user
+        self.timeout = float(timeout)
+        self.dial_timeout = float(dial_timeout)
+        self._password = password
+        self._credentials: grpc.ChannelCredentials | None = None
+        if https or ca_cert or cert:
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=read_option_file(ca_cert, "ca_cert", what),
+                private_key=read_option_file(key, "key", what),
+                certificate_chain=read_option_file(cert, "cert", what),
+            )
+        self.server_name = server_name or self._addresses[0][0]
+        self._error = error
+        self._closed_error = closed_error
+        self._on_error = on_error or (lambda operation: None)
+        self.client: EtcdClient | None = None
+        self.closed = False
+
+    def where(self) -> str:
+        return f"etcd at {', '.join(self.endpoints)}"
+
+    async def connect(self) -> EtcdClient:
+        """The connected client (connecting it first, within ``dial_timeout``)."""
+        if self.closed:
+            raise self._closed_error(f"{self.what} is closed")
+        if self.client is None:
+            self.client = EtcdClient(
+                self._addresses,
+                username=self.user,
+                password=self._password,
+                timeout=self.timeout,
+                dial_timeout=self.dial_timeout,
+                credentials=self._credentials,
+                server_name=self.server_name if self._credentials is not None else None,
+            )
+        client = self.client
+        if client.connected:
+            return client
+        try:
+            await with_timeout(client.connect(), self.dial_timeout + 1)
+        except asyncio.CancelledError:
+            raise
+        except AuthenticationFailed as err:
+            self._on_error("connect")
+            raise self._error(
+                f"{self.where()}: authentication failed for user {self.user!r} ({err})"
+            ) from None
+        except Exception as err:
+            self._on_error("connect")
+            timed_out = grpc_status(err)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            if isinstance(err, TimeoutError) or timed_out:
+                reason = f"no answer within {self.dial_timeout:g} s"
+            else:
+                reason = describe_error(err)
+            raise self._error(f"cannot connect to {self.where()}: {reason}") from None
+        return client
+
+    async def rpc(
+        self, operation: str, call: Callable[[EtcdClient], Awaitable[T]], *, patient: bool = False
+    ) -> T:
+        """Run ``call`` on the connected client, bounded by ``timeout``, with etcd errors mapped.
+
+        An UNAVAILABLE answer is tried once more (gRPC moves to another member meanwhile), and
+        an auth token etcd forgot (it keeps them in memory) is renewed once. A ``patient``
+        call (a deregistration, which has no later chance) waits for the channel to connect
+        again before its second try. A lease etcd does not know raises :class:`LeaseNotFound`.
+        """
+        retried = reauthenticated = False
+        while True:
+            client = await self.connect()
+            metadata = client.metadata
+            try:
+                return await with_timeout(call(client), self.timeout + 1)
+            except asyncio.CancelledError:
+                if being_cancelled() or not self.closed:
+                    raise
+                raise self._closed_error(f"{self.what} was closed during {operation}") from None
+            except Exception as err:
+                code, details = grpc_status(err)
+                if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+                    raise LeaseNotFound(details) from err
+                if (
+                    code == grpc.StatusCode.UNAUTHENTICATED
+                    and "invalid auth token" in details
+                    and self.user is not None
+                    and not reauthenticated
+                ):
+                    reauthenticated = True
+                    try:
+                        await with_timeout(client.reauthenticate(metadata), self.timeout + 1)
+                    except AuthenticationFailed as auth_err:
+                        self._on_error(operation)
+                        raise self._error(
+                            f"{self.where()}: authentication failed for user {self.user!r} "
+                            f"({auth_err})"
+                        ) from None
+                    except Exception as auth_err:
+                        err = auth_err
+                    else:
+                        logger.info(
+                            "etcd forgot the auth token of %r; authenticated again", self.user
+                        )
+                        continue
+                if code == grpc.StatusCode.UNAVAILABLE and not retried:
+                    retried = True
+                    if patient:
+                        await self._reconnected(client)
+                    continue
+                self._on_error(operation)
+                raise self.unavailable(operation, err) from err
+
+    async def _reconnected(self, client: EtcdClient) -> None:
+        """Wait, up to ``timeout``, for the channel to be connected again.
+
+        A call made while gRPC waits out its reconnection back-off fails at once with
+        UNAVAILABLE; retrying at once would fail the same way, so that a deregistration made
+        just after etcd came back would be lost (the key left to expire with its lease).
+        """
+        channel = client.channel
+        if channel is None:
+            return
+        with contextlib.suppress(TimeoutError, grpc.aio.UsageError):
+            await with_timeout(channel.channel_ready(), self.timeout)
+
+    def unavailable(self, operation: str, err: BaseException) -> Exception:
+        """The user's error for ``operation`` failing with ``err``, naming the endpoints."""
+        code, details = grpc_status(err)
+        if isinstance(err, TimeoutError) or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return self._error(
+                f"{self.where()}: {operation} got no answer within {self.timeout:g} s"
+            )
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+            "user name is empty" in details or "permission denied" in details
+        ):
+            return self._error(f"{self.where()} refused {operation}: {details}")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return self._error(f"{self.where()} is unavailable ({operation}: {details})")
+        return self._error(f"{self.where()}: {operation} failed: {details}")
+
+    async def close(self) -> None:
+        """Disconnect (within ``timeout``); requests made afterwards raise ``closed_error``."""
+        self.closed = True
+        client = self.client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await with_timeout(client.close(), self.timeout)
