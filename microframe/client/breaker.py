@@ -131,6 +131,20 @@ class CircuitBreaker:
         self._rejected = self._metrics[1].labels(*name)
         self._state_gauge.set(CLOSED)
 
+    def reconfigure(self, options: dict[str, Any]) -> None:
+        """Take new thresholds (``CLIENTS`` reloaded), keeping the state; a new ``WINDOW``
+        or ``BUCKETS`` starts a new window."""
+        mode = options["MODE"]
+        if mode not in ("hystrix", "sre"):
+            raise ImproperlyConfigured(f'BREAKER["MODE"] must be "hystrix" or "sre", not {mode!r}.')
+        with self._lock:
+            window_changed = (options["WINDOW"], options["BUCKETS"]) != (
+                self.options["WINDOW"], self.options["BUCKETS"]
+            )
+            self.mode, self.options = mode, options
+            if window_changed:
+                self.window = Window(float(options["WINDOW"]), int(options["BUCKETS"]), self._clock)
+
     def _set(self, state: int) -> None:
         self.state = state
         self._state_gauge.set(state)
@@ -255,6 +269,8 @@ def get_breaker(service: str, method: str, options: dict[str, Any]) -> CircuitBr
         breaker = _breakers.get(key)
         if breaker is None:
             breaker = _breakers[key] = CircuitBreaker(key, options)
+        elif breaker.options != options:
+            breaker.reconfigure(options)
     return breaker
 
 

@@ -21,6 +21,7 @@ answers its own caller with the same code.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -34,10 +35,27 @@ from microframe.client.transport import connection_handler
 from microframe.conf import global_settings
 from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from microframe.core.router import RpcKind
+from microframe.core.signals import setting_changed
 from microframe.utils.module_loading import import_string
 
 #: The chain when the settings are not configured: the default of ``CLIENT_MIDDLEWARE``.
 DEFAULT_CLIENT_MIDDLEWARE = global_settings.CLIENT_MIDDLEWARE
+
+
+#: Every client of the process (to apply a change of ``CLIENTS``).
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _reconfigure_clients(sender: Any, *, setting: str, **kwargs: Any) -> None:
+    """``setting_changed``: ``CLIENTS`` changed; every client resolves its options again.
+    A client whose new options are invalid raises (the configuration center then keeps the
+    old value, which every client is given back)."""
+    if setting == "CLIENTS":
+        for client in list(_clients):
+            client.reconfigure()
+
+
+setting_changed.connect(_reconfigure_clients, weak=False)
 
 
 def _middleware_setting() -> list[Any]:
@@ -105,6 +123,7 @@ class Client:
 
             discovery = DirectDiscovery(address)
         self.service = service
+        self._given = options
         self.options = ClientOptions.resolve(service, **options)
         self.balancer: Balancer = make_balancer(self.options.balancer)
         retry = self.options.retry
@@ -126,6 +145,25 @@ class Client:
         self._chains: dict[tuple[str, RpcKind], tuple[ClientHandler, str]] = {}
         # What the channel pool is given besides the address, on every call: worked out once.
         self._channel_args = (self.options.channel_options, self.options.tls, service)
+        _clients.add(self)
+
+    def reconfigure(self) -> None:
+        """Resolve the options again (``CLIENTS`` changed) and build the chains anew on the
+        next call of each method; the calls in flight finish on what they started with.
+
+        What the client built once stays: its balancer, membership, channels and TLS (the
+        configuration center applies a change of those at the next restart,
+        :mod:`microframe.contrib.config.live`). The retry budget takes its new ratio; the
+        breakers, shared by the clients of the process, their new thresholds.
+        """
+        options = ClientOptions.resolve(self.service, **self._given)
+        retry = options.retry
+        if (retry.budget_ratio, retry.budget_min_per_second) != (
+            self.options.retry.budget_ratio, self.options.retry.budget_min_per_second
+        ):
+            self.retry_budget = RetryBudget(retry.budget_ratio, retry.budget_min_per_second)
+        self.options = options
+        self._chains = {}
 
     # -- what the chain uses -------------------------------------------------------------------
 

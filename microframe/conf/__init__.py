@@ -207,6 +207,21 @@ class LazySettings:
                 "before accessing settings."
             )
         self.__dict__["_wrapped"] = Settings(settings_module)
+        self._load_config_layers()
+
+    def _load_config_layers(self) -> None:
+        """Apply the configuration center's layers (``CONFIG``) over what was just loaded;
+        when that fails the settings stay unloaded, and the next access fails the same way."""
+        config = getattr(self._wrapped, "CONFIG", None)
+        if not (isinstance(config, dict) and config.get("BACKEND")):
+            return
+        from microframe.contrib.config.layers import load_at_startup
+
+        try:
+            load_at_startup(self)
+        except BaseException:
+            self._wrapped = empty
+            raise
 
     def __getattr__(self, name: str) -> Any:
         if (wrapped := self._wrapped) is empty:
@@ -255,6 +270,7 @@ class LazySettings:
             if name not in options:
                 setattr(holder, name, value)
         self._wrapped = holder
+        self._load_config_layers()
 
     @property
     def configured(self) -> bool:

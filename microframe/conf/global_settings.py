@@ -130,6 +130,7 @@ BATTERIES = [
     "microframe.contrib.gateway",
     "microframe.contrib.auth",
     "microframe.contrib.validation",
+    "microframe.contrib.config",
 ]
 
 MIDDLEWARE = [
@@ -282,6 +283,25 @@ CLIENTS: dict = {}
 
 # Check ids to silence, e.g. ["microframe.W001"].
 SILENCED_SYSTEM_CHECKS: list[str] = []
+
+# The configuration center (microframe.contrib.config; docs/topics/config.md): settings kept in
+# etcd, read at start-up over the module and its YAML overlays, then watched. BACKEND None: no
+# configuration center; "microframe.contrib.config.etcd.EtcdConfig" with OPTIONS (the etcd
+# registry's connection options: endpoints, user, password, ca_cert, cert, key, server_name,
+# timeout, dial_timeout). The key <PREFIX>/_shared/<SETTING> holds the JSON of one setting for
+# every service, <PREFIX>/<SERVICE_NAME>/<SETTING> for this one (merged in that order, as YAML
+# overlays are). A running service applies a change of a setting listed in RELOAD (the parts
+# of it its batteries can rebuild, checked by the system checks first); any other change is
+# logged and waits for a restart. CACHE_DIR keeps the last values read (mode 0600: they may
+# hold tokens), for a start while etcd is down; None: "microframe-config" in the temporary
+# directory.
+CONFIG = {
+    "BACKEND": None,
+    "OPTIONS": {},
+    "PREFIX": "/microframe/config",
+    "RELOAD": ["LIMITER", "LOG", "ACCESS_LOG", "CLIENTS", "AUTH"],
+    "CACHE_DIR": None,
+}
 
 # What the default LOGGING is built from (microframe.contrib.logging.config): the level of the
 # root and microframe loggers ("TRACE" is one, between DEBUG and INFO), the line format ("text"

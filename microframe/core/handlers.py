@@ -385,6 +385,14 @@ def grpc_method_handler(
     inf = float("inf")
     told = tuple(reversed(observers))
 
+    def rebind(new_chain: Handler, new_observers: Sequence[RequestObserver]) -> None:
+        """Serve the calls that start from now on through ``new_chain`` (settings reloaded:
+        :meth:`Server.rebuild_chains <microframe.core.server.Server.rebuild_chains>`); the
+        calls in flight finish on the chain they started with. Rebinding the closure's cells
+        costs the calls nothing: they read ``chain`` as they always did."""
+        nonlocal chain, told
+        chain, told = new_chain, tuple(reversed(new_observers))
+
     def unread(ctx: RequestContext, code: grpc.StatusCode, exc: BaseException) -> None:
         for observer in told:
             try:
@@ -604,6 +612,7 @@ def grpc_method_handler(
         finally:
             calls.leave(peer, task)
 
+    serve.rebind = rebind  # type: ignore[attr-defined]
     if given_request:
         if kind.server_streaming:
             return grpc.unary_stream_rpc_method_handler(serve)
@@ -611,3 +620,15 @@ def grpc_method_handler(
     if kind.server_streaming:
         return grpc.stream_stream_rpc_method_handler(serve)
     return grpc.stream_unary_rpc_method_handler(serve)
+
+
+def rebinder(
+    handler: grpc.RpcMethodHandler,
+) -> Callable[[Handler, Sequence[RequestObserver]], None] | None:
+    """The function that gives a handler made by :func:`grpc_method_handler` a new chain
+    (None for any other handler)."""
+    serve = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary
+        or handler.stream_stream
+    )
+    return getattr(serve, "rebind", None)

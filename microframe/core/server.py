@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import grpc.aio
 
 from microframe.conf import dict_setting, global_settings
 from microframe.core.exceptions import ImproperlyConfigured
-from microframe.core.handlers import controller_handler
+from microframe.core.handlers import controller_handler, rebinder
 from microframe.core.limits import (
     SERVICE_REPLY_FLOOR,
     CallLimits,
@@ -34,7 +35,12 @@ from microframe.core.limits import (
 from microframe.core.middleware import MiddlewareFactory, RequestObserver, build_chain
 from microframe.core.router import Route
 from microframe.core.serving import ServingProcess
-from microframe.core.signals import server_started, server_stopped, server_stopping
+from microframe.core.signals import (
+    server_started,
+    server_stopped,
+    server_stopping,
+    setting_changed,
+)
 from microframe.core.transport import Transport, choose_transport
 from microframe.utils.memory import MemoryTrimmer
 from microframe.utils.resources import connections_within_files_limit, raise_open_files_limit
@@ -48,6 +54,23 @@ REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection",)
 #: Seconds before the end of the grace period at which the calls still running are cut (a
 #: tenth of the grace period when that is shorter), and that grpc waits after it.
 CUT_MARGIN = 1.0
+
+#: The settings the middleware read when a chain is built: when one changes, the chains of
+#: the servers serving are built again (:meth:`Server.rebuild_chains`).
+CHAIN_SETTINGS = frozenset({"LIMITER", "ACCESS_LOG", "AUTH", "VALIDATION"})
+
+#: The servers started and not yet stopping, in this process.
+_serving: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _rebuild_chains(sender: Any, *, setting: str, **kwargs: Any) -> None:
+    """``setting_changed``: a setting the middleware read changed; rebuild the chains."""
+    if setting in CHAIN_SETTINGS:
+        for server in list(_serving):
+            server.rebuild_chains()
+
+
+setting_changed.connect(_rebuild_chains, weak=False)
 
 
 def address_in_use(host: str, port: int) -> bool:
@@ -273,6 +296,7 @@ class Server:
             max_workers=self.config.threads, thread_name_prefix="microframe-controller"
         )
         self.chains: dict[str, Any] = {}
+        self._rebinders: dict[str, Any] = {}
         self.middleware_in_use: dict[str, list[str]] = {}
         self.grpc_server: grpc.aio.Server | None = None
         self.health: Any = None
@@ -316,12 +340,11 @@ class Server:
                 # The cap travels with the route: its terminal handler, its method handler
                 # and its calls' contexts are built for it (microframe.core.handlers).
                 route = self.routes[index] = dataclasses.replace(route, timeout=cap)
-            observers: list[RequestObserver] = []
-            terminal = controller_handler(route, self.executor)
-            chain, used = build_chain(route, terminal, self.middleware, observers)
+            chain, used, observers = self._build_chain(route)
             self.chains[route.full_method] = chain
             self.middleware_in_use[route.full_method] = used
             handler = transport.method_handler(route, chain, self.limits, observers)
+            self._rebinders[route.full_method] = rebinder(handler)
             by_service.setdefault(route.service, {})[route.method] = handler
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
@@ -340,6 +363,33 @@ class Server:
             reflection.enable_server_reflection([*names, *REFLECTION_SERVICES], server)
         self.grpc_server = server
         return server
+
+    def _build_chain(self, route: Route) -> tuple[Any, list[str], list[RequestObserver]]:
+        observers: list[RequestObserver] = []
+        terminal = controller_handler(route, self.executor)
+        chain, used = build_chain(route, terminal, self.middleware, observers)
+        return chain, used, observers
+
+    def rebuild_chains(self) -> None:
+        """Build every method's middleware chain again from the current settings, and serve
+        the calls that start from now on through them (the settings of :data:`CHAIN_SETTINGS`
+        changed: the configuration center's hot reload, ``override_settings``).
+
+        All chains are built before any is swapped in: when one cannot be built (a middleware
+        refuses the new settings) the error propagates and every method keeps its chain. The
+        calls in flight finish on the chains they started with.
+        """
+        if self.grpc_server is None:
+            return
+        built = {route.full_method: self._build_chain(route) for route in self.routes}
+        for method, (chain, used, observers) in built.items():
+            rebind = self._rebinders.get(method)
+            if rebind is None:
+                continue
+            rebind(chain, observers)
+            self.chains[method] = chain
+            self.middleware_in_use[method] = used
+        logger.debug("middleware chains of %d methods rebuilt", len(built))
 
     async def _set_health(self, serving: bool) -> None:
         if self.health is None:
@@ -370,6 +420,7 @@ class Server:
         self.port = port
         self._stopping = asyncio.Event()
         await server.start()
+        _serving.add(self)
         self.memory.start()
         await self._set_health(True)
         await server_started.asend(self.__class__, server=self, address=self.address)
@@ -407,6 +458,7 @@ class Server:
         if self._stopped or self.grpc_server is None:
             return
         self._stopped = True
+        _serving.discard(self)
         grace = self.config.grace if grace is None else grace
         logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
         await self._set_health(False)

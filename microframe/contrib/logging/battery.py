@@ -12,5 +12,9 @@ class LoggingBattery(Battery):
     label = "logging"
 
     def ready(self) -> None:
-        """Register the logging checks."""
+        """Register the logging checks; follow ``LOG["LEVEL"]`` when it changes."""
         import microframe.contrib.logging.checks  # noqa: F401 - registers them
+        from microframe.contrib.logging.config import follow_level
+        from microframe.core.signals import setting_changed
+
+        setting_changed.connect(follow_level, weak=False)

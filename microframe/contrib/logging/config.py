@@ -34,6 +34,8 @@ from microframe.utils.module_loading import import_string
 DEFAULT_LOG: dict[str, Any] = global_settings.LOG
 
 FORMATS = ("text", "json")
+#: ``LOGGING_SETUP``'s default: this module's :func:`configure_from_settings`.
+DEFAULT_SETUP = global_settings.LOGGING_SETUP
 
 
 def log_options(log: dict[str, Any] | None) -> dict[str, Any]:
@@ -186,3 +188,19 @@ def configure_from_settings() -> None:
         getattr(settings, "SERVICE_ROOT", os.getcwd()),
     )
     configure_logging(settings.LOGGING_CONFIG, settings.LOGGING, default)
+
+
+def follow_level(sender: Any, *, setting: str, value: Any = None, **kwargs: Any) -> None:
+    """``setting_changed``: ``LOG`` changed (the configuration center); give the
+    ``microframe`` loggers its ``LEVEL``. Only the level: the rest of ``LOG`` (format, files)
+    is applied at start-up, when logging is configured. Nothing is done when the service
+    configures logging itself (``LOGGING_SETUP`` is not the default)."""
+    from microframe.conf import settings
+
+    if setting != "LOG" or settings.LOGGING_SETUP != DEFAULT_SETUP:
+        return
+    level = log_options(value if isinstance(value, dict) else None)["LEVEL"]
+    number = logging.getLevelName(str(level).upper())
+    if not isinstance(number, int):
+        raise ValueError(f'LOG["LEVEL"] {level!r} is not a logging level')
+    logging.getLogger("microframe").setLevel(number)
