@@ -116,7 +116,18 @@ def stored_revision(result: subprocess.CompletedProcess[str]) -> int:
     return int(match[1])
 
 
-def put_json(cluster: object, key: str, value: object) -> int:
-    """Write ``key`` with etcdctl (an independent client); return the revision written."""
-    out = cluster.etcdctl("put", key, json.dumps(value), "-w", "json")  # type: ignore[attr-defined]
-    return int(json.loads(out)["header"]["revision"])
+def put(cluster: object, prefix: str, scope: str, setting: str, value: object) -> int:
+    """Write ``<prefix>/<scope>/<setting>`` with a plain etcd client (aetcd, in this process)
+    and return the revision written: the moment etcd has it is the moment the write is done."""
+    import asyncio
+
+    import aetcd
+
+    async def write() -> int:
+        host, port = cluster.endpoints[0].rsplit(":", 1)  # type: ignore[attr-defined]
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            reply = await client.put(f"{prefix}/{scope}/{setting}".encode(),
+                                     json.dumps(value).encode())
+            return int(reply.header.revision)
+
+    return asyncio.run(write())
