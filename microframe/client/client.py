@@ -21,6 +21,7 @@ answers its own caller with the same code.
 from __future__ import annotations
 
 import inspect
+import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -42,17 +43,22 @@ from microframe.utils.module_loading import import_string
 DEFAULT_CLIENT_MIDDLEWARE = global_settings.CLIENT_MIDDLEWARE
 
 
+logger = logging.getLogger("microframe.client")
+
 #: Every client of the process (to apply a change of ``CLIENTS``).
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def _reconfigure_clients(sender: Any, *, setting: str, **kwargs: Any) -> None:
     """``setting_changed``: ``CLIENTS`` changed; every client resolves its options again.
-    A client whose new options are invalid raises (the configuration center then keeps the
-    old value, which every client is given back)."""
+    A client whose new options are invalid keeps its options, with an error logged (the
+    configuration center checks a new ``CLIENTS`` before it applies it: ``client.E001``)."""
     if setting == "CLIENTS":
         for client in list(_clients):
-            client.reconfigure()
+            try:
+                client.reconfigure()
+            except ImproperlyConfigured as err:
+                logger.error("the client of %s keeps its options: %s", client.service, err)
 
 
 setting_changed.connect(_reconfigure_clients, weak=False)

@@ -1,0 +1,157 @@
+"""``manage.py config`` against a real etcd, as a user types it: every action, its output, its
+errors, and what it leaves in etcd (read back with etcdctl, an independent client)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from contrib.config.support_config import config_settings, env, manage_config, put, stored_revision
+
+from support.env import ROOT
+from support.etcd_cluster import EtcdCluster
+
+if not os.environ.get("CI"):
+    pytest.importorskip("aetcd")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(size=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/cfgcmd/{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(etcd, prefix, tmp_path: Path) -> str:
+    return config_settings(tmp_path, f"cmd_{uuid.uuid4().hex[:6]}", etcd.endpoints, prefix)
+
+
+def run(tmp_path: Path, settings: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return manage_config(tmp_path, settings, *args)
+
+
+def test_set_get_unset_in_both_scopes(etcd, prefix, settings, tmp_path: Path):
+    first = run(tmp_path, settings, "set", "LIMITER", '{"OPTIONS": {"rate": 9, "burst": 9}}')
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("LIMITER stored for cfgsvc at revision ")
+    shared = run(tmp_path, settings, "set", "LOG", '{"LEVEL": "WARNING"}', "--shared")
+    assert "LOG stored for shared at revision" in shared.stdout
+    stored = etcd.get_prefix(prefix + "/")
+    assert json.loads(stored[f"{prefix}/cfgsvc/LIMITER"].value) == {
+        "OPTIONS": {"burst": 9, "rate": 9}
+    }
+    assert json.loads(stored[f"{prefix}/_shared/LOG"].value) == {"LEVEL": "WARNING"}
+
+    listing = run(tmp_path, settings, "get").stdout.splitlines()
+    assert listing[0].startswith('LOG (shared, revision ') and listing[0].endswith(
+        '{"LEVEL": "WARNING"}'
+    )
+    assert listing[1].startswith("LIMITER (cfgsvc, revision ")
+    value = json.loads(run(tmp_path, settings, "get", "LIMITER").stdout)
+    assert value["OPTIONS"] == {"rate": 9, "burst": 9}
+    assert value["MODE"] == "reject"  # the local value, merged under the stored one
+    assert json.loads(run(tmp_path, settings, "get", "LOG").stdout)["LEVEL"] == "WARNING"
+
+    # The service's scope wins over the shared one.
+    run(tmp_path, settings, "set", "LOG", '{"LEVEL": "ERROR"}')
+    assert json.loads(run(tmp_path, settings, "get", "LOG").stdout)["LEVEL"] == "ERROR"
+    removed = run(tmp_path, settings, "unset", "LOG")
+    assert "LOG removed for cfgsvc at revision" in removed.stdout
+    assert json.loads(run(tmp_path, settings, "get", "LOG").stdout)["LEVEL"] == "WARNING"
+    assert "was not stored" in run(tmp_path, settings, "unset", "LOG").stdout
+    assert f"{prefix}/cfgsvc/LOG" not in etcd.get_prefix(prefix + "/")
+
+
+def test_bad_input_gets_a_clear_error_and_stores_nothing(etcd, prefix, settings, tmp_path):
+    cases = [
+        (("set", "LIMITER", "{rate: 1}"), "LIMITER: the value is not JSON"),
+        (("set", "limiter", "{}"), "'limiter' is not a setting name"),
+        (("set", "SERVICE_NAME", '"other"'), "SERVICE_NAME cannot come from the configuration"),
+        (("set", "CLIENTS", '{"orders": {"TIMEOUT": -1}}'), "client.E001"),
+        (("get", "NO_SUCH_SETTING"), "NO_SUCH_SETTING is not a setting of cfgsvc"),
+        (("rollback", "LIMITER", "1"), "LIMITER was not stored for cfgsvc at revision 1"),
+    ]
+    for args, message in cases:
+        result = run(tmp_path, settings, *args)
+        assert result.returncode == 1, (args, result.stdout)
+        assert message in result.stderr, (args, result.stderr)
+    assert etcd.get_prefix(prefix + "/") == {}
+
+
+def test_diff_history_and_rollback(etcd, prefix, settings, tmp_path: Path):
+    revisions = [
+        stored_revision(run(tmp_path, settings, "set", "LIMITER",
+                            json.dumps({"OPTIONS": {"rate": rate, "burst": rate}})))
+        for rate in (10, 20, 30)
+    ]
+    history = run(tmp_path, settings, "history", "LIMITER").stdout.splitlines()
+    assert [int(line.split()[0]) for line in history] == revisions[::-1]
+    assert history[0].endswith('{"OPTIONS": {"burst": 30, "rate": 30}}')
+
+    diff = run(tmp_path, settings, "diff").stdout
+    assert "--- LIMITER (local)" in diff and "+++ LIMITER (in force)" in diff
+    assert '-    "burst": 3,' in diff and '+    "burst": 30,' in diff
+
+    back = run(tmp_path, settings, "rollback", "LIMITER", str(revisions[0]))
+    rolled = stored_revision(back)
+    assert rolled > revisions[-1]
+    assert json.loads(run(tmp_path, settings, "get", "LIMITER").stdout)["OPTIONS"] == {
+        "rate": 10, "burst": 10
+    }
+    history = run(tmp_path, settings, "history", "LIMITER").stdout.splitlines()
+    assert int(history[0].split()[0]) == rolled and len(history) == 4
+    run(tmp_path, settings, "unset", "LIMITER")
+    assert "No stored setting changes a local one." in run(tmp_path, settings, "diff").stdout
+
+
+def test_watch_prints_every_change_as_it_happens(etcd, prefix, settings, tmp_path: Path):
+    watch = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "config", "watch", "--count", "3",
+         "--timeout", "30", "--settings", settings],
+        cwd=ROOT, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        header = watch.stdout.readline()
+        assert header.startswith("Watching the settings of cfgsvc at etcd at ")
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(watch.stdout))  # type: ignore[arg-type]
+        reader.start()
+        first = put(etcd, prefix, "cfgsvc", "LIMITER", {"OPTIONS": {"rate": 5, "burst": 5}})
+        second = put(etcd, prefix, "_shared", "AUTH", {"TOKENS": {"bob": "s3cret"}})
+        etcd.etcdctl("put", f"{prefix}/other/LIMITER", "{}")  # another service's: not shown
+        etcd.etcdctl("del", f"{prefix}/cfgsvc/LIMITER")
+        assert watch.wait(30) == 0, watch.stderr.read() if watch.stderr else ""
+        reader.join(10)
+    finally:
+        watch.kill()
+    assert lines[0] == f'{first} cfgsvc LIMITER {{"OPTIONS": {{"burst": 5, "rate": 5}}}}\n'
+    assert lines[1] == f'{second} shared AUTH {{"TOKENS": "********"}}\n'
+    assert lines[2].endswith(" cfgsvc LIMITER removed\n")
+    assert len(lines) == 3
+
+
+def test_without_a_configuration_center_the_command_says_so(tmp_path: Path):
+    from support.env import service_settings
+
+    plain = service_settings(tmp_path, "cmd_plain", "plain", {"REGISTER": False})
+    result = manage_config(tmp_path, plain, "get")
+    assert result.returncode == 1
+    assert 'No configuration center: CONFIG["BACKEND"] is None' in result.stderr
