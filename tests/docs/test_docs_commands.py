@@ -99,6 +99,15 @@ HOME_PAGES: dict[str, list[tuple[str, str | None]]] = {
     "intro/new-service.md": [],
     # "The orders service made by startservice", in its directory.
     "howto/battery.md": [("microframe-admin startservice orders", None), ("cd orders", None)],
+    # "The orders service made by startservice, in its directory, with an etcd member on
+    # 127.0.0.1:2379".
+    "topics/config.md": [
+        ("microframe-admin startservice orders", None),
+        ("cd orders", None),
+        ("etcd --data-dir ../etcd.data --listen-client-urls http://127.0.0.1:2379 "
+         "--advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380",
+         "ready to serve client requests"),
+    ],
     # "From the service's directory, with runserver serving", gunicorn started.
     "topics/gateway.md": [
         ("microframe-admin startservice orders", None),

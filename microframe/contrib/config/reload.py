@@ -60,7 +60,7 @@ class Refused(Exception):
         self.check = check
 
 
-def _error_key(message: Any) -> tuple[str, str]:
+def error_key(message: Any) -> tuple[str, str]:
     return (str(message.id), str(message.msg))
 
 
@@ -99,7 +99,7 @@ def checked(name: str, value: Any, baseline: set[tuple[str, str]]) -> None:
     old = current(name)
     set_setting(name, value)
     try:
-        new_errors = [m for m in check_errors() if _error_key(m) not in baseline]
+        new_errors = [m for m in check_errors() if error_key(m) not in baseline]
     except Exception as err:  # a check that crashes on the value refuses it
         new_errors = []
         crash: Exception | None = err
@@ -183,8 +183,6 @@ class Reloader:
         self._task: asyncio.Task[None] | None = None
         self._baseline: set[tuple[str, str]] | None = None
         self.metrics = config_metrics()
-        #: Called with the setting after each change handled (tests, and ``config watch``).
-        self.applied_at: dict[str, float] = {}
 
     @property
     def reload(self) -> set[str]:
@@ -311,7 +309,7 @@ class Reloader:
         started = time.monotonic()
         try:
             if self._baseline is None:
-                self._baseline = {_error_key(m) for m in check_errors()}
+                self._baseline = {error_key(m) for m in check_errors()}
             checked(name, wanted, self._baseline)
             apply(name, wanted)
         except Refused as refusal:
@@ -323,7 +321,6 @@ class Reloader:
             return
         self._restart_done(name)
         self.metrics.applied.labels(name).inc()
-        self.applied_at[name] = time.monotonic()
         logger.info(
             "%s applied from the configuration center (revision %d) in %.1f ms",
             name, revision, (time.monotonic() - started) * 1000,

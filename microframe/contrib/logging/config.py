@@ -201,6 +201,5 @@ def follow_level(sender: Any, *, setting: str, value: Any = None, **kwargs: Any)
         return
     level = log_options(value if isinstance(value, dict) else None)["LEVEL"]
     number = logging.getLevelName(str(level).upper())
-    if not isinstance(number, int):
-        raise ValueError(f'LOG["LEVEL"] {level!r} is not a logging level')
-    logging.getLogger("microframe").setLevel(number)
+    if isinstance(number, int):  # else logging.E001 says what is wrong; the level stays
+        logging.getLogger("microframe").setLevel(number)

@@ -125,16 +125,16 @@ class Command(BaseCommand):
 
         return effective(name, state.local, layers)
 
-    def check(self, name: str, value: Any, layers: Any) -> None:
+    def check(self, name: str, value: Any) -> None:
         """Refuse (CommandError) a value whose effective setting fails the system checks."""
         from microframe.conf import settings
         from microframe.contrib.config.backend import config_options
         from microframe.contrib.config.layers import MISSING
         from microframe.contrib.config.live import reloadable
-        from microframe.contrib.config.reload import Refused, _error_key, check_errors, checked
+        from microframe.contrib.config.reload import Refused, check_errors, checked, error_key
 
         if not self.options.get("force"):
-            baseline = {_error_key(m) for m in check_errors()}
+            baseline = {error_key(m) for m in check_errors()}
             try:
                 checked(name, value, baseline)
             except Refused as refusal:
@@ -149,9 +149,6 @@ class Command(BaseCommand):
                 f"{name} is not reloaded (CONFIG[\"RELOAD\"]): running instances of "
                 f"{settings.SERVICE_NAME} apply it when they restart."
             )
-
-    async def current(self, backend: Any) -> Any:
-        return await backend.load()
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -194,7 +191,7 @@ class Command(BaseCommand):
 
         layers = await backend.load()
         layers.scope(self.options["shared"])[name] = entry(raw, 0)
-        self.check(name, self.effective(name, layers), layers)
+        self.check(name, self.effective(name, layers))
         revision = await backend.put(name, raw, shared=self.options["shared"])
         self.stdout.write(f"{name} stored for {self.scope} at revision {revision}.")
 
