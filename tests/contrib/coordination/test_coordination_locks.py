@@ -170,3 +170,31 @@ async def test_the_registry_s_etcd_serves_when_coordination_names_none(etcd, pre
         await connection.close()
 
 
+
+
+async def test_etcd_down_loses_the_lock_within_the_ttl_and_fails_new_ones_clearly(prefix):
+    from microframe.contrib.coordination import CoordinationUnavailable
+
+    with EtcdCluster(size=1) as cluster:
+        cluster.start()
+        options = {"OPTIONS": {"endpoints": cluster.endpoints, "timeout": 1, "dial_timeout": 1},
+                   "PREFIX": prefix, "TTL": TTL}
+        with override_settings(COORDINATION=options):
+            async with lock("down") as held:
+                first = held.token
+                cluster.members[0].stop()
+                stopped = time.monotonic()
+                await asyncio.wait_for(held.lost.wait(), TTL + 2)
+                took = time.monotonic() - stopped
+                print(f"lock lost {took:.2f} s after etcd stopped (TTL {TTL} s)")
+                assert took <= TTL + 0.5 and not held.valid
+                started = time.monotonic()
+                with pytest.raises(CoordinationUnavailable, match="etcd at 127.0.0.1"):
+                    await lock("other").acquire()
+                failed = time.monotonic() - started
+                print(f"a new lock failed {failed:.2f} s into the outage")
+                assert failed < 5
+            # Released while etcd is down: best effort, no error. etcd back: locks work again.
+            cluster.members[0].restart()
+            async with lock("down", timeout=10) as again:
+                assert again.valid and first is not None and again.token > first
