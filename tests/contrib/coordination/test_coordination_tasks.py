@@ -119,6 +119,33 @@ def test_load_tasks_refuses_a_broken_entry():
     assert task.is_async and task.leader_only and task.every == 1.0
 
 
+async def test_only_the_process_standing_for_the_instance_runs_them():
+    from microframe.contrib.coordination import serving
+    from microframe.core.serving import ServingProcess
+
+    class Fake:  # what the receivers read of a Server or a Supervisor (weakly referenced)
+        def __init__(self, process: ServingProcess | None) -> None:
+            self.process, self.config, self.port = process, self, 1
+            self.host = "127.0.0.1"
+
+    server = Fake
+    tasks = {"unit-roles": {"CALLABLE": "coord_tasks.failing_job", "EVERY": 60}}
+    with override_settings(TASKS=tasks):
+        for process in (None, ServingProcess("worker", "127.0.0.1", 1),
+                        ServingProcess("supervisor", "127.0.0.1", 1)):
+            lone = server(process)
+            await serving.start_server_tasks(None, server=lone)
+            assert lone not in serving._runners
+        await serving.start_pool_tasks(None, pool=Fake(None))
+        assert not serving._runners
+        lone = server(ServingProcess("server", "127.0.0.1", 1))
+        await serving.start_server_tasks(None, server=lone)
+        assert lone in serving._runners
+        await poll(lambda: runs("unit-roles", "error") >= 1, 5, "the first run")
+        await serving.stop_tasks(None, server=lone)
+        assert lone not in serving._runners
+
+
 # Real runserver processes ---------------------------------------------------------------------
 
 def _settings(tmp_path: Path, name: str, cluster: EtcdCluster, prefix: str) -> str:
