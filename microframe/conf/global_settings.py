@@ -131,6 +131,7 @@ BATTERIES = [
     "microframe.contrib.auth",
     "microframe.contrib.validation",
     "microframe.contrib.config",
+    "microframe.contrib.coordination",
 ]
 
 MIDDLEWARE = [
@@ -340,3 +341,20 @@ ACCESS_LOG = {
         "x-auth-token",
     ],
 }
+
+# Locks, leader election and TASKS (microframe.contrib.coordination), on etcd leases: the
+# EtcdConnection options (endpoints, user, password, ca_cert, cert, key, server_name, timeout,
+# dial_timeout; None: those of CONFIG when the config center is on etcd, else REGISTRY's when
+# the registry is), the key prefix, and the seconds a lock or a leadership outlives its process.
+COORDINATION = {
+    "OPTIONS": None,
+    "PREFIX": "/microframe/coordination",
+    "TTL": 10,
+}
+
+# Periodic jobs runserver runs in the process that stands for the instance (the server, or the
+# supervisor of --workers N): {"cleanup": {"CALLABLE": "orders.tasks.cleanup", "EVERY": 60,
+# "LEADER_ONLY": True}}. CALLABLE: a def (run in a thread) or an async def of no arguments;
+# EVERY: seconds between runs (> 0; a run still going when the next is due skips that one);
+# LEADER_ONLY: run only on the instance leading the election "<SERVICE_NAME>-tasks" (etcd).
+TASKS: dict = {}

@@ -478,13 +478,13 @@ def test_list_tags(service_dir):
     result = run_check(service_dir, module, "--list-tags")
     assert result.returncode == 0
     assert result.stdout.split() == [
-        "auth", "client", "config", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router",
-        "server", "settings", "tracing", "validation",
+        "auth", "client", "config", "coordination", "gateway", "limiter", "logging", "metrics", "middleware",
+        "registry", "router", "server", "settings", "tracing", "validation",
     ]
     result = run_check(service_dir, module, "--list-tags", "--deploy")
     assert result.stdout.split() == [
-        "auth", "client", "config", "gateway", "limiter", "logging", "metrics", "middleware", "registry", "router",
-        "security", "server", "settings", "tracing", "validation",
+        "auth", "client", "config", "coordination", "gateway", "limiter", "logging", "metrics", "middleware",
+        "registry", "router", "security", "server", "settings", "tracing", "validation",
     ]
 
 

@@ -1,0 +1,72 @@
+"""Real etcd for the coordination tests, and the processes that lock and campaign on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from support.env import ROOT, TESTS, base_env
+from support.etcd_cluster import EtcdCluster
+
+if not os.environ.get("CI"):  # under CI a missing etcd extra fails the import below
+    pytest.importorskip("aetcd")
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "contender.py"
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[EtcdCluster]:
+    """One etcd member shared by the coordination tests (each uses its own prefix)."""
+    cluster = EtcdCluster(size=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def etcd3() -> Iterator[EtcdCluster]:
+    """A 3-member etcd cluster shared by the coordination tests that need one."""
+    cluster = EtcdCluster(size=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/test-coordination/{uuid.uuid4().hex[:10]}"
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment of a contender: this worktree's microframe first on the path."""
+    return base_env(PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), **extra)
+
+
+@pytest.fixture
+def contenders(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``contender.py`` processes; every one is killed at the end of the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: object) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *map(str, args)], env=process_env(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / f"contender-{len(started)}.err", "w"),
+            text=True, cwd=tmp_path,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
