@@ -80,9 +80,9 @@ def test_the_log_level_follows_log():
     logger = logging.getLogger("microframe")
     before = logger.level
     try:
-        import microframe
+        from microframe.batteries import setup_batteries
 
-        microframe.setup()
+        setup_batteries()  # the logging battery follows LOG (logging itself left as it is)
         with override_settings(LOG={"LEVEL": "DEBUG"}):
             assert logger.level == logging.DEBUG
         with override_settings(LOG={"LEVEL": "TRACE"}):
