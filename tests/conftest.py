@@ -15,6 +15,9 @@ from support.env import ROOT, require_native, service_settings
 from support.polling import wait_until
 from support.servers import ServerProcess
 
+#: The etcd fixtures (etcd, etcd3, make_cluster, prefix) of every test that meets real etcd.
+pytest_plugins = ["support.etcd_fixtures"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _configured_settings() -> None:

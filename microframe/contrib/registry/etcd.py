@@ -93,23 +93,14 @@ class _Registration:
 class EtcdRegistry:
     """Register and find instances in etcd v3 (see the module docstring for the layout).
 
-    Options (``REGISTRY["OPTIONS"]``):
+    Options (``REGISTRY["OPTIONS"]``): the connection's (``endpoints``, ``user``,
+    ``password``, ``ca_cert``, ``cert``, ``key``, ``server_name``, ``timeout``,
+    ``dial_timeout``: :class:`~microframe.contrib.registry.etcd_transport.EtcdConnection`),
+    and
 
-    - ``endpoints``: ``"host:port"`` of the members (a list, or one comma-separated string;
-      ``http://`` or ``https://`` prefixes are accepted, ``https`` turning TLS on); default
-      ``["127.0.0.1:2379"]``. The client talks to one member and moves to another when it
-      goes away;
     - ``ttl``: seconds an instance outlives its process (its lease), default 10; kept alive
       every ``ttl / 3`` seconds;
-    - ``prefix``: key prefix, default ``/microframe/services``;
-    - ``user``, ``password``: etcd authentication (both or neither);
-    - ``ca_cert``, ``cert``, ``key``: PEM files for TLS: the CA that signed the members'
-      certificates, and this client's certificate and key (for ``--client-cert-auth``). Any of
-      them turns TLS on; without ``ca_cert`` the system's CAs are trusted;
-    - ``server_name``: the name checked in the members' certificates, default the host of the
-      first endpoint; every member's certificate must be valid for it;
-    - ``timeout``: seconds a request may take, default 5;
-    - ``dial_timeout``: seconds to connect (and authenticate), default 2.
+    - ``prefix``: key prefix, default ``/microframe/services``.
 
     Every method is bounded by these timeouts and raises :class:`RegistryUnavailable`, naming
     the endpoints, when etcd cannot be reached or refuses the credentials.

@@ -9,33 +9,17 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from contrib.config.support_config import config_settings, env, manage_config, put, stored_revision
 
 from support.env import ROOT
-from support.etcd_cluster import EtcdCluster
 
 if not os.environ.get("CI"):
     pytest.importorskip("aetcd")
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(size=1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/cfgcmd/{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,20 +35,6 @@ pytestmark = pytest.mark.timeout(120)
 
 #: The issue's bound: a write applied by every instance within a second.
 APPLY_WITHIN = 1.0
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(size=1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/cfgtest/{uuid.uuid4().hex[:10]}"
 
 
 def test_a_limiter_written_with_config_set_is_applied_by_two_instances_within_a_second(
@@ -154,19 +138,10 @@ def test_a_change_needing_a_restart_is_not_applied_but_exported_and_shown_by_che
         server.terminate()
 
 
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdCluster]:
-    """A cluster of the test's own, to stop and start."""
-    cluster = EtcdCluster(size=1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
-
-
 def test_etcd_down_at_start_up_starts_from_the_cache_and_follows_again_when_it_is_back(
-    own_etcd, prefix, tmp_path: Path
+    make_cluster, prefix, tmp_path: Path
 ):
+    own_etcd = make_cluster()
     settings = config_settings(tmp_path, "cfg_down", own_etcd.endpoints, prefix)
     put(own_etcd, prefix, "cfgsvc", "LIMITER", limiter(5))
     server = start(tmp_path, settings).wait_serving()
@@ -210,8 +185,9 @@ def test_etcd_down_at_start_up_starts_from_the_cache_and_follows_again_when_it_i
 
 
 def test_etcd_down_during_a_run_changes_nothing_and_crashes_nothing(
-    own_etcd, prefix, tmp_path: Path
+    make_cluster, prefix, tmp_path: Path
 ):
+    own_etcd = make_cluster()
     settings = config_settings(tmp_path, "cfg_outage", own_etcd.endpoints, prefix)
     server = start(tmp_path, settings, workers=2).wait_serving()
     try:
@@ -326,37 +302,33 @@ def test_auth_tokens_and_the_access_log_follow_the_configuration_center(
 
 
 def test_three_members_a_write_applied_within_a_second_and_a_member_killed(
-    prefix, tmp_path: Path
+    make_cluster, prefix, tmp_path: Path
 ):
-    cluster = EtcdCluster(size=3)
+    cluster = make_cluster(size=3)
+    settings = config_settings(tmp_path, "cfg_three", cluster.endpoints, prefix)
+    servers = [start(tmp_path, settings), start(tmp_path, settings)]
     try:
-        cluster.start()
-        settings = config_settings(tmp_path, "cfg_three", cluster.endpoints, prefix)
-        servers = [start(tmp_path, settings), start(tmp_path, settings)]
-        try:
-            for server in servers:
-                server.wait_serving()
-            delays = [
-                wait_applied(servers, put(cluster, prefix, "cfgsvc", "LIMITER", limiter(b)), 5)
-                for b in (4, 5, 6, 4, 5, 6, 4, 5, 6, 4)
-            ]
-            assert max(delays) < APPLY_WITHIN, delays
-            # The member the clients dial first goes: they move to another and catch up.
-            cluster.members[0].kill()
-            # The killed member may have led: the write waits for an election (a bounded poll).
-            revision = int(wait_until(
-                lambda: put(_via(cluster, 1), prefix, "cfgsvc", "LIMITER", limiter(8)), 15,
-                "a write to the remaining members",
-            ))
-            moved = wait_applied(servers, revision, timeout=15)
-            print(f"3 members: write to applied max {max(delays) * 1000:.0f} ms; "
-                  f"after a member killed {moved:.2f} s")
-            assert [admitted(s, 10) for s in servers] == [8, 8]
-        finally:
-            for server in servers:
-                server.terminate()
+        for server in servers:
+            server.wait_serving()
+        delays = [
+            wait_applied(servers, put(cluster, prefix, "cfgsvc", "LIMITER", limiter(b)), 5)
+            for b in (4, 5, 6, 4, 5, 6, 4, 5, 6, 4)
+        ]
+        assert max(delays) < APPLY_WITHIN, delays
+        # The member the clients dial first goes: they move to another and catch up.
+        cluster.members[0].kill()
+        # The killed member may have led: the write waits for an election (a bounded poll).
+        revision = int(wait_until(
+            lambda: put(_via(cluster, 1), prefix, "cfgsvc", "LIMITER", limiter(8)), 15,
+            "a write to the remaining members",
+        ))
+        moved = wait_applied(servers, revision, timeout=15)
+        print(f"3 members: write to applied max {max(delays) * 1000:.0f} ms; "
+              f"after a member killed {moved:.2f} s")
+        assert [admitted(s, 10) for s in servers] == [8, 8]
     finally:
-        cluster.close()
+        for server in servers:
+            server.terminate()
 
 
 class _via:

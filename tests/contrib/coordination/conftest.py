@@ -5,45 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from support.env import ROOT, TESTS, base_env
-from support.etcd_cluster import EtcdCluster
 
 if not os.environ.get("CI"):  # under CI a missing etcd extra fails the import below
     pytest.importorskip("aetcd")
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "contender.py"
-
-
-@pytest.fixture(scope="session")
-def etcd() -> Iterator[EtcdCluster]:
-    """One etcd member shared by the coordination tests (each uses its own prefix)."""
-    cluster = EtcdCluster(size=1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
-
-
-@pytest.fixture(scope="session")
-def etcd3() -> Iterator[EtcdCluster]:
-    """A 3-member etcd cluster shared by the coordination tests that need one."""
-    cluster = EtcdCluster(size=3)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/test-coordination/{uuid.uuid4().hex[:10]}"
 
 
 def process_env(**extra: str) -> dict[str, str]:

@@ -32,7 +32,7 @@ from microframe.core.exceptions import ImproperlyConfigured
 from microframe.test.ports import free_port
 
 from support.env import ROOT, base_env
-from support.etcd_cluster import EtcdCluster, EtcdMember, TlsFiles, generate_tls
+from support.etcd_cluster import EtcdCluster, EtcdMember, generate_tls
 
 
 def _require_module(name: str) -> None:
@@ -57,38 +57,6 @@ FAILOVER = 5  # seconds a killed member may disturb operations
 
 
 # Fixtures and helpers -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdCluster]:
-    """One etcd member shared by the tests that do not harm it (each uses its own prefix)."""
-    cluster = EtcdCluster(size=1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def make_cluster() -> Iterator[Callable[..., EtcdCluster]]:
-    """Start clusters of the test's own; every process is killed at the end, pass or fail."""
-    clusters: list[EtcdCluster] = []
-
-    def make(size: int = 1, tls: TlsFiles | None = None) -> EtcdCluster:
-        cluster = EtcdCluster(size=size, tls=tls)
-        clusters.append(cluster)
-        return cluster.start()
-
-    try:
-        yield make
-    finally:
-        for cluster in clusters:
-            cluster.close()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/test/{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture
