@@ -2,8 +2,9 @@
 
 As Django's ``SafeExceptionReporterFilter`` does: the value of a setting or a key whose name
 looks like a secret's (``PASSWORD``, ``TOKEN``, ``SECRET``, ``API_KEY``, ``CREDENTIALS``...)
-is replaced by :data:`REDACTED`, in nested dicts and lists too, and the password of a URL
-(``redis://:pw@host``) wherever it appears.
+is replaced by :data:`REDACTED`, in nested dicts and lists too, the value of a ``(name,
+value)`` pair named so (metadata: ``("authorization", "Bearer ...")``), and the password of a
+URL (``redis://:pw@host``) wherever it appears.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ REDACTED = "********"
 #: Names of secrets: whole words of a setting or key name (``_``, ``-``, ``.`` or camelCase
 #: separate words), in any case, singular or plural.
 SECRET_NAME = re.compile(
-    r"(^|[_\-.])(PASS(WD|WORD|PHRASE)?|SECRET|TOKEN|TOKEN_HASH(ES)?|API_?KEY|PRIVATE_?KEY|CREDENTIAL|"
+    r"(^|[_\-.])(PASS(WD|WORD|PHRASE)?|SECRET|TOKEN|TOKEN_HASH(ES)?|API[_-]?KEY|PRIVATE[_-]?KEY|"
+    r"CREDENTIAL|AUTH[_-]?TOKEN|"
     r"SIGNATURE|AUTHORIZATION|COOKIE)S?($|[_\-.])",
     re.IGNORECASE,
 )
@@ -50,7 +52,11 @@ def redact(value: Any, name: Any = None) -> Any:
     if isinstance(value, dict):
         return {k: redact(v, k) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        items = [redact(v) for v in value]
+        if len(value) == 2 and is_secret_name(value[0]):
+            # A (name, value) pair: metadata (("authorization", "Bearer ..."), ...), headers.
+            items = [value[0], redact(value[1], value[0])]
+        else:
+            items = [redact(v) for v in value]
         plain_tuple = isinstance(value, tuple) and not hasattr(value, "_fields")
         return type(value)(items) if plain_tuple else items
     if isinstance(value, str) and "://" in value:

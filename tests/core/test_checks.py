@@ -1102,6 +1102,7 @@ def test_commands_report_where_the_router_import_failed(service_dir):
         ({"ACCESS_LOG": {"REDACT": ["x"]}}, "logging.E002"),
         ({"LIMITER": []}, "limiter.E001"),
         ({"LIMITER": {"RATE": 5}}, "limiter.E001"),
+        ({"LIMITER": {"ENABLED": "yes"}}, "limiter.E001"),
         ({"LIMITER": {"MODE": "queue"}}, "limiter.E001"),
         ({"LIMITER": {"MAX_WAIT": -1}}, "limiter.E001"),
         ({"LIMITER": {"KEY": "user"}}, "limiter.E001"),

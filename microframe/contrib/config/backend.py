@@ -103,6 +103,15 @@ def entry(raw: str | bytes, revision: int) -> Entry:
     return Entry(value, text, revision)
 
 
+def is_setting_name(name: str) -> bool:
+    """Whether ``name`` may be stored (see :func:`check_setting_name`)."""
+    try:
+        check_setting_name(name)
+    except InvalidLayer:
+        return False
+    return True
+
+
 def check_setting_name(name: str) -> None:
     """Raise :class:`InvalidLayer` unless ``name`` may be stored (an upper-case setting)."""
     if not name.isidentifier() or not name.isupper():

@@ -41,6 +41,7 @@ from microframe.contrib.config.backend import (
     Version,
     check_setting_name,
     entry,
+    is_setting_name,
 )
 from microframe.contrib.registry.etcd_transport import (
     DEFAULT_ENDPOINTS,
@@ -160,6 +161,8 @@ class EtcdConfig:
                         continue
                     shared, name = found
                     revision = event.kv.mod_revision
+                    if event.type != _PUT and not is_setting_name(name):
+                        continue  # a key that was never applied went: nothing to refuse
                     try:
                         check_setting_name(name)
                         if event.type == _PUT:

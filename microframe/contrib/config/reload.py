@@ -157,20 +157,27 @@ def read_restart_file(service: str) -> dict[str, dict[str, int]]:
 
 
 def write_restart_file(service: str, pending: dict[str, int]) -> None:
+    """Record what this process waits to restart for (nothing: remove its entry). The
+    processes of a host share the file: each change is made under an exclusive lock of
+    ``<file>.lock`` (``fcntl.flock``), so that two processes writing at once lose nothing."""
+    import fcntl
+
     from microframe.utils.files import atomic_write_text
 
-    data = read_restart_file(service)
-    if pending:
-        data[str(os.getpid())] = dict(pending)
-    else:
-        data.pop(str(os.getpid()), None)
     path = restart_file(service)
     try:
-        if data:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(data, sort_keys=True))
-        else:
-            path.unlink(missing_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = read_restart_file(service)
+            if pending:
+                data[str(os.getpid())] = dict(pending)
+            else:
+                data.pop(str(os.getpid()), None)
+            if data:
+                atomic_write_text(path, json.dumps(data, sort_keys=True))
+            else:
+                path.unlink(missing_ok=True)
     except OSError as err:
         logger.warning("cannot record the settings waiting for a restart in %s: %s", path, err)
 

@@ -17,7 +17,13 @@ from typing import Any, TypeAlias
 
 from microframe.contrib.coordination import connection
 from microframe.contrib.coordination.locks import connection_ttl, finish, identity
-from microframe.contrib.coordination.ordering import LeaseLost, enqueue, head, wait_turn
+from microframe.contrib.coordination.ordering import (
+    LeaseLost,
+    enqueue,
+    head,
+    queue_prefix,
+    wait_turn,
+)
 from microframe.contrib.coordination.session import Session
 
 __all__ = ["Callback", "Election"]
@@ -59,8 +65,7 @@ class Election:
         connection: Any = None,
         prefix: str | None = None,
     ) -> None:
-        if not name or not isinstance(name, str):
-            raise ValueError(f"an election's name must be a non-empty str, not {name!r}")
+        queue_prefix(prefix or "/", "elections", name)  # a name that is not one raises here
         self.name = name
         self.value = identity() if value is None else value
         self.ttl = connection_ttl(ttl)
@@ -78,8 +83,7 @@ class Election:
     @property
     def queue(self) -> str:
         """The key prefix of the candidates: ``<PREFIX>/elections/<name>/``."""
-        base = self._prefix.rstrip("/") if self._prefix is not None else connection.prefix()
-        return f"{base}/elections/{self.name}/"
+        return queue_prefix(self._prefix, "elections", self.name)
 
     @property
     def is_leader(self) -> bool:
@@ -149,12 +153,16 @@ class Election:
     async def _campaign(self) -> None:
         etcd = self._connection()
         queue = self.queue.encode()
+        failing = False  # while etcd cannot be reached: one warning, then debug lines
         while True:
             session = Session(etcd, self.ttl, what=f"election {self.name}")
             try:
                 lease_id = await session.open()
                 key = queue + f"{lease_id:x}".encode()
                 revision = await enqueue(etcd, "campaign", key, self.value.encode(), lease_id)
+                if failing:
+                    logger.info("election %s: campaigning again", self.name)
+                    failing = False
                 await wait_turn(etcd, "campaign", queue, revision, session.lost)
                 await self._elected(revision)
                 await session.lost.wait()
@@ -164,8 +172,10 @@ class Election:
                 logger.warning("election %s: the lease was lost while campaigning; again",
                                self.name)
             except Exception as err:
-                logger.warning("election %s: cannot campaign, retrying in %.1f s: %s",
-                               self.name, RETRY_DELAY, err)
+                log = logger.debug if failing else logger.warning
+                log("election %s: cannot campaign, retrying every %.1f s: %s",
+                    self.name, RETRY_DELAY, err)
+                failing = True
             finally:
                 await self._revoked()
                 await finish(session.close())

@@ -32,7 +32,7 @@ from typing import Any
 
 from microframe.contrib.coordination import connection
 from microframe.contrib.coordination.exceptions import LockTimeout
-from microframe.contrib.coordination.ordering import LeaseLost, enqueue, wait_turn
+from microframe.contrib.coordination.ordering import LeaseLost, enqueue, queue_prefix, wait_turn
 from microframe.contrib.coordination.session import Session
 
 __all__ = ["Lock", "lock"]
@@ -82,8 +82,7 @@ class Lock:
         connection: Any = None,
         prefix: str | None = None,
     ) -> None:
-        if not name or not isinstance(name, str):
-            raise ValueError(f"a lock's name must be a non-empty str, not {name!r}")
+        queue_prefix(prefix or "/", "locks", name)  # a name that is not one raises here
         ttl = connection_ttl(ttl)
         self.name = name
         self.ttl = ttl
@@ -102,8 +101,7 @@ class Lock:
     @property
     def queue(self) -> str:
         """The key prefix of this lock's queue: ``<PREFIX>/locks/<name>/``."""
-        base = self._prefix.rstrip("/") if self._prefix is not None else connection.prefix()
-        return f"{base}/locks/{self.name}/"
+        return queue_prefix(self._prefix, "locks", self.name)
 
     @property
     def held(self) -> bool:

@@ -17,11 +17,23 @@ from typing import Any
 from aetcd import rpc as etcdrpc
 from aetcd.utils import prefix_range_end
 
-__all__ = ["LeaseLost", "enqueue", "head", "wait_turn"]
+__all__ = ["LeaseLost", "enqueue", "head", "queue_prefix", "wait_turn"]
 
 _DELETE = etcdrpc.Event.EventType.DELETE
 #: Seconds before looking again when a watch ended without the deletion (etcd restarting).
 BROKEN_WATCH_PAUSE = 0.1
+
+
+def queue_prefix(prefix: str | None, kind: str, name: str) -> str:
+    """The key prefix of the queue ``name`` of ``kind`` (``locks``, ``elections``):
+    ``<prefix>/<kind>/<name>/``, the prefix ``COORDINATION["PREFIX"]`` when None; ValueError
+    for a name that is not a non-empty str."""
+    from microframe.contrib.coordination import connection
+
+    if not name or not isinstance(name, str):
+        raise ValueError(f"the name of a {kind[:-1]} must be a non-empty str, not {name!r}")
+    base = prefix.rstrip("/") if prefix is not None else connection.prefix()
+    return f"{base}/{kind}/{name}/"
 
 
 class LeaseLost(Exception):

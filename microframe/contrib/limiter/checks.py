@@ -58,6 +58,9 @@ def check_limiter_settings(**kwargs: Any) -> list[CheckMessage]:
         return [Error(f"LIMITER must be a dict, not {type(configured).__name__}.",
                       hint=HINT, id="limiter.E001")]
     errors: list[CheckMessage] = unknown_keys("LIMITER", configured, KNOWN_KEYS, "limiter.E001")
+    if not isinstance(configured.get("ENABLED", True), bool):
+        errors.append(Error(f'LIMITER["ENABLED"] must be True or False, not '
+                            f'{configured["ENABLED"]!r}.', id="limiter.E001"))
     methods = configured.get("METHODS") or {}
     if not isinstance(methods, dict):
         return [*errors, Error(

@@ -139,3 +139,33 @@ def test_without_a_configuration_center_the_command_says_so(tmp_path: Path):
     result = manage_config(tmp_path, plain, "get")
     assert result.returncode == 1
     assert 'No configuration center: CONFIG["BACKEND"] is None' in result.stderr
+
+
+def test_metadata_secrets_are_hidden_a_value_comes_from_stdin_and_usage_errors_exit_2(
+    etcd, prefix, settings, tmp_path: Path
+):
+    value = {"users": {"TIMEOUT": 1, "METADATA": [
+        ["authorization", "Bearer s3cr3t-client"], ["x-api-key", "s3cr3t-key"],
+        ["x-request-id", "visible"],
+    ]}}
+    stored = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "config", "set", "CLIENTS", "-",
+         "--settings", settings],
+        cwd=ROOT, env=env(tmp_path), input=json.dumps(value), capture_output=True, text=True,
+        timeout=30,
+    )
+    assert stored.returncode == 0, stored.stderr
+    for action in (("get",), ("get", "CLIENTS"), ("diff",), ("history", "CLIENTS")):
+        shown = run(tmp_path, settings, *action).stdout
+        assert "s3cr3t" not in shown and "visible" in shown, (action, shown)
+    assert "s3cr3t-client" in run(tmp_path, settings, "get", "CLIENTS", "--reveal").stdout
+    for args in (("set", "LIMITER"), ("watch", "--count", "x"), ("rollback", "LIMITER", "abc")):
+        result = run(tmp_path, settings, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("usage: manage.py config"), result.stderr
+        assert "Traceback" not in result.stderr
+    ahead = run(tmp_path, settings, "rollback", "CLIENTS", "999999")
+    assert ahead.returncode == 1
+    assert "revision 999999 is ahead of the store's" in ahead.stderr
+    short = run(tmp_path, settings, "watch", "--count", "2", "--timeout", "0.5")
+    assert short.returncode == 1 and "0 of the 2 changes asked for" in short.stderr

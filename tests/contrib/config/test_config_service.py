@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,51 @@ class _via:
 
     def __init__(self, cluster: EtcdCluster, index: int) -> None:
         self.endpoints = [cluster.members[index].endpoint]
+
+
+def test_processes_recording_restarts_at_once_lose_none(tmp_path: Path):
+    """Every serving process of a host records what it waits to restart for in one file: 8
+    processes writing at once leave 8 entries, and ``check`` lists each one."""
+    script = tmp_path / "record.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from microframe.conf import settings\n"
+        f"settings.configure(SERVICE_NAME='racer', CONFIG={{'CACHE_DIR': {str(tmp_path)!r}}})\n"
+        "from microframe.contrib.config.reload import write_restart_file\n"
+        "start = float(sys.argv[1])\n"
+        "while time.time() < start: pass\n"
+        "for revision in range(20):\n"
+        "    write_restart_file('racer', {'GRPC': revision})\n"
+        "sys.stdout.write('done'); sys.stdout.flush(); sys.stdin.read()\n"
+    )
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, str(script), str(start)], env=env(tmp_path),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.read(4) == "done"
+        recorded = json.loads((tmp_path / "racer.restart.json").read_text())
+        assert sorted(recorded) == sorted(str(p.pid) for p in procs)
+        assert all(entry == {"GRPC": 19} for entry in recorded.values())
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_removing_a_key_that_was_never_a_setting_refuses_nothing(etcd, prefix, tmp_path: Path):
+    settings = config_settings(tmp_path, "cfg_badkey", etcd.endpoints, prefix)
+    server = start(tmp_path, settings).wait_serving()
+    try:
+        etcd.etcdctl("put", f"{prefix}/cfgsvc/SERVICE_NAME", '"payments"')
+        wait_until(lambda: metric(server, "microframe_config_rejected_total",
+                                  setting="SERVICE_NAME", check="config.invalid") == 1, 5,
+                   "the forbidden key refused")
+        etcd.etcdctl("del", f"{prefix}/cfgsvc/SERVICE_NAME")
+        revision = put(etcd, prefix, "cfgsvc", "LIMITER", limiter(4))
+        wait_applied([server], revision, timeout=5)  # the deletion came before, in order
+        assert metric(server, "microframe_config_rejected_total", setting="SERVICE_NAME",
+                      check="config.invalid") == 1
+    finally:
+        server.terminate()

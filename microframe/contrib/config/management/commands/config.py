@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import functools
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -31,7 +33,13 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        actions = parser.add_subparsers(dest="action", metavar="ACTION")
+        # The actions' parsers report a bad command line as the command's does (usage, status 2).
+        actions = parser.add_subparsers(
+            dest="action", metavar="ACTION",
+            parser_class=functools.partial(
+                CommandParser, called_from_command_line=parser.called_from_command_line
+            ),
+        )
         actions.required = True
 
         def action(name: str, help: str, *, setting: bool = True) -> Any:
@@ -55,7 +63,8 @@ class Command(BaseCommand):
         get.add_argument("setting", metavar="SETTING", nargs="?")
         put = action("set", "Store SETTING's JSON (checked with the system checks first).")
         put.add_argument("json", metavar="JSON", help='The setting\'s value, e.g. \'{"OPTIONS": '
-                         '{"rate": 100, "burst": 100}}\' (merged over the local value).')
+                         '{"rate": 100, "burst": 100}}\' (merged over the local value); "-" reads '
+                         "it from the standard input (a value too long for a command line).")
         put.add_argument("--force", action="store_true", help="Store it without the checks.")
         action("unset", "Remove SETTING from the configuration center (back to the local "
                "value).")
@@ -179,8 +188,9 @@ class Command(BaseCommand):
 
         name = self.options["setting"]
         check_setting_name(name)
+        text = sys.stdin.read() if self.options["json"] == "-" else self.options["json"]
         try:
-            stored = entry(self.options["json"], 0)
+            stored = entry(text, 0)
         except ValueError as err:
             raise CommandError(f"{name}: the value is {err}") from None
         raw = json.dumps(stored.value, sort_keys=True)
@@ -241,6 +251,9 @@ class Command(BaseCommand):
             if "compacted" in str(err):
                 raise CommandError(f"revision {revision} is compacted: etcd no longer keeps "
                                    "it") from None
+            if "future revision" in str(err):
+                raise CommandError(f"revision {revision} is ahead of the store's: see "
+                                   f"config history {name}") from None
             raise
         if raw is None:
             raise CommandError(f"{name} was not stored for {self.scope} at revision {revision}.")
@@ -278,4 +291,7 @@ class Command(BaseCommand):
             try:
                 await asyncio.wait_for(follow(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                pass
+                if count and seen < count:
+                    raise CommandError(
+                        f"{seen} of the {count} changes asked for came within {timeout:g} s"
+                    ) from None
