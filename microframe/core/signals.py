@@ -8,8 +8,10 @@ receiver raises propagates. Connect receivers in a battery's ``ready()``.
 
 Settings
 
-- ``setting_changed(sender, setting, value, enter)``: sent by ``override_settings`` so that
-  batteries caching a setting reset themselves.
+- ``setting_changed(sender, setting, value, enter)``: sent by ``override_settings``, and by
+  the configuration center when it applies a stored change (:mod:`microframe.contrib.config`),
+  so that batteries caching a setting rebuild or reset what they derived from it; a receiver
+  that raises refuses the configuration center's change.
 
 Every server (:class:`~microframe.core.server.Server`: runserver's, a test's)
 
