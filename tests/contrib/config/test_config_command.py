@@ -169,3 +169,38 @@ def test_metadata_secrets_are_hidden_a_value_comes_from_stdin_and_usage_errors_e
     assert "revision 999999 is ahead of the store's" in ahead.stderr
     short = run(tmp_path, settings, "watch", "--count", "2", "--timeout", "0.5")
     assert short.returncode == 1 and "0 of the 2 changes asked for" in short.stderr
+
+
+def test_the_etcd_options_of_the_registry_work_here_too_tls_and_a_password(
+    make_cluster, prefix, tmp_path: Path
+):
+    """CONFIG["OPTIONS"] are the etcd registry's: a cluster with client certificates, then one
+    with authentication; a wrong password is a clear error naming the endpoints."""
+    from support.etcd_cluster import generate_tls
+
+    tls = generate_tls(tmp_path / "pki")
+    secure = make_cluster(tls=tls)
+    files = {"ca_cert": str(tls.ca), "cert": str(tls.client_cert), "key": str(tls.client_key)}
+    settings = config_settings(tmp_path, "cmd_tls", secure.endpoints, prefix)
+    module = tmp_path / "cmd_tls" / "settings.py"
+    module.write_text(module.read_text() + f'CONFIG["OPTIONS"].update({files!r})\n')
+    assert "stored for cfgsvc" in run(tmp_path, settings, "set", "LOG", '{"LEVEL": "DEBUG"}').stdout
+    assert json.loads(run(tmp_path, settings, "get", "LOG").stdout)["LEVEL"] == "DEBUG"
+    assert json.loads(secure.get_prefix(prefix)[f"{prefix}/cfgsvc/LOG"].value) == {"LEVEL": "DEBUG"}
+
+    guarded = make_cluster()
+    guarded.enable_auth("s3cret")
+    for name, password, works in (("cmd_auth", "s3cret", True), ("cmd_wrong", "wrong", False)):
+        settings = config_settings(tmp_path, name, guarded.endpoints, prefix)
+        module = tmp_path / name / "settings.py"
+        module.write_text(module.read_text() + "CONFIG['OPTIONS'].update("
+                          f"{{'user': 'root', 'password': {password!r}}})\n")
+        result = run(tmp_path, settings, "set", "LOG", '{"LEVEL": "ERROR"}')
+        if works:
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode == 1
+            assert "authentication failed for user 'root'" in result.stderr
+            assert guarded.endpoints[0] in result.stderr
+            assert "s3cret" not in result.stderr and "wrong" not in result.stderr.split(
+                "authentication failed")[0]
