@@ -68,7 +68,9 @@ class PrepareMiddleware:
     the client's ``TIMEOUT``: worked out once, when the chain of the method is built), and
     never later than the deadline of the request being served when the call is made from a
     controller: a downstream call never outlives its caller's caller. The trace id of that
-    request travels as ``x-request-id``; the client's ``METADATA`` follows.
+    request travels as ``x-request-id``, with its ``x-md-global-*`` metadata and what the
+    controller put in ``ctx.metadata_out`` (:mod:`microframe.core.propagation`); the client's
+    ``METADATA`` follows.
     """
 
     def __init__(
@@ -91,6 +93,11 @@ class PrepareMiddleware:
                     raise DeadlineExceeded(self._late)
                 deadline = min(deadline, now + upstream)
             call.metadata.append(("x-request-id", ctx.trace_id))
+            travels = ctx.propagated()
+            if travels:
+                # What the call was given itself wins over what travels with the request.
+                given = {key for key, _ in call.metadata}
+                call.metadata.extend(pair for pair in travels if pair[0] not in given)
         call.deadline = deadline
         if self.metadata:
             call.metadata.extend(self.metadata)

@@ -254,7 +254,8 @@ GATEWAY = {
     "MAX_HEADER_BYTES": 64 * 1024,
     # Request headers passed to the service as metadata ("Grpc-Metadata-<key>" headers pass
     # too, as <key>, except credentials and the keys named here: those pass only under their
-    # own header; the caller's address is added to x-forwarded-for).
+    # own header; X-Md-Global-* and X-Md-Local-* pass as they are; the caller's address is
+    # added to x-forwarded-for).
     "FORWARD_HEADERS": [
         "authorization", "x-request-id", "traceparent", "tracestate", "uber-trace-id",
     ],
@@ -263,6 +264,15 @@ GATEWAY = {
     # Pass the messages of UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS and DEADLINE_EXCEEDED
     # errors on to HTTP callers (they may name internal services and addresses); None: DEBUG.
     "EXPOSE_ERRORS": None,
+}
+
+# Metadata that travels (microframe.core.propagation): the x-md-global-* keys a request
+# received are sent on every call it makes through microframe's client, at every hop, at most
+# MAX_KEYS of them and MAX_BYTES bytes (names and values): the rest are dropped (counted in
+# microframe_metadata_dropped_total), so that a caller cannot inflate every downstream call.
+PROPAGATION = {
+    "MAX_KEYS": 16,
+    "MAX_BYTES": 4096,
 }
 
 # The client chain, outermost first (see microframe.client.middleware).

@@ -62,6 +62,8 @@ class RequestContext:
         "_logger",
         "_fields",
         "_ends",
+        "_propagated",
+        "_metadata_out",
         "__weakref__",
     )
 
@@ -81,6 +83,8 @@ class RequestContext:
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._fields: dict[str, Any] | None = None
         self._ends: list[OnEnd] | None = None
+        self._propagated: tuple[tuple[str, Any], ...] | None = None
+        self._metadata_out: dict[str, Any] | None = None
 
     @property
     def service(self) -> str:
@@ -108,6 +112,28 @@ class RequestContext:
         if self._metadata is None:
             self._metadata = {k: v for k, v in (self.grpc.invocation_metadata() or ())}
         return self._metadata
+
+    @property
+    def metadata_out(self) -> dict[str, Any]:
+        """Metadata to send on every call this request makes through microframe's client (one
+        hop; a key named ``x-md-global-*`` travels on from there): see
+        :mod:`microframe.core.propagation`."""
+        if self._metadata_out is None:
+            self._metadata_out = {}
+        return self._metadata_out
+
+    def propagated(self) -> tuple[tuple[str, Any], ...]:
+        """The metadata the calls made while serving this request carry: the ``x-md-global-*``
+        keys received (within ``PROPAGATION``'s caps, worked out once), then
+        :attr:`metadata_out`."""
+        kept = self._propagated
+        if kept is None:
+            from microframe.core.propagation import global_metadata
+
+            kept = self._propagated = global_metadata(self.metadata, self.full_method)
+        if self._metadata_out:
+            return kept + tuple(self._metadata_out.items())
+        return kept
 
     def time_remaining(self) -> float | None:
         """Return the seconds left before the call's deadline, or None without a deadline.

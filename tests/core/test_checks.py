@@ -1125,6 +1125,10 @@ def test_commands_report_where_the_router_import_failed(service_dir):
         ({"GATEWAY": {"MAX_BODY_BYTES": "1MB"}}, "gateway.E001"),
         ({"GATEWAY": {"ADDRESS": "nohost"}}, "gateway.E001"),
         ({"GATEWAY": {"FORWARD_HEADERS": "authorization"}}, "gateway.E001"),
+        ({"PROPAGATION": 16}, "microframe.E001"),
+        ({"PROPAGATION": {"MAX_KEYS": -1}}, "microframe.E001"),
+        ({"PROPAGATION": {"MAX_BYTES": "4k"}}, "microframe.E001"),
+        ({"PROPAGATION": {"MAX_KEY": 3}}, "microframe.E001"),
     ],
 )
 def test_tracing_and_logging_settings(clean, overrides, check_id):

@@ -1,7 +1,8 @@
 """Controllers whose behaviour the request's name selects.
 
 ``remaining``: the seconds left before the call's deadline; ``peer``: the process id and the
-caller's address; ``relay:<svc>,<svc>...``: call the next service with the client library;
+caller's address; ``relay:<svc>,<svc>...[=>NAME]``: call the next service with the client library (the last
+one is asked NAME, default ``remaining``);
 ``discover:<service>``: the addresses of that service's instances, found through the registry;
 ``raise``: an unexpected exception; ``wrongtype``: a reply of the wrong type; ``notfound``: a
 business error; ``pid``: the serving process id; ``trace``: the call's trace id; ``setting``:
@@ -61,12 +62,16 @@ async def say_hello(ctx, request: HelloRequest):
     if name == "peer":
         return HelloReply(message=f"{os.getpid()} {ctx.peer}")
     if name.startswith("relay:"):
-        # relay:<service>[,<service>...]: call the first service with the rest of the list
-        # (ending with "remaining"), through the client library; answer what it answered.
+        # relay:<service>[,<service>...][=>NAME]: call the first service with the rest of the
+        # list (ending with NAME, default "remaining"), through the client library, telling it
+        # who called (x-md-local-caller: one hop); answer what it answered.
         from example.generate.hello_client import GreeterClient
 
-        first, _, rest = name[len("relay:"):].partition(",")
-        onward = f"relay:{rest}" if rest else "remaining"
+        chain, _, final = name[len("relay:"):].partition("=>")
+        first, _, rest = chain.partition(",")
+        final = final or "remaining"
+        onward = f"relay:{rest}=>{final}" if rest else final
+        ctx.metadata_out["x-md-local-caller"] = settings.SERVICE_NAME
         reply = await GreeterClient(first).SayHello(HelloRequest(name=onward))
         return HelloReply(message=reply.message)
     if name.startswith("discover:"):

@@ -310,6 +310,12 @@ class GatewayApplication:
     def _metadata(self, environ: dict[str, Any]) -> list[tuple[str, Any]]:
         pairs = [(name, environ[key]) for key, name in self.forward.items() if key in environ]
         for key, value in environ.items():
+            if key.startswith(("HTTP_X_MD_GLOBAL_", "HTTP_X_MD_LOCAL_")):
+                # Metadata that travels (microframe.core.propagation): its own headers pass.
+                name = key[5:].lower().replace("_", "-")
+                if METADATA_KEY.match(name):
+                    pairs.append((name, value))
+                continue
             if key.startswith("HTTP_GRPC_METADATA_"):
                 name = key[19:].lower().replace("_", "-")
                 # Credentials, and whatever FORWARD_HEADERS passes, come only from their own

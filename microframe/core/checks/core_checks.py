@@ -298,6 +298,13 @@ def _known_keys(name: str, rules: list[Rule]) -> frozenset[str]:
 GRPC_KEYS = _known_keys("GRPC", GRPC_RULES)
 METRICS_KEYS = _known_keys("METRICS", METRICS_RULES)
 
+#: PROPAGATION (microframe.core.propagation): 0 passes no x-md-global-* key on.
+PROPAGATION_RULES: list[Rule] = [
+    ("MAX_KEYS", lambda v: _positive_int(v) or v == 0, "an int >= 0", None),
+    ("MAX_BYTES", lambda v: _positive_int(v) or v == 0, "an int >= 0 (bytes)", None),
+]
+PROPAGATION_KEYS = _known_keys("PROPAGATION", PROPAGATION_RULES)
+
 
 def _apply_rules(
     prefix: str | None, values: dict[str, Any], rules: list[Rule]
@@ -440,6 +447,19 @@ def check_metrics_settings(**kwargs: Any) -> list[CheckMessage]:
     errors.extend(_apply_rules("METRICS", metrics, METRICS_RULES))
     if "PORT" in metrics:
         errors.extend(_check_port('METRICS["PORT"]', metrics["PORT"]))
+    return errors
+
+
+@register(Tags.settings, Tags.client)
+def check_propagation_settings(**kwargs: Any) -> list[CheckMessage]:
+    """Check PROPAGATION: unknown keys and the caps' types (microframe.E001)."""
+    propagation = getattr(settings, "PROPAGATION", _missing)
+    if propagation is _missing:
+        return []
+    if not isinstance(propagation, dict):
+        return [wrong_setting("PROPAGATION", "a dict", propagation)]
+    errors = unknown_keys("PROPAGATION", propagation, PROPAGATION_KEYS, "microframe.E001")
+    errors.extend(_apply_rules("PROPAGATION", propagation, PROPAGATION_RULES))
     return errors
 
 

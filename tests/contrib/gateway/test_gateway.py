@@ -326,6 +326,9 @@ def test_selected_headers_pass_as_metadata(shop: Shop) -> None:
     assert seen("authorization", {"Authorization": "Bearer t0k"}) == "'Bearer t0k'"
     assert seen("x-tenant", {"Grpc-Metadata-X-Tenant": "acme"}) == "'acme'"
     assert seen("x-secret", {"X-Secret": "no"}) == "None"  # not in FORWARD_HEADERS
+    # Metadata that travels (microframe.core.propagation) passes under its own headers.
+    assert seen("x-md-global-tenant", {"X-Md-Global-Tenant": "acme"}) == "'acme'"
+    assert seen("x-md-local-note", {"X-Md-Local-Note": "hop"}) == "'hop'"
     assert seen("x-forwarded-for", {}) == "'127.0.0.1'"
 
 

@@ -1,0 +1,55 @@
+"""Metadata that travels down a chain of real services: alpha -> beta -> gamma, each a
+``runserver`` process calling the next with microframe's client; the first call is made with
+a plain grpc client, as any caller of alpha makes it."""
+
+from __future__ import annotations
+
+import grpc
+from client.test_client import _cache, _wait_instances
+
+from microframe.discovery.cache import DiscoveryCache
+
+from example.generate import hello_pb2, hello_pb2_grpc
+
+
+async def chain(fleet) -> tuple[str, DiscoveryCache]:
+    alpha = fleet("alpha")[0]
+    fleet("beta")
+    fleet("gamma")
+    cache = _cache(fleet)
+    for name in ("alpha", "beta", "gamma"):
+        await _wait_instances(cache, name, 1)
+    return alpha.address, cache
+
+
+async def ask(address: str, final: str, metadata: tuple[tuple[str, str], ...]) -> str:
+    """What gamma's controller answers ``final`` when alpha is called with ``metadata``."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await hello_pb2_grpc.GreeterStub(channel).SayHello(
+            hello_pb2.HelloRequest(name=f"relay:beta,gamma=>{final}"), metadata=metadata,
+            timeout=10,
+        )
+    return str(reply.message)
+
+
+async def test_global_keys_reach_the_end_of_the_chain_local_ones_one_hop(fleet):
+    address, cache = await chain(fleet)
+    sent = (("x-md-global-tenant", "acme"), ("x-md-local-note", "for alpha only"),
+            ("x-plain", "not propagated"))
+    assert await ask(address, "metadata:x-md-global-tenant", sent) == "'acme'"
+    assert await ask(address, "metadata:x-md-local-note", sent) == "None"
+    assert await ask(address, "metadata:x-plain", sent) == "None"
+    # beta's controller put x-md-local-caller in ctx.metadata_out: gamma sees beta, not alpha.
+    assert await ask(address, "metadata:x-md-local-caller", sent) == "'beta'"
+    await cache.close()
+
+
+async def test_a_caller_cannot_inflate_every_downstream_call(fleet):
+    address, cache = await chain(fleet)
+    many = tuple((f"x-md-global-k{i:02d}", "v") for i in range(40))
+    assert await ask(address, "metadata:x-md-global-k15", many) == "'v'"  # the 16th passes
+    assert await ask(address, "metadata:x-md-global-k16", many) == "None"  # MAX_KEYS = 16
+    big = tuple((f"x-md-global-big{i}", "b" * 2000) for i in range(3))
+    assert await ask(address, "metadata:x-md-global-big1", big) == repr("b" * 2000)
+    assert await ask(address, "metadata:x-md-global-big2", big) == "None"  # MAX_BYTES = 4096
+    await cache.close()
