@@ -50,7 +50,7 @@ def fleet(tmp_path, transport):
 
     def start(
         name: str, count: int = 1, weight: int = 100, shutdown_delay: float = 0.0, tls: dict | None = None,
-        grpc: dict | None = None,
+        grpc: dict | None = None, metadata: dict | None = None,
     ) -> list[ServerProcess]:
         servers = []
         for _ in range(count):
@@ -60,6 +60,7 @@ def fleet(tmp_path, transport):
                 "OPTIONS": {"directory": str(registry_dir), "ttl": 1.5},
                 "CACHE_DIR": str(tmp_path / f"cache-{module}"),
                 "WEIGHT": weight,
+                "METADATA": metadata or {},
             }, grpc={"SHUTDOWN_DELAY": shutdown_delay, "TLS": tls, **(grpc or {})})
             server = ServerProcess(tmp_path, settings=settings, env=env, transport=transport)
             started.append(server)

@@ -40,6 +40,8 @@ class ClientCall:
         "instance",
         "tried",
         "attempt",
+        "color",
+        "router",
     )
 
     def __init__(
@@ -64,6 +66,9 @@ class ClientCall:
         self.instance: ServiceInstance | None = None
         self.tried: list[str] = []
         self.attempt = 1
+        #: The call's color, and the client's router of colors (microframe.client.colors).
+        self.color: str | None = None
+        self.router: Any = None
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative; infinite without one)."""

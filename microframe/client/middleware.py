@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from microframe.client.call import ClientCall, ClientHandler
+from microframe.client.colors import call_color
 from microframe.client.membership import SubsetList
 from microframe.client.outliers import InstanceUnreachable
 from microframe.core.context import current_context
@@ -145,7 +146,8 @@ class AccessLogMiddleware:
 
 class DiscoveryMiddleware:
     """Find the instances of the service in the discovery cache (watch-fed, kept on disk):
-    the client's subset of them, when they are more than its ``SUBSET_SIZE``."""
+    the client's subset of them, when they are more than its ``SUBSET_SIZE``, and of those the
+    ones of the call's color (:mod:`microframe.client.colors`)."""
 
     def __init__(
         self,
@@ -154,12 +156,16 @@ class DiscoveryMiddleware:
         service: str,
         discovery: Any,
         membership: Membership | None = None,
+        options: ClientOptions | None = None,
         **kwargs: Any,
     ) -> None:
+        from microframe.client.colors import ColorRouter
+
         self.next = next
         self.service = service
         self.discovery = discovery
         self.membership = membership
+        self.colors = ColorRouter(service, bool(options is not None and options.color_strict))
 
     async def __call__(self, call: ClientCall) -> Any:
         try:
@@ -173,7 +179,9 @@ class DiscoveryMiddleware:
             if not membership.following:
                 membership.follow(self.discovery, self.service, instances)
             instances = membership.view(instances)
-        call.instances = instances
+        call.color = color = call_color(call.metadata)
+        call.instances = self.colors.route(instances, color)
+        call.router = self.colors
         return await self.next(call)
 
 
@@ -236,7 +244,10 @@ class BalancerMiddleware:
                     raise
                 unreachable = err
                 if self.membership is not None:  # the subset, with the ejected replaced
-                    call.instances = self.membership.current(call.instances)
+                    current = self.membership.current(call.instances)
+                    if current is not call.instances and call.router is not None:
+                        current = call.router.route(current, call.color)
+                    call.instances = current
 
 
 #: How grpc words the end of a call whose connection was lost after the call was sent (the

@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     # the method's bare name). A call's own timeout= still wins; a call made while serving
     # still never outlives the request being served.
     "METHOD_TIMEOUTS": {},
+    # A call of a color (x-md-global-color) no instance has: False sends it to the uncolored
+    # instances, True refuses it with UNAVAILABLE (microframe.client.colors).
+    "COLOR_STRICT": False,
 }
 
 _RETRY_KEYS = set(DEFAULTS["RETRY"])
@@ -136,6 +139,7 @@ class ClientOptions:
     limit_burst: float | None = None
     limit_wait: float = 0.0
     method_timeouts: dict[str, float] = field(default_factory=dict)
+    color_strict: bool = False
 
     def method_timeout(self, method: str) -> float:
         """Return the timeout of the calls of ``method`` (``/package.Service/Method``) that
@@ -210,6 +214,7 @@ class ClientOptions:
                 if merged["LIMIT_BURST"] is not None
                 else None,
                 limit_wait=float(merged["LIMIT_WAIT"]),
+                color_strict=merged["COLOR_STRICT"],
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ImproperlyConfigured(f"Invalid client options for {service!r}: {err}") from err
@@ -229,6 +234,10 @@ class ClientOptions:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ImproperlyConfigured(
                 f"The SUBSET_SIZE of the client of {service!r} must be a whole number >= 0."
+            )
+        if not isinstance(options.color_strict, bool):
+            raise ImproperlyConfigured(
+                f"The COLOR_STRICT of the client of {service!r} must be True or False."
             )
         if options.limit_wait < 0:
             raise ImproperlyConfigured(f"The LIMIT_WAIT of the client of {service!r} must be >= 0.")

@@ -53,3 +53,44 @@ async def test_a_caller_cannot_inflate_every_downstream_call(fleet):
     assert await ask(address, "metadata:x-md-global-big1", big) == repr("b" * 2000)
     assert await ask(address, "metadata:x-md-global-big2", big) == "None"  # MAX_BYTES = 4096
     await cache.close()
+
+
+async def _pids(client, calls: int, metadata=()) -> set[str]:
+    return {(await client.SayHello(hello_pb2.HelloRequest(name="pid"), metadata=metadata)).message
+            for _ in range(calls)}
+
+
+async def test_colored_calls_reach_the_canary_only_and_fall_back_when_it_is_gone(fleet):
+    from microframe.core.exceptions import Unavailable
+
+    from example.generate.hello_client import GreeterClient
+
+    plain = fleet("bravo")[0]
+    canary = fleet("bravo", metadata={"color": "canary"})[0]
+    cache = _cache(fleet)
+    await _wait_instances(cache, "bravo", 2)
+    client = GreeterClient("bravo", discovery=cache, balancer="round_robin")
+    colored = (("x-md-global-color", "canary"),)
+    assert await _pids(client, 20, colored) == {str(canary.proc.pid)}
+    assert await _pids(client, 20) == {str(plain.proc.pid)}
+    # From a chain: alpha's caller colors the request; alpha's call to bravo is colored too.
+    alpha = fleet("alpha")[0]
+    await _wait_instances(cache, "alpha", 1)
+    async with grpc.aio.insecure_channel(alpha.address) as channel:
+        stub = hello_pb2_grpc.GreeterStub(channel)
+        for expected, metadata in ((canary, colored), (plain, ())):
+            replies = {(await stub.SayHello(hello_pb2.HelloRequest(name="relay:bravo=>pid"),
+                                            metadata=metadata, timeout=10)).message
+                       for _ in range(10)}
+            assert replies == {str(expected.proc.pid)}
+    # The canary stopped: colored calls go to the others, unless the client is strict.
+    canary.terminate()
+    await _wait_instances(cache, "bravo", 1)
+    assert await _pids(client, 10, colored) == {str(plain.proc.pid)}
+    strict = GreeterClient("bravo", discovery=cache, color_strict=True)
+    try:
+        await strict.SayHello(hello_pb2.HelloRequest(name="pid"), metadata=colored)
+        raise AssertionError("a strict client sent a colored call to an uncolored instance")
+    except Unavailable as err:
+        assert "no instance of 'bravo' has the color 'canary'" in str(err)
+    await cache.close()

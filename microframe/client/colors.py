@@ -1,0 +1,79 @@
+"""Colored traffic: the calls of a color go to the instances of that color.
+
+An instance says its color in its registry metadata (``REGISTRY["METADATA"] = {"color":
+"canary"}``). A call carrying ``x-md-global-color: canary`` (set by its caller, and travelling
+with every call the request makes: :mod:`microframe.core.propagation`) is balanced over the
+instances of that color only; when none is up it falls back to the uncolored ones (to all when
+every instance has a color), or, when the client's ``COLOR_STRICT`` option is on, is refused
+with UNAVAILABLE. A call without a color goes to the uncolored instances only (to all when
+every instance has a color: a blue/green fleet), so that no uncolored call ever reaches a
+canary.
+
+The subsets are worked out once per set of instances the client sees (discovery hands the same
+list until it changes), so a call pays a lookup; a fleet with no color and a call with none
+pay one scan of the call's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from microframe.core.exceptions import Unavailable
+from microframe.discovery.instance import ServiceInstance
+
+#: The metadata key a call's color travels in, and the instance metadata key it is matched to.
+COLOR_KEY = "x-md-global-color"
+COLOR = "color"
+
+
+def call_color(metadata: Sequence[tuple[str, Any]]) -> str | None:
+    """The color of a call (the last ``x-md-global-color`` of its metadata), or None."""
+    color = None
+    for key, value in metadata:
+        if key == COLOR_KEY:
+            color = value
+    return color or None
+
+
+class ColorRouter:
+    """The instances of each color in the sets of one client's service, cached per set."""
+
+    def __init__(self, service: str, strict: bool) -> None:
+        self.service = service
+        self.strict = strict
+        self._seen: Sequence[ServiceInstance] | None = None
+        self._by_color: dict[str | None, Sequence[ServiceInstance]] = {}
+        self._colored = False
+
+    def _learn(self, instances: Sequence[ServiceInstance]) -> None:
+        self._seen = instances
+        self._by_color = {}
+        self._colored = any(i.metadata.get(COLOR) for i in instances)
+
+    def route(
+        self, instances: Sequence[ServiceInstance], color: str | None
+    ) -> Sequence[ServiceInstance]:
+        """The instances a call of ``color`` may go to (see the module docstring)."""
+        if instances is not self._seen:
+            self._learn(instances)
+        if not self._colored:
+            if color is not None and self.strict:
+                raise Unavailable(f"no instance of {self.service!r} has the color {color!r}")
+            return instances
+        found = self._by_color.get(color)
+        if found is None:
+            found = self._by_color[color] = self._subset(instances, color)
+        if not found:
+            raise Unavailable(f"no instance of {self.service!r} has the color {color!r}")
+        return found
+
+    def _subset(
+        self, instances: Sequence[ServiceInstance], color: str | None
+    ) -> Sequence[ServiceInstance]:
+        if color is not None:
+            same = [i for i in instances if i.metadata.get(COLOR) == color]
+            if same or self.strict:
+                return same
+        plain = [i for i in instances if not i.metadata.get(COLOR)]
+        return plain or list(instances)
