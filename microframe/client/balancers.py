@@ -55,10 +55,18 @@ class _View:
 
     A pick excluding a few instances (a retry's) draws among all and skips them; one
     excluding many (a fleet of dead instances, ejected) draws among the others, whose view is
-    made once per exclusion set (the client hands the same set over until it changes)."""
+    made once per exclusion set (the client hands the same set over until it changes).
+
+    A view keeps the turns of its own picks: round-robin's next index, and p2c_ewma's count of
+    picks and when each instance was last chosen from it. The calls of each subset (a color's
+    instances, the uncolored ones) then take turns among themselves: two subsets picked from in
+    alternation do not each see every other turn of one shared counter (always the same
+    instance of each), and a small subset's instances are not forced by the picks of a busy
+    one."""
 
     __slots__ = (
-        "instances", "ordered", "cumulative", "total", "stats", "_exclude", "_without",
+        "instances", "ordered", "cumulative", "total", "stats", "turn", "picked", "picked_turn",
+        "_exclude", "_without",
     )
 
     def __init__(self, instances: Sequence[ServiceInstance], weighted: bool = False) -> None:
@@ -67,6 +75,10 @@ class _View:
         # p2c_ewma's statistics of each instance, index for index, filled as they are drawn:
         # a pick then reads two list items, not two instances' ids and a dictionary.
         self.stats: list[_Stats | None] = [None] * len(instances)
+        self.turn = 0  # picks made from this view
+        # p2c_ewma: when each instance was last chosen from this view, in time and in turns.
+        self.picked: list[float] = []
+        self.picked_turn: list[int] = []
         self.cumulative: list[int] = []
         self.total = 0
         if weighted:
@@ -89,16 +101,35 @@ class _View:
         return self._without
 
 
+#: Lists of instances a balancer keeps the views of: the subsets one client's calls are
+#: routed to (colors, the uncolored instances, the whole set) with room to spare.
+VIEWS = 8
+
+
 class _Viewing:
-    """Keeps the :class:`_View` of the last list of instances picked from."""
+    """Keeps the :class:`_View` of each of the last :data:`VIEWS` lists of instances picked
+    from (by identity: discovery hands out a new list when a set changes, and the colors'
+    router one list per subset), the last one first."""
 
     _weighted = False
     _view: _View | None = None
+    _views: dict[int, _View] | None = None
 
     def _view_of(self, instances: Sequence[ServiceInstance]) -> _View:
         view = self._view
-        if view is None or view.instances is not instances:
-            view = self._view = self._make_view(instances)
+        if view is not None and view.instances is instances:
+            return view
+        views = self._views
+        if views is None:
+            views = self._views = {}
+        # A view holds its list: the id of a list in here cannot be reused by another one.
+        view = views.pop(id(instances), None)
+        if view is None:
+            view = self._make_view(instances)
+            if len(views) >= VIEWS:
+                del views[next(iter(views))]  # the least recently used
+        views[id(instances)] = view  # last in: the most recently used
+        self._view = view
         return view
 
     def _make_view(self, instances: Sequence[ServiceInstance]) -> _View:
@@ -144,11 +175,8 @@ class RandomBalancer(_Stateless):
 
 
 class RoundRobinBalancer(_Stateless):
-    """Each instance in turn (in id order, whatever order discovery gives them); the
-    excluded ones are passed over."""
-
-    def __init__(self) -> None:
-        self._next = 0
+    """Each instance in turn (in id order, whatever order discovery gives them), the turns
+    kept per subset of instances; the excluded ones are passed over."""
 
     def _make_view(self, instances: Sequence[ServiceInstance]) -> _View:
         view = _View(instances)
@@ -166,16 +194,16 @@ class RoundRobinBalancer(_Stateless):
             ordered = view.ordered
             n = len(ordered)
             for _ in range(_DRAWS):
-                chosen = ordered[self._next % n]
-                self._next += 1
+                chosen = ordered[view.turn % n]
+                view.turn += 1
                 if chosen.id not in exclude:
                     return chosen
             view = view.without(exclude)
             if view.ordered is view.instances:  # the others' view, not yet in id order
                 view.ordered = sorted(view.instances, key=lambda i: i.id)
         ordered = view.ordered
-        chosen = ordered[self._next % len(ordered)]
-        self._next += 1
+        chosen = ordered[view.turn % len(ordered)]
+        view.turn += 1
         return chosen
 
 
@@ -204,15 +232,17 @@ class WeightedRandomBalancer(_Stateless):
 
 
 class _Stats:
-    __slots__ = ("lag", "success", "inflight", "last", "picked", "picks", "samples")
+    """What p2c_ewma knows of one instance, whichever subset its calls were picked from: its
+    latency and success are the instance's, not a subset's (a call's color does not make an
+    instance faster), and its calls in flight add up over all of them."""
 
-    def __init__(self, now: float, picks: int) -> None:
+    __slots__ = ("lag", "success", "inflight", "last", "samples")
+
+    def __init__(self, now: float) -> None:
         self.lag = 0.0  # EWMA of latency, seconds
         self.success = 1.0  # EWMA of the success ratio
         self.inflight = 0
         self.last = now  # time of the last update
-        self.picked = now  # last time it was chosen
-        self.picks = picks  # the balancer's count of picks then
         self.samples = 0
 
 
@@ -225,7 +255,10 @@ class P2CEwmaBalancer(_Viewing):
     recovered instance gets the call that proves it. go-zero forces on time alone: with fewer
     calls per second than instances every instance is then "not picked for a while", and the
     slow one of a pair is forced more often than not, getting more than its fair share; the
-    count of picks keeps a slow instance under half of it, at any rate of calls.
+    count of picks keeps a slow instance under half of it, at any rate of calls. The picks
+    and the last pick of each instance are counted per subset (:class:`_View`), so that the
+    calls of a small subset (a canary's) do not force its slow instance for the picks of a
+    busy one.
     """
 
     def __init__(
@@ -243,12 +276,11 @@ class P2CEwmaBalancer(_Viewing):
         self._rng = rng or random.Random()
         self._clock = clock
         self._stats: dict[str, _Stats] = {}
-        self._picks = 0
 
     def _get(self, instance: ServiceInstance) -> _Stats:
         stats = self._stats.get(instance.id)
         if stats is None:
-            stats = self._stats[instance.id] = _Stats(self._clock(), self._picks)
+            stats = self._stats[instance.id] = _Stats(self._clock())
         return stats
 
     def _load(self, stats: _Stats) -> float:
@@ -304,11 +336,15 @@ class P2CEwmaBalancer(_Viewing):
             i, sa, j, sb = j, sb, i, sa
         # i is the less loaded; j gets a turn if it has not had one for a while.
         now = self._clock()
-        self._picks = picks = self._picks + 1
-        if now - sb.picked > self.force_pick and picks - sb.picks > 2 * n:
-            sb.picked, sb.picks = now, picks
+        picked, picked_turn = view.picked, view.picked_turn
+        if not picked:  # the first pick from this view: every instance "just picked"
+            picked = view.picked = [now] * n
+            picked_turn = view.picked_turn = [0] * n
+        view.turn = turn = view.turn + 1
+        if now - picked[j] > self.force_pick and turn - picked_turn[j] > 2 * n:
+            picked[j], picked_turn[j] = now, turn
             return candidates[j]
-        sa.picked, sa.picks = now, picks
+        picked[i], picked_turn[i] = now, turn
         return candidates[i]
 
     def start(self, instance: ServiceInstance) -> float:

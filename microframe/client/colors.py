@@ -37,7 +37,11 @@ def call_color(metadata: Sequence[tuple[str, Any]]) -> str | None:
 
 
 class ColorRouter:
-    """The instances of each color in the sets of one client's service, cached per set."""
+    """The instances of each color in the sets of one client's service, worked out once per
+    set: one list per color the instances have, and one of the uncolored ones, the same list
+    for every call of its subset (the balancers keep one view of each: their turns, p2c's
+    picks). A color no instance has gets no entry of its own (it falls back, or is refused),
+    so the colors callers send cannot grow what is kept."""
 
     def __init__(self, service: str, strict: bool) -> None:
         self.service = service
@@ -47,9 +51,17 @@ class ColorRouter:
         self._colored = False
 
     def _learn(self, instances: Sequence[ServiceInstance]) -> None:
+        by_color: dict[str | None, list[ServiceInstance]] = {}
+        plain: list[ServiceInstance] = []
+        for instance in instances:
+            color = instance.metadata.get(COLOR)
+            if color:
+                by_color.setdefault(color, []).append(instance)
+            else:
+                plain.append(instance)
+        self._colored = bool(by_color)
+        self._by_color = {**by_color, None: plain or instances}
         self._seen = instances
-        self._by_color = {}
-        self._colored = any(i.metadata.get(COLOR) for i in instances)
 
     def route(
         self, instances: Sequence[ServiceInstance], color: str | None
@@ -62,18 +74,8 @@ class ColorRouter:
                 raise Unavailable(f"no instance of {self.service!r} has the color {color!r}")
             return instances
         found = self._by_color.get(color)
-        if found is None:
-            found = self._by_color[color] = self._subset(instances, color)
-        if not found:
-            raise Unavailable(f"no instance of {self.service!r} has the color {color!r}")
+        if found is None:  # a color no instance has
+            if self.strict:
+                raise Unavailable(f"no instance of {self.service!r} has the color {color!r}")
+            found = self._by_color[None]
         return found
-
-    def _subset(
-        self, instances: Sequence[ServiceInstance], color: str | None
-    ) -> Sequence[ServiceInstance]:
-        if color is not None:
-            same = [i for i in instances if i.metadata.get(COLOR) == color]
-            if same or self.strict:
-                return same
-        plain = [i for i in instances if not i.metadata.get(COLOR)]
-        return plain or list(instances)

@@ -204,3 +204,73 @@ def test_p2c_forced_picks_never_give_slow_instances_more_than_their_share(rate: 
     share = counts["slow"] / sum(counts.values())
     assert share < 0.10, share
     assert share > 0.0  # not starved: a recovered instance gets the calls that show it
+
+
+def subsets() -> tuple[list[ServiceInstance], list[ServiceInstance], list[ServiceInstance]]:
+    """A fleet of 12: 10 uncolored instances, 2 canaries, as a color router hands them out."""
+    instances = fleet(12)
+    return instances, instances[:10], instances[10:]
+
+
+def test_round_robin_takes_turns_within_each_subset_picked_in_alternation() -> None:
+    """Uncolored and canary calls in alternation: with one counter for both, the canary calls
+    saw every other turn of it and always went to the same canary."""
+    _, plain, canary = subsets()
+    balancer = RoundRobinBalancer()
+    plain_counts: collections.Counter[str] = collections.Counter()
+    canary_counts: collections.Counter[str] = collections.Counter()
+    for _ in range(100):
+        plain_counts[balancer.pick(plain).id] += 1  # type: ignore[union-attr]
+        canary_counts[balancer.pick(canary).id] += 1  # type: ignore[union-attr]
+    assert canary_counts == {"i00010": 50, "i00011": 50}
+    assert set(plain_counts.values()) == {10}
+
+
+@pytest.mark.parametrize("name", ["random", "round_robin", "weighted_random", "p2c_ewma"])
+def test_subsets_picked_in_turn_keep_their_views(name: str) -> None:
+    """A client's calls of several colors pick from several lists in turn: each keeps the view
+    made for it (a pick stays O(1), p2c's turns stay the subset's), up to VIEWS lists."""
+    from microframe.client.balancers import VIEWS
+
+    everyone, plain, canary = subsets()
+    balancer = make_balancer(name)
+    lists = [everyone, plain, canary]
+    views = {}
+    for instances in lists:
+        balancer.pick(instances)
+        views[id(instances)] = balancer._view_of(instances)  # type: ignore[attr-defined]
+    for _ in range(3):
+        for instances in lists:
+            assert balancer.pick(instances) in instances
+            assert balancer._view_of(instances) is views[id(instances)]  # type: ignore[attr-defined]
+    # Many more lists (discovery's sets over time): the least recently used views go.
+    others = [fleet(3) for _ in range(VIEWS)]
+    for instances in others:
+        balancer.pick(instances)
+    assert len(balancer._views) == VIEWS  # type: ignore[attr-defined]
+    assert balancer._view_of(everyone) is not views[id(everyone)]  # type: ignore[attr-defined]
+
+
+def test_p2c_a_small_subset_is_not_forced_by_the_picks_of_a_busy_one() -> None:
+    """20 uncolored calls for one canary call; one of the two canaries is ten times slower.
+    With one count of picks for the whole balancer the busy subset's picks made every canary
+    pick "forced" once a second had passed: the slow canary, always the worse of the pair, got
+    every canary call. Counted per subset, it gets less than its share."""
+    now = [0.0]
+    balancer = P2CEwmaBalancer(clock=lambda: now[0], rng=random.Random(5))
+    _, plain, canary = subsets()
+    slow = canary[1].id
+    counts: collections.Counter[str] = collections.Counter()
+    for n in range(20 * 600):
+        now[0] = n * 0.1
+        instances = canary if n % 20 == 0 else plain
+        chosen = balancer.pick(instances)
+        assert chosen is not None
+        token = balancer.start(chosen)
+        now[0] += 0.1 if chosen.id == slow else 0.01
+        balancer.done(chosen, token, True)
+        if instances is canary and n >= 20 * 20:
+            counts[chosen.id] += 1
+    share = counts[slow] / sum(counts.values())
+    print(f"slow canary's share of the canary calls: {share:.2f}")
+    assert 0.0 < share < 0.3, counts

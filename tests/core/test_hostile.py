@@ -578,6 +578,7 @@ def test_idle_connections_to_metrics_cost_no_thread(example):
         started = time.monotonic()
         with urllib.request.urlopen(f"http://127.0.0.1:{example.metrics_port}/metrics", timeout=5) as reply:
             assert reply.status == 200 and b"grpc_server_started_total" in reply.read()
+        print(f"scrape behind 1,719 idle connections: {time.monotonic() - started:.3f} s")
         assert time.monotonic() - started < 1.0
         threads = len(os.listdir(f"/proc/{example.proc.pid}/task"))
         assert threads <= threads_before + 2, (threads_before, threads)

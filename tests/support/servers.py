@@ -78,6 +78,14 @@ class ServerProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_output(self, *texts: str, timeout: float = 5.0) -> str:
+        """The output once it holds every one of ``texts``. Log records reach the file through
+        the logging battery's writer thread, after what the test saw on the wire or in
+        ``/metrics``: a line is waited for, within ``timeout``, never assumed already there."""
+        wait_until(lambda: all(text in self.output for text in texts), timeout,
+                   f"{texts} in the output of {self.address}")
+        return self.output
+
     def wait_serving(self, timeout: float = 20.0) -> ServerProcess:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 

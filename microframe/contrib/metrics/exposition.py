@@ -379,6 +379,11 @@ MAX_CONNECTIONS = 64
 MAX_HEAD_BYTES = 8192
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
+#: Connections the kernel queues before the loop accepts them. A burst of connections (a
+#: thousand idle ones opened at once) fills a short queue while the loop is busy evicting, and
+#: the kernel then drops the next SYN: the scraper's connection waits for its retransmission,
+#: a second later. The kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
+BACKLOG = 1024
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -393,7 +398,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise

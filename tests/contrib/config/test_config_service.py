@@ -87,8 +87,8 @@ def test_a_value_failing_the_checks_is_refused_by_config_set_and_by_running_inst
         assert metric(server, "microframe_config_rejected_total", setting="LIMITER",
                       check="limiter.E001") == 1
         assert admitted(server, 8) == 3  # the old limiter, at the old rate
-        assert "LIMITER from the configuration center (revision" in server.output
-        assert "refused, the old value kept: limiter.E001" in server.output, server.output
+        server.wait_output("LIMITER from the configuration center (revision",
+                           "refused, the old value kept: limiter.E001")
         # A value a battery cannot build is refused as well: the chain keeps its limiter.
         unbuildable = {"BACKEND": "microframe.contrib.limiter.backends.NoSuchBucket"}
         revision = put(etcd, prefix, "cfgsvc", "LIMITER", unbuildable)
@@ -119,7 +119,7 @@ def test_a_change_needing_a_restart_is_not_applied_but_exported_and_shown_by_che
         assert "not reloaded" in result.stderr
         wait_applied([server], stored_revision(result), timeout=5)
         assert metric(server, "microframe_config_restart_required", setting="GRPC") == 1
-        assert "GRPC changed in the configuration center" in server.output
+        server.wait_output("GRPC changed in the configuration center")
         check = subprocess.run(
             [sys.executable, str(ROOT / "manage.py"), "check", "--settings", settings],
             cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=60,
@@ -134,7 +134,7 @@ def test_a_change_needing_a_restart_is_not_applied_but_exported_and_shown_by_che
         result = manage_config(tmp_path, settings, "set", "LOG", '{"FORMAT": "json"}')
         wait_applied([server], stored_revision(result), timeout=5)
         assert metric(server, "microframe_config_restart_required", setting="LOG") == 1
-        assert "FORMAT cannot change while the service runs" in server.output
+        server.wait_output("FORMAT cannot change while the service runs")
     finally:
         server.terminate()
 
@@ -155,7 +155,7 @@ def test_etcd_down_at_start_up_starts_from_the_cache_and_follows_again_when_it_i
     member.stop()
     server = start(tmp_path, settings).wait_serving()
     try:
-        assert "configuration center unreachable" in server.output
+        server.wait_output("configuration center unreachable")
         assert admitted(server, 8) == 5  # the cached value
         assert metric(server, "microframe_config_up") == 0
         check = subprocess.run(
