@@ -43,14 +43,15 @@ def transport(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def fleet(tmp_path, transport):
     """Start test-service processes registered in the test's own file registry (named
-    ``name``; ``grpc`` updates their GRPC setting)."""
+    ``name``; ``grpc`` updates their GRPC setting, ``metadata`` is their registry metadata,
+    ``extra`` more settings)."""
     registry_dir = tmp_path / "registry"
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     started: list[ServerProcess] = []
 
     def start(
         name: str, count: int = 1, weight: int = 100, shutdown_delay: float = 0.0, tls: dict | None = None,
-        grpc: dict | None = None, metadata: dict | None = None,
+        grpc: dict | None = None, metadata: dict | None = None, extra: dict | None = None,
     ) -> list[ServerProcess]:
         servers = []
         for _ in range(count):
@@ -61,7 +62,7 @@ def fleet(tmp_path, transport):
                 "CACHE_DIR": str(tmp_path / f"cache-{module}"),
                 "WEIGHT": weight,
                 "METADATA": metadata or {},
-            }, grpc={"SHUTDOWN_DELAY": shutdown_delay, "TLS": tls, **(grpc or {})})
+            }, grpc={"SHUTDOWN_DELAY": shutdown_delay, "TLS": tls, **(grpc or {})}, **(extra or {}))
             server = ServerProcess(tmp_path, settings=settings, env=env, transport=transport)
             started.append(server)
             servers.append(server)

@@ -41,6 +41,7 @@ class ClientCall:
         "tried",
         "attempt",
         "color",
+        "stress",
         "router",
     )
 
@@ -66,8 +67,10 @@ class ClientCall:
         self.instance: ServiceInstance | None = None
         self.tried: list[str] = []
         self.attempt = 1
-        #: The call's color, and the client's router of colors (microframe.client.colors).
+        #: The call's color, its load-test mark, and the client's router of colors
+        #: (microframe.client.colors), once discovery has routed it.
         self.color: str | None = None
+        self.stress = False
         self.router: Any = None
 
     def remaining(self) -> float:

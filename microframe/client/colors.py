@@ -7,7 +7,8 @@ instances of that color only; when none is up it falls back to the uncolored one
 every instance has a color), or, when the client's ``COLOR_STRICT`` option is on, is refused
 with UNAVAILABLE. A call without a color goes to the uncolored instances only (to all when
 every instance has a color: a blue/green fleet), so that no uncolored call ever reaches a
-canary.
+canary. A load test's call (``PROPAGATION["STRESS_KEY"]``) without a color is routed as a call
+of ``PROPAGATION["STRESS_COLOR"]`` when that is set: to the shadow instances.
 
 The subsets are worked out once per set of instances the client sees (discovery hands the same
 list until it changes), so a call pays a lookup; a fleet with no color and a call with none
@@ -17,23 +18,15 @@ pay one scan of the call's metadata.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from microframe.core.exceptions import Unavailable
+from microframe.core.propagation import COLOR_KEY
 from microframe.discovery.instance import ServiceInstance
 
-#: The metadata key a call's color travels in, and the instance metadata key it is matched to.
-COLOR_KEY = "x-md-global-color"
+__all__ = ["COLOR", "COLOR_KEY", "ColorRouter"]
+
+#: The instance metadata key a call's color (:data:`COLOR_KEY`) is matched to.
 COLOR = "color"
-
-
-def call_color(metadata: Sequence[tuple[str, Any]]) -> str | None:
-    """The color of a call (the last ``x-md-global-color`` of its metadata), or None."""
-    color = None
-    for key, value in metadata:
-        if key == COLOR_KEY:
-            color = value
-    return color or None
 
 
 class ColorRouter:

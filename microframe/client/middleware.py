@@ -21,18 +21,20 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from microframe.client.call import ClientCall, ClientHandler
-from microframe.client.colors import call_color
 from microframe.client.membership import SubsetList
 from microframe.client.outliers import InstanceUnreachable
+from microframe.conf import global_settings
 from microframe.core.context import current_context
 from microframe.core.error_details import retry_delay
 from microframe.core.exceptions import (
     HANDLED_TRAILER,
     DeadlineExceeded,
+    ImproperlyConfigured,
     MiddlewareNotUsed,
     RpcError,
     Unavailable,
 )
+from microframe.core.propagation import log_token, steering, stress_color, stress_key
 from microframe.discovery.registry import RegistryError
 
 if TYPE_CHECKING:
@@ -60,6 +62,14 @@ __all__ = [
 HANDLED_MARK = HANDLED_TRAILER[0]
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def _stress_key() -> str:
+    """``PROPAGATION["STRESS_KEY"]``, or its default for a script without settings."""
+    try:
+        return stress_key()
+    except ImproperlyConfigured:
+        return str(global_settings.PROPAGATION["STRESS_KEY"])
 
 
 class PrepareMiddleware:
@@ -120,6 +130,7 @@ class AccessLogMiddleware:
         self.next = next
         self.logger = logging.getLogger("microframe.client.access")
         self.target = f"{service}{method}"
+        self.stress_key = _stress_key()
 
     async def __call__(self, call: ClientCall) -> Any:
         logger = self.logger
@@ -137,10 +148,17 @@ class AccessLogMiddleware:
             raise
         finally:
             answered = call.instance.address if call.instance is not None else "-"
+            if call.router is not None:  # routed: as discovery saw it (STRESS_COLOR applied)
+                color, stress = call.color, call.stress
+            else:  # refused before (a breaker, a limiter)
+                color, stress = steering(call.metadata, self.stress_key)
+            marks = f" color={log_token(color)}" if color else ""
+            if stress:
+                marks += " stress=1"
             logger.info(
-                "%s %s %.1fms instance=%s tried=%s attempts=%d",
+                "%s %s %.1fms instance=%s tried=%s attempts=%d%s",
                 self.target, code, (time.perf_counter() - start) * 1000, answered,
-                ",".join(call.tried) or "-", call.attempt,
+                ",".join(call.tried) or "-", call.attempt, marks,
             )
 
 
@@ -166,6 +184,11 @@ class DiscoveryMiddleware:
         self.discovery = discovery
         self.membership = membership
         self.colors = ColorRouter(service, bool(options is not None and options.color_strict))
+        self.stress_key = _stress_key()
+        try:
+            self.stress_color = stress_color()
+        except ImproperlyConfigured:  # a script without settings
+            self.stress_color = None
 
     async def __call__(self, call: ClientCall) -> Any:
         try:
@@ -179,7 +202,10 @@ class DiscoveryMiddleware:
             if not membership.following:
                 membership.follow(self.discovery, self.service, instances)
             instances = membership.view(instances)
-        call.color = color = call_color(call.metadata)
+        color, stress = steering(call.metadata, self.stress_key)
+        if stress and color is None:
+            color = self.stress_color  # a load test's call: to the shadow instances
+        call.color, call.stress = color, stress
         call.instances = self.colors.route(instances, color)
         call.router = self.colors
         return await self.next(call)

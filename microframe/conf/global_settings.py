@@ -94,6 +94,10 @@ METRICS = {
     "BUCKETS": (
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ),
+    # Call colors (x-md-global-color) that label the grpc_server_* and grpc_client_* metrics
+    # (label "color"; "other" for any other color, "" for none). Empty: no color label. Each
+    # color multiplies those series, and the callers choose the colors: only these count.
+    "COLORS": [],
 }
 
 REGISTRY = {
@@ -270,9 +274,14 @@ GATEWAY = {
 # received are sent on every call it makes through microframe's client, at every hop, at most
 # MAX_KEYS of them and MAX_BYTES bytes (names and values): the rest are dropped (counted in
 # microframe_metadata_dropped_total), so that a caller cannot inflate every downstream call.
+# STRESS_KEY marks load-test traffic (stress=1 in the access log, ctx.stress): an x-md-global-*
+# key, so that every service down the chain sees it; a call carrying it with no color goes to
+# the instances of STRESS_COLOR (shadow instances) when it is set, as a call of that color.
 PROPAGATION = {
     "MAX_KEYS": 16,
     "MAX_BYTES": 4096,
+    "STRESS_KEY": "x-md-global-stress",
+    "STRESS_COLOR": None,
 }
 
 # The client chain, outermost first (see microframe.client.middleware).

@@ -122,6 +122,21 @@ class RequestContext:
             self._metadata_out = {}
         return self._metadata_out
 
+    @property
+    def color(self) -> str | None:
+        """The request's color (``x-md-global-color``: a canary's calls), or None."""
+        from microframe.core.propagation import COLOR_KEY
+
+        return self.metadata.get(COLOR_KEY) or None
+
+    @property
+    def stress(self) -> bool:
+        """Whether the request is load-test traffic (``PROPAGATION["STRESS_KEY"]``, by default
+        ``x-md-global-stress: 1``): a controller sends its writes to shadow tables."""
+        from microframe.core.propagation import is_stress, stress_key
+
+        return is_stress(self.metadata.get(stress_key()))
+
     def propagated(self) -> tuple[tuple[str, Any], ...]:
         """The metadata the calls made while serving this request carry: the ``x-md-global-*``
         keys received (within ``PROPAGATION``'s caps, worked out once), then

@@ -12,17 +12,29 @@ A caller must not be able to inflate every downstream call: at most ``PROPAGATIO
 global keys and ``PROPAGATION["MAX_BYTES"]`` bytes (names and values) are passed on, in the
 order received; the rest are dropped, counted in ``microframe_metadata_dropped_total`` and
 logged once per request.
+
+Two global keys steer traffic: ``x-md-global-color`` (:data:`COLOR_KEY`, a canary's color:
+:mod:`microframe.client.colors`) and ``PROPAGATION["STRESS_KEY"]`` (``x-md-global-stress``,
+load-test traffic). A controller reads them as ``ctx.color`` and ``ctx.stress`` (to write a load
+test's orders to shadow tables, say), and the access logs mark the calls that carry them
+(``color=canary``, ``stress=1``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from microframe.utils.once import once
 
 GLOBAL_PREFIX = "x-md-global-"
 LOCAL_PREFIX = "x-md-local-"
+#: The metadata key a call's color travels in (matched to the ``color`` of instances).
+COLOR_KEY = "x-md-global-color"
+#: Values of the stress key that do not mark a call: the key sent empty or switched off.
+NOT_STRESS = frozenset({"", "0", "false", "no", "off"})
+_WORD = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 Pairs = tuple[tuple[str, Any], ...]
 
@@ -46,6 +58,48 @@ def caps() -> tuple[int, int]:
 
     config = dict_setting("PROPAGATION")
     return int(config["MAX_KEYS"]), int(config["MAX_BYTES"])
+
+
+def stress_key() -> str:
+    """``PROPAGATION["STRESS_KEY"]``: the key that marks load-test traffic."""
+    from microframe.conf import dict_setting
+
+    return str(dict_setting("PROPAGATION")["STRESS_KEY"])
+
+
+def stress_color() -> str | None:
+    """``PROPAGATION["STRESS_COLOR"]``: the color of load-test calls that have none."""
+    from microframe.conf import dict_setting
+
+    return dict_setting("PROPAGATION")["STRESS_COLOR"] or None
+
+
+def is_stress(value: Any) -> bool:
+    """Whether a stress key's ``value`` marks a call (anything but empty, 0, false, no, off)."""
+    return value is not None and str(value).strip().lower() not in NOT_STRESS
+
+
+def steering(metadata: Any, key: str) -> tuple[str | None, bool]:
+    """The color (the last ``x-md-global-color``) and the stress mark (``key``) of a call's
+    ``metadata`` pairs, in one pass."""
+    color = stress = None
+    for name, value in metadata:
+        if name == COLOR_KEY:
+            color = value
+        elif name == key:
+            stress = value
+    return color or None, is_stress(stress)
+
+
+def log_token(value: Any) -> str:
+    """``value`` as written in a text log line: as it is when it is one plain word, else quoted
+    with JSON's escapes, so that a caller's value cannot forge other fields of the line."""
+    text = str(value)
+    if _WORD.fullmatch(text):
+        return text
+    import json
+
+    return json.dumps(text[:256])
 
 
 def global_metadata(metadata: dict[str, Any], where: str = "") -> Pairs:

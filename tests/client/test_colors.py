@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from microframe.client.colors import ColorRouter, call_color
+from microframe.client.colors import ColorRouter
 from microframe.core.exceptions import Unavailable
+from microframe.core.propagation import log_token, steering
 from microframe.discovery.instance import ServiceInstance
 
 
@@ -59,7 +60,17 @@ def test_a_new_set_of_instances_is_routed_anew() -> None:
     assert [i.id for i in router.route(without_canary, "canary")] == ["i1", "i2"]
 
 
-def test_the_color_of_a_call_is_its_last_color_key() -> None:
-    assert call_color(()) is None
-    assert call_color((("x-md-global-color", "a"), ("x-md-global-color", "b"))) == "b"
-    assert call_color((("x-md-global-color", ""),)) is None
+def test_the_color_and_stress_mark_of_a_call() -> None:
+    key = "x-md-global-stress"
+    assert steering((), key) == (None, False)
+    assert steering((("x-md-global-color", "a"), ("x-md-global-color", "b")), key) == ("b", False)
+    assert steering((("x-md-global-color", ""), (key, "1")), key) == (None, True)
+    for off in ("", "0", "false", "No", "off"):
+        assert steering(((key, off),), key) == (None, False)
+    assert steering((("x-md-global-loadtest", "yes"),), "x-md-global-loadtest") == (None, True)
+
+
+def test_a_callers_value_cannot_forge_fields_of_a_log_line() -> None:
+    assert log_token("canary-2.b_1") == "canary-2.b_1"
+    assert log_token('x peer=1.2.3.4 "') == '"x peer=1.2.3.4 \\""'
+    assert len(log_token("a" * 10_000)) < 300

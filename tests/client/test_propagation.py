@@ -10,6 +10,7 @@ from client.test_client import _cache, _wait_instances
 from microframe.discovery.cache import DiscoveryCache
 
 from example.generate import hello_pb2, hello_pb2_grpc
+from support.polling import wait_until
 
 
 async def chain(fleet) -> tuple[str, DiscoveryCache]:
@@ -94,3 +95,47 @@ async def test_colored_calls_reach_the_canary_only_and_fall_back_when_it_is_gone
     except Unavailable as err:
         assert "no instance of 'bravo' has the color 'canary'" in str(err)
     await cache.close()
+
+
+async def test_load_test_traffic_is_marked_at_every_hop_and_goes_to_the_shadow_instances(fleet):
+    """alpha's caller marks a request as a load test (x-md-global-stress); alpha's settings
+    route such calls to bravo's shadow instance (PROPAGATION["STRESS_COLOR"]); both mark the
+    call stress=1 in their access log, and bravo's controller knows it (ctx.stress)."""
+    logged = {"ACCESS_LOG": {"ENABLED": True}}
+    plain = fleet("bravo", extra=logged)[0]
+    shadow = fleet("bravo", metadata={"color": "shadow"}, extra=logged)[0]
+    alpha = fleet("alpha", extra={**logged, "PROPAGATION": {"STRESS_COLOR": "shadow"}})[0]
+    cache = _cache(fleet)
+    await _wait_instances(cache, "bravo", 2)
+    stress = (("x-md-global-stress", "1"),)
+    async with grpc.aio.insecure_channel(alpha.address) as channel:
+        stub = hello_pb2_grpc.GreeterStub(channel)
+
+        async def steered(metadata) -> set[str]:  # type: ignore[no-untyped-def]
+            return {(await stub.SayHello(hello_pb2.HelloRequest(name="relay:bravo=>steering"),
+                                         metadata=metadata, timeout=10)).message
+                    for _ in range(10)}
+
+        assert await steered(stress) == {f"{shadow.proc.pid} None True"}
+        assert await steered(()) == {f"{plain.proc.pid} None False"}
+        assert await steered((("x-md-global-stress", "0"),)) == {f"{plain.proc.pid} None False"}
+        # A color given wins over STRESS_COLOR: a canary's load test, and here no canary is up.
+        canary_stress = (("x-md-global-color", "canary"), *stress)
+        assert await steered(canary_stress) == {f"{plain.proc.pid} canary True"}
+    await cache.close()
+
+    def access(server, calls: int) -> list[str]:  # type: ignore[no-untyped-def]
+        """The access lines of ``server`` once it has written ``calls`` of them."""
+        def lines() -> list[str]:
+            return [line for line in server.output.splitlines() if "microframe.access" in line]
+
+        wait_until(lambda: len(lines()) >= calls, 5, f"{calls} access lines")
+        return lines()
+
+    shadow_lines = access(shadow, 10)
+    assert len(shadow_lines) == 10 and all(line.endswith(" stress=1") for line in shadow_lines)
+    plain_lines = access(plain, 30)
+    assert len([line for line in plain_lines if line.endswith(" color=canary stress=1")]) == 10
+    assert len([line for line in plain_lines if "stress" not in line]) == 20
+    alpha_lines = access(alpha, 40)
+    assert len([line for line in alpha_lines if line.endswith(" stress=1")]) == 20

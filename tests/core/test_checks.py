@@ -1129,6 +1129,12 @@ def test_commands_report_where_the_router_import_failed(service_dir):
         ({"PROPAGATION": {"MAX_KEYS": -1}}, "microframe.E001"),
         ({"PROPAGATION": {"MAX_BYTES": "4k"}}, "microframe.E001"),
         ({"PROPAGATION": {"MAX_KEY": 3}}, "microframe.E001"),
+        ({"PROPAGATION": {"STRESS_KEY": "x-stress"}}, "microframe.E001"),
+        ({"METRICS": {"COLORS": "canary"}}, "microframe.E001"),
+        ({"METRICS": {"COLORS": ["other"]}}, "microframe.E001"),
+        ({"METRICS": {"COLORS": [f"c{n}" for n in range(17)]}}, "microframe.E001"),
+        ({"PROPAGATION": {"STRESS_KEY": "X-Md-Global-Stress"}}, "microframe.E001"),
+        ({"PROPAGATION": {"STRESS_COLOR": ""}}, "microframe.E001"),
     ],
 )
 def test_tracing_and_logging_settings(clean, overrides, check_id):

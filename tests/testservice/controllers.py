@@ -113,6 +113,8 @@ async def say_hello(ctx, request: HelloRequest):
         return HelloReply(message=str(settings.GREETING))
     if name == "identity":
         return HelloReply(message=str(ctx.identity))
+    if name == "steering":
+        return HelloReply(message=f"{os.getpid()} {ctx.color} {ctx.stress}")
     if name.startswith("metadata:"):
         value = ctx.metadata.get(name[9:])
         return HelloReply(message=repr(value))

@@ -12,13 +12,16 @@ On the ``microframe.access`` logger, at INFO::
   sizes (every message of a stream counted);
 - every ``ctx.add_field(key, value)`` the controller (or a middleware) made during the call:
   the seed's AddField, one line per call instead of one line per fact;
+- ``color=canary`` and ``stress=1`` on the calls of colored and load-test traffic
+  (``x-md-global-color``, ``PROPAGATION["STRESS_KEY"]``: :mod:`microframe.core.propagation`);
 - the request's metadata when ``ACCESS_LOG["METADATA"]`` says so (True for every key, a list
   for some; False, the default, for none), where the values of ``ACCESS_LOG["REDACTED"]``
   keys (authorization, cookie, API keys...) and of binary (``-bin``) keys are replaced by
   ``[REDACTED]``: never written.
 
 With ``LOG["FORMAT"] = "json"`` the same facts are separate keys: ``code``, ``duration_ms``,
-``peer``, ``request_bytes``, ``response_bytes``, ``fields``, ``metadata``.
+``peer``, ``request_bytes``, ``response_bytes``, ``fields``, ``metadata``, and ``color`` and
+``stress`` when the call has them.
 
 The line is written through the logging battery's queue: the call never waits on the disk.
 Set ``ACCESS_LOG["ENABLED"] = False``, or the logger's level above INFO, to turn it off (then it
@@ -38,6 +41,7 @@ from microframe.conf import global_settings, settings
 from microframe.core.context import RequestContext
 from microframe.core.exceptions import MiddlewareNotUsed, RpcError, status_of
 from microframe.core.middleware import Handler
+from microframe.core.propagation import COLOR_KEY, is_stress, log_token, stress_key
 from microframe.core.router import Route
 from microframe.core.streams import CountedMessages
 
@@ -113,6 +117,16 @@ class _RecordFactory:
         return record
 
 
+def _quoted(value: str) -> str:
+    """A metadata value in double quotes, its own quotes and backslashes escaped (JSON's
+    escapes): a caller's value cannot close the quotes and forge fields of the line."""
+    if '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    import json
+
+    return json.dumps(value)
+
+
 def _size(message: Any) -> int:
     try:
         return int(message.ByteSize())
@@ -147,6 +161,7 @@ class AccessLogMiddleware:
         "metadata",
         "client_streaming",
         "server_streaming",
+        "stress_key",
     )
 
     def __init__(self, next: Handler, route: Route | None = None) -> None:
@@ -160,6 +175,7 @@ class AccessLogMiddleware:
         self.metadata = MetadataFilter(options["METADATA"], list(options["REDACTED"] or ()))
         self.client_streaming = bool(route and route.kind.client_streaming)
         self.server_streaming = bool(route and route.kind.server_streaming)
+        self.stress_key = stress_key()
 
     async def __call__(self, ctx: RequestContext, request: Any) -> Any:
         if not self.logger.isEnabledFor(_INFO):
@@ -206,7 +222,8 @@ class AccessLogMiddleware:
         except Exception:
             peer = "-"
         fields = ctx.fields
-        metadata = self.metadata(ctx.metadata) if self.metadata.keys is not False else {}
+        received = ctx.metadata
+        metadata = self.metadata(received) if self.metadata.keys is not False else {}
         extra: dict[str, Any] = {
             "code": code.name,
             "duration_ms": round(duration_ms, 3),
@@ -223,8 +240,15 @@ class AccessLogMiddleware:
         if failed and code is not grpc.StatusCode.CANCELLED:
             extra["error"] = type(exc).__name__
             tail += f" error={type(exc).__name__}"
+        color = received.get(COLOR_KEY)
+        if color:
+            extra["color"] = color
+            tail += f" color={log_token(color)}"
+        if is_stress(received.get(self.stress_key)):
+            extra["stress"] = True
+            tail += " stress=1"
         if metadata:
-            tail += "".join(f' md.{key}="{value}"' for key, value in metadata.items())
+            tail += "".join(f" md.{key}={_quoted(value)}" for key, value in metadata.items())
         # One f-string, no %-arguments left for the logging module to merge.
         self.logger.handle(self.record(
             f"{self.full_method} {code.name} {duration_ms:.2f}ms peer={peer} "

@@ -12,11 +12,17 @@ Every metric carries the labels ``grpc_type`` (``unary``, ``client_stream``, ``s
 ``bidi_stream``), ``grpc_service`` (``package.Service``) and ``grpc_method``; the ``handled``
 counters add ``grpc_code``, the status code name (``OK``, ``NOT_FOUND``...).
 
+With ``METRICS["COLORS"]`` (say ``["canary", "shadow"]``) every one of them has a label
+``color`` more, last: the call's color (``x-md-global-color``) when it is one of those,
+``other`` for any other color and ``""`` for a call without one. Off by default: each color
+multiplies the series, and the callers choose the colors, so only the listed ones are counted
+apart.
+
 The metric objects are created once per process, on first use (the first
 :class:`~microframe.contrib.metrics.middleware.MetricsMiddleware` built, or the first call of
 :func:`server_metrics`/:func:`client_metrics`), in prometheus_client's default registry. The
-histogram buckets are read from ``METRICS["BUCKETS"]`` at that moment; changing the setting
-later has no effect on a running process.
+histogram buckets and the colors are read from ``METRICS["BUCKETS"]`` and ``["COLORS"]`` at
+that moment; changing them later has no effect on a running process.
 
 They hold only counters and histograms, so they work as they are in prometheus_client's
 multiprocess mode: set ``PROMETHEUS_MULTIPROC_DIR`` in the environment before the process
@@ -45,6 +51,10 @@ from microframe.core.exceptions import ImproperlyConfigured
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
 #: Labels of the ``handled`` counters.
 HANDLED_LABELS = (*LABELS, "grpc_code")
+#: The label of the call's color, with ``METRICS["COLORS"]``.
+COLOR_LABEL = "color"
+#: Its value for a color not in ``METRICS["COLORS"]``.
+OTHER_COLOR = "other"
 
 #: Buckets used when the settings give none (Prometheus' default buckets, as go-grpc-prometheus).
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -75,6 +85,19 @@ class GrpcMetrics(NamedTuple):
     msg_received: Counter
     #: Counter: messages sent (responses on the server, requests on the client).
     msg_sent: Counter
+    #: The colors counted apart (``METRICS["COLORS"]``); empty: no ``color`` label.
+    colors: frozenset[str] = frozenset()
+
+    def color_label(self, color: str | None) -> str:
+        """The ``color`` label of a call of ``color``: itself when it is one of
+        :attr:`colors`, ``other`` for another, ``""`` for none."""
+        if not color:
+            return ""
+        return color if color in self.colors else OTHER_COLOR
+
+    def color_labels(self) -> tuple[str, ...]:
+        """Every value the ``color`` label takes (none without colors)."""
+        return ("", *sorted(self.colors), OTHER_COLOR) if self.colors else ()
 
 
 _lock = threading.Lock()
@@ -117,6 +140,17 @@ def configured_buckets() -> tuple[float, ...]:
     return _validated_buckets(buckets) if buckets else DEFAULT_BUCKETS
 
 
+def configured_colors() -> frozenset[str]:
+    """The colors of ``METRICS["COLORS"]`` (none when the settings are not configured)."""
+    from microframe.conf import dict_setting
+
+    try:
+        colors = dict_setting("METRICS")["COLORS"]
+    except ImproperlyConfigured:
+        return frozenset()
+    return frozenset(str(c) for c in colors or ())
+
+
 def _validated_buckets(buckets: Iterable[Any]) -> tuple[float, ...]:
     try:
         values = tuple(float(b) for b in buckets)
@@ -129,24 +163,30 @@ def _validated_buckets(buckets: Iterable[Any]) -> tuple[float, ...]:
     return values
 
 
-def _build(side: str, help_texts: dict[str, str], buckets: tuple[float, ...]) -> GrpcMetrics:
+def _build(
+    side: str, help_texts: dict[str, str], buckets: tuple[float, ...], colors: frozenset[str]
+) -> GrpcMetrics:
     prefix = f"grpc_{side}"
+    more = (COLOR_LABEL,) if colors else ()
+    labels = (*LABELS, *more)
     return GrpcMetrics(
-        started=Counter(f"{prefix}_started", help_texts["started"], LABELS, registry=REGISTRY),
+        started=Counter(f"{prefix}_started", help_texts["started"], labels, registry=REGISTRY),
         handled=Counter(
-            f"{prefix}_handled", help_texts["handled"], HANDLED_LABELS, registry=REGISTRY
+            f"{prefix}_handled", help_texts["handled"], (*HANDLED_LABELS, *more),
+            registry=REGISTRY,
         ),
         handling_seconds=Histogram(
             f"{prefix}_handling_seconds",
             help_texts["handling_seconds"],
-            LABELS,
+            labels,
             buckets=buckets,
             registry=REGISTRY,
         ),
         msg_received=Counter(
-            f"{prefix}_msg_received", help_texts["msg_received"], LABELS, registry=REGISTRY
+            f"{prefix}_msg_received", help_texts["msg_received"], labels, registry=REGISTRY
         ),
-        msg_sent=Counter(f"{prefix}_msg_sent", help_texts["msg_sent"], LABELS, registry=REGISTRY),
+        msg_sent=Counter(f"{prefix}_msg_sent", help_texts["msg_sent"], labels, registry=REGISTRY),
+        colors=colors,
     )
 
 
@@ -164,7 +204,7 @@ def _side(side: str, buckets: Iterable[float] | None) -> GrpcMetrics:
                     chosen = _validated_buckets(buckets)
                 else:
                     chosen = configured_buckets()
-                metrics = _built[side] = _build(side, _HELP[side], chosen)
+                metrics = _built[side] = _build(side, _HELP[side], chosen, configured_colors())
     return metrics
 
 

@@ -278,6 +278,9 @@ GRPC_RULES: list[Rule] = [
      'e.g. GRPC["METHOD_TIMEOUTS"] = {"/orders.Orders/Get": 0.5}.'),
 ]
 
+#: METRICS["COLORS"]: more would make a series per call color a caller may choose.
+MAX_METRIC_COLORS = 16
+
 METRICS_RULES: list[Rule] = [
     ("ENABLED", lambda v: isinstance(v, bool), "a bool", None),
     ("HOST", _non_empty_str, "a host name or IP address (str)", None),
@@ -285,6 +288,11 @@ METRICS_RULES: list[Rule] = [
      'Use names like "env" or "idc" (letters, digits, underscores; not starting with a digit '
      'or "__") and str values, e.g. {"env": "prod"}.'),
     ("BUCKETS", _buckets, "a non-empty, increasing sequence of numbers", None),
+    ("COLORS", lambda v: isinstance(v, list | tuple) and len(v) <= MAX_METRIC_COLORS
+     and all(_non_empty_str(c) and c != "other" for c in v),
+     f"a list of at most {MAX_METRIC_COLORS} colors (str, not \"other\")",
+     'Name the colors of your canaries and shadows, e.g. ["canary", "shadow"]: each one '
+     "multiplies the series of every gRPC metric."),
 ]
 
 
@@ -298,10 +306,19 @@ def _known_keys(name: str, rules: list[Rule]) -> frozenset[str]:
 GRPC_KEYS = _known_keys("GRPC", GRPC_RULES)
 METRICS_KEYS = _known_keys("METRICS", METRICS_RULES)
 
+def _global_key(value: Any) -> bool:
+    """An ``x-md-global-*`` metadata key: lower case, a name after the prefix, no ``-bin``."""
+    return isinstance(value, str) and re.fullmatch(r"x-md-global-[a-z0-9_.-]+", value) is not None \
+        and not value.endswith("-bin")
+
+
 #: PROPAGATION (microframe.core.propagation): 0 passes no x-md-global-* key on.
 PROPAGATION_RULES: list[Rule] = [
     ("MAX_KEYS", lambda v: _positive_int(v) or v == 0, "an int >= 0", None),
     ("MAX_BYTES", lambda v: _positive_int(v) or v == 0, "an int >= 0 (bytes)", None),
+    ("STRESS_KEY", _global_key, "an x-md-global-* metadata key in lower case",
+     "A load test's mark must travel to every service down the chain: name it x-md-global-*."),
+    ("STRESS_COLOR", lambda v: v is None or _non_empty_str(v), "None or a color (a str)", None),
 ]
 PROPAGATION_KEYS = _known_keys("PROPAGATION", PROPAGATION_RULES)
 

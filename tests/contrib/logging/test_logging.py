@@ -7,6 +7,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -210,6 +211,37 @@ def test_json_log_file_every_line_parses(logged):
     failure = next(line for line in lines if line["level"] == "ERROR")
     assert "ValueError: secret internal detail" in failure["exc_info"]
     assert failure["trace_id"] == access[1]["trace_id"]
+
+
+def test_colored_and_load_test_calls_are_marked_and_no_value_forges_a_field(logged):
+    """``color=`` and ``stress=1`` on the lines of steered traffic, with the configured stress
+    key only; a caller's value is written so that it cannot pass for fields of its own."""
+    text_server = logged({}, ACCESS_LOG={"ENABLED": True, "METADATA": ["x-user"]},
+                         PROPAGATION={"STRESS_KEY": "x-md-global-loadtest"})
+    json_server = logged({"FORMAT": "json"}, PROPAGATION={"STRESS_KEY": "x-md-global-loadtest"})
+    hostile = 'ada" peer=ipv4:10.0.0.1:1 code="OK'
+    sent = [
+        (("x-md-global-color", "canary"),),
+        (("x-md-global-loadtest", "1"),),
+        (("x-md-global-stress", "1"),),  # not the configured key: no mark
+        (("x-md-global-color", "blue code=OK"), ("x-md-global-loadtest", "0"), ("x-user", hostile)),
+    ]
+    for server in (text_server, json_server):
+        for metadata in sent:
+            call(server, "x", metadata=metadata)
+        assert server.terminate() == 0
+    lines = [line for line in text_server.log_file.read_text().splitlines()  # type: ignore[attr-defined]
+             if "microframe.access" in line]
+    assert lines[0].endswith(" color=canary") and lines[1].endswith(" stress=1")
+    assert "color" not in lines[2] and "stress" not in lines[2]
+    assert ' color="blue code=OK" md.x-user="ada\\" peer=ipv4:10.0.0.1:1 code=\\"OK"' in lines[3]
+    outside_quotes = re.sub(r'"(?:[^"\\]|\\.)*"', '""', lines[3])
+    assert "stress" not in lines[3] and outside_quotes.count(" peer=") == 1, outside_quotes
+    assert outside_quotes.count(" code=") == 0
+    access = [entry for entry in map(json.loads, json_server.log_file.read_text().splitlines())  # type: ignore[attr-defined]
+              if entry["logger"] == "microframe.access"]
+    assert [(a.get("color"), a.get("stress")) for a in access] == [
+        ("canary", None), (None, True), (None, None), ("blue code=OK", None)]
 
 
 def test_level_setting_filters_lines(logged):

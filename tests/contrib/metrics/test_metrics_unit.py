@@ -376,7 +376,7 @@ def test_handled_children_are_cached_per_code():
     mw = MetricsMiddleware(say_hello, route=_terminal_route())
     child = mw.handled_child(grpc.StatusCode.NOT_FOUND)
     assert mw.handled_child(grpc.StatusCode.NOT_FOUND) is child
-    assert mw.handled_child(grpc.StatusCode.OK) is mw._handled_ok
+    assert mw.handled_child(grpc.StatusCode.OK) is mw._plain.handled_ok
 
 
 class _GrpcContext:
