@@ -17,11 +17,18 @@ import asyncio
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from microframe import NotFound
 from microframe.conf import settings
 
 from example.generate.hello_pb2 import HelloReply, HelloRequest
+
+#: Where burnthread's CPU work runs: one thread, as CPU-bound Python should (more threads than one
+#: only share the GIL, and take it from the event loop, whatever the machine's cores).
+CPU_WORKER = ThreadPoolExecutor(1, thread_name_prefix="cpu")
+#: How many burnthread calls are in the controller (waiting for CPU_WORKER or running on it).
+BURNING = [0]
 
 
 def _note_cancellation(path: str) -> None:
@@ -88,14 +95,20 @@ async def say_hello(ctx, request: HelloRequest):
         return HelloReply(message=ctx.trace_id)
     if name.startswith("burnthread:"):
         # burnthread:<ms>: that much CPU work in a worker thread, awaited (as CPU-bound work
-        # should be run): the event loop stays free, the calls wait for a thread in the chain.
+        # should be run): the event loop stays free, the calls wait for the thread in the chain.
+        # Answers the time the call spent in the server and how many calls it found there.
         def burn() -> None:
             until = time.perf_counter() + int(name[11:]) / 1000
             while time.perf_counter() < until:
                 pass
 
-        await asyncio.to_thread(burn)
-        return HelloReply(message=f"{ctx.elapsed():.6f}")
+        BURNING[0] += 1
+        found = BURNING[0]  # the calls in the controller when this one came in, itself included
+        try:
+            await asyncio.get_running_loop().run_in_executor(CPU_WORKER, burn)
+        finally:
+            BURNING[0] -= 1
+        return HelloReply(message=f"{ctx.elapsed():.6f} {found}")
     if name.startswith("burn:"):
         # burn:<ms>: that much CPU work in 1 ms slices, each followed by 2 ms of waiting (as a
         # handler computing between database calls does): concurrent calls share the CPU.
