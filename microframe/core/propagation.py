@@ -79,9 +79,9 @@ def is_stress(value: Any) -> bool:
     return value is not None and str(value).strip().lower() not in NOT_STRESS
 
 
-def steering(metadata: Any, key: str) -> tuple[str | None, bool]:
-    """The color (the last ``x-md-global-color``) and the stress mark (``key``) of a call's
-    ``metadata`` pairs, in one pass."""
+def steering(metadata: Any, key: str | None = None) -> tuple[str | None, bool]:
+    """The color (the last ``x-md-global-color``) and the stress mark (``key``, if given) of a
+    call's ``metadata`` pairs, in one pass."""
     color = stress = None
     for name, value in metadata:
         if name == COLOR_KEY:

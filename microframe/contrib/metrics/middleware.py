@@ -36,7 +36,7 @@ from microframe.core.context import RequestContext
 from microframe.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, RpcError
 from microframe.core.exceptions import status_of as status_code_of
 from microframe.core.middleware import Handler
-from microframe.core.propagation import COLOR_KEY
+from microframe.core.propagation import COLOR_KEY, steering
 from microframe.core.router import Route, RpcKind
 from microframe.core.streams import CountedMessages
 
@@ -195,10 +195,7 @@ class ClientMetricsMiddleware:
     async def __call__(self, call: ClientCall) -> Any:
         m = self._plain
         if self._by_label is not None:
-            color = None
-            for key, value in call.metadata:  # the last one, as discovery routes it
-                if key == COLOR_KEY:
-                    color = value
+            color, _ = steering(call.metadata)  # the last one, as discovery routes it
             m = self._by_label[self._metrics.color_label(color)]
         m.started.inc()
         if self._one_request:
