@@ -94,19 +94,23 @@ def fix_imports(text: str, module_dir: Path) -> str:
     return _FROM_IMPORT.sub(dotted, _IMPORT.sub(plain, text))
 
 
-def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
-    """Run protoc on every proto of ``idl`` into ``out_tmp`` (and the descriptors of them all,
-    imports included, into ``out_tmp/descriptors.pb``); return the protos (relative)."""
+def protos_of(idl: Path) -> list[Path]:
+    """The ``.proto`` files under ``idl`` (relative, sorted); ProtoError when there are none."""
     protos = sorted(p.relative_to(idl) for p in idl.rglob("*.proto"))
     if not protos:
         raise ProtoError(f"No .proto file under {idl}.")
+    return protos
+
+
+def run_protoc(idl: Path, protos: list[Path], *outputs: str) -> None:
+    """Run protoc on ``protos`` of ``idl`` with the include path of every compile and the
+    ``outputs`` options; ProtoError, with each error's location under ``idl``, when it fails."""
     command = [
         sys.executable, "-m", "grpc_tools.protoc",
         f"-I{idl}", f"-I{well_known_include()}",
         *([f"-I{extra}"] if (extra := googleapis_include()) else []),
         f"-I{validate_include()}",
-        f"--python_out={out_tmp}", f"--pyi_out={out_tmp}", f"--grpc_python_out={out_tmp}",
-        f"--descriptor_set_out={out_tmp / DESCRIPTORS}", "--include_imports",
+        *outputs,
         *[str(p) for p in protos],
     ]
     result = subprocess.run(command, cwd=idl, capture_output=True, text=True)
@@ -117,6 +121,17 @@ def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
             for line in errors
         ]
         raise ProtoError("The protos do not compile (nothing was written):\n" + "\n".join(located))
+
+
+def compile_protos(idl: Path, out_tmp: Path) -> list[Path]:
+    """Run protoc on every proto of ``idl`` into ``out_tmp`` (and the descriptors of them all,
+    imports included, into ``out_tmp/descriptors.pb``); return the protos (relative)."""
+    protos = protos_of(idl)
+    run_protoc(
+        idl, protos,
+        f"--python_out={out_tmp}", f"--pyi_out={out_tmp}", f"--grpc_python_out={out_tmp}",
+        f"--descriptor_set_out={out_tmp / DESCRIPTORS}", "--include_imports",
+    )
     return protos
 
 

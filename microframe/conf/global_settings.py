@@ -268,6 +268,30 @@ GATEWAY = {
     # Pass the messages of UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS and DEADLINE_EXCEEDED
     # errors on to HTTP callers (they may name internal services and addresses); None: DEBUG.
     "EXPOSE_ERRORS": None,
+    # Serve the OpenAPI 3.1 document of the routes at /openapi.json.
+    "OPENAPI": True,
+    # Serve the API's docs page (Swagger UI, every asset from the gateway) at /docs.
+    "DOCS": True,
+    # Serve gRPC-Web (application/grpc-web, +proto, +json, -text) at /<package.Service>/<Method>.
+    "GRPC_WEB": True,
+    # Cross-origin requests from browsers (microframe.contrib.gateway.cors): the origins allowed
+    # ("*": any; none by default), the methods and request headers a preflight may ask for, the
+    # answer headers a script may read, whether cookies and credentials go along (never with
+    # "*": gateway.W001), and how many seconds a browser may cache a preflight's answer.
+    "CORS": {
+        "ALLOW_ORIGINS": [],
+        "ALLOW_METHODS": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+        "ALLOW_HEADERS": [
+            "content-type", "authorization", "x-request-id", "x-grpc-web", "x-user-agent",
+            "grpc-timeout", "connect-protocol-version", "connect-timeout-ms",
+        ],
+        "EXPOSE_HEADERS": [
+            "grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after",
+            "x-request-id",
+        ],
+        "ALLOW_CREDENTIALS": False,
+        "MAX_AGE": 600,
+    },
 }
 
 # Metadata that travels (microframe.core.propagation): the x-md-global-* keys a request

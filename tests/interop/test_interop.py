@@ -11,19 +11,16 @@ hash (reused by later runs)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 from support.env import ROOT, TESTS, base_env, require_binary
+from support.npm import node_modules as npm_node_modules
 from support.servers import ServerProcess
 
 HERE = TESTS / "interop"
@@ -50,14 +47,7 @@ CASES = (
 #: docs/topics/transport.md): transport -> case -> why. Strict expected failures there only.
 KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 
-NPM_TIMEOUT = 300.0
 CLIENT_TIMEOUT = 60.0
-
-
-def _fail_or_skip(message: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -68,35 +58,8 @@ def node() -> str:
 
 @pytest.fixture(scope="session")
 def node_modules(node: str) -> Path:
-    """The client's ``node_modules``, installed by ``npm ci`` from the committed lockfile into a
-    directory keyed by the lockfile's hash: built in a fresh directory and renamed into place,
-    so that a run cut short or another run at the same time never sees half an install."""
-    npm = require_binary("npm")
-    lock = (HERE / "package-lock.json").read_bytes()
-    key = hashlib.sha256(lock + (HERE / "package.json").read_bytes()).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / f"microframe-interop-npm-{key}"
-    if (target / "node_modules" / "@grpc" / "grpc-js" / "package.json").is_file():
-        return target / "node_modules"
-    work = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
-    try:
-        shutil.copy(HERE / "package.json", work)
-        shutil.copy(HERE / "package-lock.json", work)
-        try:
-            done = subprocess.run(
-                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            _fail_or_skip(f"npm ci did not finish within {NPM_TIMEOUT:.0f} s")
-        if done.returncode != 0:
-            _fail_or_skip(f"npm ci failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-        try:
-            work.rename(target)
-        except OSError:  # another run put it there first: use that one
-            pass
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target / "node_modules"
+    """The client's ``node_modules`` (:func:`support.npm.node_modules`)."""
+    return npm_node_modules(HERE, "interop", "@grpc/grpc-js/package.json")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ import grpc
 from google.rpc.error_details_pb2 import RetryInfo
 
 from microframe.client.blocking import background_loop, iterate
+from microframe.contrib.gateway import grpcweb
+from microframe.contrib.gateway.cors import Cors, is_preflight
 from microframe.contrib.gateway.errors import (
     HTTP_STATUS,
     error_body,
@@ -156,6 +158,8 @@ class GatewayApplication:
         expose = config.get("EXPOSE_ERRORS")
         self.expose_errors = bool(settings.DEBUG) if expose is None else bool(expose)
         self.emit_defaults = bool(config["EMIT_DEFAULTS"])
+        self.cors = Cors(config.get("CORS"))
+        self.grpc_web = bool(config.get("GRPC_WEB", True))
         # WSGI key of each forwarded header -> its metadata name.
         self.forward = {
             f"HTTP_{h.upper().replace('-', '_')}": h.lower() for h in config["FORWARD_HEADERS"]
@@ -169,9 +173,11 @@ class GatewayApplication:
         self.exact: dict[tuple[str, str], Binding] = {}
         self.templates: list[Binding] = []
         pool = local.pool
+        self.bindings: list[Binding] = []  # every route, each method's in its rule's order
         for route in routes:
             method = pool.FindMethodByName(f"{route.service}.{route.method}")
             for binding in bindings_of(method):
+                self.bindings.append(binding)
                 if binding.variables or "*" in binding.template:
                     self.templates.append(binding)
                 else:
@@ -187,18 +193,60 @@ class GatewayApplication:
             b.path: (message_class(b.method.input_type), message_class(b.method.output_type))
             for b in [*self.exact.values(), *self.templates]
         }
+        # The default route of every method, by path: what gRPC-Web calls.
+        self.methods = {b.path: b for b in self.exact.values() if b.template == b.path}
+        self.openapi: bytes | None = None
+        if config.get("OPENAPI", True):
+            from microframe.contrib.gateway.openapi import service_openapi
+
+            document = service_openapi(self.bindings)
+            self.openapi = json.dumps(document, indent=1).encode()
+        self.docs: Any = None
+        if self.openapi is not None and config.get("DOCS", True):
+            try:
+                from microframe.contrib.gateway.docs_page import DocsPage
+
+                self.docs = DocsPage(str(settings.SERVICE_NAME))
+            except ModuleNotFoundError as err:  # swagger-ui-py: the gateway extra
+                logger.warning("gateway: no /docs page: %s (pip install "
+                               "'microframe-grpc[gateway]')", err)
 
     # -- WSGI ----------------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if self.cors.enabled:
+            if is_preflight(environ):
+                status, headers, refused = self.cors.preflight(environ)
+                if refused:
+                    return _error(start_response, status, grpc.StatusCode.PERMISSION_DENIED,
+                                  refused)
+                start_response(status_line(status), [*headers, ("Content-Length", "0")])
+                return []
+            extra = self.cors.answer_headers(environ)
+            if extra:
+                start_response = _with_headers(start_response, extra)
+        if self.grpc_web and environ.get("REQUEST_METHOD") == "POST":
+            kind = grpcweb.content_type(environ)
+            if kind is not None:
+                return self._grpc_web(environ, kind, start_response)
         try:
             path = request_path(environ)
             verb = environ.get("REQUEST_METHOD", "GET").upper()
-            if path == "/healthz":
+            if self.docs is not None and path.startswith("/docs") and verb in ("GET", "HEAD"):
+                found = self.docs.get(path)
+                if found is not None:
+                    kind, body = found
+                    start_response(status_line(200),
+                                   self.docs.headers(kind, body, page=path == "/docs"))
+                    return [body] if verb == "GET" else []
+            if path in ("/healthz", "/openapi.json"):
                 if verb not in ("GET", "HEAD"):
                     raise HttpError(405, grpc.StatusCode.UNIMPLEMENTED,
-                                    f"{verb} is not allowed on /healthz", [("Allow", "GET, HEAD")])
-                return self._healthz(start_response)
+                                    f"{verb} is not allowed on {path}", [("Allow", "GET, HEAD")])
+                if path == "/healthz":
+                    return self._healthz(start_response)
+                if self.openapi is not None:
+                    return _answer(start_response, 200, self.openapi)
             binding, variables = self._route(verb, path)
             requests = self._requests(binding, variables, environ)
             metadata = self._metadata(environ)
@@ -237,7 +285,7 @@ class GatewayApplication:
                             [("Allow", ", ".join(sorted(allowed)))])
         raise HttpError(404, grpc.StatusCode.NOT_FOUND, f"no RPC is served at {path}")
 
-    def _body(self, environ: dict[str, Any]) -> Any:
+    def _raw_body(self, environ: dict[str, Any]) -> bytes:
         length_text = environ.get("CONTENT_LENGTH") or ""
         try:
             length = int(length_text) if length_text else None
@@ -251,6 +299,10 @@ class GatewayApplication:
         if len(data) > self.max_body:
             raise HttpError(413, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the body is more than the {self.max_body} bytes accepted")
+        return bytes(data)
+
+    def _body(self, environ: dict[str, Any]) -> Any:
+        data = self._raw_body(environ)
         if not data.strip():
             return None
         # The body is JSON whatever Content-Type says (as grpc-gateway's default marshaler reads
@@ -328,11 +380,25 @@ class GatewayApplication:
                                     f"header Grpc-Metadata-{name}: {name!r} cannot be passed "
                                     "as gRPC metadata")
                 pairs.append((name, value))
-        peer = environ.get("REMOTE_ADDR")
-        if peer:
-            forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-            pairs.append(("x-forwarded-for", f"{forwarded}, {peer}" if forwarded else peer))
-        return [metadata_pair(name, value) for name, value in pairs]
+        return _with_peer(pairs, environ)
+
+    def _web_metadata(self, environ: dict[str, Any]) -> list[tuple[str, Any]]:
+        """The metadata of a gRPC-Web call: its headers, but those of HTTP and the browser
+        (:data:`grpcweb.NOT_METADATA`, ``sec-*``), those gRPC reserves, and credentials not in
+        FORWARD_HEADERS."""
+        pairs = []
+        for key, value in environ.items():
+            if not key.startswith("HTTP_"):
+                continue
+            name = key[5:].lower().replace("_", "-")
+            if name in grpcweb.NOT_METADATA or name in RESERVED \
+                    or name.startswith(("sec-", "grpc-")):
+                continue
+            if name in SENSITIVE and name not in self.forwarded:
+                continue
+            if METADATA_KEY.match(name):
+                pairs.append((name, value))
+        return _with_peer(pairs, environ)
 
     def _message(self, err: RpcError) -> str:
         """The message an HTTP caller is given for ``err`` (see OPAQUE_MESSAGES)."""
@@ -427,6 +493,115 @@ class GatewayApplication:
         whole = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
         return json.dumps(whole.get(descriptor.json_name))
 
+    # -- gRPC-Web ------------------------------------------------------------------------------
+
+    def _grpc_web(self, environ: dict[str, Any], kind: str,
+                  start_response: StartResponse) -> Iterable[bytes]:
+        text, codec = grpcweb.CONTENT_TYPES[kind]
+        answer_type = f"application/grpc-web{'-text' if text else ''}+{codec}"
+        headers = [("Content-Type", answer_type)]
+        encode = grpcweb.encoder(text)
+        try:
+            path = request_path(environ)
+            binding = self.methods.get(path)
+            if binding is None:
+                raise grpcweb.GrpcWebError(grpc.StatusCode.UNIMPLEMENTED, f"no RPC {path}")
+            request_class, reply_class = self.classes[path]
+            data = self._raw_body(environ)
+            messages = grpcweb.frames(grpcweb.decode_text(data) if text else data,
+                                      self.max_messages)
+            method = binding.method
+            if not method.client_streaming and len(messages) != 1:
+                raise grpcweb.GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT,
+                                           f"a call of {path} takes one message, not "
+                                           f"{len(messages)}")
+            requests = [_decode(m, request_class, codec) for m in messages]
+            metadata = self._web_metadata(environ)
+            asked = grpcweb.timeout_of(environ.get("HTTP_GRPC_TIMEOUT"))
+            options: dict[str, Any] = {
+                "timeout": min(asked, self.timeout) if asked is not None else self.timeout,
+                "metadata": metadata,
+            }
+            if method.server_streaming:
+                return self._web_stream(binding, requests, options, headers, encode, codec,
+                                        start_response)
+            if method.client_streaming:
+                reply = self._run(self.client.stream_unary(path, requests, reply_class, **options))
+            else:
+                reply = self._run(self.client.unary(path, requests[0], reply_class, **options))
+        except grpcweb.GrpcWebError as err:
+            return self._web_error(start_response, headers, encode, err.code, err.message)
+        except HttpError as err:
+            return self._web_error(start_response, headers, encode, err.code, err.message)
+        except RpcError as err:
+            return self._web_error(start_response, headers, encode, err.code,
+                                   self._message(err), self._web_trailers(err))
+        except Exception:
+            logger.exception("gateway: gRPC-Web %s failed", environ.get("PATH_INFO"))
+            return self._web_error(start_response, headers, encode, grpc.StatusCode.INTERNAL,
+                                   "internal error")
+        body = encode(grpcweb.frame(_encode_message(reply, codec))) + encode(
+            grpcweb.trailer_frame(grpcweb.trailer_pairs(grpc.StatusCode.OK, "")))
+        start_response(status_line(200), [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _web_stream(self, binding: Binding, requests: list[Any], options: dict[str, Any],
+                    headers: list[tuple[str, str]], encode: Any, codec: str,
+                    start_response: StartResponse) -> Iterable[bytes]:
+        _, reply_class = self.classes[binding.path]
+        if binding.method.client_streaming:
+            stream = self.client.stream_stream(binding.path, requests, reply_class, **options)
+        else:
+            stream = self.client.unary_stream(binding.path, requests[0], reply_class, **options)
+        replies = iterate(stream, background_loop())
+        try:
+            first = next(replies, None)  # an error before the first reply: trailers only
+        except BaseException:
+            self._close(stream)
+            raise
+        start_response(status_line(200), headers)
+        return self._web_frames(first, replies, stream, encode, codec)
+
+    def _web_frames(self, first: Any, rest: Iterator[Any], stream: Any, encode: Any,
+                    codec: str) -> Iterator[bytes]:
+        finished = False
+        try:
+            if first is not None:
+                yield encode(grpcweb.frame(_encode_message(first, codec)))
+                for reply in rest:
+                    yield encode(grpcweb.frame(_encode_message(reply, codec)))
+            finished = True
+            pairs = grpcweb.trailer_pairs(grpc.StatusCode.OK, "")
+        except RpcError as err:
+            finished = True
+            pairs = grpcweb.trailer_pairs(err.code, self._message(err), self._web_trailers(err))
+        finally:
+            if not finished:  # the HTTP client went away: the call ends
+                self._close(stream)
+        yield encode(grpcweb.trailer_frame(pairs))
+
+    def _web_trailers(self, err: RpcError) -> tuple[tuple[str, Any], ...]:
+        """The trailers of ``err`` a gRPC-Web caller gets: its rich status with only the
+        details an HTTP caller is given (:meth:`_details`); no other trailer of the service."""
+        from microframe.core.error_details import status_trailer
+
+        details = self._details(err)
+        kept = tuple((k, v) for k, v in err.trailers if k == "retry-after")
+        if not details:
+            return kept
+        return (*kept, status_trailer(err.code, self._message(err), details))
+
+    def _web_error(self, start_response: StartResponse, headers: list[tuple[str, str]],
+                   encode: Any, code: grpc.StatusCode, message: str,
+                   trailers: tuple[tuple[str, Any], ...] = ()) -> list[bytes]:
+        """A trailers-only answer: the status as headers, and as the body's trailers frame for
+        the clients that read only the body."""
+        pairs = grpcweb.trailer_pairs(code, message, trailers)
+        body = encode(grpcweb.trailer_frame(pairs))
+        start_response(status_line(200),
+                       [*headers, *pairs, ("Content-Length", str(len(body)))])
+        return [body]
+
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         path = "/grpc.health.v1.Health/Check"
         try:
@@ -442,6 +617,49 @@ class GatewayApplication:
             [("Content-Type", JSON), ("Content-Length", str(len(body)))],
         )
         return [body]
+
+
+def _with_peer(pairs: list[tuple[str, str]], environ: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``pairs`` with the caller's address added to ``x-forwarded-for``, as gRPC metadata."""
+    peer = environ.get("REMOTE_ADDR")
+    if peer:
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        pairs.append(("x-forwarded-for", f"{forwarded}, {peer}" if forwarded else peer))
+    return [metadata_pair(name, value) for name, value in pairs]
+
+
+def _with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
+    """``start_response`` adding ``extra`` headers to every answer (CORS)."""
+    def wrapped(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+        return start_response(status, [*headers, *extra], *args)
+
+    return wrapped
+
+
+def _decode(data: bytes, message_class: Any, codec: str) -> Any:
+    """A request message of gRPC-Web's ``codec`` (``proto`` or ``json``)."""
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+
+    try:
+        if codec == "json":
+            return json_format.Parse(data.decode("utf-8"), message_class())
+        return message_class.FromString(data)
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError, RecursionError) as err:
+        raise grpcweb.GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"the request message cannot be read: {err}") from None
+
+
+def _encode_message(message: Any, codec: str) -> bytes:
+    if codec == "json":
+        return to_json(message).encode()
+    return bytes(message.SerializeToString())
+
+
+def _answer(start_response: StartResponse, http_status: int, body: bytes) -> list[bytes]:
+    start_response(status_line(http_status),
+                   [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def _get_path(value: dict[str, Any], path: str) -> Any:

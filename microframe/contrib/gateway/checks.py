@@ -4,16 +4,23 @@
   a limit (``TIMEOUT``, ``MAX_BODY_BYTES``, ``MAX_STREAM_MESSAGES``...) that is not a positive
   number, an ``ADDRESS`` that is not
   ``host:port``, ``FORWARD_HEADERS`` that is not a list of header names.
+- ``gateway.E001`` too: ``CORS`` is not a dict, has unknown keys, lists that are not lists of
+  strings, an origin that is not ``scheme://host[:port]`` or ``*``, a ``MAX_AGE`` that is not a
+  whole number of seconds; ``OPENAPI``, ``DOCS`` or ``GRPC_WEB`` that is not a boolean.
+- ``gateway.W001``: ``CORS`` allows every origin (``*``) with credentials: browsers refuse that
+  combination, and answering each origin with credentials instead would let any site act as
+  the user.
 - ``gateway.E002``: a ``google.api.http`` annotation of a routed RPC has a path template the
   gateway cannot read, or a variable, ``body`` or ``response_body`` naming no field.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from microframe.conf import global_settings, settings
-from microframe.core.checks.messages import CheckMessage, Error, unknown_keys
+from microframe.core.checks.messages import CheckMessage, Error, Warning, unknown_keys
 from microframe.core.checks.registry import Tags, register
 
 HINT = (
@@ -55,7 +62,56 @@ def check_gateway_setting(**kwargs: Any) -> list[CheckMessage]:
         errors.append(_error(
             f'GATEWAY["FORWARD_HEADERS"] must be a list of header names, not {headers!r}.'
         ))
+    for key in ("OPENAPI", "DOCS", "GRPC_WEB"):
+        if not isinstance(config.get(key), bool):
+            errors.append(_error(
+                f'GATEWAY["{key}"] must be True or False, not {config.get(key)!r}.'
+            ))
+    errors += _cors_messages(config.get("CORS"))
     return errors
+
+
+def _cors_messages(cors: Any) -> list[CheckMessage]:
+    if not isinstance(cors, dict):
+        return [_error(f'GATEWAY["CORS"] must be a dict, not {type(cors).__name__}.')]
+    errors = unknown_keys('GATEWAY["CORS"]', cors, frozenset(global_settings.GATEWAY["CORS"]),
+                          "gateway.E001")
+    for key in ("ALLOW_ORIGINS", "ALLOW_METHODS", "ALLOW_HEADERS", "EXPOSE_HEADERS"):
+        value = cors.get(key, [])
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+            errors.append(_error(
+                f'GATEWAY["CORS"]["{key}"] must be a list of strings, not {value!r}.'
+            ))
+            continue
+        if key == "ALLOW_ORIGINS":
+            for origin in value:
+                if origin != "*" and not _ORIGIN.fullmatch(origin.rstrip("/")):
+                    errors.append(_error(
+                        f'GATEWAY["CORS"]["ALLOW_ORIGINS"]: {origin!r} is no origin '
+                        '(scheme://host[:port], or "*").'
+                    ))
+    age = cors.get("MAX_AGE", 0)
+    if isinstance(age, bool) or not isinstance(age, int) or age < 0:
+        errors.append(_error(
+            f'GATEWAY["CORS"]["MAX_AGE"] must be seconds (an int >= 0), not {age!r}.'
+        ))
+    if not isinstance(cors.get("ALLOW_CREDENTIALS", False), bool):
+        errors.append(_error('GATEWAY["CORS"]["ALLOW_CREDENTIALS"] must be True or False.'))
+    origins = cors.get("ALLOW_ORIGINS")
+    wildcard = isinstance(origins, list | tuple) and "*" in origins
+    if cors.get("ALLOW_CREDENTIALS") is True and wildcard:
+        errors.append(Warning(
+            'GATEWAY["CORS"] allows every origin ("*") with ALLOW_CREDENTIALS: browsers refuse '
+            "credentials with a wildcard, and the gateway answers each origin by name instead, "
+            "so any site can call the service as the signed-in user.",
+            hint='List the origins allowed: "ALLOW_ORIGINS": ["https://app.example.com"].',
+            id="gateway.W001",
+        ))
+    return errors
+
+
+#: An origin: scheme://host[:port], nothing after.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:]+(:\d{1,5})?", re.I)
 
 
 @register(Tags.gateway)
