@@ -37,7 +37,13 @@ from microframe.contrib.gateway.errors import (
     retry_after_header,
     status_line,
 )
-from microframe.contrib.gateway.rules import Binding, bindings_of, field_of, set_path, text_value
+from microframe.contrib.gateway.rules import (
+    Binding,
+    field_of,
+    routed_bindings,
+    set_path,
+    text_value,
+)
 from microframe.core.error_details import retry_delay
 from microframe.core.exceptions import RpcError
 from microframe.utils.protojson import message_class, parse_requests, to_json
@@ -173,15 +179,12 @@ class GatewayApplication:
         self.exact: dict[tuple[str, str], Binding] = {}
         self.templates: list[Binding] = []
         pool = local.pool
-        self.bindings: list[Binding] = []  # every route, each method's in its rule's order
-        for route in routes:
-            method = pool.FindMethodByName(f"{route.service}.{route.method}")
-            for binding in bindings_of(method):
-                self.bindings.append(binding)
-                if binding.variables or "*" in binding.template:
-                    self.templates.append(binding)
-                else:
-                    self.exact.setdefault((binding.verb, binding.template), binding)
+        self.bindings = routed_bindings(routes, pool)
+        for binding in self.bindings:
+            if binding.variables or "*" in binding.template:
+                self.templates.append(binding)
+            else:
+                self.exact.setdefault((binding.verb, binding.template), binding)
         self._health = message_class(
             pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")
         )

@@ -136,6 +136,15 @@ def bindings_of(method: Any) -> list[Binding]:
     return found
 
 
+def routed_bindings(routes: list[Any], pool: Any) -> list[Binding]:
+    """Every HTTP route of the RPCs ``routes`` serve (the router's), each method's in its rule's
+    order, their descriptors from ``pool``."""
+    found: list[Binding] = []
+    for route in routes:
+        found += bindings_of(pool.FindMethodByName(f"{route.service}.{route.method}"))
+    return found
+
+
 def _http_rule(method: Any) -> Any:
     try:
         from google.api import annotations_pb2

@@ -41,6 +41,7 @@ import h11
 from gunicorn.workers.base import Worker
 
 from microframe.conf import global_settings
+from microframe.contrib.gateway import grpcweb
 from microframe.contrib.gateway.errors import error_json
 from microframe.utils.resources import raise_open_files_limit
 from microframe.utils.timeouts import with_timeout
@@ -249,7 +250,7 @@ class GatewayWorker(Worker):
         too_large = f"the body is more than the {self.max_body} bytes accepted"
         for name, value in request.headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await self._refuse(conn, reader, writer, 413, too_large)
+                await self._refuse(conn, reader, writer, 413, too_large, request)
                 return None
         if conn.they_are_waiting_for_100_continue:
             writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -261,7 +262,7 @@ class GatewayWorker(Worker):
                 event = await self._next_event(conn, reader, until)
             except TimeoutError:
                 await self._refuse(
-                    conn, reader, writer, 408, "the request body did not arrive in time"
+                    conn, reader, writer, 408, "the request body did not arrive in time", request
                 )
                 return None
             except h11.RemoteProtocolError:
@@ -270,7 +271,7 @@ class GatewayWorker(Worker):
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
-                    await self._refuse(conn, reader, writer, 413, too_large)
+                    await self._refuse(conn, reader, writer, 413, too_large, request)
                     return None
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -285,14 +286,35 @@ class GatewayWorker(Worker):
         writer: asyncio.StreamWriter,
         status: int,
         message: str,
+        request: h11.Request | None = None,
     ) -> None:
-        """Answer ``status`` with a JSON error and close (when a response may still be sent)."""
+        """Answer ``status`` with a JSON error and close (when a response may still be sent); a
+        gRPC-Web ``request`` is answered as gRPC-Web (200, the status in its trailers), with the
+        CORS headers the application gives its origin."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = error_json(_CODES.get(status, grpc.StatusCode.INTERNAL), message)
+        code = _CODES.get(status, grpc.StatusCode.INTERNAL)
+        headers: list[tuple[str, str]] = []
+        kind = None
+        if request is not None:
+            environ = _header_environ(request.headers)
+            kind = grpcweb.content_type(environ)
+            cors = getattr(self.wsgi, "cors", None)
+            if cors is not None:
+                headers += cors.answer_headers(environ)
+        if kind is not None:
+            text, codec = grpcweb.CONTENT_TYPES[kind]
+            pairs = grpcweb.trailer_pairs(code, message)
+            body = grpcweb.encoder(text)(grpcweb.trailer_frame(pairs))
+            status = 200
+            headers += [("content-type", f"application/grpc-web{'-text' if text else ''}+{codec}"),
+                        *pairs]
+        else:
+            body = error_json(code, message)
+            headers.append(("content-type", "application/json"))
         try:
             data = conn.send(h11.Response(status_code=status, headers=[
-                ("content-type", "application/json"),
+                *headers,
                 ("content-length", str(len(body))),
                 ("connection", "close"),
             ])) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
@@ -341,19 +363,7 @@ class GatewayWorker(Worker):
             "wsgi.run_once": False,
             "CONTENT_LENGTH": str(len(body)),
         }
-        for raw_name, raw_value in request.headers:
-            name = raw_name.decode("latin-1")
-            # As gunicorn and nginx do: X_Forwarded_For must not pass for X-Forwarded-For.
-            if "_" in name:
-                continue
-            value = raw_value.decode("latin-1")
-            if name == "content-type":
-                environ["CONTENT_TYPE"] = value
-                continue
-            if name == "content-length":
-                continue
-            key = "HTTP_" + name.upper().replace("-", "_")
-            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        environ.update(_header_environ(request.headers))
         return environ
 
     def _start(
@@ -442,3 +452,23 @@ class GatewayWorker(Worker):
             await with_timeout(writer.drain(), self.send_timeout)
         except TimeoutError:
             raise _ClientGone from None
+
+
+def _header_environ(headers: Any) -> dict[str, str]:
+    """The WSGI environ keys of request ``headers`` (h11's pairs): ``CONTENT_TYPE``,
+    ``HTTP_<NAME>`` (repeated headers joined with commas); ``Content-Length`` is the body's."""
+    environ: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1")
+        # As gunicorn and nginx do: X_Forwarded_For must not pass for X-Forwarded-For.
+        if "_" in name:
+            continue
+        value = raw_value.decode("latin-1")
+        if name == "content-type":
+            environ["CONTENT_TYPE"] = value
+            continue
+        if name == "content-length":
+            continue
+        key = "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ

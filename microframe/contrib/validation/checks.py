@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from importlib.util import find_spec
 from typing import Any
 
 from microframe.conf import settings
@@ -165,8 +166,6 @@ def check_validation_rules(**kwargs: Any) -> list[CheckMessage]:
 
     # Whether it is installed, not imported: protovalidate and its CEL interpreter take ~11 MB,
     # which a service whose rules are all compiled (no CEL) never needs.
-    from importlib.util import find_spec
-
     protovalidate_missing = find_spec("protovalidate") is None
     evaluated: list[str] = []
     registry: dict[str, Any] = {}

@@ -7,6 +7,8 @@ removes what is left over and reports (``--check``: writes nothing, exits 1 when
 
 from __future__ import annotations
 
+import importlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,11 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--check", action="store_true", help="Write nothing; exit 1 when generate/ is stale."
+        )
+        parser.add_argument(
+            "--openapi", metavar="PATH",
+            help="Also write the OpenAPI 3.1 document of the routes the gateway serves (the "
+                 "router's RPCs and their google.api.http rules) to PATH ('-': standard output).",
         )
         parser.add_argument(
             "--package",
@@ -88,6 +95,13 @@ class Command(BaseCommand):
                 lines += [f"  no longer generated: {p}" for p in leftover]
                 raise CommandError(f"{out} is stale; run genproto:\n" + "\n".join(lines))
             self.stdout.write(f"{out} is up to date ({len(wanted)} files).\n")
+            target = options.get("openapi")
+            if target and target != "-":
+                path = Path(target)
+                current = path.read_text(encoding="utf-8") if path.is_file() else None
+                if current != self._openapi_text():
+                    raise CommandError(f"{target} is stale; run genproto --openapi {target}.")
+                self.stdout.write(f"{target} is up to date.\n")
             return
         for path in stale:
             target = out / path
@@ -105,6 +119,39 @@ class Command(BaseCommand):
             f"genproto: {len(stale) + len(extra_stale)} file(s) written, {len(leftover)} removed, "
             f"{len(wanted) - len(stale)} unchanged in {out}.\n"
         )
+        if options.get("openapi"):
+            self._write_openapi(options["openapi"])
+
+    def _write_openapi(self, target: str) -> None:
+        """Write the document the gateway serves at /openapi.json, from the code just
+        generated."""
+        import sys
+
+        text = self._openapi_text()
+        if target == "-":
+            sys.stdout.write(text)
+            return
+        Path(target).write_text(text, encoding="utf-8")
+        operations = sum(len(item) for item in json.loads(text)["paths"].values())
+        self.stdout.write(f"genproto: the OpenAPI document of {operations} operation(s) "
+                          f"written to {target}.\n")
+
+    def _openapi_text(self) -> str:
+        from microframe.conf import settings
+        from microframe.contrib.gateway.openapi import service_openapi
+        from microframe.contrib.gateway.rules import TemplateError, routed_bindings
+        from microframe.core.descriptors import LocalService
+
+        if not getattr(settings, "ROOT_ROUTER", None):
+            raise CommandError("--openapi needs the service's settings: its ROOT_ROUTER says "
+                               "which RPCs the gateway serves.")
+        importlib.invalidate_caches()  # the modules just written are imported below
+        local = LocalService()
+        try:
+            document = service_openapi(routed_bindings(local.routes, local.pool))
+        except TemplateError as err:
+            raise CommandError(f"A google.api.http rule cannot be served: {err}") from err
+        return json.dumps(document, indent=2) + "\n"
 
     @staticmethod
     def _service_package() -> str | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import subprocess
+import sys
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -146,6 +148,27 @@ def test_the_gateway_answers_what_the_spec_says(shop: Shop, spec: dict) -> None:
                     concrete = concrete.replace("{" + p["name"] + "}", value)
             answer = shop.gateway.request(verb.upper(), concrete, b"{}" if "requestBody" in op else None)
             assert answer[0] not in (404, 405) or b"no RPC" not in answer[2], (verb, concrete, answer)
+
+
+def test_genproto_writes_the_spec_the_gateway_serves(shop: Shop, spec: dict, tmp_path) -> None:
+    target = tmp_path / "openapi.json"
+    done = subprocess.run([sys.executable, "manage.py", "genproto", "--openapi", str(target)], cwd=shop.dir,
+                          env=shop.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"operation(s) written to {target}" in done.stdout
+    assert json.loads(target.read_text()) == spec
+    # --check tells whether the file is current, for CI.
+    check = [sys.executable, "manage.py", "genproto", "--check", "--openapi", str(target)]
+    done = subprocess.run(check, cwd=shop.dir, env=shop.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and f"{target} is up to date." in done.stdout, done.stderr
+    target.write_text(target.read_text().replace("Greets the caller", "Greeted the caller"))
+    done = subprocess.run(check, cwd=shop.dir, env=shop.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"{target} is stale" in done.stderr
+    # To standard output, for a pipe.
+    done = subprocess.run([sys.executable, "manage.py", "genproto", "--openapi", "-"], cwd=shop.dir,
+                          env=shop.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout[done.stdout.index("{"):]) == spec
 
 
 def test_openapi_json_only_answers_get(shop: Shop) -> None:
@@ -325,12 +348,27 @@ def test_grpc_web_deadline_and_metadata_pass_on(shop: Shop, pb) -> None:
     (b"\x00\x00\x00\x00\x09abc", "3"),  # a frame longer than the body
     (b"\x01\x00\x00\x00\x01a", "12"),  # compressed
     (b"", "3"),  # no message for a unary call
-])
+], ids=["truncated", "compressed", "no-message"])
 def test_grpc_web_bad_framing_is_refused(shop: Shop, body: bytes, code: str) -> None:
     status, headers, answer = shop.gateway.request("POST", "/shop.Shop/SayHello", body,
                                                    headers={"Content-Type": "application/grpc-web+proto"})
     assert status == 200 and headers["grpc-status"] == code
     assert _read_frames(answer)[1]["grpc-status"] == code
+
+
+@pytest.mark.parametrize(("method", "body", "headers", "code"), [
+    ("SayHello", _frame(b"x" * 400_000), {}, "8"),  # past MAX_BODY_BYTES (300,000 here)
+    ("Sum", b"".join(_frame(b"\x08\x01") for _ in range(101)), {}, "8"),  # past MAX_STREAM_MESSAGES
+    ("SayHello", b"%%%not base64", {"Content-Type": "application/grpc-web-text"}, "3"),
+    ("SayHello", _frame(b""), {"grpc-timeout": "soon"}, "3"),
+    ("SayHello", _frame(b"\xff\xff"), {}, "3"),  # no HelloRequest
+], ids=["body-too-big", "too-many-messages", "text-not-base64", "bad-grpc-timeout", "not-the-message"])
+def test_grpc_web_limits_hold(shop: Shop, method: str, body: bytes, headers: dict[str, str], code: str) -> None:
+    status, answer_headers, answer = shop.gateway.request("POST", f"/shop.Shop/{method}", body, headers={
+        "Content-Type": "application/grpc-web+proto", **headers})
+    assert status == 200 and answer_headers["grpc-status"] == code, answer
+    # The service was never called: the refusal is the gateway's, with its reason.
+    assert answer_headers.get("grpc-message")
 
 
 def test_grpc_web_unknown_methods_are_unimplemented(shop: Shop) -> None:
