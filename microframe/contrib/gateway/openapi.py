@@ -153,12 +153,11 @@ class OpenApiBuilder:
             "operationId": operation_id,
             "tags": [method.containing_service.name],
         }
-        text = self._comment(method.full_name)
-        if text:
-            summary, _, rest = text.partition("\n")
-            operation["summary"] = summary.strip()
-            if rest.strip():
-                operation["description"] = rest.strip()
+        summary, description = _summary(self._comment(method.full_name))
+        if summary:
+            operation["summary"] = summary
+        if description:
+            operation["description"] = description
         shapes = {m.group(1): m.group(2) for m in _SHAPED.finditer(binding.template)}
         parameters = [self._path_parameter(request, variable, shapes.get(variable))
                       for variable in binding.variables]
@@ -393,6 +392,18 @@ def service_openapi(bindings: Iterable[Binding]) -> dict[str, Any]:
     version = str(dict_setting("REGISTRY").get("VERSION") or "0")
     builder = OpenApiBuilder(comments, statuses=statuses)
     return builder.document(bindings, title=str(settings.SERVICE_NAME), version=version)
+
+
+def _summary(comment: str) -> tuple[str, str]:
+    """A method's comment as an operation's summary (its first sentence) and description (the
+    rest)."""
+    if not comment:
+        return "", ""
+    first = comment.split("\n\n", 1)[0]
+    found = re.match(r"(.+?[.!?])(?:\s|$)", first, re.S)
+    summary = " ".join((found.group(1) if found else first).split())
+    rest = comment[found.end():] if found else comment[len(first):]
+    return summary, rest.strip()
 
 
 def _segments_pattern(shape: str) -> str:
