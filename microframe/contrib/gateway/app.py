@@ -236,6 +236,10 @@ class GatewayApplication:
             path = request_path(environ)
             verb = environ.get("REQUEST_METHOD", "GET").upper()
             if self.docs is not None and path.startswith("/docs") and verb in ("GET", "HEAD"):
+                if path == "/docs/":  # the page's paths are relative to /docs
+                    start_response("301 Moved Permanently",
+                                   [("Location", "../docs"), ("Content-Length", "0")])
+                    return []
                 found = self.docs.get(path)
                 if found is not None:
                     kind, body = found

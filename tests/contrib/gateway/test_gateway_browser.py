@@ -82,3 +82,6 @@ def test_docs_assets_are_served_with_a_strict_policy(shop: Shop) -> None:
     status, headers, body = shop.get("/docs/swagger-ui-bundle.js")
     assert status == 200 and headers["content-type"].startswith("text/javascript") and len(body) > 100_000
     assert shop.get("/docs/../settings.py")[0] == 404
+    # /docs/ leads to /docs, where the page's relative paths resolve.
+    status, _, body = shop.get("/docs/")
+    assert status == 200 and b"docs/init.js" in body
