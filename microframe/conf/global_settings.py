@@ -248,6 +248,10 @@ GATEWAY = {
     "MAX_STREAM_MESSAGES": 10_000,
     # Deepest JSON nesting accepted in a body (400 past it).
     "MAX_JSON_DEPTH": 64,
+    # Most bytes (names and values) of the metadata a request passes on to the service (431, or
+    # RESOURCE_EXHAUSTED for gRPC-Web, past it): under the service's GRPC["MAX_METADATA_BYTES"],
+    # whose refusal would end the gateway's connection to it and every call on it.
+    "MAX_METADATA_BYTES": 8 * 1024,
     # The limits of the gateway's gunicorn worker (microframe.contrib.gateway.worker.GatewayWorker):
     # seconds a connection may take to send its request's head (408 past it), then its body;
     # seconds a reply may wait for the client to read it (the connection is closed past it);

@@ -169,6 +169,8 @@ async def count(ctx, request):
     for n in range(1, request.to + 1):
         if request.to == 99:  # slowly: the test hangs up in the middle
             await asyncio.sleep(0.05)
+        if request.to == 98:  # for 2 s: a stream in flight while something else happens
+            await asyncio.sleep(0.02)
         if request.to == 13 and n == 3:
             raise Aborted("unlucky")
         if request.to == 14 and n == 3:

@@ -99,8 +99,8 @@ def metadata_pair(name: str, value: str) -> tuple[str, Any]:
     """A header as gRPC metadata: a ``-bin`` value base64-decoded, any other printable ASCII;
     HttpError (400) for what gRPC metadata cannot carry."""
     if name.endswith("-bin"):
-        try:
-            return name, base64.b64decode(value, validate=True)
+        try:  # padded or not, as gRPC's HTTP/2 protocol lets senders choose
+            return name, base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
         except ValueError:
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
                             f"header {name}: a -bin value must be base64") from None
@@ -161,6 +161,7 @@ class GatewayApplication:
         self.max_body = int(config["MAX_BODY_BYTES"])
         self.max_messages = int(config["MAX_STREAM_MESSAGES"])
         self.max_depth = int(config["MAX_JSON_DEPTH"])
+        self.max_metadata = int(config["MAX_METADATA_BYTES"])
         expose = config.get("EXPOSE_ERRORS")
         self.expose_errors = bool(settings.DEBUG) if expose is None else bool(expose)
         self.emit_defaults = bool(config["EMIT_DEFAULTS"])
@@ -222,7 +223,7 @@ class GatewayApplication:
                 status, headers, refused = self.cors.preflight(environ)
                 if refused:
                     return _error(start_response, status, grpc.StatusCode.PERMISSION_DENIED,
-                                  refused)
+                                  refused, headers)
                 start_response(status_line(status), [*headers, ("Content-Length", "0")])
                 return []
             extra = self.cors.answer_headers(environ)
@@ -387,7 +388,7 @@ class GatewayApplication:
                                     f"header Grpc-Metadata-{name}: {name!r} cannot be passed "
                                     "as gRPC metadata")
                 pairs.append((name, value))
-        return _with_peer(pairs, environ)
+        return _with_peer(pairs, environ, self.max_metadata)
 
     def _web_metadata(self, environ: dict[str, Any]) -> list[tuple[str, Any]]:
         """The metadata of a gRPC-Web call: its headers, but those of HTTP and the browser
@@ -405,7 +406,7 @@ class GatewayApplication:
                 continue
             if METADATA_KEY.match(name):
                 pairs.append((name, value))
-        return _with_peer(pairs, environ)
+        return _with_peer(pairs, environ, self.max_metadata)
 
     def _message(self, err: RpcError) -> str:
         """The message an HTTP caller is given for ``err`` (see OPAQUE_MESSAGES)."""
@@ -522,7 +523,7 @@ class GatewayApplication:
                 raise grpcweb.GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT,
                                            f"a call of {path} takes one message, not "
                                            f"{len(messages)}")
-            requests = [_decode(m, request_class, codec) for m in messages]
+            requests = [_decode(m, request_class, codec, self.max_depth) for m in messages]
             metadata = self._web_metadata(environ)
             asked = grpcweb.timeout_of(environ.get("HTTP_GRPC_TIMEOUT"))
             options: dict[str, Any] = {
@@ -626,12 +627,20 @@ class GatewayApplication:
         return [body]
 
 
-def _with_peer(pairs: list[tuple[str, str]], environ: dict[str, Any]) -> list[tuple[str, Any]]:
-    """``pairs`` with the caller's address added to ``x-forwarded-for``, as gRPC metadata."""
+def _with_peer(pairs: list[tuple[str, str]], environ: dict[str, Any],
+               limit: int) -> list[tuple[str, Any]]:
+    """``pairs`` with the caller's address added to ``x-forwarded-for``, as gRPC metadata of at
+    most ``limit`` bytes (names and values; past it HttpError 431: a header block the service
+    refuses would end the gateway's connection to it, and every call on it)."""
     peer = environ.get("REMOTE_ADDR")
     if peer:
         forwarded = environ.get("HTTP_X_FORWARDED_FOR")
         pairs.append(("x-forwarded-for", f"{forwarded}, {peer}" if forwarded else peer))
+    size = sum(len(name) + len(value) for name, value in pairs)
+    if size > limit:
+        raise HttpError(431, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the headers to pass on as metadata are {size} bytes, more than the "
+                        f"{limit} accepted")
     return [metadata_pair(name, value) for name, value in pairs]
 
 
@@ -643,16 +652,22 @@ def _with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -
     return wrapped
 
 
-def _decode(data: bytes, message_class: Any, codec: str) -> Any:
-    """A request message of gRPC-Web's ``codec`` (``proto`` or ``json``)."""
+def _decode(data: bytes, message_class: Any, codec: str, max_depth: int) -> Any:
+    """A request message of gRPC-Web's ``codec`` (``proto``, or ``json`` nested at most
+    ``max_depth`` deep as the JSON routes' bodies)."""
     from google.protobuf import json_format
     from google.protobuf.message import DecodeError
 
     try:
         if codec == "json":
-            return json_format.Parse(data.decode("utf-8"), message_class())
+            value = json.loads(data)
+            if not _within_depth(value, max_depth):
+                raise grpcweb.GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT,
+                                           f"the message is nested more than {max_depth} "
+                                           "levels deep")
+            return json_format.ParseDict(value, message_class())
         return message_class.FromString(data)
-    except (DecodeError, json_format.ParseError, UnicodeDecodeError, RecursionError) as err:
+    except (DecodeError, json_format.ParseError, ValueError, RecursionError) as err:
         raise grpcweb.GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"the request message cannot be read: {err}") from None
 

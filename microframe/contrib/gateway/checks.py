@@ -40,6 +40,7 @@ def check_gateway_setting(**kwargs: Any) -> list[CheckMessage]:
         return [_error(f"GATEWAY must be a dict, not {type(config).__name__}.")]
     errors = unknown_keys("GATEWAY", config, frozenset(global_settings.GATEWAY), "gateway.E001")
     for key in ("TIMEOUT", "MAX_BODY_BYTES", "MAX_STREAM_MESSAGES", "MAX_JSON_DEPTH",
+                "MAX_METADATA_BYTES",
                 "HEADER_TIMEOUT", "BODY_TIMEOUT", "SEND_TIMEOUT", "MAX_HEADER_BYTES"):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

@@ -44,6 +44,9 @@ class Cors:
         self.max_age = int(config["MAX_AGE"])
         self.expose = ", ".join(str(h).lower() for h in config["EXPOSE_HEADERS"])
         self.enabled = self.any_origin or bool(self.origins)
+        # Whether answers differ by Origin (all but "*" without credentials): then every answer
+        # says so, allowed or not, so that a shared cache keeps them apart.
+        self.varies = self.enabled and not (self.any_origin and not self.credentials)
 
     def allows(self, origin: str) -> bool:
         return self.any_origin or origin.rstrip("/").lower() in self.origins
@@ -61,7 +64,7 @@ class Cors:
         """The headers an answer to ``environ``'s request gets (none without an allowed Origin)."""
         origin = environ.get("HTTP_ORIGIN")
         if not self.enabled or not origin or not self.allows(origin):
-            return []
+            return [("Vary", "Origin")] if self.varies else []
         headers = self._origin_headers(origin)
         if self.expose:
             headers.append(("Access-Control-Expose-Headers", self.expose))
@@ -74,13 +77,14 @@ class Cors:
         asked = [h.strip().lower() for h in
                  str(environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS") or "").split(",")
                  if h.strip()]
+        vary = [("Vary", "Origin")] if self.varies else []
         if not self.enabled or not self.allows(origin):
-            return 403, [], f"CORS: the origin {origin!r} is not allowed"
+            return 403, vary, f"CORS: the origin {origin!r} is not allowed"
         if method not in self.methods:
-            return 403, [], f"CORS: the method {method} is not allowed"
+            return 403, vary, f"CORS: the method {method} is not allowed"
         refused = [h for h in asked if h not in self.allowed_headers]
         if refused:
-            return 403, [], f"CORS: the header(s) {', '.join(refused)} are not allowed"
+            return 403, vary, f"CORS: the header(s) {', '.join(refused)} are not allowed"
         headers = self._origin_headers(origin)
         headers += [
             ("Access-Control-Allow-Methods", ", ".join(self.methods)),

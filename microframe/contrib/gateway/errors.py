@@ -41,7 +41,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
-    415: "Unsupported Media Type",
+    415: "Unsupported Media Type", 431: "Request Header Fields Too Large",
     429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
 }

@@ -22,6 +22,7 @@ written here: the Python gRPC-Web packages on PyPI (``sonora``...) are servers o
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import struct
 from collections.abc import Iterator
@@ -51,6 +52,8 @@ NOT_METADATA = frozenset({
     "referer", "user-agent", "x-user-agent", "x-grpc-web", "content-length", "dnt", "priority",
     "grpc-timeout", "grpc-accept-encoding", "grpc-encoding", "x-forwarded-for",
     "connect-protocol-version", "connect-timeout-ms",
+    # What proxies say about the request: the gateway's business, not the caller's to set.
+    "forwarded", "x-real-ip", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "via",
 })
 
 
@@ -89,7 +92,11 @@ def decode_text(data: bytes) -> bytes:
         position = chunk.end()
         piece = chunk.group()
         if piece.strip(b"="):
-            out.append(base64.b64decode(piece + b"=" * (-len(piece) % 4)))
+            try:
+                out.append(base64.b64decode(piece + b"=" * (-len(piece) % 4)))
+            except binascii.Error:  # a chunk of 4n+1 characters: no base64 at all
+                raise GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "the body is not base64") from None
     if position != len(compact):
         raise GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not base64")
     return b"".join(out)
@@ -107,6 +114,8 @@ def frames(data: bytes, max_messages: int) -> list[bytes]:
         position += _HEADER.size
         if flag & TRAILER_FLAG:
             raise GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT, "a request has no trailers")
+        if flag & ~COMPRESSED_FLAG:
+            raise GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT, f"a frame flag of {flag:#04x}")
         if flag & COMPRESSED_FLAG:
             raise GrpcWebError(grpc.StatusCode.UNIMPLEMENTED,
                                "compressed messages are not accepted (grpc-encoding identity)")

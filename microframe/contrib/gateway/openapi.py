@@ -50,9 +50,12 @@ _SHAPED = re.compile(r"\{([^}=]+)=([^}]*)\}")
 _DOUBLE, _FLOAT, _INT64, _UINT64, _INT32, _FIXED64, _FIXED32, _BOOL, _STRING = range(1, 10)
 _MESSAGE, _BYTES, _UINT32, _ENUM, _SFIXED32, _SFIXED64, _SINT32, _SINT64 = range(11, 19)
 
+#: The JSON mapping writes the floating-point values that are no numbers as strings.
+_NOT_NUMBERS = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+
 _SCALARS: dict[int, dict[str, Any]] = {
-    _DOUBLE: {"type": "number", "format": "double"},
-    _FLOAT: {"type": "number", "format": "float"},
+    _DOUBLE: {"oneOf": [{"type": "number", "format": "double"}, _NOT_NUMBERS]},
+    _FLOAT: {"oneOf": [{"type": "number", "format": "float"}, _NOT_NUMBERS]},
     _INT32: {"type": "integer", "format": "int32"},
     _SINT32: {"type": "integer", "format": "int32"},
     _SFIXED32: {"type": "integer", "format": "int32"},
@@ -239,7 +242,9 @@ class OpenApiBuilder:
             schema = self._ref(reply)
         status = {"$ref": f"#/components/schemas/{STATUS}"}
         if binding.method.server_streaming:
-            line = {"oneOf": [schema, {"type": "object", "required": ["error"],
+            # anyOf: a reply's schema does not close its properties, so an error line may
+            # match both.
+            line = {"anyOf": [schema, {"type": "object", "required": ["error"],
                                        "properties": {"error": status}}]}
             ok = {"description": "A stream of replies, one JSON value per line; an error after "
                                  "the first reply is the last line, {\"error\": Status}.",
@@ -332,7 +337,9 @@ class OpenApiBuilder:
             return {"type": "null"}
         if name not in self.schemas:
             values = [v.name for v in enum.values]
-            schema: dict[str, Any] = {"type": "string", "enum": values}
+            # By name; a value this proto does not know is written as its number.
+            schema: dict[str, Any] = {"anyOf": [{"type": "string", "enum": values},
+                                                {"type": "integer", "format": "int32"}]}
             lines = [self._comment(enum.full_name)]
             described = [f"- {v.name}: {self._comment(f'{name}.{v.name}')}" for v in enum.values
                          if self._comment(f"{name}.{v.name}")]

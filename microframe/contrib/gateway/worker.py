@@ -221,6 +221,20 @@ class GatewayWorker(Worker):
                 return
             if not isinstance(event, h11.Request):  # the connection closed, or paused
                 return
+            # h11 bounds a head only while it is incomplete, and a read may bring a whole one
+            # past the limit at once: its size is checked again, complete.
+            head = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+            if head > self.max_header:
+                await self._refuse(conn, reader, writer, 431,
+                                   f"the request head is more than the {self.max_header} bytes "
+                                   "accepted", event)
+                return
+            # Both framings at once is how requests are smuggled past a proxy (RFC 9112 6.3).
+            names = {k for k, _ in event.headers}
+            if b"transfer-encoding" in names and b"content-length" in names:
+                await self._refuse(conn, reader, writer, 400,
+                                   "Content-Length and Transfer-Encoding together", event)
+                return
             first = False
             started = datetime.datetime.now()
             body = await self._body(conn, reader, writer, event)
@@ -266,7 +280,7 @@ class GatewayWorker(Worker):
                 )
                 return None
             except h11.RemoteProtocolError:
-                await self._refuse(conn, reader, writer, 400, "malformed request body")
+                await self._refuse(conn, reader, writer, 400, "malformed request body", request)
                 return None
             if isinstance(event, h11.Data):
                 size += len(event.data)

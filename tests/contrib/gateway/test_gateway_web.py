@@ -5,10 +5,13 @@ answers), CORS, and gRPC-Web (read frame by frame as the protocol lays them out)
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import socket
 import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -87,7 +90,7 @@ def test_schemas_follow_the_json_mapping(spec: dict) -> None:
     entry = schemas["shop.Entry"]["properties"]
     assert entry["big"] == {"type": "string", "format": "int64"}
     assert entry["kind"] == {"$ref": "#/components/schemas/shop.Kind"}
-    assert schemas["shop.Kind"]["enum"] == ["KIND_UNSPECIFIED", "BOOK", "MAGAZINE"]
+    assert schemas["shop.Kind"]["anyOf"][0]["enum"] == ["KIND_UNSPECIFIED", "BOOK", "MAGAZINE"]
     assert "BOOK: A printed book." in schemas["shop.Kind"]["description"]
     assert entry["created"] == {"type": "string", "format": "date-time"}
     assert entry["counts"]["additionalProperties"] == {"type": "integer", "format": "int32"}
@@ -241,6 +244,14 @@ def _frame(message: bytes, flag: int = 0) -> bytes:
     return struct.pack(">BI", flag, len(message)) + message
 
 
+def _nested(depth: int) -> bytes:
+    """An Entry in JSON whose children nest ``depth`` deep (two JSON levels each)."""
+    value: dict = {"id": "leaf"}
+    for _ in range(depth):
+        value = {"id": "x", "children": [value]}
+    return json.dumps(value).encode()
+
+
 def _read_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
     """The messages and the trailers of a gRPC-Web answer's body."""
     messages, trailers, position = [], {}, 0
@@ -362,7 +373,12 @@ def test_grpc_web_bad_framing_is_refused(shop: Shop, body: bytes, code: str) -> 
     ("SayHello", b"%%%not base64", {"Content-Type": "application/grpc-web-text"}, "3"),
     ("SayHello", _frame(b""), {"grpc-timeout": "soon"}, "3"),
     ("SayHello", _frame(b"\xff\xff"), {}, "3"),  # no HelloRequest
-], ids=["body-too-big", "too-many-messages", "text-not-base64", "bad-grpc-timeout", "not-the-message"])
+    ("SayHello", b"Q", {"Content-Type": "application/grpc-web-text"}, "3"),  # 4n+1 characters
+    ("SayHello", b"\x02\x00\x00\x00\x00", {}, "3"),  # a flag no request has
+    ("Describe", _frame(_nested(40)), {"Content-Type": "application/grpc-web+json"}, "3"),  # past MAX_JSON_DEPTH
+    ("SayHello", _frame(b""), {f"X-A{i}": "a" * 8000 for i in range(8)}, "8"),  # metadata
+], ids=["body-too-big", "too-many-messages", "text-not-base64", "bad-grpc-timeout", "not-the-message",
+        "text-4n+1", "unknown-flag", "json-too-deep", "metadata-too-big"])
 def test_grpc_web_limits_hold(shop: Shop, method: str, body: bytes, headers: dict[str, str], code: str) -> None:
     status, answer_headers, answer = shop.gateway.request("POST", f"/shop.Shop/{method}", body, headers={
         "Content-Type": "application/grpc-web+proto", **headers})
@@ -375,3 +391,90 @@ def test_grpc_web_unknown_methods_are_unimplemented(shop: Shop) -> None:
     status, headers, _ = shop.gateway.request("POST", "/shop.Shop/Nope", _frame(b""),
                                               headers={"Content-Type": "application/grpc-web"})
     assert status == 200 and headers["grpc-status"] == "12"
+
+
+# -- what a hostile HTTP client cannot do ---------------------------------------------------
+
+
+def _raw(shop: Shop, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a new connection to the gateway; everything it answers until it closes."""
+    host, port = shop.gateway.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_big_headers_cannot_end_other_callers_calls(shop: Shop) -> None:
+    # Headers forwarded as metadata past what the service accepts would make it close the
+    # gateway's connection to it, and every call on it: the gateway refuses them itself.
+    lines: list[bytes] = []
+
+    def victim() -> None:
+        host, port = shop.gateway.url.split("//")[1].split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=15)
+        connection.request("GET", "/v1/count/98")
+        answer = connection.getresponse()
+        lines.extend(answer.read().splitlines())
+        connection.close()
+
+    thread = threading.Thread(target=victim)
+    thread.start()
+    try:
+        big = {f"X-Md-Global-A{i}": "a" * 8000 for i in range(8)}
+        for _ in range(3):
+            status, headers, frames, trailers = _web(shop, "SayHello", b"", headers={f"X-A{i}": "a" * 8000 for i in range(8)})
+            assert headers["grpc-status"] == "8" and "metadata" in headers["grpc-message"]
+            status, _, body = shop.get("/v1/hello/ada", headers=big)
+            assert status == 431 and json.loads(body)["status"] == "RESOURCE_EXHAUSTED"
+    finally:
+        thread.join(20)
+    assert len(lines) == 98 and b"error" not in lines[-1], lines[-3:]
+
+
+def test_requests_cannot_be_smuggled_or_oversized(shop: Shop) -> None:
+    smuggled = b"GET /v1/hello/SMUGGLED HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"5\r\nhello\r\n0\r\n\r\n" + smuggled
+    answer = _raw(shop, b"POST /shop.Shop/SayHello HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 400") and b"SMUGGLED" not in answer
+    # A head past MAX_HEADER_BYTES arriving in one piece is refused like one arriving slowly.
+    answer = _raw(shop, b"GET /v1/hello/a HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+    # A malformed chunked body of a gRPC-Web call is answered as gRPC-Web.
+    answer = _raw(shop, b"POST /shop.Shop/SayHello HTTP/1.1\r\nHost: x\r\nContent-Type: application/grpc-web+proto\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200") and b"grpc-status: 3" in answer
+
+
+def test_answers_vary_by_origin_whoever_asks(shop: Shop) -> None:
+    for headers in ({}, {"Origin": "https://evil.example.com"}, {"Origin": ORIGIN}):
+        assert shop.get("/v1/hello/ada", headers=headers)[1]["vary"] == "Origin"
+    assert _preflight(shop, "https://evil.example.com")[1]["vary"] == "Origin"
+
+
+def test_unpadded_binary_metadata_is_taken(shop: Shop, pb) -> None:
+    _, _, frames, _ = _web(shop, "SayHello", pb.HelloRequest(name="md:x-trace-bin").SerializeToString(),
+                           headers={"X-Trace-Bin": "AAE"})
+    assert pb.HelloReply.FromString(frames[0]).message == repr(b"\x00\x01")
+
+
+def test_what_the_spec_says_of_streams_and_numbers_holds(shop: Shop, spec: dict) -> None:
+    count = spec["paths"]["/v1/count/{to}"]["get"]["responses"]["200"]["content"]["application/x-ndjson"]["schema"]
+    _, _, body = shop.get("/v1/count/14")
+    for line in body.splitlines():  # two replies, then the error line
+        _validator(spec, count).validate(json.loads(line))
+    describe = spec["paths"]["/v1/entries/{id}"]["post"]
+    status, _, body = shop.post("/v1/entries/e2", {"ratio": "NaN", "kind": 7})
+    assert status == 200
+    reply = json.loads(body)
+    assert reply["ratio"] == "NaN" and reply["kind"] == 7
+    _validator(spec, describe["responses"]["200"]["content"]["application/json"]["schema"]).validate(reply)
