@@ -439,35 +439,44 @@ class GatewayApplication:
 
     def _call(self, binding: Binding, requests: list[Any], metadata: list[tuple[str, str]],
               start_response: StartResponse) -> Iterable[bytes]:
-        method = binding.method
-        _, reply_class = self.classes[binding.path]
         options: dict[str, Any] = {"timeout": self.timeout, "metadata": metadata}
-        client = self.client
-        if not method.server_streaming:
-            if method.client_streaming:
-                reply = self._run(
-                    client.stream_unary(binding.path, requests, reply_class, **options)
-                )
-            else:
-                reply = self._run(client.unary(binding.path, requests[0], reply_class, **options))
+        if not binding.method.server_streaming:
+            reply = self._reply(binding, requests, options)
             body = self._encode(reply, binding.response_body).encode()
             start_response(
                 status_line(200), [("Content-Type", JSON), ("Content-Length", str(len(body)))]
             )
             return [body]
-        if method.client_streaming:
-            stream = client.stream_stream(binding.path, requests, reply_class, **options)
+        # An error before the first reply is answered with its status.
+        first, replies, stream = self._open_stream(binding, requests, options)
+        start_response(status_line(200), [("Content-Type", NDJSON)])
+        return self._lines(first, replies, stream, binding.response_body)
+
+    def _reply(self, binding: Binding, requests: list[Any], options: dict[str, Any]) -> Any:
+        """The reply of a call with one reply (unary or client-streaming)."""
+        _, reply_class = self.classes[binding.path]
+        if binding.method.client_streaming:
+            call = self.client.stream_unary(binding.path, requests, reply_class, **options)
         else:
-            stream = client.unary_stream(binding.path, requests[0], reply_class, **options)
+            call = self.client.unary(binding.path, requests[0], reply_class, **options)
+        return self._run(call)
+
+    def _open_stream(self, binding: Binding, requests: list[Any],
+                     options: dict[str, Any]) -> tuple[Any, Iterator[Any], Any]:
+        """Start a server-streaming call: its first reply (None: none), the rest, and the stream
+        (to close when the HTTP client goes away). An error before the first reply is raised."""
+        _, reply_class = self.classes[binding.path]
+        if binding.method.client_streaming:
+            stream = self.client.stream_stream(binding.path, requests, reply_class, **options)
+        else:
+            stream = self.client.unary_stream(binding.path, requests[0], reply_class, **options)
         replies = iterate(stream, background_loop())
         try:
-            # An error before the first reply is answered with its status.
             first = next(replies, None)
         except BaseException:
             self._close(stream)
             raise
-        start_response(status_line(200), [("Content-Type", NDJSON)])
-        return self._lines(first, replies, stream, binding.response_body)
+        return first, replies, stream
 
     def _close(self, stream: Any) -> None:
         """End the call of ``stream`` (the HTTP client went away): the server stops sending."""
@@ -514,7 +523,7 @@ class GatewayApplication:
             binding = self.methods.get(path)
             if binding is None:
                 raise grpcweb.GrpcWebError(grpc.StatusCode.UNIMPLEMENTED, f"no RPC {path}")
-            request_class, reply_class = self.classes[path]
+            request_class, _ = self.classes[path]
             data = self._raw_body(environ)
             messages = grpcweb.frames(grpcweb.decode_text(data) if text else data,
                                       self.max_messages)
@@ -533,10 +542,7 @@ class GatewayApplication:
             if method.server_streaming:
                 return self._web_stream(binding, requests, options, headers, encode, codec,
                                         start_response)
-            if method.client_streaming:
-                reply = self._run(self.client.stream_unary(path, requests, reply_class, **options))
-            else:
-                reply = self._run(self.client.unary(path, requests[0], reply_class, **options))
+            reply = self._reply(binding, requests, options)
         except grpcweb.GrpcWebError as err:
             return self._web_error(start_response, headers, encode, err.code, err.message)
         except HttpError as err:
@@ -556,17 +562,8 @@ class GatewayApplication:
     def _web_stream(self, binding: Binding, requests: list[Any], options: dict[str, Any],
                     headers: list[tuple[str, str]], encode: Any, codec: str,
                     start_response: StartResponse) -> Iterable[bytes]:
-        _, reply_class = self.classes[binding.path]
-        if binding.method.client_streaming:
-            stream = self.client.stream_stream(binding.path, requests, reply_class, **options)
-        else:
-            stream = self.client.unary_stream(binding.path, requests[0], reply_class, **options)
-        replies = iterate(stream, background_loop())
-        try:
-            first = next(replies, None)  # an error before the first reply: trailers only
-        except BaseException:
-            self._close(stream)
-            raise
+        # An error before the first reply is raised: a trailers-only answer.
+        first, replies, stream = self._open_stream(binding, requests, options)
         start_response(status_line(200), headers)
         return self._web_frames(first, replies, stream, encode, codec)
 

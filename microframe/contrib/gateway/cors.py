@@ -38,8 +38,8 @@ class Cors:
         self.any_origin = "*" in origins
         self.origins = frozenset(o.lower() for o in origins if o != "*")
         self.methods = [str(m).upper() for m in config["ALLOW_METHODS"]]
-        self.headers = [str(h).lower() for h in config["ALLOW_HEADERS"]]
-        self.allowed_headers = frozenset(self.headers) | SAFELISTED
+        allowed = frozenset(str(h).lower() for h in config["ALLOW_HEADERS"])
+        self.allowed_headers = allowed | SAFELISTED
         self.credentials = bool(config["ALLOW_CREDENTIALS"])
         self.max_age = int(config["MAX_AGE"])
         self.expose = ", ".join(str(h).lower() for h in config["EXPOSE_HEADERS"])

@@ -25,7 +25,6 @@ import base64
 import binascii
 import re
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -170,10 +169,3 @@ def encoder(text: bool) -> Any:
     if text:
         return base64.b64encode
     return lambda data: data
-
-
-def answer(chunks: Iterator[bytes], text: bool) -> Iterator[bytes]:
-    """The body's chunks in the wire form."""
-    encode = encoder(text)
-    for chunk in chunks:
-        yield encode(chunk)
