@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -192,6 +193,10 @@ def test_etcd_down_during_a_run_changes_nothing_and_crashes_nothing(
     settings = config_settings(tmp_path, "cfg_outage", own_etcd.endpoints, prefix)
     server = start(tmp_path, settings, workers=2).wait_serving()
     try:
+        # One worker serving is not both: the other may have read the settings before the write
+        # and not yet follow the center when it goes, and would rightly keep its older values.
+        wait_until(lambda: len(re.findall(r"serving \d+ methods of .* \(pid \d+\)",
+                                          server.output)) == 2, 30, "both workers to serve")
         revision = put(own_etcd, prefix, "cfgsvc", "LIMITER", limiter(1000))
         wait_applied([server], revision, timeout=5)  # the gauge's lowest worker: both
         member = own_etcd.members[0]
