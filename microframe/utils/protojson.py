@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -41,3 +42,20 @@ def message_class(descriptor: Any) -> Any:
     from google.protobuf import message_factory
 
     return message_factory.GetMessageClass(descriptor)
+
+
+def within_depth(value: Any, limit: int) -> bool:
+    """Whether the JSON ``value`` nests at most ``limit`` arrays and objects deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.utils.protojson import within_depth
 
 SHARED = "_shared"
+#: The deepest a stored value may nest arrays and objects (settings nest four or five deep).
+MAX_DEPTH = 32
 
 #: Settings never taken from a configuration center: they name the service and where its
 #: settings come from, which the layers themselves depend on.
@@ -94,12 +97,19 @@ class Version:
 
 
 def entry(raw: str | bytes, revision: int) -> Entry:
-    """The entry of the stored text ``raw``; raise :class:`InvalidLayer` if it is no JSON."""
+    """The entry of the stored text ``raw``; raise :class:`InvalidLayer` if it is no JSON, or
+    JSON nested more than :data:`MAX_DEPTH` arrays and objects deep (Python's parser, every
+    battery that walks a setting and the redaction of secrets recurse: a value nested a
+    thousand deep would make each of them fail on it)."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise InvalidLayer(f"nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as err:
         raise InvalidLayer(f"not JSON ({err})") from None
+    if not within_depth(value, MAX_DEPTH):
+        raise InvalidLayer(f"nested more than {MAX_DEPTH} levels deep")
     return Entry(value, text, revision)
 
 

@@ -245,6 +245,7 @@ class Reloader:
                 await asyncio.sleep(delay)
             except Exception:  # never let the follower die on a bug: log it and go on
                 logger.exception("configuration reloader failed; following again")
+                self.metrics.up.set(0)
                 caught_up = False
                 delay = RETRY_MAX
                 await asyncio.sleep(delay)

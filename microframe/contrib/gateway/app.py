@@ -46,7 +46,7 @@ from microframe.contrib.gateway.rules import (
 )
 from microframe.core.error_details import retry_delay
 from microframe.core.exceptions import RpcError
-from microframe.utils.protojson import message_class, parse_requests, to_json
+from microframe.utils.protojson import message_class, parse_requests, to_json, within_depth
 
 logger = logging.getLogger("microframe.gateway")
 
@@ -323,7 +323,7 @@ class GatewayApplication:
         except RecursionError:
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
                             "the body is nested too deeply") from None
-        if not _within_depth(value, self.max_depth):
+        if not within_depth(value, self.max_depth):
             raise HttpError(400, grpc.StatusCode.INVALID_ARGUMENT,
                             f"the body is nested more than {self.max_depth} levels deep")
         return value
@@ -658,7 +658,7 @@ def _decode(data: bytes, message_class: Any, codec: str, max_depth: int) -> Any:
     try:
         if codec == "json":
             value = json.loads(data)
-            if not _within_depth(value, max_depth):
+            if not within_depth(value, max_depth):
                 raise grpcweb.GrpcWebError(grpc.StatusCode.INVALID_ARGUMENT,
                                            f"the message is nested more than {max_depth} "
                                            "levels deep")
@@ -697,20 +697,3 @@ def _error(
     start_response(status_line(http_status),
                    [("Content-Type", JSON), ("Content-Length", str(len(body))), *(headers or [])])
     return [body]
-
-
-def _within_depth(value: Any, limit: int) -> bool:
-    """Whether the JSON ``value`` nests at most ``limit`` arrays and objects deep."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return True

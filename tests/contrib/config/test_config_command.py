@@ -79,6 +79,39 @@ def test_bad_input_gets_a_clear_error_and_stores_nothing(etcd, prefix, settings,
     assert etcd.get_prefix(prefix + "/") == {}
 
 
+def test_values_nested_too_deep_are_refused_and_never_crash_a_command(
+    etcd, prefix, settings, tmp_path
+):
+    """Python's JSON parser, the checks and the redaction of secrets recurse: a value nested a
+    thousand deep must be a clear error, whether it comes from the command or from etcd."""
+    def nested(depth: int) -> str:
+        return '{"a": ' * depth + "1" + "}" * depth
+
+    for depth in (33, 5000):
+        result = run(tmp_path, settings, "set", "FEATURES", nested(depth))
+        assert result.returncode == 1, result.stdout
+        assert "FEATURES: the value is nested more than 32 levels deep" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert etcd.get_prefix(prefix + "/") == {}
+    assert run(tmp_path, settings, "set", "FEATURES", nested(31)).returncode == 0
+    # Written by another etcd client: every action goes on, and says what is wrong.
+    etcd.etcdctl("put", f"{prefix}/cfgsvc/FEATURES", nested(990))
+    etcd.etcdctl("put", f"{prefix}/cfgsvc/LIMITER", nested(990))
+    for args in (("get",), ("diff",), ("history", "FEATURES"), ("check",)):
+        result = run(tmp_path, settings, *args) if args != ("check",) else subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "check", "--settings", settings],
+            cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=60,
+        )
+        assert "Traceback" not in result.stderr, (args, result.stderr[-2000:])
+        assert result.returncode == 0, (args, result.stderr)
+    listing = run(tmp_path, settings, "get").stdout
+    assert f"{prefix}/cfgsvc/FEATURES: invalid, nested more than 32 levels deep" in listing
+    history = run(tmp_path, settings, "history", "FEATURES").stdout.splitlines()
+    assert "(invalid: nested more than 32 levels deep)" in history[0]
+    assert history[1].endswith("}}}}}") and "invalid" not in history[1]
+    assert run(tmp_path, settings, "set", "LIMITER", '{"OPTIONS": {"rate": 4, "burst": 4}}').returncode == 0
+
+
 def test_diff_history_and_rollback(etcd, prefix, settings, tmp_path: Path):
     revisions = [
         stored_revision(run(tmp_path, settings, "set", "LIMITER",

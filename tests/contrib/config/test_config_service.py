@@ -101,11 +101,19 @@ def test_a_value_failing_the_checks_is_refused_by_config_set_and_by_running_inst
         wait_until(lambda: metric(server, "microframe_config_rejected_total",
                                   setting="LIMITER", check="config.invalid") == 1, 5,
                    "the invalid JSON refused")
+        # JSON nested past what the parser, the checks and the redaction of secrets follow.
+        etcd.etcdctl("put", f"{prefix}/cfgsvc/LIMITER",
+                     '{"OPTIONS": ' * 1000 + "1" + "}" * 1000)
+        wait_until(lambda: metric(server, "microframe_config_rejected_total",
+                                  setting="LIMITER", check="config.invalid") == 2, 5,
+                   "the value nested too deep refused")
         assert admitted(server, 4) == 0  # the three calls admitted above took the burst
         # A good value after the bad ones is applied.
         revision = put(etcd, prefix, "cfgsvc", "LIMITER", limiter(6))
         wait_applied([server], revision, timeout=5)
         assert admitted(server, 8) == 6
+        assert "Traceback" not in server.output
+        assert metric(server, "microframe_config_up") == 1
     finally:
         server.terminate()
 

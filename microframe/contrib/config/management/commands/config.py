@@ -179,7 +179,9 @@ class Command(BaseCommand):
                     f"{setting} ({where}, revision {stored.revision}): "
                     f"{_json(self.shown(stored.value, setting), indent=None)}"
                 )
-        if not layers.settings():
+        for key, why in sorted(layers.invalid.items()):
+            self.stdout.write(f"{key}: invalid, {why} (not applied)")
+        if not layers.settings() and not layers.invalid:
             self.stdout.write(f"No settings stored for {backend.service} (revision "
                               f"{layers.revision}).")
 
@@ -231,16 +233,20 @@ class Command(BaseCommand):
         self.stdout.write("\n".join(lines) if lines else "No stored setting changes a local one.")
 
     async def do_history(self, backend: Any) -> None:
+        from microframe.contrib.config.backend import InvalidLayer, entry
+
         name = self.options["setting"]
         versions = await backend.history(name, shared=self.options["shared"])
         if not versions:
             self.stdout.write(f"{name} is not stored for {self.scope}.")
         for version in versions:
-            try:
-                value: Any = self.shown(json.loads(version.raw), name)
-                text = _json(value, indent=None)
-            except (TypeError, ValueError):
-                text = str(version.raw)
+            if version.raw is None:
+                text = "removed"
+            else:
+                try:
+                    text = _json(self.shown(entry(version.raw, 0).value, name), indent=None)
+                except InvalidLayer as err:
+                    text = f"(invalid: {err}) {version.raw[:120]}"
             self.stdout.write(f"{version.revision}  {text}")
 
     async def do_rollback(self, backend: Any) -> None:
