@@ -21,6 +21,7 @@ from microframe.contrib.coordination.ordering import (
     LeaseLost,
     enqueue,
     head,
+    key_gone,
     queue_prefix,
     wait_turn,
 )
@@ -46,10 +47,10 @@ class Election:
     ``await election.campaign()`` returns once this candidate leads; ``async with election:``
     does the same and resigns at the end of the block; :meth:`start` campaigns in the
     background without waiting. A campaign goes on until :meth:`resign`: when leadership is
-    lost (the lease expired or was revoked, or etcd did not answer a keep-alive for ``ttl``
-    seconds), :meth:`on_revoked` callbacks are called and the candidate campaigns again by
-    itself, behind the candidates already waiting; while etcd cannot be reached it retries
-    every half second.
+    lost (the lease expired or was revoked, etcd did not answer a keep-alive for ``ttl``
+    seconds, or the leader's key was deleted by someone else), :meth:`on_revoked` callbacks
+    are called and the candidate campaigns again by itself, behind the candidates already
+    waiting; while etcd cannot be reached it retries every half second.
 
     :attr:`token` is the create revision of the leader's key while this candidate leads:
     strictly greater for each new leader, a fencing token as :attr:`Lock.token
@@ -165,9 +166,11 @@ class Election:
                     failing = False
                 await wait_turn(etcd, "campaign", queue, revision, session.lost)
                 await self._elected(revision)
-                await session.lost.wait()
+                reason = await _first(session.lost.wait(), key_gone(etcd, "campaign", key,
+                                                                    revision))
                 logger.warning("election %s: leadership lost (%s); campaigning again",
-                               self.name, session.lost_reason)
+                               self.name, reason if isinstance(reason, str)
+                               else session.lost_reason)
             except LeaseLost:
                 logger.warning("election %s: the lease was lost while campaigning; again",
                                self.name)
@@ -216,3 +219,15 @@ async def _call_all(callbacks: list[Callback], what: str) -> None:
                 await result
         except Exception:
             logger.exception("%s callback %r failed", what, callback)
+
+
+async def _first(*waits: Awaitable[Any]) -> Any:
+    """Await the first of ``waits`` to finish, cancel the others; return its result."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    return next(iter(done)).result()

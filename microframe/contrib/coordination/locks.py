@@ -32,7 +32,13 @@ from typing import Any
 
 from microframe.contrib.coordination import connection
 from microframe.contrib.coordination.exceptions import LockTimeout
-from microframe.contrib.coordination.ordering import LeaseLost, enqueue, queue_prefix, wait_turn
+from microframe.contrib.coordination.ordering import (
+    LeaseLost,
+    enqueue,
+    key_gone,
+    queue_prefix,
+    wait_turn,
+)
 from microframe.contrib.coordination.session import Session
 
 __all__ = ["Lock", "lock"]
@@ -66,8 +72,9 @@ class Lock:
 
     - :attr:`token`: the fencing token (see the module docstring);
     - :attr:`lost`: an :class:`asyncio.Event` set when the lease is lost while the lock is held
-      (etcd says it expired or was revoked, or no keep-alive was answered for ``ttl`` seconds):
-      another process may hold the lock from then on;
+      (etcd says it expired or was revoked, or no keep-alive was answered for ``ttl`` seconds),
+      or when the lock's key is deleted by someone else: another process may hold the lock
+      from then on;
     - :attr:`valid`: held and not lost.
 
     ``connection`` (an EtcdConnection) and ``prefix`` default to what ``COORDINATION`` says.
@@ -93,6 +100,7 @@ class Lock:
         self.key: str | None = None
         self.lost = asyncio.Event()
         self._session: Session | None = None
+        self._guard: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         state = "held" if self.valid else ("lost" if self.lost.is_set() else "free")
@@ -158,8 +166,14 @@ class Lock:
             self.token = revision
             self.key = key.decode()
             self.lost.clear()
+            self._guard = asyncio.create_task(
+                self._watch_key(etcd, key, revision), name=f"lock {self.name} key"
+            )
             logger.debug("lock %s acquired (token %d)", self.name, revision)
             return self
+
+    async def _watch_key(self, etcd: Any, key: bytes, revision: int) -> None:
+        self._lose(await key_gone(etcd, "lock", key, revision))
 
     def _lose(self, reason: str) -> None:
         if self.token is not None:
@@ -179,6 +193,9 @@ class Lock:
             return
         self.token = None
         self.key = None
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.cancel()
         await finish(self._drop(session))
 
     async def __aenter__(self) -> Lock:

@@ -6,6 +6,11 @@ only if absent (:func:`enqueue`); the key's create revision is its place in the 
 contender whose key has the lowest create revision is served. The others each watch the
 deletion of the key just before their own (:func:`wait_turn`) - not the head's, so that a
 release wakes one contender, not all of them - and look again when it goes.
+
+A contender served watches its own key too (:func:`key_gone`): a key deleted by someone else
+(``etcdctl del``, an operator's cleanup) serves the next contender at once, so the one it
+served must stop acting as if it still were, even though its lease lives on. Go's recipes
+leave this to the caller; here a lock is then lost and a leader revoked.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from typing import Any
 from aetcd import rpc as etcdrpc
 from aetcd.utils import prefix_range_end
 
-__all__ = ["LeaseLost", "enqueue", "head", "queue_prefix", "wait_turn"]
+__all__ = ["LeaseLost", "enqueue", "head", "key_gone", "queue_prefix", "wait_turn"]
 
 _DELETE = etcdrpc.Event.EventType.DELETE
 #: Seconds before looking again when a watch ended without the deletion (etcd restarting).
 BROKEN_WATCH_PAUSE = 0.1
+#: Seconds between attempts to watch a served key again while etcd cannot be reached (the
+#: lease's keep-alive decides meanwhile whether the key is still held).
+UNREACHABLE_PAUSE = 1.0
 
 
 def queue_prefix(prefix: str | None, kind: str, name: str) -> str:
@@ -120,3 +128,47 @@ async def _deleted(stream: Any) -> bool:
             if any(event.type == _DELETE for event in await stream.read()):
                 return True
     return False
+
+
+async def key_gone(etcd: Any, operation: str, key: bytes, created: int) -> str:
+    """Return (why) once ``key``, created at revision ``created``, is deleted or made anew;
+    run until then (the caller cancels it when it lets the key go itself).
+
+    A watch from the revision after ``created`` sees every change since; when the watch
+    breaks (etcd restarting, the revision compacted) the key is read again before watching
+    from the revision read.
+    """
+    since = created + 1
+    request = etcdrpc.RangeRequest(key=key)
+    while True:
+        try:
+            stream = await etcd.rpc(
+                operation, lambda c, since=since: c.open_watch(key, b"", since)
+            )
+        except Exception:
+            await asyncio.sleep(UNREACHABLE_PAUSE)
+            continue
+        try:
+            while True:
+                for event in await stream.read():
+                    if event.type == _DELETE:
+                        return f"its key {key.decode(errors='replace')} was deleted"
+                    if event.kv.create_revision != created:
+                        return f"its key {key.decode(errors='replace')} was made anew"
+                    since = event.kv.mod_revision + 1
+        except Exception:  # the watch broke: read the key, then watch again
+            pass
+        finally:
+            stream.cancel()
+        try:
+            reply = await etcd.rpc(
+                operation,
+                lambda c: c.kvstub.Range(request, timeout=etcd.timeout, metadata=c.metadata),
+            )
+        except Exception:
+            await asyncio.sleep(UNREACHABLE_PAUSE)
+            continue
+        if not reply.kvs or reply.kvs[0].create_revision != created:
+            return f"its key {key.decode(errors='replace')} was deleted"
+        since = reply.header.revision + 1
+        await asyncio.sleep(BROKEN_WATCH_PAUSE)

@@ -113,3 +113,38 @@ async def test_callbacks_resign_and_a_lost_lease(etcd, prefix):
         await b.resign()
         assert not b.is_leader and events[-1] == "b revoked"
         assert await b.leader() is None
+
+
+async def test_a_leader_whose_key_is_deleted_is_revoked_never_two_leaders(etcd, prefix):
+    """``etcdctl del`` of the leader's key makes the next candidate lead at once: the old
+    leader must stop leading then, not when its (long) lease ends."""
+    with override_settings(COORDINATION={"OPTIONS": {"endpoints": etcd.endpoints}, "PREFIX": prefix,
+                                         "TTL": 30}):
+        a, b = Election("k", "a"), Election("k", "b")
+        try:
+            await asyncio.wait_for(a.campaign(), 5)
+            b.start()
+            deadline = time.monotonic() + 5
+            while len(etcd.get_prefix(f"{prefix}/elections/k/")) < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            leader_key = next(k for k, v in etcd.get_prefix(f"{prefix}/elections/k/").items()
+                              if v.value == "a")
+            etcd.etcdctl("del", leader_key)
+            deleted = time.monotonic()
+            await asyncio.wait_for(b.campaign(), 5)
+            deadline = time.monotonic() + 2
+            while a.is_leader:
+                assert time.monotonic() < deadline, "a still leads beside b"
+                await asyncio.sleep(0.01)
+            print(f"a revoked {time.monotonic() - deleted:.3f} s after the deletion")
+            assert b.is_leader and await b.leader() == "b"
+            # a campaigns again, behind b.
+            deadline = time.monotonic() + 5
+            while len(etcd.get_prefix(f"{prefix}/elections/k/")) < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            assert not a.is_leader
+        finally:
+            await a.resign()
+            await b.resign()

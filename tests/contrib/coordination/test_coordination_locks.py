@@ -143,6 +143,30 @@ async def test_a_revoked_lease_sets_lost(etcd, prefix):
         assert not held.held
 
 
+async def test_a_key_deleted_by_someone_else_sets_lost(etcd, prefix):
+    """``etcdctl del`` of the holder's key serves the next contender at once, though the
+    holder's lease lives on: the holder must know it no longer holds the lock."""
+    with override_settings(COORDINATION=coordination(etcd, prefix, ttl=30)):
+        async with lock("d") as held:
+            waiter = asyncio.ensure_future(lock("d", timeout=5).acquire())
+            deadline = time.monotonic() + 5
+            while len(etcd.get_prefix(f"{prefix}/locks/d/")) < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            assert held.key is not None
+            etcd.etcdctl("del", held.key)
+            deleted = time.monotonic()
+            other = await asyncio.wait_for(waiter, 5)
+            try:
+                await asyncio.wait_for(held.lost.wait(), 2)
+                print(f"lost set {time.monotonic() - deleted:.3f} s after the deletion")
+                assert not held.valid and other.valid and other.token > held.token
+            finally:
+                await other.release()
+        # The lease is long: a holder that lost its key still releases it (nothing left).
+        assert etcd.get_prefix(f"{prefix}/locks/d/") == {}
+
+
 async def test_explicit_connection_and_a_missing_etcd():
     from microframe.core.exceptions import ImproperlyConfigured
 
