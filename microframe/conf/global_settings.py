@@ -117,7 +117,7 @@ REGISTRY = {
     "METADATA": {},
     "VERSION": "",
     # Where clients keep the last known instances of every service, for registry outages.
-    # None: "microframe-discovery" in the temporary directory.
+    # None: "microframe-discovery-<uid>" in the temporary directory, this user's alone.
     "CACHE_DIR": None,
 }
 
@@ -341,8 +341,8 @@ SILENCED_SYSTEM_CHECKS: list[str] = []
 # overlays are). A running service applies a change of a setting listed in RELOAD (the parts
 # of it its batteries can rebuild, checked by the system checks first); any other change is
 # logged and waits for a restart. CACHE_DIR keeps the last values read (mode 0600: they may
-# hold tokens), for a start while etcd is down; None: "microframe-config" in the temporary
-# directory.
+# hold tokens), for a start while etcd is down; None: "microframe-config-<uid>" in the
+# temporary directory, this user's alone.
 CONFIG = {
     "BACKEND": None,
     "OPTIONS": {},

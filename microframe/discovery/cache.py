@@ -39,13 +39,20 @@ from microframe.core.signals import setting_changed
 from microframe.discovery.instance import InvalidInstance, ServiceInstance
 from microframe.discovery.metrics import registry_metrics
 from microframe.discovery.registry import Changes, Registry, RegistryError, RegistryUnavailable
-from microframe.utils.files import atomic_write_text
+from microframe.utils.files import (
+    atomic_write_text,
+    private_directory,
+    read_private_text,
+    user_temp_directory,
+)
 from microframe.utils.loops import PerLoop
 from microframe.utils.timeouts import with_timeout
 
 logger = logging.getLogger("microframe.registry")
 
-DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "microframe-discovery"
+#: The snapshots' directory when ``REGISTRY["CACHE_DIR"]`` is None: this user's own, in the
+#: temporary directory (a directory there that another user made is never used).
+DEFAULT_CACHE_DIR = user_temp_directory("microframe-discovery")
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
 #: Seconds between two notifications of the listeners of a service while changes keep coming
@@ -139,6 +146,9 @@ class DiscoveryCache:
     ) -> None:
         self.registry = registry
         self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+        # The default directory is checked from the temporary directory down; one the user
+        # named is theirs to secure, and only checked itself.
+        self._trusted = None if cache_dir else Path(tempfile.gettempdir())
         self.first_read_timeout = first_read_timeout
         self._entries: dict[str, _Entry] = {}
         self._closed = False
@@ -377,7 +387,7 @@ class DiscoveryCache:
     def _load_snapshot(self, service: str) -> list[ServiceInstance] | None:
         path = self._snapshot_path(service)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_private_text(path, self._trusted))
             found = [ServiceInstance.from_dict(item) for item in data["instances"]]
         except FileNotFoundError:
             return None
@@ -419,6 +429,7 @@ class DiscoveryCache:
             ',"service":', json.dumps(service), "}",
         ))
         try:
+            private_directory(path.parent, self._trusted)
             atomic_write_text(path, body)
         except OSError as err:
             logger.warning("discovery: cannot save the snapshot %s: %s", path, err)

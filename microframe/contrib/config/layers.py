@@ -34,10 +34,14 @@ from microframe.contrib.config.backend import (
     make_backend,
 )
 from microframe.core.exceptions import ImproperlyConfigured
+from microframe.utils.files import user_temp_directory
 
 logger = logging.getLogger("microframe.config")
 
-DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "microframe-config"
+#: The cache's directory when ``CONFIG["CACHE_DIR"]`` is None: this user's own, in the
+#: temporary directory (a directory there that another user made is never used: a service
+#: would start with the settings someone else put in it).
+DEFAULT_CACHE_DIR = user_temp_directory("microframe-config")
 #: A setting absent from the local settings (it exists only in the configuration center).
 MISSING: Any = object()
 T = TypeVar("T")
@@ -104,6 +108,15 @@ def cache_path(service: str) -> Path:
     return (Path(directory) if directory else DEFAULT_CACHE_DIR) / f"{service}.json"
 
 
+def cache_directory(service: str) -> Path:
+    """The cache's directory, made (mode 0700) and checked to be this user's alone
+    (:class:`~microframe.utils.files.UnsafePath` otherwise)."""
+    from microframe.utils.files import private_directory
+
+    trusted = None if config_options().get("CACHE_DIR") else Path(tempfile.gettempdir())
+    return private_directory(cache_path(service).parent, trusted)
+
+
 def save_cache(service: str, layers: Layers, source: str) -> None:
     """Write what was read to the disk cache (best effort: a failure is logged)."""
     from microframe.utils.files import atomic_write_text
@@ -111,7 +124,7 @@ def save_cache(service: str, layers: Layers, source: str) -> None:
     path = cache_path(service)
     data = {"service": service, "source": source, "saved_at": time.time(), **layers.to_json()}
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cache_directory(service)
         atomic_write_text(path, json.dumps(data, sort_keys=True))  # mkstemp: mode 0600
     except OSError as err:
         logger.warning("cannot write the configuration cache %s: %s", path, err)
@@ -119,9 +132,12 @@ def save_cache(service: str, layers: Layers, source: str) -> None:
 
 def load_cache(service: str) -> tuple[Layers, float] | None:
     """The layers last saved for ``service`` and when (None: no usable cache)."""
+    from microframe.utils.files import read_private_text
+
     path = cache_path(service)
+    trusted = None if config_options().get("CACHE_DIR") else Path(tempfile.gettempdir())
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_private_text(path, trusted))
         return Layers.from_json(data), float(data["saved_at"])
     except FileNotFoundError:
         return None

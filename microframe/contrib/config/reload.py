@@ -166,7 +166,7 @@ def write_restart_file(service: str, pending: dict[str, int]) -> None:
 
     path = restart_file(service)
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config_layers.cache_directory(service)
         with open(path.with_name(path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = read_restart_file(service)

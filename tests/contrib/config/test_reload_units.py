@@ -130,3 +130,34 @@ async def test_a_serving_server_rebuilds_its_chains_when_the_limiter_changes():
                         assert await admitted(10) == 10
         finally:
             await server.stop(0)
+
+
+def test_a_cache_another_user_could_have_written_is_never_read(tmp_path, monkeypatch, caplog):
+    """A service starting while etcd is down takes its settings from the cache: a cache
+    directory in the temporary directory that another user made, or that every user may write
+    in, must not hand it settings someone else wrote."""
+    import os
+    import tempfile
+
+    from microframe.contrib.config import layers as config_layers
+    from microframe.contrib.config.backend import Layers, entry
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(config_layers, "DEFAULT_CACHE_DIR",
+                        tmp_path / f"microframe-config-{os.geteuid()}")
+    with override_settings(CONFIG={"BACKEND": None, "CACHE_DIR": None}):
+        layers = Layers(service={"AUTH": entry('{"TOKENS": ["planted"]}', 7)}, revision=7)
+        config_layers.save_cache("svc", layers, "etcd")
+        directory = config_layers.DEFAULT_CACHE_DIR
+        assert oct(directory.stat().st_mode & 0o777) == "0o700"
+        assert config_layers.load_cache("svc") is not None
+        for mode, owner in ((0o777, os.geteuid()), (0o700, 65534)):
+            directory.chmod(mode)
+            os.chown(directory, owner, -1)
+            with caplog.at_level(logging.WARNING, "microframe.config"):
+                assert config_layers.load_cache("svc") is None
+            assert "ignoring the configuration cache" in caplog.text
+            caplog.clear()
+            # Nor is anything written there.
+            config_layers.save_cache("svc", layers, "etcd")
+            assert "cannot write the configuration cache" in caplog.text

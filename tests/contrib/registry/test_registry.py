@@ -207,6 +207,44 @@ async def test_cache_follows_the_registry_and_keeps_a_snapshot(tmp_path):
     await registry.close()
 
 
+async def test_a_snapshot_another_user_could_have_written_is_never_used(tmp_path, monkeypatch):
+    """The default snapshot directory is in the shared temporary directory: one made there
+    beforehand by another local user (or open to every user) must not route this service's
+    calls to the instances they wrote in it."""
+    import tempfile
+
+    from microframe.discovery import cache as cache_module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"microframe-discovery-{os.geteuid()}"
+    planted.mkdir()
+    (planted / "hello.json").write_text(json.dumps(
+        {"instances": [instance(port=6666).to_dict()], "service": "hello"}
+    ))
+    monkeypatch.setattr(cache_module, "DEFAULT_CACHE_DIR", planted)
+    gone = tmp_path / "no-registry"
+    gone.write_text("not a directory: every registry operation fails")
+    for mode, owner in ((0o777, os.geteuid()), (0o700, 65534)):
+        planted.chmod(mode)
+        os.chown(planted, owner, -1)
+        cache = DiscoveryCache(FileRegistry(gone, ttl=3), first_read_timeout=0.2)
+        with pytest.raises(RegistryUnavailable, match="unknown"):
+            await cache.instances("hello")
+        await cache.close()
+    # The directory made safe again (this user's, 0700): the snapshot is read.
+    planted.chmod(0o700)
+    os.chown(planted, os.geteuid(), -1)
+    cache = DiscoveryCache(FileRegistry(gone, ttl=3), first_read_timeout=0.2)
+    assert [i.port for i in await cache.instances("hello")] == [6666]
+    await cache.close()
+    # A file of someone else's in a sound directory is refused as well.
+    os.chown(planted / "hello.json", 65534, -1)
+    cache = DiscoveryCache(FileRegistry(gone, ttl=3), first_read_timeout=0.2)
+    with pytest.raises(RegistryUnavailable, match="unknown"):
+        await cache.instances("hello")
+    await cache.close()
+
+
 async def test_cache_survives_an_unreachable_registry_from_its_snapshot(tmp_path):
     # A process that knew two instances saved them; the registry then becomes unusable.
     directory = tmp_path / "registry"
