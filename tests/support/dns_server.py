@@ -19,9 +19,11 @@ class DnsServer:
     """``dnsmasq`` answering for the names of ``domain`` the test gives it, with ``ttl``-second
     records."""
 
-    def __init__(self, directory: Path, ttl: int = 1, domain: str = "test") -> None:
+    def __init__(self, directory: Path, ttl: int = 1, domain: str = "test", *,
+                 local: bool = True) -> None:
         self.directory = directory
         self.domain = domain
+        self.local = local
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()  # dnsmasq binds it for UDP and TCP
         self.ttl = ttl
@@ -56,8 +58,9 @@ class DnsServer:
              f"--addn-hosts={self.hosts}", "--listen-address=127.0.0.1", "--bind-interfaces",
              f"--port={self.port}", f"--local-ttl={self.ttl}", "--user=root", "--group=root",
              "--pid-file=", "--log-facility=-",
-             # Answered from these records alone (no record of a type: NODATA, not REFUSED).
-             f"--local=/{self.domain}/", *self.srv],
+             # Answered from these records alone (no record of a type: NODATA, not REFUSED);
+             # without it, a query with no record here has nowhere to go and is REFUSED.
+             *([f"--local=/{self.domain}/"] if self.local else []), *self.srv],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10

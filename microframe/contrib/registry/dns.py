@@ -174,13 +174,35 @@ class DnsRegistry:
         return list(answer), ttl
 
     async def _addresses(self, name: str) -> tuple[list[str], float | None]:
+        """The addresses of ``name`` (A and AAAA, asked at once) and their TTL.
+
+        When one family fails but the other answers with addresses, those are the instances
+        (a server refusing AAAA queries for an IPv4-only zone is common), logged, and the name
+        is asked again after ``min_ttl``; when both fail, or the one that answers has none,
+        :class:`RegistryUnavailable` keeps the last known set.
+        """
+        results = await asyncio.gather(
+            self._query(name, "A"), self._query(name, "AAAA"), return_exceptions=True
+        )
         found: list[str] = []
         ttls: list[float] = []
-        for rdtype in ("A", "AAAA"):
-            records, ttl = await self._query(name, rdtype)
+        failures: list[BaseException] = []
+        for result in results:
+            if isinstance(result, RegistryUnavailable):
+                failures.append(result)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            records, ttl = result
             found.extend(r.address for r in records)
             if ttl is not None:
                 ttls.append(ttl)
+        if failures:
+            if not found:
+                raise failures[0]
+            logger.warning("%s; using the %d addresses the other query found", failures[0],
+                           len(found))
+            ttls.append(self.min_ttl)
         return found, min(ttls) if ttls else None
 
     async def resolve(self, service: str) -> tuple[list[ServiceInstance], float]:

@@ -53,6 +53,27 @@ async def test_a_and_aaaa_records_and_a_hosts_change_followed_within_the_ttl(dns
     await watch.aclose()
 
 
+async def test_a_refused_aaaa_query_keeps_the_a_records(tmp_path):
+    """A server that refuses the AAAA query of an IPv4-only name (dnsmasq without a local
+    zone, many forwarders) must not hide the addresses the A query found."""
+    server = DnsServer(tmp_path / "dns", local=False)
+    server.set_hosts({"orders.test": ["127.0.0.10", "127.0.0.11"]})
+    server.start()
+    try:
+        registry = DnsRegistry(template="{service}.test", port=7000,
+                               nameservers=[server.address], min_ttl=0.2, timeout=1)
+        with pytest.raises(RegistryUnavailable, match="REFUSED"):
+            await registry._query("orders.test", "AAAA")  # what the server really answers
+        found, wait = await registry.resolve("orders")
+        assert [i.address for i in found] == ["127.0.0.10:7000", "127.0.0.11:7000"]
+        assert wait == 0.2  # asked again soon: the other family may answer next time
+        # Nothing answered at all: unavailable, the last known set is kept.
+        with pytest.raises(RegistryUnavailable):
+            await registry.resolve("nothing")
+    finally:
+        server.stop()
+
+
 async def test_srv_records_give_port_and_weight_and_the_lowest_priority_wins(dns_server):
     dns_server.set_hosts({"a.test": ["127.0.0.20"], "b.test": ["127.0.0.21"]})
     dns_server.set_srv([
