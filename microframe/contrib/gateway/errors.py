@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 import grpc
@@ -48,8 +49,14 @@ REASONS = {
 
 
 def status_line(http_status: int) -> str:
-    """Return the status line of ``http_status`` ("404 Not Found")."""
-    return f"{http_status} {REASONS.get(http_status, 'Error')}"
+    """Return the status line of ``http_status`` ("404 Not Found"; "204 No Content")."""
+    reason = REASONS.get(http_status)
+    if reason is None:
+        try:
+            reason = HTTPStatus(http_status).phrase
+        except ValueError:
+            reason = "Error"
+    return f"{http_status} {reason}"
 
 
 def retry_after_header(seconds: float) -> str:

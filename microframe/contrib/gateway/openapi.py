@@ -276,7 +276,6 @@ class OpenApiBuilder:
 
     def _message_schema(self, message: Any, leave: set[str]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
-        required: list[str] = []
         groups: list[list[str]] = []
         for oneof in message.oneofs:
             if _synthetic(oneof):
@@ -296,7 +295,12 @@ class OpenApiBuilder:
                 text = f"{text}\n\n{note}" if text else note
             behaviors = _field_behaviors(field)
             if "REQUIRED" in behaviors:
-                required.append(field.json_name)
+                # Not in the schema's "required": one schema describes requests and replies,
+                # and a reply leaves out a field holding its default value (GATEWAY's
+                # EMIT_DEFAULTS), so a valid reply would fail it.
+                note = ("Required: a request must set it (a reply leaves it out when it holds "
+                        "its default value).")
+                text = f"{note}\n\n{text}" if text else note
             if "OUTPUT_ONLY" in behaviors:
                 schema = {**schema, "readOnly": True}
             if text:
@@ -304,8 +308,6 @@ class OpenApiBuilder:
                     {"allOf": [schema], "description": text}
             properties[field.json_name] = schema
         schema: dict[str, Any] = {"type": "object", "properties": properties}
-        if required:
-            schema["required"] = required
         if groups:
             # At most one field of each oneof: no two of them together.
             schema["not"] = {"anyOf": [{"required": [a, b]} for names in groups

@@ -49,18 +49,26 @@ class Binding:
             raise ValueError(f"{path}: a path parameter is not UTF-8") from None
 
 
-def _segments(text: str, where: str) -> str:
+#: A slash between the segments of a multi-segment variable: as sent, or percent-encoded as
+#: OpenAPI clients (Swagger UI) send a path parameter that holds one.
+_VARIABLE_SLASH = r"(?:/|%2[Ff])"
+
+
+def _segments(text: str, where: str, *, encoded_slash: bool = False) -> str:
+    """The pattern of ``text``'s segments; ``encoded_slash``: inside a variable of several
+    segments (``{name=shelves/*}``), whose slashes may come as ``%2F``."""
+    one = r"(?:(?!%2[Ff])[^/])+" if encoded_slash else r"[^/]+"
     parts = []
     for segment in text.split("/"):
         if segment == "*":
-            parts.append(r"[^/]+")
+            parts.append(one)
         elif segment == "**":
             parts.append(r".*")
         elif segment and re.fullmatch(r"[^{}*:]+", segment):
             parts.append(re.escape(segment))
         else:
             raise TemplateError(f"{where}: bad segment {segment!r}")
-    return "/".join(parts)
+    return (_VARIABLE_SLASH if encoded_slash else "/").join(parts)
 
 
 def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
@@ -83,7 +91,8 @@ def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
             field, _, segments = variable.partition("=")
             if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", field):
                 raise TemplateError(f"{template!r}: bad variable {field!r}")
-            inner = _segments(segments, repr(template)) if segments else r"[^/]+"
+            inner = _segments(segments, repr(template), encoded_slash="/" in segments) \
+                if segments else r"[^/]+"
             pattern.append(f"({inner})")
             variables.append(field)
         else:

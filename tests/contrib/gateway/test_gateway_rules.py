@@ -22,6 +22,13 @@ from microframe.contrib.gateway.rules import TemplateError, compile_template
         ("/files/{path=**}", "/files/a/b/c.txt", {"path": "a/b/c.txt"}),
         ("/v1/*/items", "/v1/anything/items", {}),
         ("/v1/a.b/{x}", "/v1/aXb/1", None),  # literals are literal
+        # A multi-segment variable as OpenAPI clients send it (a path parameter's slashes
+        # percent-encoded), or partly so; a single segment never takes an encoded slash.
+        ("/v1/{name=shelves/*/books/*}:publish", "/v1/shelves%2Fs1%2Fbooks%2Fb2:publish",
+         {"name": "shelves%2Fs1%2Fbooks%2Fb2"}),
+        ("/v1/{name=shelves/*/books/*}", "/v1/shelves/s1%2fbooks/b2", {"name": "shelves/s1%2fbooks/b2"}),
+        ("/v1/{name=shelves/*/books/*}", "/v1/shelves%2Fs1%2Fx%2Fbooks%2Fb2", None),
+        ("/v1/{name=shelves/*}/books", "/v1/shelves%2Fa%2Fb/books", None),
     ],
 )
 def test_templates_match_and_bind(template: str, path: str, bound: dict[str, str] | None) -> None:
@@ -37,3 +44,15 @@ def test_templates_match_and_bind(template: str, path: str, bound: dict[str, str
 def test_bad_templates_are_refused(template: str) -> None:
     with pytest.raises(TemplateError):
         compile_template(template)
+
+
+def test_an_encoded_multi_segment_variable_binds_the_decoded_value() -> None:
+    from types import SimpleNamespace
+
+    from microframe.contrib.gateway.rules import Binding
+
+    regex, variables = compile_template("/v1/{name=shelves/*/books/*}:publish")
+    binding = Binding("POST", "", regex, variables, "*", "", SimpleNamespace(), "")
+    assert binding.match("/v1/shelves%2Fs%201%2Fbooks%2Fb2:publish") == {
+        "name": "shelves/s 1/books/b2"
+    }
