@@ -350,7 +350,12 @@ class GatewayApplication:
                 value = {}
                 if binding.body and body is not None:
                     set_path(value, binding.body, body)
-                for key, text in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+                try:
+                    query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True,
+                                      errors="strict")
+                except UnicodeDecodeError:
+                    raise ValueError("the query string is not UTF-8 once decoded") from None
+                for key, text in query:
                     field = field_of(descriptor, key)
                     converted = text_value(field, text)
                     if field.is_repeated:
@@ -504,10 +509,18 @@ class GatewayApplication:
         descriptor = reply.DESCRIPTOR.fields_by_name[field]
         if descriptor.message_type is not None and not descriptor.is_repeated:
             return to_json(getattr(reply, field), emit_defaults=self.emit_defaults)
-        # A scalar, repeated or map field: its JSON value, as the whole reply's JSON has it.
+        # A scalar, repeated or map field: its JSON value, as the whole reply's JSON has it
+        # (the messages in it with or without their defaults, as a whole reply would be);
+        # the field itself is answered even when it holds its default ([], {}, 0, "").
         from google.protobuf import json_format
 
-        whole = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
+        whole = json_format.MessageToDict(
+            reply, always_print_fields_with_no_presence=self.emit_defaults
+        )
+        if descriptor.json_name not in whole:
+            whole = json_format.MessageToDict(
+                type(reply)(), always_print_fields_with_no_presence=True
+            )
         return json.dumps(whole.get(descriptor.json_name))
 
     # -- gRPC-Web ------------------------------------------------------------------------------

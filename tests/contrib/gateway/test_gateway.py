@@ -46,6 +46,8 @@ def test_path_and_query_parameters_bind_to_fields(shop: Shop) -> None:
     assert ok_json(shop.get("/v1/hello/a%2Fb")) == {"message": "Hello, a/b!"}
     status, _, body = shop.get("/v1/hello/%FF")
     assert status == 400 and json.loads(body)["status"] == "INVALID_ARGUMENT"
+    status, _, body = shop.get("/v1/hello/ada?name=%FF")  # in the query: the same
+    assert status == 400 and "not UTF-8" in json.loads(body)["message"], body
 
 
 def test_response_body_answers_one_field_of_the_reply(shop: Shop) -> None:

@@ -56,3 +56,24 @@ def test_an_encoded_multi_segment_variable_binds_the_decoded_value() -> None:
     assert binding.match("/v1/shelves%2Fs%201%2Fbooks%2Fb2:publish") == {
         "name": "shelves/s 1/books/b2"
     }
+
+
+@pytest.mark.parametrize("emit_defaults", [False, True])
+def test_a_response_body_field_is_encoded_as_the_whole_reply_would_be(emit_defaults: bool) -> None:
+    """``response_body: "methods"`` answers the field's JSON, its messages with their defaults
+    only when EMIT_DEFAULTS says so (as the whole reply's JSON has them), and the field itself
+    even when it is empty."""
+    import json
+    from types import SimpleNamespace
+
+    from google.protobuf.api_pb2 import Api, Method
+
+    from microframe.contrib.gateway.app import GatewayApplication
+
+    app = SimpleNamespace(emit_defaults=emit_defaults)
+    encoded = GatewayApplication._encode(app, Api(methods=[Method(name="m")]), "methods")  # type: ignore[arg-type]
+    method = json.loads(encoded)[0]
+    assert method["name"] == "m"
+    assert ("requestTypeUrl" in method) is emit_defaults
+    assert json.loads(GatewayApplication._encode(app, Api(), "methods")) == []  # type: ignore[arg-type]
+    assert json.loads(GatewayApplication._encode(app, Api(), "name")) == ""  # type: ignore[arg-type]
