@@ -56,6 +56,9 @@ DEFAULT_PREFIX = "/microframe/config"
 _PUT = etcdrpc.Event.EventType.PUT
 #: Settings of a scope read in one message: a service has a few dozen at most.
 PAGE_SIZE = 1000
+#: What etcd (``--max-request-bytes``) or the client's channel (its message limit) says of a
+#: request too large to take.
+TOO_LARGE = ("request is too large", "larger than max")
 
 
 class EtcdConfig:
@@ -179,9 +182,19 @@ class EtcdConfig:
             stream.cancel()
 
     async def put(self, setting: str, raw: str, *, shared: bool = False) -> int:
+        """Store ``raw``; :class:`InvalidLayer` when etcd refuses it for its size."""
         check_setting_name(setting)
         key = self.key(setting, shared=shared)
-        reply = await self._etcd.rpc("write", lambda c: c.put(key, raw.encode()))
+        value = raw.encode()
+        try:
+            reply = await self._etcd.rpc("write", lambda c: c.put(key, value))
+        except ConfigUnavailable as err:
+            if any(sign in str(err) for sign in TOO_LARGE):
+                raise InvalidLayer(
+                    f"{setting}: the value is {len(value):,} bytes, more than etcd takes in one "
+                    "request (its --max-request-bytes, 1.5 MiB by default): nothing stored"
+                ) from None
+            raise
         return int(reply.header.revision)
 
     async def delete(self, setting: str, *, shared: bool = False) -> int:

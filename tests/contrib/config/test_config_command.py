@@ -110,6 +110,17 @@ def test_values_nested_too_deep_are_refused_and_never_crash_a_command(
     assert "(invalid: nested more than 32 levels deep)" in history[0]
     assert history[1].endswith("}}}}}") and "invalid" not in history[1]
     assert run(tmp_path, settings, "set", "LIMITER", '{"OPTIONS": {"rate": 4, "burst": 4}}').returncode == 0
+    # Larger than etcd takes in one request: said as such, not as etcd being unavailable.
+    for size in (1_700_000, 3_000_000):
+        big = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "config", "set", "FEATURES", "-",
+             "--settings", settings],
+            cwd=ROOT, env=env(tmp_path), input=json.dumps({"blob": "x" * size}),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert big.returncode == 1, big.stdout
+        assert "more than etcd takes in one request" in big.stderr, big.stderr
+        assert "unavailable" not in big.stderr
 
 
 def test_diff_history_and_rollback(etcd, prefix, settings, tmp_path: Path):
