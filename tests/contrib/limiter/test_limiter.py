@@ -296,7 +296,26 @@ def test_redis_shared_limit_outage_and_recovery(limited, tmp_path):
                 counts = [pool.submit(hammer, s.address, seconds, 6) for s in (one, two)]
                 return sum(f.result()[0] for f in counts)
 
-        shared = both(3.0)
+        def fallbacks() -> float:
+            return sum(sample(s.metrics_text(), "microframe_limiter_redis_fallbacks_total")
+                       for s in (one, two))
+
+        def shared_run(seconds: float) -> int:
+            """Calls admitted by both in ``seconds`` with Redis answering every call. A Redis
+            call slower than the limiter's timeout (100 ms) falls back to the local bucket
+            for ``retry_interval``, as it should, and admits more: on a loaded machine that
+            happens now and then, and such a run measures the fallback, not the shared
+            limit, so it is made again (three times at most)."""
+            for _ in range(3):
+                before = fallbacks()
+                admitted = both(seconds)
+                if fallbacks() == before:
+                    return admitted
+                print(f"a Redis call fell back during the run ({admitted} admitted): again")
+                time.sleep(0.2)  # the bucket refills to its burst
+            raise AssertionError("every run fell back to the local bucket")
+
+        shared = shared_run(3.0)
         assert (shared - 10) / 3.0 == pytest.approx(100, rel=0.10)  # one limit for both
 
         redis.stop()  # an outage: both fall back to a local bucket each, and keep serving
@@ -316,7 +335,7 @@ def test_redis_shared_limit_outage_and_recovery(limited, tmp_path):
 
             wait_until(back, 10, "the limiter to use Redis again")
         time.sleep(0.2)  # the bucket refills to its burst (10 tokens at 100/s), as in the first phase
-        again = both(3.0)
+        again = shared_run(3.0)
         assert (again - 10) / 3.0 == pytest.approx(100, rel=0.15), again
         for server in (one, two):
             assert sample(server.metrics_text(), "microframe_limiter_redis_up") == 1
