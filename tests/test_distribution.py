@@ -215,6 +215,17 @@ def test_a_service_made_from_the_wheel_installs_tests_and_starts_as_its_dockerfi
             return answer.returncode == 0 and '"SERVING"' in answer.stdout
 
         wait_until(serving, 60, "the service started by scripts/start.sh to serve")
+
+        def registered() -> bool:
+            """Serving comes first: a pool's supervisor registers it once its workers serve."""
+            listed = subprocess.run(
+                ["python", "manage.py", "register", "--list", "shop"], cwd=service,
+                env={**env, "MICROFRAME_ENV": "product"}, capture_output=True, text=True,
+                timeout=30,
+            )
+            return listed.returncode == 0 and "No instance of 'shop'" not in listed.stdout
+
+        wait_until(registered, 30, "the pool to be registered in etcd")
         # Found through etcd, as its callers find it.
         called = _run([
             "python", "manage.py", "call", "shop.Shop/SayHello", '{"name": "Ada"}', "--compact",
