@@ -108,13 +108,18 @@ def cache_path(service: str) -> Path:
     return (Path(directory) if directory else DEFAULT_CACHE_DIR) / f"{service}.json"
 
 
+def _trusted_root() -> Path | None:
+    """Where the cache's directories are checked from: the temporary directory for the
+    default one; None (the directory itself only) for one ``CACHE_DIR`` names."""
+    return None if config_options().get("CACHE_DIR") else Path(tempfile.gettempdir())
+
+
 def cache_directory(service: str) -> Path:
     """The cache's directory, made (mode 0700) and checked to be this user's alone
     (:class:`~microframe.utils.files.UnsafePath` otherwise)."""
     from microframe.utils.files import private_directory
 
-    trusted = None if config_options().get("CACHE_DIR") else Path(tempfile.gettempdir())
-    return private_directory(cache_path(service).parent, trusted)
+    return private_directory(cache_path(service).parent, _trusted_root())
 
 
 def save_cache(service: str, layers: Layers, source: str) -> None:
@@ -135,9 +140,8 @@ def load_cache(service: str) -> tuple[Layers, float] | None:
     from microframe.utils.files import read_private_text
 
     path = cache_path(service)
-    trusted = None if config_options().get("CACHE_DIR") else Path(tempfile.gettempdir())
     try:
-        data = json.loads(read_private_text(path, trusted))
+        data = json.loads(read_private_text(path, _trusted_root()))
         return Layers.from_json(data), float(data["saved_at"])
     except FileNotFoundError:
         return None
